@@ -1,0 +1,41 @@
+// swift-tools-version:6.0
+// BlockLayer: a block layer for VM images that many processes and hosts can share safely.
+// Modules in dependency order: CLinuxLocking (C shim) → BlockLocking → blk (CLI).
+import PackageDescription
+
+let package = Package(
+    name: "BlockLayer",
+    products: [
+        .library(name: "BlockLocking", targets: ["BlockLocking"]),
+        .executable(name: "blk", targets: ["blk"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        .target(name: "CLinuxLocking"),
+        .target(
+            name: "BlockLocking",
+            dependencies: [
+                "CLinuxLocking",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "blk",
+            dependencies: [
+                "BlockLocking",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // A process that takes locks on command, so tests can put holders and waiters in
+        // separate processes: locks held and checked by one process prove nothing.
+        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLocking"]),
+        .testTarget(
+            name: "BlockLockingTests",
+            dependencies: ["BlockLocking"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

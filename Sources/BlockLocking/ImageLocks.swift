@@ -1,0 +1,80 @@
+// ImageLocks: every lock of one open image, on the descriptor its opener owns — the permission
+// locks (held for as long as the image is open and active) and the transaction lock.
+import Glibc
+import Synchronization
+import SystemPackage
+
+public final class ImageLocks: Sendable {
+    public let descriptor: FileDescriptor
+    public let path: String
+    public let decision: LockingDecision
+    public let transaction: TransactionLock
+    private let permissions: Mutex<PermissionLocks?>
+
+    /// Decides how to lock (see LockingMode) and takes no lock yet.
+    public init(descriptor: FileDescriptor, path: String, mode: LockingMode) throws(LockingError) {
+        self.descriptor = descriptor
+        self.path = path
+        decision = try LockingDecision.decide(mode, descriptor: descriptor, path: path)
+        let locker = decision.flavor.map { ByteLocker(descriptor: descriptor, flavor: $0) }
+        permissions = Mutex(locker.map { PermissionLocks(locker: $0, path: path) })
+        transaction = TransactionLock(locker: locker, path: path)
+    }
+
+    /// The permissions whose bytes are locked now.
+    public var lockedPermissions: PermissionRequest {
+        permissions.withLock { $0?.locked ?? .none }
+    }
+
+    /// Takes, changes or (with `.none`) gives up the permission locks; on failure the old ones stay.
+    public func setPermissions(_ request: PermissionRequest) throws(LockingError) {
+        try permissions.withLock { (locks) throws(LockingError) in
+            try locks?.change(to: request)
+        }
+    }
+}
+
+/// An image file opened only to be locked: `blk hold`, `blk locks`, and test fixtures.
+/// The block layer's file driver owns its own descriptor and uses `ImageLocks` directly.
+public final class LockedImageFile: Sendable {
+    public let locks: ImageLocks
+    public var descriptor: FileDescriptor { locks.descriptor }
+
+    /// Opens `path` (O_CLOEXEC, so no child process inherits the locks) without locking it.
+    /// `writable` is needed for an exclusive transaction lock: the kernel grants write locks only
+    /// through descriptors open for writing.
+    public init(path: String, writable: Bool, mode: LockingMode = .auto) throws(LockingError) {
+        let descriptor = try Self.open(path, writable: writable)
+        do {
+            locks = try ImageLocks(descriptor: descriptor, path: path, mode: mode)
+        } catch {
+            try? descriptor.close()
+            throw error
+        }
+    }
+
+    deinit {
+        // Closing the last descriptor of the open file description releases every OFD lock.
+        try? locks.descriptor.close()
+    }
+
+    static func open(_ path: String, writable: Bool) throws(LockingError) -> FileDescriptor {
+        let descriptor: FileDescriptor
+        do {
+            descriptor = try FileDescriptor.open(path, writable ? .readWrite : .readOnly, options: [.closeOnExec])
+        } catch let errno as Errno {
+            let action = writable && errno == .permissionDenied
+                ? "Could not open for writing (which an exclusive transaction lock needs)" : "Could not open"
+            throw LockingError.from(SystemCallError("open", errno), doing: action, path: path)
+        } catch {
+            throw LockingError(.ioError, "Could not open \(path): \(error)", path: path)
+        }
+        // A directory opens read-only without complaint; refuse it before any lock is taken.
+        var status = stat()
+        if fstat(descriptor.rawValue, &status) == 0 && (status.st_mode & S_IFMT) == S_IFDIR {
+            try? descriptor.close()
+            throw LockingError(.notFound, "Could not open \(path): \(Errno.isDirectory)", path: path)
+        }
+        return descriptor
+    }
+}

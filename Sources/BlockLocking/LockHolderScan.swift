@@ -1,0 +1,133 @@
+// LockHolderScan: who holds locks on a file, found through /proc.
+//
+// Problem: OFD locks report l_pid = -1 to F_OFD_GETLK and in /proc/locks, so "who holds it?"
+// has no direct answer. But /proc/PID/fdinfo/FD lists the locks owned through that descriptor
+// ("lock:" lines), with the file's device and inode.
+// Design: /proc/locks gives every lock on the inode system-wide, readable by anyone; the fdinfo
+// files of every process attribute them to pids and programs. What is left unattributed (a
+// process whose /proc entries this user may not read) is reported as an unknown holder rather
+// than dropped. Locks held from other hosts (NFS) are not in this host's /proc at all; the
+// caller's F_OFD_GETLK probes see them (see LockReport.swift).
+// The scan reads a file per descriptor of every process: it runs on error paths and for
+// `blk locks`, never on the lock fast path.
+import CLinuxLocking
+import Glibc
+import SystemPackage
+
+public struct LockHolderScan: Sendable {
+    public var file: FileIdentity
+    /// Our own descriptor whose locks are not "held by someone else".
+    public var excluding: FileDescriptor?
+
+    public init(file: FileIdentity, excluding: FileDescriptor? = nil) {
+        self.file = file
+        self.excluding = excluding
+    }
+
+    /// The identity of the file behind a descriptor. fstat(2).
+    public static func identity(of descriptor: FileDescriptor) -> Result<FileIdentity, SystemCallError> {
+        var status = stat()
+        return valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }).map { _ in
+            FileIdentity(
+                deviceMajor: blk_dev_major(UInt64(status.st_dev)),
+                deviceMinor: blk_dev_minor(UInt64(status.st_dev)),
+                inode: UInt64(status.st_ino))
+        }
+    }
+
+    /// The result of one scan: holders of granted locks, and how many requests wait.
+    public struct Findings: Sendable, Hashable {
+        public var holders: [LockHolder]
+        public var waiters: [LockRecord]
+    }
+
+    public func scan() -> Findings {
+        let everything = LockRecord.records(in: readProcFile("/proc/locks") ?? "", on: file)
+        let granted = everything.filter { !$0.isWaiting }
+        let waiters = everything.filter(\.isWaiting)
+        guard !granted.isEmpty else { return Findings(holders: [], waiters: waiters) }
+
+        var unattributed: [LockRecord.MatchKey: Int] = [:]
+        for record in granted { unattributed[record.matchKey, default: 0] += 1 }
+        var holders: [LockHolder] = []
+        var unreadable = 0
+        let ownPID = getpid()
+
+        for pid in processIDs() {
+            guard let descriptors = listDirectory("/proc/\(pid)/fdinfo") else {
+                unreadable += 1
+                continue
+            }
+            var records: [LockRecord] = []
+            for name in descriptors {
+                guard let text = readProcFile("/proc/\(pid)/fdinfo/\(name)") else { continue }
+                let found = LockRecord.records(in: text, on: file).filter { !$0.isWaiting }
+                for record in found { unattributed[record.matchKey]? -= 1 }
+                if pid == ownPID, let excluding, name == String(excluding.rawValue) { continue }
+                records += found
+            }
+            if !records.isEmpty {
+                holders.append(LockHolder(pid: pid, program: programName(of: pid), locks: records))
+            }
+        }
+
+        // Classic POSIX locks carry their real pid even when fdinfo could not be read.
+        var unknown: [LockRecord] = []
+        for record in granted where (unattributed[record.matchKey] ?? 0) > 0 {
+            unattributed[record.matchKey]! -= 1
+            if record.reportedPID > 0 {
+                holders.append(LockHolder(pid: record.reportedPID, program: programName(of: record.reportedPID), locks: [record]))
+            } else {
+                unknown.append(record)
+            }
+        }
+        if !unknown.isEmpty {
+            let note = unreadable > 0
+                ? "its /proc entries are not readable by this user; \(unreadable) processes could not be inspected"
+                : "it exited while being looked for"
+            holders.append(LockHolder(pid: nil, program: nil, locks: unknown, visibilityNote: note))
+        }
+        return Findings(holders: holders, waiters: waiters)
+    }
+
+    /// Only the blocked requests on the file, from /proc/locks alone: cheap enough to poll.
+    public func waiters() -> [LockRecord] {
+        LockRecord.records(in: readProcFile("/proc/locks") ?? "", on: file).filter(\.isWaiting)
+    }
+
+    private func processIDs() -> [Int32] {
+        (listDirectory("/proc") ?? []).compactMap { Int32($0) }
+    }
+
+    private func programName(of pid: Int32) -> String? {
+        readProcFile("/proc/\(pid)/comm").map { String($0.prefix { $0 != "\n" }) }
+    }
+}
+
+/// Reads a small /proc file whole; nil when it cannot be opened (gone, or not ours to read).
+func readProcFile(_ path: String) -> String? {
+    guard let descriptor = try? FileDescriptor.open(path, .readOnly, options: [.closeOnExec]) else { return nil }
+    defer { try? descriptor.close() }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        guard let count = try? chunk.withUnsafeMutableBytes({ try descriptor.read(into: $0) }) else { return nil }
+        if count == 0 { break }
+        bytes += chunk[0..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// The names in a directory, without "." and ".."; nil when it cannot be opened.
+func listDirectory(_ path: String) -> [String]? {
+    guard let directory = opendir(path) else { return nil }
+    defer { closedir(directory) }
+    var names: [String] = []
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}

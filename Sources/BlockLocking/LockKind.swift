@@ -1,0 +1,40 @@
+// LockKind: shared (F_RDLCK) or exclusive (F_WRLCK), ordered so that "covers" is a comparison.
+import Glibc
+
+/// The two kinds of byte lock: many shared holders, or one exclusive holder.
+public enum LockKind: Int, Sendable, Hashable, Comparable, CustomStringConvertible, CaseIterable {
+    case shared = 0
+    case exclusive = 1
+
+    public static func < (lhs: LockKind, rhs: LockKind) -> Bool { lhs.rawValue < rhs.rawValue }
+
+    public var description: String {
+        switch self {
+        case .shared: "shared"
+        case .exclusive: "exclusive"
+        }
+    }
+
+    /// The struct flock l_type for this kind.
+    var flockType: Int16 {
+        switch self {
+        case .shared: Int16(F_RDLCK)
+        case .exclusive: Int16(F_WRLCK)
+        }
+    }
+
+    init?(flockType: Int16) {
+        switch Int32(flockType) {
+        case F_RDLCK: self = .shared
+        case F_WRLCK: self = .exclusive
+        default: return nil
+        }
+    }
+}
+
+/// What a non-blocking lock attempt came to. Contention is an expected outcome, not a failure,
+/// so it is not thrown (as Rust's `TryLockError::WouldBlock` is kept apart from real errors).
+public enum LockAttempt: Sendable, Hashable {
+    case acquired
+    case wouldBlock
+}

@@ -1,0 +1,77 @@
+// LockingError: the one error type of the locking module. A code scripts can switch on (an
+// extensible struct, not a frozen enum), a message that names the image and what to do, the
+// processes that hold what was wanted, the failed system call if any, and where it was thrown.
+import SystemPackage
+
+public struct LockingError: Error, Sendable, CustomStringConvertible {
+    /// What kind of failure this is; the CLI maps each to an exit code.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        public let name: String
+        public init(_ name: String) { self.name = name }
+        public var description: String { name }
+
+        /// Another open holds or refuses to share a permission this open needs.
+        public static let conflict = Code("conflict")
+        /// The lock was not had before the deadline.
+        public static let timedOut = Code("timeout")
+        /// The wait was interrupted or its task cancelled.
+        public static let cancelled = Code("cancelled")
+        /// The kernel or the file system cannot lock this file as asked.
+        public static let unsupported = Code("unsupported")
+        /// The image does not exist, is not readable, or is not a file.
+        public static let notFound = Code("not-found")
+        /// The request itself is wrong (e.g. force-share on a read-write open).
+        public static let invalidRequest = Code("invalid-request")
+        /// Any other failure of a system call.
+        public static let ioError = Code("io-error")
+    }
+
+    public var code: Code
+    /// The complete message: for conflicts QEMU's two lines, word for word.
+    public var message: String
+    public var path: String?
+    /// Who holds the lock that was in the way, where this host can tell.
+    public var holders: [LockHolder]
+    public var cause: SystemCallError?
+    public var file: String
+    public var line: Int
+
+    public init(
+        _ code: Code, _ message: String, path: String? = nil, holders: [LockHolder] = [],
+        cause: SystemCallError? = nil, file: String = #fileID, line: Int = #line
+    ) {
+        self.code = code
+        self.message = message
+        self.path = path
+        self.holders = holders
+        self.cause = cause
+        self.file = file
+        self.line = line
+    }
+
+    /// The message, then one line per holder ("held by pid 4121 (qemu-system-x86): holds write").
+    public var description: String {
+        ([message] + holders.map { "held by \($0.summary)" }).joined(separator: "\n")
+    }
+
+    /// The description with the failed call and the throwing location, for debugging.
+    public var detailedDescription: String {
+        var lines = [description]
+        if let cause { lines.append("  cause: \(cause)") }
+        lines.append("  at: \(file):\(line)")
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension LockingError {
+    /// Maps a failed call on an image to an error whose code says what the user can do about it.
+    static func from(_ failure: SystemCallError, doing action: String, path: String, file: String = #fileID, line: Int = #line) -> LockingError {
+        let code: Code
+        switch failure.errno {
+        case .noSuchFileOrDirectory, .permissionDenied, .isDirectory, .notDirectory: code = .notFound
+        case .noLocks, .notSupported, .invalidArgument: code = .unsupported
+        default: code = .ioError
+        }
+        return LockingError(code, "\(action) \(path): \(failure.errno)", path: path, cause: failure, file: file, line: line)
+    }
+}

@@ -1,0 +1,206 @@
+// TransactionLock: the seed's counted bdrv_lock, on byte 300 of the image file (LockByte).
+//
+// Short critical sections: a state-store commit holds it exclusive, readers and `verify` shared.
+// Counting: one open image is one owner, like a recursive lock. Nested acquisitions cost a
+// mutex and an increment, no syscall; the kernel lock follows the strongest kind still held:
+//
+//     unlocked ──acquire(s)──▶ shared ──acquire(x)──▶ exclusive     (upgrade: may wait)
+//        ▲                       │  ▲                    │
+//        └──last release(s)──────┘  └──last release(x)───┘          (downgrade: never waits)
+//
+// An upgrade that fails or times out leaves the shared lock held: the kernel checks for
+// conflicts before it converts a lock. Two opens of one file in one process exclude each other,
+// because OFD locks belong to the open file description, not the process. Threads sharing one
+// open image share its lock; a blocking wait holds the image's mutex, so siblings queue behind it.
+import Dispatch
+import Synchronization
+import SystemPackage
+
+public final class TransactionLock: Sendable {
+    /// nil under `locking=off`: counting still works, the kernel is not asked.
+    public let locker: ByteLocker?
+    public let path: String
+    public let byte: Int64
+
+    private struct State {
+        var sharedCount = 0
+        var exclusiveCount = 0
+        var kernelKind: LockKind?
+
+        var strongestHeld: LockKind? {
+            exclusiveCount > 0 ? .exclusive : sharedCount > 0 ? .shared : nil
+        }
+
+        mutating func record(_ kind: LockKind) {
+            if kind == .exclusive { exclusiveCount += 1 } else { sharedCount += 1 }
+        }
+    }
+
+    private let state = Mutex(State())
+
+    public init(locker: ByteLocker?, path: String, byte: Int64 = LockByte.transaction) {
+        self.locker = locker
+        self.path = path
+        self.byte = byte
+    }
+
+    /// The kind held now (nil: not held) and how many acquisitions are outstanding.
+    public var status: (kind: LockKind?, depth: Int) {
+        state.withLock { ($0.strongestHeld, $0.sharedCount + $0.exclusiveCount) }
+    }
+
+    /// Takes the lock without waiting; `.wouldBlock` when another owner is in the way.
+    public func tryAcquire(_ kind: LockKind) throws(LockingError) -> LockAttempt {
+        try state.withLock { (state) throws(LockingError) -> LockAttempt in
+            try attempt(kind, in: &state, deadline: nil, interrupt: nil)
+        }
+    }
+
+    /// Takes the lock, waiting in the kernel until the deadline; throws `.timedOut` naming the
+    /// holders when it passes.
+    public func acquire(_ kind: LockKind, deadline: LockDeadline = .never) throws(LockingError) {
+        try acquire(kind, deadline: deadline, interrupt: nil)
+    }
+
+    /// Takes the lock, waiting in the kernel until the deadline or until `interrupt` fires.
+    public func acquire(_ kind: LockKind, deadline: LockDeadline, interrupt: LockWaitInterrupt?) throws(LockingError) {
+        try state.withLock { (state) throws(LockingError) in
+            _ = try attempt(kind, in: &state, deadline: deadline, interrupt: interrupt)
+        }
+    }
+
+    /// Takes the lock, waiting on a thread of its own so no task thread blocks; cancelling the
+    /// task ends the wait at once with `.cancelled`.
+    public func acquire(_ kind: LockKind, deadline: LockDeadline = .never) async throws(LockingError) {
+        if try tryAcquire(kind) == .acquired { return }
+        let interrupt = LockWaitInterrupt()
+        let result: Result<Void, LockingError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                DispatchQueue(label: "blk.transaction-lock-wait").async {
+                    do throws(LockingError) {
+                        try self.acquire(kind, deadline: deadline, interrupt: interrupt)
+                        continuation.resume(returning: .success(()))
+                    } catch {
+                        continuation.resume(returning: .failure(error))
+                    }
+                }
+            }
+        } onCancel: {
+            interrupt.interrupt()
+        }
+        try result.get()
+    }
+
+    /// Gives back one acquisition of `kind`; the kernel lock is downgraded or released when no
+    /// stronger acquisition remains.
+    public func release(_ kind: LockKind) throws(LockingError) {
+        try state.withLock { (state) throws(LockingError) in
+            switch kind {
+            case .exclusive where state.exclusiveCount > 0: state.exclusiveCount -= 1
+            case .shared where state.sharedCount > 0: state.sharedCount -= 1
+            default:
+                throw LockingError(.invalidRequest, "release of a \(kind) transaction lock on \(path) that is not held", path: path)
+            }
+            let wanted = state.strongestHeld
+            guard wanted != state.kernelKind, let locker else {
+                state.kernelKind = wanted
+                return
+            }
+            let result: Result<Void, SystemCallError>
+            if let wanted {
+                // Converting our own lock to a weaker kind never conflicts, so this cannot block.
+                result = locker.tryLock(wanted, byte: byte).map { _ in () }
+            } else {
+                result = locker.unlock(byte: byte)
+            }
+            if case .failure(let failure) = result {
+                throw LockingError.from(failure, doing: "Failed to release the transaction lock on", path: path)
+            }
+            state.kernelKind = wanted
+        }
+    }
+
+    /// Runs `body` holding the lock, and releases it however `body` ends.
+    public func withLock<Value>(
+        _ kind: LockKind, deadline: LockDeadline = .never, _ body: () throws -> Value
+    ) throws -> Value {
+        try acquire(kind, deadline: deadline)
+        let value: Value
+        do {
+            value = try body()
+        } catch {
+            try? release(kind)
+            throw error
+        }
+        try release(kind)
+        return value
+    }
+
+    /// Runs `body` holding the lock, waiting without blocking a task thread.
+    public func withLock<Value: Sendable>(
+        _ kind: LockKind, deadline: LockDeadline = .never, _ body: () async throws -> Value
+    ) async throws -> Value {
+        try await acquire(kind, deadline: deadline)
+        let value: Value
+        do {
+            value = try await body()
+        } catch {
+            try? release(kind)
+            throw error
+        }
+        try release(kind)
+        return value
+    }
+
+    /// One acquisition under the mutex. `deadline` nil: try once and report `.wouldBlock`.
+    private func attempt(
+        _ kind: LockKind, in state: inout State, deadline: LockDeadline?, interrupt: LockWaitInterrupt?
+    ) throws(LockingError) -> LockAttempt {
+        if let held = state.kernelKind, held >= kind {
+            state.record(kind)
+            return .acquired
+        }
+        guard let locker else {
+            state.record(kind)
+            state.kernelKind = state.strongestHeld
+            return .acquired
+        }
+        switch locker.tryLock(kind, byte: byte) {
+        case .success(.acquired):
+            break
+        case .success(.wouldBlock):
+            guard let deadline else { return .wouldBlock }
+            switch locker.wait(kind, byte: byte, deadline: deadline, interrupt: interrupt) {
+            case .success(.acquired):
+                break
+            case .success(.timedOut):
+                throw LockingError(.timedOut, "timed out waiting for the \(kind) transaction lock on \(path)",
+                                   path: path, holders: holders())
+            case .success(.interrupted):
+                throw LockingError(.cancelled, "cancelled while waiting for the \(kind) transaction lock on \(path)", path: path)
+            case .failure(let failure):
+                throw waitFailure(failure, kind)
+            }
+        case .failure(let failure):
+            throw waitFailure(failure, kind)
+        }
+        state.record(kind)
+        state.kernelKind = kind
+        return .acquired
+    }
+
+    private func waitFailure(_ failure: SystemCallError, _ kind: LockKind) -> LockingError {
+        if failure.errno == .badFileDescriptor && kind == .exclusive {
+            return LockingError(.invalidRequest,
+                                "the exclusive transaction lock on \(path) needs the image opened read-write",
+                                path: path, cause: failure)
+        }
+        return LockingError.from(failure, doing: "Failed to take the \(kind) transaction lock on", path: path)
+    }
+
+    /// Who holds the transaction lock now (other than this open).
+    public func holders() -> [LockHolder] {
+        guard let locker, case .success(let identity) = LockHolderScan.identity(of: locker.descriptor) else { return [] }
+        return LockHolderScan(file: identity, excluding: locker.descriptor).scan().holders.filter { $0.covers(byte: byte) }
+    }
+}

@@ -1,0 +1,66 @@
+// HandoffPeer: the waiting side of the hand-over benchmark, a `blk bench handoff-peer` process.
+// For each "g" on its stdin it waits for the exclusive transaction lock (blocking in the
+// kernel), notes the time it got it, releases, and writes the time (8 bytes) to stdout.
+import ArgumentParser
+import BlockLocking
+import CLinuxLocking
+import Foundation
+import Glibc
+import SystemPackage
+
+final class HandoffPeer {
+    enum Mode: String, ExpressibleByArgument { case ours, raw }
+
+    private let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+
+    init(path: String, mode: Mode) throws {
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        process.arguments = ["bench", "handoff-peer", "--mode", mode.rawValue, path]
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+    }
+
+    func startWaiting() { input.fileHandleForWriting.write(Data("g".utf8)) }
+
+    func acquiredAt() throws -> Int64 {
+        let data = output.fileHandleForReading.readData(ofLength: 8)
+        guard data.count == 8 else { throw LockingError(.ioError, "the hand-over peer process stopped") }
+        return data.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }
+    }
+
+    func stop() {
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+}
+
+struct HandoffPeerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "handoff-peer", abstract: "The waiting process of `blk bench lock` (internal).", shouldDisplay: false)
+
+    @Option var mode: HandoffPeer.Mode
+    @Argument var image: String
+
+    func run() throws {
+        let descriptor = try FileDescriptor.open(image, .readWrite, options: [.closeOnExec])
+        let locks = try ImageLocks(descriptor: descriptor, path: image, mode: .on)
+        var command: UInt8 = 0
+        while read(STDIN_FILENO, &command, 1) == 1 {
+            var acquiredAt: Int64
+            switch mode {
+            case .ours:
+                try locks.transaction.acquire(.exclusive, deadline: .after(.seconds(10)))
+                acquiredAt = currentMonotonicNanoseconds()
+                try locks.transaction.release(.exclusive)
+            case .raw:
+                rawLock(descriptor, F_WRLCK, LockByte.transaction, command: Int32(blk_F_OFD_SETLKW))
+                acquiredAt = currentMonotonicNanoseconds()
+                rawLock(descriptor, F_UNLCK, LockByte.transaction)
+            }
+            _ = write(STDOUT_FILENO, &acquiredAt, 8)
+        }
+    }
+}

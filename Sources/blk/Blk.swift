@@ -1,0 +1,12 @@
+// blk: the command-line tool. Commands are thin: they parse, call a library type that does the
+// work, print, and exit with interface.md's codes (Support/CommandFailure.swift).
+import ArgumentParser
+
+@main
+struct Blk: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "blk",
+        abstract: "A block layer for VM images that many processes and hosts can share safely.",
+        subcommands: [LocksCommand.self, HoldCommand.self, BenchCommand.self]
+    )
+}

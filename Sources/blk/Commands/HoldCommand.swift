@@ -1,0 +1,63 @@
+// `blk hold`: flock(1) for the transaction lock — take it, run a command, release it.
+import ArgumentParser
+import BlockLocking
+
+struct HoldCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hold",
+        abstract: "Take the image's transaction lock, run a command, release the lock; exit with the command's status.",
+        discussion: """
+            Waits for the lock for ever unless --timeout or --no-wait is given (as flock(1) does); \
+            exits 75 naming the holders when the lock is not had in time. The lock is released \
+            when the command exits, or when blk is killed; the command never inherits it.
+            """
+    )
+
+    @Flag(name: .customLong("shared"), help: "Take the lock shared (readers).") var shared = false
+    @Flag(name: .customLong("exclusive"), help: "Take the lock exclusive (the default).") var exclusive = false
+    @Option(help: "Give up after SEC seconds (decimals allowed).") var timeout: Double?
+    @Flag(help: "Give up at once if the lock is held.") var noWait = false
+    @Flag(help: "Print errors also as JSON on stdout.") var json = false
+    @Argument(help: "The image file.") var image: String
+    @Argument(parsing: .postTerminator, help: "The command to run, after --.") var command: [String] = []
+
+    func validate() throws {
+        if shared && exclusive { throw ValidationError("--shared and --exclusive exclude each other") }
+        if noWait && timeout != nil { throw ValidationError("--timeout and --no-wait exclude each other") }
+        if let timeout, !(timeout >= 0 && timeout.isFinite) { throw ValidationError("--timeout takes a number of seconds ≥ 0") }
+        if command.isEmpty { throw ValidationError("missing the command to run, after --") }
+    }
+
+    func run() throws {
+        let kind: LockKind = shared ? .shared : .exclusive
+        let file: LockedImageFile
+        do throws(LockingError) {
+            // Locking on: a hold that silently locked nothing would be worse than an error.
+            file = try LockedImageFile(path: image, writable: kind == .exclusive, mode: .on)
+            file.locks.decision.warnings.forEach(printWarning)
+            if noWait {
+                if try file.locks.transaction.tryAcquire(kind) == .wouldBlock {
+                    throw LockingError(.conflict, "the transaction lock on \(image) is held; not waiting (--no-wait)",
+                                       path: image, holders: file.locks.transaction.holders())
+                }
+            } else if let timeout {
+                do throws(LockingError) {
+                    try file.locks.transaction.acquire(kind, deadline: .after(.milliseconds(Int64(timeout * 1000))))
+                } catch where error.code == .timedOut {
+                    throw LockingError(.timedOut, "timed out after \(formatSeconds(timeout)) waiting for the \(kind) transaction lock on \(image)",
+                                       path: image, holders: error.holders)
+                }
+            } else {
+                try file.locks.transaction.acquire(kind)
+            }
+        } catch {
+            throw report(error, json: json)
+        }
+        let status = withExtendedLifetime(file) { ChildProcess.run(command) }
+        throw ExitCode(status)
+    }
+}
+
+func formatSeconds(_ seconds: Double) -> String {
+    seconds == seconds.rounded() ? "\(Int(seconds)) s" : "\(seconds) s"
+}

@@ -1,0 +1,56 @@
+// `blk bench lock`: the locking benchmark (Bench/LockBenchmark.swift) and its report.
+import ArgumentParser
+import BlockLocking
+import Foundation
+
+struct LockBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lock",
+        abstract: "Lock and unlock, nested acquire, permission open and hand-over, each beside raw fcntl calls."
+    )
+
+    @Flag(help: "Print JSON on stdout.") var json = false
+    @Option(help: "Iterations per round of the in-process measurements.") var iterations = 20_000
+    @Option(help: "Hand-overs measured, ours and raw each.") var handoffs = 2_000
+    @Option(help: "Folder for the benchmark's image (its file system is what is measured).") var dir = NSTemporaryDirectory()
+    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
+
+    func validate() throws {
+        guard iterations > 0, handoffs > 0 else { throw ValidationError("--iterations and --handoffs must be positive") }
+    }
+
+    func run() throws {
+        let benchmark = LockBenchmark(directory: dir, iterations: iterations, handoffs: handoffs, progress: Progress(forced: p))
+        let results: LockBenchmark.Results
+        do {
+            results = try benchmark.run()
+        } catch let error as LockingError {
+            throw report(error, json: json)
+        }
+        if json {
+            printJSON(results)
+            return
+        }
+        let rows: [(String, Double, Double?, String, String)] = [
+            ("uncontended pair", results.uncontendedPairNs, results.baselineUncontendedPairNs, "ns", "≤ 1.15×"),
+            ("nested acquire", results.nestedAcquireNs, nil, "ns", "≤ 50 ns"),
+            ("permission open", results.permissionOpenNs, results.baselinePermissionOpenNs, "ns", "≤ 1.2×"),
+            ("hand-over median", results.handoffMedianUs, results.baselineHandoffMedianUs, "µs", "≤ 1.5×"),
+            ("hand-over p99", results.handoffP99Us, results.baselineHandoffP99Us, "µs", "≤ 2×"),
+        ]
+        print("blk bench lock: \(iterations) iterations × 7 rounds, \(handoffs) hand-overs each way, in \(dir)")
+        print("operation".padding(18) + "ours".padding(14) + "raw fcntl".padding(14) + "ratio".padding(9) + "target")
+        for (name, ours, baseline, unit, target) in rows {
+            let baselineText = baseline.map { String(format: "%.2f %@", $0, unit) } ?? "—"
+            let ratio = baseline.map { String(format: "%.2f×", ours / $0) } ?? "—"
+            print(name.padding(18) + String(format: "%.2f %@", ours, unit).padding(14) + baselineText.padding(14)
+                  + ratio.padding(9) + target)
+        }
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String {
+        count >= width ? self + " " : self + String(repeating: " ", count: width - count)
+    }
+}
