@@ -20,6 +20,9 @@ public struct ImagePermissions: OptionSet, Sendable, Hashable, CustomStringConve
     /// The single permissions in QEMU's bit order, which is also the order QEMU checks them in.
     public static let each: [ImagePermissions] = [.consistentRead, .write, .writeUnchanged, .resize]
 
+    /// The single permissions in this set, in QEMU's bit order.
+    public var members: [ImagePermissions] { ImagePermissions.each.filter(contains) }
+
     /// The bit number i of a single permission.
     var bitIndex: Int { rawValue.trailingZeroBitCount }
 
@@ -36,13 +39,13 @@ public struct ImagePermissions: OptionSet, Sendable, Hashable, CustomStringConve
         case .write: "write"
         case .writeUnchanged: "write unchanged"
         case .resize: "resize"
-        default: ImagePermissions.each.filter(contains).map(\.qemuName).joined(separator: ", ")
+        default: members.map(\.qemuName).joined(separator: ", ")
         }
     }
 
     /// Kebab-case names for JSON output.
     public var jsonNames: [String] {
-        ImagePermissions.each.filter(contains).map { $0.qemuName.split(separator: " ").joined(separator: "-") }
+        members.map { $0.qemuName.split(separator: " ").joined(separator: "-") }
     }
 
     public var description: String { isEmpty ? "none" : qemuName }

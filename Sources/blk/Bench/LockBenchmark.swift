@@ -31,7 +31,7 @@ struct LockBenchmark {
     }
 
     func run() throws -> Results {
-        let path = directory + "/blk-bench-lock-\(getpid()).img"
+        let path = URL(fileURLWithPath: directory).appendingPathComponent("blk-bench-lock-\(getpid()).img").path
         guard FileManager.default.createFile(atPath: path, contents: Data(count: 4096)) else {
             throw LockingError(.ioError, "could not create \(path)", path: path)
         }

@@ -12,7 +12,7 @@ struct LockBenchCommand: ParsableCommand {
     @Flag(help: "Print JSON on stdout.") var json = false
     @Option(help: "Iterations per round of the in-process measurements.") var iterations = 20_000
     @Option(help: "Hand-overs measured, ours and raw each.") var handoffs = 2_000
-    @Option(help: "Folder for the benchmark's image (its file system is what is measured).") var dir = NSTemporaryDirectory()
+    @Option(help: "Folder for the benchmark's image (its file system is what is measured).") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
 
     func validate() throws {

@@ -26,89 +26,163 @@ struct Finished: CustomStringConvertible {
     var description: String { "exit \(status)\nstdout: \(stdout)\nstderr: \(stderr)" }
 }
 
+/// A child process started with posix_spawn, its stdio on pipes, reaped by a thread of its own.
+/// (Foundation's Process loses terminations when many children run at once on Linux.)
+final class Spawned: @unchecked Sendable {
+    let pid: pid_t
+    /// Our end of the child's stdin; nil once closed.
+    private(set) var input: Int32?
+    let output: Int32
+    let errors: Int32
+    private let exited = DispatchSemaphore(value: 0)
+    private let statusLock = NSLock()
+    private var waitStatus: Int32?
+
+    init(_ executable: String, _ arguments: [String], stdinPipe: Bool, environment: [String: String]? = nil) throws {
+        // Every spawn in the tests goes through here, under one lock, so no other child can
+        // inherit these pipes between pipe() and FD_CLOEXEC (Glibc does not export pipe2).
+        spawnLock.lock()
+        defer { spawnLock.unlock() }
+        var inputPipe: [Int32] = [-1, -1], outputPipe: [Int32] = [-1, -1], errorPipe: [Int32] = [-1, -1]
+        guard makePipe(&outputPipe), makePipe(&errorPipe) else { throw TestFailure("pipe") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if stdinPipe {
+            guard makePipe(&inputPipe) else { throw TestFailure("pipe") }
+            posix_spawn_file_actions_adddup2(&actions, inputPipe[0], 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
+        posix_spawn_file_actions_adddup2(&actions, outputPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errorPipe[1], 2)
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let environmentList = (environment ?? ProcessInfo.processInfo.environment).map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { environmentList.forEach { free($0) } }
+        var child: pid_t = 0
+        let result = posix_spawn(&child, executable, &actions, nil, argv, environmentList)
+        for descriptor in [inputPipe[0], outputPipe[1], errorPipe[1]] where descriptor >= 0 { close(descriptor) }
+        guard result == 0 else {
+            for descriptor in [inputPipe[1], outputPipe[0], errorPipe[0]] where descriptor >= 0 { close(descriptor) }
+            throw TestFailure("posix_spawn \(executable): \(String(cString: strerror(result)))")
+        }
+        pid = child
+        input = stdinPipe ? inputPipe[1] : nil
+        output = outputPipe[0]
+        errors = errorPipe[0]
+        Thread.detachNewThread { [self, child] in
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) == -1 && errno == EINTR {}
+            statusLock.withLock { waitStatus = status }
+            exited.signal()
+        }
+    }
+
+    func write(_ text: String) {
+        guard let input else { return }
+        let bytes = Array(text.utf8)
+        _ = bytes.withUnsafeBytes { Glibc.write(input, $0.baseAddress, $0.count) }
+    }
+
+    func closeInput() {
+        if let input { close(input) }
+        input = nil
+    }
+
+    /// Waits for the exit; the shell's status (128+N for signal N), or nil if still running.
+    func wait(within seconds: Double) -> Int32? {
+        guard exited.wait(timeout: .now() + seconds) == .success else { return nil }
+        exited.signal()
+        return statusLock.withLock {
+            let status = waitStatus!
+            return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        }
+    }
+
+    var isRunning: Bool { statusLock.withLock { waitStatus == nil } }
+
+    deinit {
+        if isRunning { kill(pid, SIGKILL) }
+        closeInput()
+        close(output)
+        close(errors)
+    }
+}
+
+private let spawnLock = NSLock()
+
+private func makePipe(_ ends: inout [Int32]) -> Bool {
+    guard pipe(&ends) == 0 else { return false }
+    return fcntl(ends[0], F_SETFD, FD_CLOEXEC) == 0 && fcntl(ends[1], F_SETFD, FD_CLOEXEC) == 0
+}
+
+/// Reads a descriptor to its end.
+func readAll(_ descriptor: Int32) -> String {
+    var data = [UInt8]()
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = read(descriptor, &buffer, buffer.count)
+        if count > 0 { data += buffer[0..<count]; continue }
+        if count < 0 && errno == EINTR { continue }
+        break
+    }
+    return String(decoding: data, as: UTF8.self)
+}
+
 /// Runs a program to completion within `seconds`; kills it and throws if it takes longer.
 func run(_ executable: String, _ arguments: [String], within seconds: Double = 60,
          environment: [String: String]? = nil) throws -> Finished {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    if let environment { process.environment = environment }
-    let output = Pipe(), errors = Pipe()
-    process.standardOutput = output
-    process.standardError = errors
-    process.standardInput = FileHandle.nullDevice
-    let done = DispatchSemaphore(value: 0)
-    process.terminationHandler = { _ in done.signal() }
-    try process.run()
-    let collected = CollectedOutput(output, errors)
-    guard done.wait(timeout: .now() + seconds) == .success else {
-        kill(process.processIdentifier, SIGKILL)
+    let child = try Spawned(executable, arguments, stdinPipe: false, environment: environment)
+    final class Texts: @unchecked Sendable { var stdout = "", stderr = "" }
+    let texts = Texts()
+    let readers = DispatchGroup()
+    readers.enter()
+    Thread.detachNewThread { texts.stdout = readAll(child.output); readers.leave() }
+    readers.enter()
+    Thread.detachNewThread { texts.stderr = readAll(child.errors); readers.leave() }
+    guard let status = child.wait(within: seconds) else {
+        kill(child.pid, SIGKILL)
         throw TestFailure("\(executable) \(arguments) did not finish within \(seconds) s")
     }
-    let (stdout, stderr) = collected.wait()
-    return Finished(status: process.terminationStatus, stdout: stdout, stderr: stderr)
+    readers.wait()
+    return Finished(status: status, stdout: texts.stdout, stderr: texts.stderr)
 }
 
 func blk(_ arguments: String...) throws -> Finished { try run(blkPath, arguments) }
 
-/// Drains both pipes on threads of their own, so a chatty child never blocks on a full pipe.
-final class CollectedOutput: @unchecked Sendable {
-    private var texts = ["", ""]
-    private let group = DispatchGroup()
-
-    init(_ pipes: Pipe...) {
-        for (index, pipe) in pipes.enumerated() {
-            group.enter()
-            Thread.detachNewThread {
-                let data = pipe.fileHandleForReading.readDataToEndOfFile()
-                self.texts[index] = String(decoding: data, as: UTF8.self)
-                self.group.leave()
-            }
-        }
-    }
-
-    func wait() -> (String, String) {
-        group.wait()
-        return (texts[0], texts[1])
-    }
-}
-
 /// A long-running process spoken to line by line: the lock fixture, a qemu-io holding an image,
 /// a `blk hold` waiting for its lock.
 final class LineProcess: @unchecked Sendable {
-    let process = Process()
-    private let input = Pipe(), output = Pipe(), errors = Pipe()
+    let child: Spawned
     private let lock = NSLock()
     private var lines: [String] = []
     private var errorText = ""
     private let arrived = DispatchSemaphore(value: 0)
-    private let exited = DispatchSemaphore(value: 0)
+    let arguments: [String]
 
-    init(_ executable: String, _ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = errors
-        process.terminationHandler = { [exited] _ in exited.signal() }
-        try process.run()
-        Thread.detachNewThread { [self] in
-            var pending = ""
+    init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
+        self.arguments = [executable] + arguments
+        child = try Spawned(executable, arguments, stdinPipe: true, environment: environment)
+        Thread.detachNewThread { [self, child] in
+            var pending = [UInt8]()
+            var buffer = [UInt8](repeating: 0, count: 4096)
             while true {
-                let data = output.fileHandleForReading.availableData
-                if data.isEmpty { break }
-                pending += String(decoding: data, as: UTF8.self)
-                while let newline = pending.firstIndex(of: "\n") {
-                    let line = String(pending[..<newline])
-                    pending = String(pending[pending.index(after: newline)...])
+                let count = read(child.output, &buffer, buffer.count)
+                if count < 0 && errno == EINTR { continue }
+                if count <= 0 { break }
+                pending += buffer[0..<count]
+                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = String(decoding: pending[..<newline], as: UTF8.self)
+                    pending.removeSubrange(...newline)
                     lock.withLock { lines.append(line) }
                     arrived.signal()
                 }
             }
         }
-        Thread.detachNewThread { [self] in
-            let data = errors.fileHandleForReading.readDataToEndOfFile()
-            lock.withLock { errorText = String(decoding: data, as: UTF8.self) }
+        Thread.detachNewThread { [self, child] in
+            let text = readAll(child.errors)
+            lock.withLock { errorText = text }
         }
     }
 
@@ -120,17 +194,16 @@ final class LineProcess: @unchecked Sendable {
         return fixture
     }
 
-    var pid: Int32 { process.processIdentifier }
+    var pid: Int32 { child.pid }
 
+    /// What the process wrote to stderr; complete once it has exited.
     var stderr: String { lock.withLock { errorText } }
 
-    func send(_ line: String) {
-        input.fileHandleForWriting.write(Data((line + "\n").utf8))
-    }
+    func send(_ line: String) { child.write(line + "\n") }
 
     func nextLine(within seconds: Double = 20) throws -> String {
         guard arrived.wait(timeout: .now() + seconds) == .success else {
-            throw TestFailure("no answer within \(seconds) s from \(process.arguments ?? []); stderr: \(stderr)")
+            throw TestFailure("no answer within \(seconds) s from \(arguments); stderr: \(stderr)")
         }
         return lock.withLock { lines.removeFirst() }
     }
@@ -149,26 +222,22 @@ final class LineProcess: @unchecked Sendable {
         return handle
     }
 
-    func hasExited(within seconds: Double) -> Bool { exited.wait(timeout: .now() + seconds) == .success }
+    func exitStatus(within seconds: Double) -> Int32? { child.wait(within: seconds) }
 
     func kill9() {
         kill(pid, SIGKILL)
-        _ = hasExited(within: 20)
+        _ = child.wait(within: 20)
     }
 
     /// Closes stdin (the fixture and qemu-io quit on EOF) and waits for the exit status.
     @discardableResult
     func finish(within seconds: Double = 20) throws -> Int32 {
-        try? input.fileHandleForWriting.close()
-        guard hasExited(within: seconds) else {
+        child.closeInput()
+        guard let status = child.wait(within: seconds) else {
             kill(pid, SIGKILL)
-            throw TestFailure("\(process.arguments ?? []) did not exit within \(seconds) s")
+            throw TestFailure("\(arguments) did not exit within \(seconds) s")
         }
-        return process.terminationStatus
-    }
-
-    deinit {
-        if process.isRunning { kill(pid, SIGKILL) }
+        return status
     }
 }
 

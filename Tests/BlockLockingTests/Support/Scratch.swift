@@ -8,7 +8,7 @@ final class Scratch {
     let directory: String
 
     init() throws {
-        var template = Array((NSTemporaryDirectory() + "/blk-test-XXXXXX").utf8CString)
+        var template = Array(URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("blk-test-XXXXXX").path.utf8CString)
         guard let made = mkdtemp(&template) else { throw TestFailure("mkdtemp failed") }
         directory = String(cString: made)
         chmod(directory, 0o755) // so a test may look at it as another user
@@ -38,7 +38,8 @@ func kernelLocks(on path: String) throws -> [LockRecord] {
     let descriptor = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
     defer { try? descriptor.close() }
     let identity = try LockHolderScan.identity(of: descriptor).get()
-    let text = try String(contentsOfFile: "/proc/locks", encoding: .utf8)
+    // Foundation reads /proc files by their stat size (zero) and may stop at the first page.
+    guard let text = readProcFile("/proc/locks") else { throw TestFailure("cannot read /proc/locks") }
     return LockRecord.records(in: text, on: identity)
 }
 
