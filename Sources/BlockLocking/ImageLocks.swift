@@ -67,13 +67,13 @@ public final class LockedImageFile: Sendable {
                 ? "Could not open for writing (which an exclusive transaction lock needs)" : "Could not open"
             throw LockingError.from(SystemCallError("open", errno), doing: action, path: path)
         } catch {
-            throw LockingError(.ioError, "Could not open \(path): \(error)", path: path)
+            throw LockingError(.ioError, "Could not open '\(path)': \(error)", path: path)
         }
         // A directory opens read-only without complaint; refuse it before any lock is taken.
         var status = stat()
         if fstat(descriptor.rawValue, &status) == 0 && (status.st_mode & S_IFMT) == S_IFDIR {
             try? descriptor.close()
-            throw LockingError(.notFound, "Could not open \(path): \(Errno.isDirectory)", path: path)
+            throw LockingError(.notFound, "Could not open '\(path)': \(Errno.isDirectory)", path: path)
         }
         return descriptor
     }

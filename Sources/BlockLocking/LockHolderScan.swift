@@ -67,7 +67,7 @@ public struct LockHolderScan: Sendable {
                 records += found
             }
             if !records.isEmpty {
-                holders.append(LockHolder(pid: pid, program: programName(of: pid), locks: records))
+                holders.append(LockHolder(pid: pid, program: programName(of: pid), locks: records.sorted(by: byPosition)))
             }
         }
 
@@ -85,14 +85,19 @@ public struct LockHolderScan: Sendable {
             let note = unreadable > 0
                 ? "its /proc entries are not readable by this user; \(unreadable) processes could not be inspected"
                 : "it exited while being looked for"
-            holders.append(LockHolder(pid: nil, program: nil, locks: unknown, visibilityNote: note))
+            holders.append(LockHolder(pid: nil, program: nil, locks: unknown.sorted(by: byPosition), visibilityNote: note))
         }
+        holders.sort { ($0.pid ?? .max) < ($1.pid ?? .max) }
         return Findings(holders: holders, waiters: waiters)
     }
 
     /// Only the blocked requests on the file, from /proc/locks alone: cheap enough to poll.
     public func waiters() -> [LockRecord] {
         LockRecord.records(in: readProcFile("/proc/locks") ?? "", on: file).filter(\.isWaiting)
+    }
+
+    private func byPosition(_ first: LockRecord, _ second: LockRecord) -> Bool {
+        (first.firstByte, first.kind.rawValue) < (second.firstByte, second.kind.rawValue)
     }
 
     private func processIDs() -> [Int32] {

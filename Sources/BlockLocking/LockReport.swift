@@ -26,6 +26,9 @@ public struct LockReport: Sendable, Hashable {
         func lockKind(at byte: Int64) throws(LockingError) -> LockKind? {
             switch locker.probe(byte: byte, for: .exclusive) {
             case .success(let found): return found?.kind
+            case .failure(let failure) where failure.errno == .noLocks || failure.errno == .notSupported:
+                throw LockingError(.unsupported, "the file system of \(path) does not support locks (\(failure.errno)); nothing can hold a lock on it",
+                                   path: path, cause: failure)
             case .failure(let failure): throw LockingError.from(failure, doing: "Failed to probe byte \(byte) of", path: path)
             }
         }

@@ -72,6 +72,6 @@ extension LockingError {
         case .noLocks, .notSupported, .invalidArgument: code = .unsupported
         default: code = .ioError
         }
-        return LockingError(code, "\(action) \(path): \(failure.errno)", path: path, cause: failure, file: file, line: line)
+        return LockingError(code, "\(action) '\(path)': \(failure.errno)", path: path, cause: failure, file: file, line: line)
     }
 }

@@ -39,7 +39,7 @@ public struct LockingDecision: Sendable, Hashable {
             ])
         case (.noLocks, _), (.notSupported, _):
             throw LockingError(.unsupported,
-                               "the file system of \(path) does not support locks (\(failure.errno)); use --locking off to open it without locks",
+                               "the file system of \(path) does not support locks (\(failure.errno))",
                                path: path, cause: failure)
         default:
             throw LockingError.from(failure, doing: "Failed to test locks on", path: path)

@@ -19,6 +19,11 @@ func reply(_ line: String) {
     _ = text.withCString { write(1, $0, strlen($0)) }
 }
 
+func warn(_ message: String) {
+    let text = "warning: " + message + "\n"
+    _ = text.withCString { write(2, $0, strlen($0)) }
+}
+
 func errorReply(_ error: LockingError) -> String {
     "err \(error.code) " + error.description.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\\n")
 }
@@ -52,7 +57,9 @@ while let line = readLine() {
         switch (command, image, kind) {
         case ("open", _, _) where words.count >= 3:
             let mode = words.count > 3 ? LockingMode(rawValue: String(words[3])) ?? .auto : .auto
-            images[nextHandle] = try LockedImageFile(path: String(words[1]), writable: words[2] == "rw", mode: mode)
+            let opened = try LockedImageFile(path: String(words[1]), writable: words[2] == "rw", mode: mode)
+            opened.locks.decision.warnings.forEach { warn($0) }
+            images[nextHandle] = opened
             reply("ok \(nextHandle)")
             nextHandle += 1
         case ("perms", let image?, _) where words.count == 4:

@@ -43,7 +43,8 @@ struct TransactionLockTests {
         // Blocked in F_OFD_SETLKW: the kernel lists the request as a waiter; a poller would not be.
         #expect(try eventually { try hasKernelWaiter(on: image) })
         #expect(try first.request("unlock \(a) shared") == "ok")
-        #expect(try hasKernelWaiter(on: image), "still waiting for the second reader")
+        // Woken by that release, the writer finds the second reader and blocks again.
+        #expect(try eventually { try hasKernelWaiter(on: image) }, "still waiting for the second reader")
         #expect(try second.request("unlock \(b) shared") == "ok")
         #expect(try writer.nextLine() == "ok")
         #expect(try !hasKernelWaiter(on: image))

@@ -1,0 +1,129 @@
+// `blk locks` and `blk hold` as a user runs them: real processes, golden transcripts, exit codes.
+import Foundation
+import Glibc
+import Testing
+
+@Suite("blk locks and blk hold")
+struct CLITests {
+    let scratch: Scratch
+
+    init() throws { scratch = try Scratch() }
+
+    func placeholders(_ image: String) -> [(String, String)] {
+        [(image, "IMAGE"), (scratch.directory, "SCRATCH")]
+    }
+
+    @Test("locks on an image nobody holds")
+    func locksFree() throws {
+        let image = try scratch.rawImage()
+        try expectGolden("locks-free", transcript("blk locks IMAGE", try blk("locks", image), placeholders: placeholders(image)))
+    }
+
+    @Test("locks names a QEMU writer, a shared transaction-lock holder and a waiter, in text and JSON")
+    func locksNamesEveryone() throws {
+        let image = try scratch.qcow2Image()
+        let qemu = try qemuHolder(OpenKind.qcow2Kinds[0], image)
+        defer { _ = try? qemu.finish() }
+        let reader = try LineProcess.fixture(), writer = try LineProcess.fixture()
+        let r = try reader.open(image, "ro"), w = try writer.open(image)
+        #expect(try reader.request("lock \(r) shared") == "ok")
+        writer.send("lock \(w) exclusive 60")
+        #expect(try eventually { try hasKernelWaiter(on: image) })
+
+        let text = try blk("locks", image)
+        #expect(text.stdout.contains("pid \(qemu.pid) (qemu-io): holds consistent read, write, resize; does not share write, resize"))
+        #expect(text.stdout.contains("pid \(reader.pid) (blk-lock-fixtur): transaction lock shared"))
+        try expectGolden("locks-qemu-and-transaction", transcript("blk locks IMAGE", text, placeholders: placeholders(image)))
+        try expectGolden("locks-qemu-and-transaction-json",
+                         transcript("blk locks --json IMAGE", try blk("locks", "--json", image), placeholders: placeholders(image)))
+    }
+
+    @Test("locks reports a holder this user cannot see as unknown, not as nobody")
+    func locksUnknownHolder() throws {
+        let image = try scratch.rawImage()
+        chmod(image, 0o644)
+        let holder = try LineProcess.fixture()
+        #expect(try holder.openAs(OpenKind.rawKinds[0], image) == "ok")
+        let seen = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", blkPath, "locks", image])
+        #expect(seen.stdout.contains("an unknown process"))
+        try expectGolden("locks-unknown-holder", transcript("blk locks IMAGE (as nobody)", seen, placeholders: placeholders(image)))
+    }
+
+    @Test("hold runs the command and exits with its status")
+    func holdPassesStatus() throws {
+        let image = try scratch.rawImage()
+        let ran = try blk("hold", image, "--", "/bin/sh", "-c", "echo inside; exit 7")
+        #expect(ran.status == 7)
+        #expect(ran.stdout == "inside\n")
+        let missing = try blk("hold", image, "--", "no-such-command-anywhere")
+        #expect(missing.status == 127)
+        #expect(missing.stderr == "blk: no-such-command-anywhere: No such file or directory\n")
+    }
+
+    @Test("hold gives up at its timeout with exit 75, naming the holder")
+    func holdTimeout() throws {
+        let image = try scratch.rawImage()
+        let holder = try LineProcess.fixture()
+        let handle = try holder.open(image)
+        #expect(try holder.request("lock \(handle) exclusive") == "ok")
+        let waited = try blk("hold", "--shared", "--timeout", "0.3", image, "--", "true")
+        #expect(waited.status == 75)
+        #expect(waited.stderr.contains("held by pid \(holder.pid) (blk-lock-fixtur): transaction lock exclusive"))
+        try expectGolden("hold-timeout", transcript("blk hold --shared --timeout 0.3 IMAGE -- true", waited, placeholders: placeholders(image)))
+        try expectGolden("hold-no-wait-json", transcript("blk hold --no-wait --json IMAGE -- true",
+                                                        try blk("hold", "--no-wait", "--json", image, "--", "true"),
+                                                        placeholders: placeholders(image)))
+    }
+
+    @Test("hold waits in the kernel and runs the command once the holder lets go")
+    func holdWaitsForRelease() throws {
+        let image = try scratch.rawImage()
+        let holder = try LineProcess.fixture()
+        let handle = try holder.open(image)
+        #expect(try holder.request("lock \(handle) shared") == "ok")
+        let waiting = try LineProcess(blkPath, ["hold", "--timeout", "60", image, "--", "/bin/echo", "got it"])
+        #expect(try eventually { try hasKernelWaiter(on: image) })
+        #expect(waiting.child.isRunning)
+        #expect(try holder.request("unlock \(handle) shared") == "ok")
+        #expect(try waiting.nextLine() == "got it")
+        #expect(waiting.exitStatus(within: 20) == 0)
+    }
+
+    @Test("kill -9 of blk hold releases the lock even while its command runs on")
+    func killedHoldReleases() throws {
+        let image = try scratch.rawImage()
+        let pidFile = scratch.directory + "/child.pid"
+        let hold = try LineProcess(blkPath, ["hold", image, "--", "/bin/sh", "-c", "echo $$ > \(pidFile); echo started; exec sleep 600"])
+        #expect(try hold.nextLine() == "started")
+        let probe = try LineProcess.fixture()
+        let handle = try probe.open(image)
+        #expect(try probe.request("trylock \(handle) shared") == "wouldblock")
+        hold.kill9()
+        let child = Int32(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
+        defer { kill(child, SIGKILL) }
+        #expect(kill(child, 0) == 0, "the command is still running")
+        #expect(try probe.request("trylock \(handle) exclusive") == "ok", "the command did not inherit the lock")
+    }
+
+    @Test("bad input: each a one-line error and its exit code", arguments: [
+        ("missing", ["hold", "SCRATCH/absent.img", "--", "true"]),
+        ("directory", ["locks", "SCRATCH"]),
+        ("no-command", ["hold", "SCRATCH/disk.raw"]),
+        ("both-kinds", ["hold", "--shared", "--exclusive", "SCRATCH/disk.raw", "--", "true"]),
+    ])
+    func badInput(name: String, arguments: [String]) throws {
+        let image = try scratch.rawImage()
+        let resolved = arguments.map { $0.replacingOccurrences(of: "SCRATCH", with: scratch.directory) }
+        try expectGolden("bad-input-\(name)", transcript("blk " + arguments.joined(separator: " "), try run(blkPath, resolved),
+                                                         placeholders: placeholders(image)))
+    }
+
+    @Test("bad input: an image this user may not read")
+    func unreadableImage() throws {
+        let image = try scratch.rawImage()
+        chmod(image, 0o600)
+        let refused = try run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", blkPath, "locks", image])
+        #expect(refused.status == 66)
+        try expectGolden("bad-input-unreadable", transcript("blk locks IMAGE (as nobody)", refused, placeholders: placeholders(image)))
+    }
+}
