@@ -171,3 +171,24 @@ struct TransactionLockTests {
         #expect(try other.request("trylock \(probe) exclusive") == "ok")
     }
 }
+
+@Suite("transaction lock costs")
+struct TransactionLockCostTests {
+    @Test("nested acquisitions and releases make no system call")
+    func nestedMakesNoSyscall() throws {
+        let scratch = try Scratch()
+        let image = try scratch.rawImage()
+        let trace = scratch.directory + "/fcntl.trace"
+        let traced = try LineProcess("/usr/bin/strace", ["-f", "-qq", "-e", "trace=fcntl", "-o", trace, fixturePath])
+        #expect(try traced.nextLine() == "ready")
+        let handle = try traced.open(image)
+        #expect(try traced.request("lock \(handle) exclusive") == "ok")
+        for _ in 0..<50 { #expect(try traced.request("lock \(handle) shared") == "ok") }
+        for _ in 0..<50 { #expect(try traced.request("unlock \(handle) shared") == "ok") }
+        #expect(try traced.request("unlock \(handle) exclusive") == "ok")
+        #expect(try traced.finish() == 0)
+        let calls = try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n")
+            .filter { $0.contains("F_OFD_SETLK") && $0.contains("l_start=300") }
+        #expect(calls.count == 2, "one lock and one unlock, however deep: \(calls)")
+    }
+}

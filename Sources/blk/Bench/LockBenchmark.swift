@@ -92,21 +92,32 @@ struct LockBenchmark {
         let scan = LockHolderScan(file: try LockHolderScan.identity(of: rawHolder).get())
 
         var ours: [Double] = [], raw: [Double] = []
-        for iteration in 0..<handoffs {
-            if iteration % 50 == 0 { progress.update(0.5 + 0.5 * Double(iteration) / Double(handoffs), "hand-over") }
+        func handOverOurs() throws {
             try holder.transaction.acquire(.exclusive)
             oursPeer.startWaiting()
             while scan.waiters().isEmpty { sched_yield() }
-            let oursReleased = currentMonotonicNanoseconds()
+            let released = currentMonotonicNanoseconds()
             try holder.transaction.release(.exclusive)
-            ours.append(Double(try oursPeer.acquiredAt() - oursReleased))
-
+            ours.append(Double(try oursPeer.acquiredAt() - released))
+        }
+        func handOverRaw() throws {
             rawLock(rawHolder, F_WRLCK, LockByte.transaction)
             rawPeer.startWaiting()
             while scan.waiters().isEmpty { sched_yield() }
-            let rawReleased = currentMonotonicNanoseconds()
+            let released = currentMonotonicNanoseconds()
             rawLock(rawHolder, F_UNLCK, LockByte.transaction)
-            raw.append(Double(try rawPeer.acquiredAt() - rawReleased))
+            raw.append(Double(try rawPeer.acquiredAt() - released))
+        }
+        for iteration in 0..<handoffs {
+            if iteration % 50 == 0 { progress.update(0.5 + 0.5 * Double(iteration) / Double(handoffs), "hand-over") }
+            // Alternate which goes first, so neither always runs on a machine the other just warmed.
+            if iteration.isMultiple(of: 2) {
+                try handOverOurs()
+                try handOverRaw()
+            } else {
+                try handOverRaw()
+                try handOverOurs()
+            }
         }
         return (ours, raw)
     }
