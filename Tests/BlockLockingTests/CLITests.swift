@@ -127,3 +127,20 @@ struct CLITests {
         try expectGolden("bad-input-unreadable", transcript("blk locks IMAGE (as nobody)", refused, placeholders: placeholders(image)))
     }
 }
+
+@Suite("blk bench lock")
+struct BenchCommandTests {
+    @Test("reports every figure beside its baseline under the documented JSON keys")
+    func jsonKeys() throws {
+        let scratch = try Scratch()
+        let bench = try run(blkPath, ["bench", "lock", "--json", "--iterations", "200", "--handoffs", "20", "--dir", scratch.directory])
+        #expect(bench.status == 0, "\(bench)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Double])
+        let keys = ["uncontended-pair-ns", "baseline-uncontended-pair-ns", "nested-acquire-ns", "permission-open-ns",
+                    "baseline-permission-open-ns", "handoff-median-us", "handoff-p99-us",
+                    "baseline-handoff-median-us", "baseline-handoff-p99-us"]
+        #expect(Set(object.keys) == Set(keys))
+        #expect(object.values.allSatisfy { $0 > 0 && $0.isFinite })
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.directory).isEmpty, "the benchmark removes its image")
+    }
+}
