@@ -105,6 +105,17 @@ struct CLITests {
         #expect(try probe.request("trylock \(handle) exclusive") == "ok", "the command did not inherit the lock")
     }
 
+    @Test("SIGTERM to blk hold reaches the command, and hold exits with the command's status")
+    func holdForwardsSignals() throws {
+        let image = try scratch.rawImage()
+        let script = "trap 'echo got TERM; exit 3' TERM; echo started; while :; do sleep 0.05; done"
+        let hold = try LineProcess(blkPath, ["hold", image, "--", "/bin/sh", "-c", script])
+        #expect(try hold.nextLine() == "started")
+        kill(hold.pid, SIGTERM)
+        #expect(try hold.nextLine() == "got TERM")
+        #expect(hold.exitStatus(within: 20) == 3)
+    }
+
     @Test("bad input: each a one-line error and its exit code", arguments: [
         ("missing", ["hold", "SCRATCH/absent.img", "--", "true"]),
         ("directory", ["locks", "SCRATCH"]),

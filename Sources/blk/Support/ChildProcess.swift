@@ -14,16 +14,30 @@ enum ChildProcess {
     /// work (and we keep the lock) until it exits.
     static func run(_ arguments: [String]) -> Int32 {
         let forwarded = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+        var forwardedSet = sigset_t()
+        sigemptyset(&forwardedSet)
         for signalNumber in forwarded {
+            sigaddset(&forwardedSet, signalNumber)
             signal(signalNumber) { received in
                 let child = runningChild.load(ordering: .relaxed)
                 if child > 0 { kill(child, received) }
             }
         }
+        // A parent may have started us with signals blocked (thread pools block them); handled
+        // signals must get through, and the command starts with a clean mask of its own.
+        pthread_sigmask(SIG_UNBLOCK, &forwardedSet, nil)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var emptySet = sigset_t()
+        sigemptyset(&emptySet)
+        posix_spawnattr_setsigmask(&attributes, &emptySet)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+
         var pid: pid_t = 0
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
-        let spawned = posix_spawnp(&pid, arguments[0], nil, nil, argv, environ)
+        let spawned = posix_spawnp(&pid, arguments[0], nil, &attributes, argv, environ)
         guard spawned == 0 else {
             printError("\(arguments[0]): \(String(cString: strerror(spawned)))")
             return spawned == ENOENT ? 127 : 126
