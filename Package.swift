@@ -1,12 +1,13 @@
 // swift-tools-version:6.0
 // BlockLayer: a block layer for VM images that many processes and hosts can share safely.
-// Modules in dependency order: CLinuxLocking (C shim) → BlockLocking → blk (CLI).
+// Modules in dependency order: CLinuxLocking (C shim) → BlockLocking → BlockLayer (with the
+// CLinuxIO shim) → blk (CLI).
 import PackageDescription
 
 let package = Package(
     name: "BlockLayer",
     products: [
-        .library(name: "BlockLocking", targets: ["BlockLocking"]),
+        .library(name: "BlockLayer", targets: ["BlockLayer", "BlockLocking"]),
         .executable(name: "blk", targets: ["blk"]),
     ],
     dependencies: [
@@ -22,19 +23,30 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        .target(name: "CLinuxIO"),
+        .target(
+            name: "BlockLayer",
+            dependencies: [
+                "BlockLocking",
+                "CLinuxIO",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         .executableTarget(
             name: "blk",
             dependencies: [
+                "BlockLayer",
                 "BlockLocking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // A process that takes locks on command, so tests can put holders and waiters in
         // separate processes: locks held and checked by one process prove nothing.
         .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLocking"]),
         .testTarget(
-            name: "BlockLockingTests",
-            dependencies: ["BlockLocking"]
+            name: "BlockLayerTests",
+            dependencies: ["BlockLayer", "BlockLocking"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -44,7 +44,7 @@ public final class LockedImageFile: Sendable {
     /// `writable` is needed for an exclusive transaction lock: the kernel grants write locks only
     /// through descriptors open for writing.
     public init(path: String, writable: Bool, mode: LockingMode = .auto) throws(LockingError) {
-        let descriptor = try Self.open(path, writable: writable)
+        let descriptor = try Self.openDescriptor(path, writable: writable)
         do {
             locks = try ImageLocks(descriptor: descriptor, path: path, mode: mode)
         } catch {
@@ -58,7 +58,8 @@ public final class LockedImageFile: Sendable {
         try? locks.descriptor.close()
     }
 
-    static func open(_ path: String, writable: Bool) throws(LockingError) -> FileDescriptor {
+    /// Opens `path` with O_CLOEXEC, refusing a directory, with errors in QEMU's words.
+    public static func openDescriptor(_ path: String, writable: Bool) throws(LockingError) -> FileDescriptor {
         let descriptor: FileDescriptor
         do {
             descriptor = try FileDescriptor.open(path, writable ? .readWrite : .readOnly, options: [.closeOnExec])

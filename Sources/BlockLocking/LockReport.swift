@@ -20,8 +20,9 @@ public struct LockReport: Sendable, Hashable {
     /// Bytes locked by an owner that /proc on this host does not show.
     public var invisibleBytes: [Int64]
 
-    /// Inspects the image behind `descriptor`, which must hold no locks of its own.
-    public static func inspect(descriptor: FileDescriptor, path: String) throws(LockingError) -> LockReport {
+    /// Inspects the image behind `descriptor`, which must hold no locks of its own. The locks of
+    /// `excluding` (this process's own open of the image, if any) are not listed as holders.
+    public static func inspect(descriptor: FileDescriptor, path: String, excluding: FileDescriptor? = nil) throws(LockingError) -> LockReport {
         let locker = ByteLocker(descriptor: descriptor, flavor: .openFileDescription)
         func lockKind(at byte: Int64) throws(LockingError) -> LockKind? {
             switch locker.probe(byte: byte, for: .exclusive) {
@@ -50,7 +51,7 @@ public struct LockReport: Sendable, Hashable {
 
         switch LockHolderScan.identity(of: descriptor) {
         case .success(let identity):
-            let findings = LockHolderScan(file: identity).scan()
+            let findings = LockHolderScan(file: identity, excluding: excluding).scan()
             report.holders = findings.holders
             report.waiters = findings.waiters
         case .failure(let failure):

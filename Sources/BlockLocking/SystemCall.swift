@@ -26,9 +26,9 @@ extension Errno {
 /// Runs a C call that returns -1 and sets errno on failure, retrying it while it fails with EINTR
 /// when `retryOnInterrupt` is set.
 @inline(__always)
-func valueOrErrno(
-    _ name: StaticString, retryOnInterrupt: Bool = true, _ call: () -> Int32
-) -> Result<Int32, SystemCallError> {
+public func valueOrErrno<Value: FixedWidthInteger>(
+    _ name: StaticString, retryOnInterrupt: Bool = true, _ call: () -> Value
+) -> Result<Value, SystemCallError> {
     while true {
         let value = call()
         if value != -1 { return .success(value) }

@@ -13,8 +13,7 @@ final class NoLockMount {
     init(in scratch: Scratch) throws {
         mountPoint = scratch.directory + "/nolock"
         mkdir(mountPoint, 0o755)
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Fixtures/nolockfs.py").path
+        let script = testsDirectory.appendingPathComponent("Fixtures/nolockfs.py").path
         server = try LineProcess("/usr/bin/python3", [script, mountPoint])
         image = mountPoint + "/image.raw"
         guard eventually(within: 20, { FileManager.default.fileExists(atPath: image) }) else {

@@ -4,9 +4,11 @@
 import Foundation
 import Testing
 
-let goldenDirectory = URL(fileURLWithPath: #filePath)
+/// The repository's Tests folder (this file is Tests/BlockLayerTests/Support/Golden.swift).
+let testsDirectory = URL(fileURLWithPath: #filePath)
     .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    .appendingPathComponent("Golden")
+
+let goldenDirectory = testsDirectory.appendingPathComponent("Golden")
 
 /// The transcript of one command, filtered: `placeholders` maps literal strings (paths) to names.
 func transcript(_ command: String, _ finished: Finished, placeholders: [(String, String)]) -> String {

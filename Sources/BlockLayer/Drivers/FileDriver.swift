@@ -1,0 +1,285 @@
+// FileDriver: the protocol driver for an image file on a local or network file system.
+//
+// Map: opening (two descriptors) · positional I/O with short-count and EINTR loops · O_DIRECT
+// bounce buffers · zeroes through fallocate · flush and its poisoning · locks.
+//
+// Two descriptors, as QEMU's file-posix keeps a lock descriptor apart from its I/O descriptor:
+// the locks live on a descriptor that never changes, so reopening read-only ↔ read-write swaps
+// only the I/O descriptor and the locks stay continuous. (Locks on a fresh descriptor would be
+// a different open file description, and would conflict with our own old ones.) The lock
+// descriptor is opened read-write when the file allows it, because the kernel grants the
+// exclusive transaction lock only through a descriptor open for writing; it never writes.
+import BlockLocking
+import CLinuxIO
+import Glibc
+import Synchronization
+import SystemPackage
+
+/// How writes reach the disk.
+public enum CacheMode: String, Sendable, Hashable, CaseIterable {
+    /// Through the page cache; `flush` makes them durable.
+    case writeback
+    /// O_DIRECT: around the page cache, with aligned bounce buffers for unaligned requests.
+    case none
+}
+
+public final class FileDriver: BlockDriver {
+    public let formatName = "file"
+    public let path: String
+    public let cache: CacheMode
+    public let locks: ImageLocks
+
+    /// O_DIRECT needs offsets, lengths and buffer addresses aligned to the logical block size;
+    /// 4096 satisfies every device in use.
+    static let directAlignment = 4096
+
+    private struct State {
+        var descriptor: FileDescriptor
+        var writable: Bool
+        var length: Int64
+        /// Set by the first failed flush: every later flush fails too.
+        var flushFailure: SystemCallError?
+    }
+
+    private let state: Mutex<State>
+
+    public init(path: String, writable: Bool, locking: LockingMode, cache: CacheMode = .writeback) throws(BlockError) {
+        self.path = path
+        self.cache = cache
+        let lockDescriptor: FileDescriptor
+        do throws(LockingError) {
+            lockDescriptor = try Self.openLockDescriptor(path)
+        } catch {
+            throw BlockError(error)
+        }
+        do throws(LockingError) {
+            locks = try ImageLocks(descriptor: lockDescriptor, path: path, mode: locking)
+        } catch {
+            try? lockDescriptor.close()
+            throw BlockError(error)
+        }
+        do {
+            let descriptor = try Self.openIO(path, writable: writable, cache: cache)
+            let length = try Self.size(of: descriptor, path: path)
+            state = Mutex(State(descriptor: descriptor, writable: writable, length: length))
+        } catch {
+            try? lockDescriptor.close()
+            throw error
+        }
+    }
+
+    deinit {
+        state.withLock { try? $0.descriptor.close() }
+        try? locks.descriptor.close() // releases every OFD lock of this open
+    }
+
+    public var transactionLock: TransactionLock? { locks.transaction }
+
+    private static func openLockDescriptor(_ path: String) throws(LockingError) -> FileDescriptor {
+        do {
+            return try FileDescriptor.open(path, .readWrite, options: [.closeOnExec])
+        } catch Errno.permissionDenied, Errno.readOnlyFileSystem {
+            return try LockedImageFile.openDescriptor(path, writable: false)
+        } catch Errno.isDirectory {
+            throw LockingError(.notFound, "Could not open '\(path)': \(Errno.isDirectory)", path: path)
+        } catch {
+            return try LockedImageFile.openDescriptor(path, writable: false)
+        }
+    }
+
+    private static func openIO(_ path: String, writable: Bool, cache: CacheMode) throws(BlockError) -> FileDescriptor {
+        let flags = O_CLOEXEC | (writable ? O_RDWR : O_RDONLY) | (cache == .none ? blk_o_direct() : 0)
+        switch valueOrErrno("open", { Glibc.open(path, flags) }) {
+        case .success(let raw): return FileDescriptor(rawValue: raw)
+        case .failure(let failure) where failure.errno == .invalidArgument && cache == .none:
+            throw BlockError(.unsupported, "Could not open '\(path)': the file system does not support O_DIRECT (cache=none)", cause: failure)
+        case .failure(let failure):
+            throw BlockError.systemCall(failure, "Could not open '\(path)'\(writable ? " for writing" : "")")
+        }
+    }
+
+    private static func size(of descriptor: FileDescriptor, path: String) throws(BlockError) -> Int64 {
+        var status = stat()
+        if case .failure(let failure) = valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }) {
+            throw BlockError.systemCall(failure, "Could not stat '\(path)'")
+        }
+        return Int64(status.st_size)
+    }
+
+    public func length() throws(BlockError) -> Int64 { state.withLock { $0.length } }
+
+    public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        let descriptor = state.withLock { $0.descriptor }
+        if cache == .none && !Self.isAligned(byteOffset, buffer.count, buffer.baseAddress) {
+            return try withBounce(byteOffset, buffer.count) { (bounce, start) throws(BlockError) in
+                try self.readFully(descriptor, at: start, into: bounce, allowShort: true)
+                let skip = Int(byteOffset - start)
+                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: bounce[skip..<skip + buffer.count]))
+            }
+        }
+        try readFully(descriptor, at: byteOffset, into: buffer)
+    }
+
+    public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
+        let descriptor = try writableDescriptor()
+        if cache == .none && !Self.isAligned(byteOffset, buffer.count, buffer.baseAddress) {
+            let lengthBefore = try length()
+            try withBounce(byteOffset, buffer.count) { (bounce, start) throws(BlockError) in
+                // Read-modify-write of the aligned blocks around the request.
+                try self.readFully(descriptor, at: start, into: bounce, allowShort: true)
+                let skip = Int(byteOffset - start)
+                UnsafeMutableRawBufferPointer(rebasing: bounce[skip..<skip + buffer.count]).copyMemory(from: buffer)
+                try self.writeFully(descriptor, at: start, from: UnsafeRawBufferPointer(bounce))
+                // The aligned tail may have grown the file past what was asked for.
+                if start + Int64(bounce.count) > lengthBefore {
+                    let wanted = max(lengthBefore, byteOffset + Int64(buffer.count))
+                    if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor.rawValue, off_t(wanted)) }) {
+                        throw BlockError.systemCall(failure, "trim '\(self.path)' after an unaligned direct write")
+                    }
+                }
+            }
+        } else {
+            try writeFully(descriptor, at: byteOffset, from: buffer)
+        }
+        state.withLock { $0.length = max($0.length, byteOffset + Int64(buffer.count)) }
+    }
+
+    public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
+        let descriptor = try writableDescriptor()
+        let mode = blk_FALLOC_FL_KEEP_SIZE | (mayUnmap ? blk_FALLOC_FL_PUNCH_HOLE : blk_FALLOC_FL_ZERO_RANGE)
+        switch valueOrErrno("fallocate", { blk_fallocate(descriptor.rawValue, Int32(mode), byteOffset, byteCount) }) {
+        case .success:
+            return
+        case .failure(let failure) where failure.errno == .notSupported || failure.errno == .invalidArgument:
+            break // the file system cannot: write zeroes the long way
+        case .failure(let failure):
+            throw BlockError.systemCall(failure, "write zeroes at \(byteOffset) of '\(path)'")
+        }
+        let chunk = 1 << 20
+        let zeroes = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: Self.directAlignment)
+        defer { zeroes.deallocate() }
+        zeroes.initializeMemory(as: UInt8.self, repeating: 0)
+        var done: Int64 = 0
+        while done < byteCount {
+            let count = Int(min(Int64(chunk), byteCount - done))
+            try write(at: byteOffset + done, from: UnsafeRawBufferPointer(rebasing: zeroes[0..<count]))
+            done += Int64(count)
+        }
+    }
+
+    public func flush() throws(BlockError) {
+        try state.withLock { (state) throws(BlockError) in
+            if let failure = state.flushFailure {
+                throw BlockError(.ioError, "flush of '\(path)' failed before (\(failure.errno)); data written since may be lost, so no later flush can succeed",
+                                 cause: failure)
+            }
+            guard state.writable else { return }
+            let descriptor = state.descriptor
+            if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor.rawValue) }) {
+                state.flushFailure = failure
+                throw BlockError.systemCall(failure, "flush of '\(path)'")
+            }
+        }
+    }
+
+    public func truncate(to byteCount: Int64) throws(BlockError) {
+        let descriptor = try writableDescriptor()
+        if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor.rawValue, off_t(byteCount)) }) {
+            throw BlockError.systemCall(failure, "resize '\(path)' to \(byteCount) bytes")
+        }
+        state.withLock { $0.length = byteCount }
+    }
+
+    public func allocatedBytes() throws(BlockError) -> Int64? {
+        let descriptor = state.withLock { $0.descriptor }
+        var status = stat()
+        if case .failure(let failure) = valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }) {
+            throw BlockError.systemCall(failure, "Could not stat '\(path)'")
+        }
+        return Int64(status.st_blocks) * 512
+    }
+
+    public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {
+        do {
+            try locks.setPermissions(request)
+        } catch {
+            throw BlockError(error)
+        }
+    }
+
+    /// Opens a new I/O descriptor with the new access, then closes the old one; the locks, on
+    /// their own descriptor, are not touched.
+    public func reopen(writable: Bool) throws(BlockError) {
+        let current = state.withLock { $0.writable }
+        guard current != writable else { return }
+        let descriptor = try Self.openIO(path, writable: writable, cache: cache)
+        let old = state.withLock { state in
+            defer {
+                state.descriptor = descriptor
+                state.writable = writable
+            }
+            return state.descriptor
+        }
+        try? old.close()
+    }
+
+    private func writableDescriptor() throws(BlockError) -> FileDescriptor {
+        try state.withLock { (state) throws(BlockError) -> FileDescriptor in
+            guard state.writable else { throw BlockError(.readOnly, "'\(path)' is open read-only") }
+            return state.descriptor
+        }
+    }
+
+    // MARK: positional I/O
+
+    private func readFully(_ descriptor: FileDescriptor, at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer,
+                           allowShort: Bool = false) throws(BlockError) {
+        var done = 0
+        while done < buffer.count {
+            let target = UnsafeMutableRawBufferPointer(rebasing: buffer[done...])
+            switch valueOrErrno("pread", { pread(descriptor.rawValue, target.baseAddress, target.count, off_t(byteOffset) + off_t(done)) }) {
+            case .success(0):
+                if allowShort {
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[done...]).initializeMemory(as: UInt8.self, repeating: 0)
+                    return
+                }
+                throw BlockError(.ioError, "read at \(byteOffset + Int64(done)) of '\(path)' found the end of the file: the image shrank while open")
+            case .success(let count):
+                done += Int(count)
+            case .failure(let failure):
+                throw BlockError.systemCall(failure, "read at \(byteOffset + Int64(done)) of '\(path)'")
+            }
+        }
+    }
+
+    private func writeFully(_ descriptor: FileDescriptor, at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
+        var done = 0
+        while done < buffer.count {
+            let source = UnsafeRawBufferPointer(rebasing: buffer[done...])
+            switch valueOrErrno("pwrite", { pwrite(descriptor.rawValue, source.baseAddress, source.count, off_t(byteOffset) + off_t(done)) }) {
+            case .success(let count) where count > 0:
+                done += Int(count)
+            case .success:
+                throw BlockError(.ioError, "write at \(byteOffset + Int64(done)) of '\(path)' made no progress")
+            case .failure(let failure):
+                throw BlockError.systemCall(failure, "write at \(byteOffset + Int64(done)) of '\(path)'")
+            }
+        }
+    }
+
+    private static func isAligned(_ byteOffset: Int64, _ count: Int, _ address: UnsafeRawPointer?) -> Bool {
+        let alignment = directAlignment
+        return byteOffset % Int64(alignment) == 0 && count % alignment == 0 && Int(bitPattern: address) % alignment == 0
+    }
+
+    /// Runs `body` with an aligned buffer covering the aligned blocks around the request.
+    private func withBounce(_ byteOffset: Int64, _ count: Int,
+                            _ body: (UnsafeMutableRawBufferPointer, Int64) throws(BlockError) -> Void) throws(BlockError) {
+        let alignment = Int64(Self.directAlignment)
+        let start = byteOffset / alignment * alignment
+        let end = (byteOffset + Int64(count) + alignment - 1) / alignment * alignment
+        let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(end - start), alignment: Self.directAlignment)
+        defer { bounce.deallocate() }
+        try body(bounce, start)
+    }
+}

@@ -1,0 +1,64 @@
+// BlockDriver: the table of operations every node's driver implements, as QEMU's BlockDriver.
+// A protocol driver (file) reaches storage; a format driver (raw, qcow2) interprets the bytes
+// of its child nodes. Contracts every driver keeps:
+//   - byte offsets and counts are checked by the caller against `length()`; a driver may still
+//     fail an access if the storage changed underneath (e.g. the file shrank);
+//   - a write either completes or throws: no partial success is reported as success;
+//   - `flush` makes every completed write durable, or throws, and after a failed flush every
+//     later flush fails too (the page cache may have dropped the data: retrying would lie);
+//   - permissions flow down: a node asks its children for what its parents ask of it, plus what
+//     its own format needs, and only the protocol driver turns them into locks.
+import BlockLocking
+
+/// Where a child hangs under its parent.
+public enum ChildRole: String, Sendable, Hashable {
+    /// The node that stores this node's bytes (a format's file).
+    case file
+    /// The node unallocated reads fall through to.
+    case backing
+}
+
+public protocol BlockDriver: AnyObject, Sendable {
+    /// The format or protocol name: "file", "raw", "qcow2".
+    var formatName: String { get }
+
+    /// The bytes this node exposes to its parents.
+    func length() throws(BlockError) -> Int64
+
+    /// Fills `buffer` with the bytes at `byteOffset`.
+    func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError)
+
+    /// Writes all of `buffer` at `byteOffset`.
+    func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError)
+
+    /// Makes `byteCount` bytes at `byteOffset` read as zeroes, deallocating them if `mayUnmap`.
+    func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError)
+
+    /// Makes completed writes durable.
+    func flush() throws(BlockError)
+
+    /// Grows or shrinks the node to `byteCount` bytes.
+    func truncate(to byteCount: Int64) throws(BlockError)
+
+    /// Bytes the node occupies on its storage (qemu-img's "disk size"); nil when unknown.
+    func allocatedBytes() throws(BlockError) -> Int64?
+
+    /// What this node asks of its child in `role`, given the union of what its parents ask of it.
+    func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest
+
+    /// Takes the locks `request` stands for (protocol drivers); format drivers do nothing.
+    func applyPermissions(_ request: PermissionRequest) throws(BlockError)
+
+    /// Switches between read-only and read-write access to the storage (protocol drivers).
+    func reopen(writable: Bool) throws(BlockError)
+
+    /// The transaction lock of the storage, for protocol drivers that have one.
+    var transactionLock: TransactionLock? { get }
+}
+
+extension BlockDriver {
+    public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest { parentsNeed }
+    public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {}
+    public func reopen(writable: Bool) throws(BlockError) {}
+    public var transactionLock: TransactionLock? { nil }
+}

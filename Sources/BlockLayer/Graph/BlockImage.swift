@@ -1,0 +1,198 @@
+// BlockImage: an open image as its user holds it (QEMU's BlockBackend) — the top of the graph,
+// with bounds and access checks on every request, reopen, and the migration hand-over.
+//
+// Hand-over (QEMU's inactivate / activate): the source flushes and gives up its permission
+// locks; the destination, opened inactive (no permission locks, no writes), takes them. If the
+// source still holds them, activation fails with QEMU's words and the destination stays inactive.
+import BlockLocking
+import Synchronization
+
+public final class BlockImage: Sendable {
+    public let path: String
+    public let root: BlockNode
+    public let format: String
+    /// The format was guessed from the image's first bytes (no -f).
+    public let formatWasProbed: Bool
+    /// Lines to show the user (locking fallbacks, a write-enabled probed raw image).
+    public let warnings: [String]
+    public let options: OpenOptions
+
+    private struct State {
+        var writable: Bool
+        var active: Bool
+    }
+
+    private let state: Mutex<State>
+
+    /// Opens `path`: the file node, then the format node on top, then (unless inactive) the
+    /// permission locks — all undone if any step fails.
+    public static func open(_ path: String, options: OpenOptions = OpenOptions()) throws(BlockError) -> BlockImage {
+        if options.forceShare && options.writable {
+            throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
+        }
+        let fileDriver = try FileDriver(path: path, writable: options.writable, locking: options.locking, cache: options.cache)
+        let fileNode = BlockNode(driver: fileDriver)
+        var warnings = fileDriver.locks.decision.warnings
+
+        let probed = options.format == nil
+        let format: String
+        if let chosen = options.format {
+            format = chosen
+        } else {
+            format = FormatProbe.format(ofHeader: try readHeader(of: fileDriver))
+        }
+        let root: BlockNode
+        switch format {
+        case "raw":
+            root = BlockNode(driver: try RawDriver(file: fileNode, byteOffset: options.rawByteOffset, windowSize: options.rawWindowSize),
+                             children: [(.file, fileNode)])
+        case "qcow2":
+            throw BlockError(.unsupported, "'\(path)' is a qcow2 image, which this build of blk cannot open yet")
+        default:
+            throw BlockError(.unsupported, "Unknown driver '\(format)'")
+        }
+        if probed && format == "raw" && options.writable {
+            warnings.append("Image format was not specified for '\(path)' and probing guessed raw; writes to block 0 that would make it look like another format are refused. Specify -f raw to remove the restriction.")
+        }
+        let image = BlockImage(path: path, root: root, format: format, probed: probed, warnings: warnings, options: options)
+        if !options.inactive {
+            do throws(BlockError) {
+                try root.setNeeds(options.userRequest, of: ObjectIdentifier(image))
+            } catch {
+                var refused = error
+                refused.message = "Could not open '\(path)': " + error.message
+                throw refused
+            }
+        }
+        return image
+    }
+
+    private init(path: String, root: BlockNode, format: String, probed: Bool, warnings: [String], options: OpenOptions) {
+        self.path = path
+        self.root = root
+        self.format = format
+        self.formatWasProbed = probed
+        self.warnings = warnings
+        self.options = options
+        state = Mutex(State(writable: options.writable, active: !options.inactive))
+    }
+
+    /// The first 512 bytes (fewer for a smaller image), where formats keep their magic.
+    private static func readHeader(of driver: any BlockDriver) throws(BlockError) -> [UInt8] {
+        let count = Int(min(512, try driver.length()))
+        let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
+        defer { bytes.deallocate() }
+        try driver.read(at: 0, into: bytes)
+        return Array(bytes)
+    }
+
+    // MARK: I/O
+
+    /// The virtual size: the bytes a guest sees.
+    public func length() throws(BlockError) -> Int64 { try root.driver.length() }
+
+    public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        try checkRange(byteOffset, Int64(buffer.count))
+        try root.driver.read(at: byteOffset, into: buffer)
+    }
+
+    public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
+        try checkWritable()
+        try checkRange(byteOffset, Int64(buffer.count))
+        if formatWasProbed && format == "raw" && byteOffset < 512 {
+            try refuseProbeChange(at: byteOffset, buffer)
+        }
+        try root.driver.write(at: byteOffset, from: buffer)
+    }
+
+    public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool = false) throws(BlockError) {
+        try checkWritable()
+        try checkRange(byteOffset, byteCount)
+        try root.driver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
+    }
+
+    public func flush() throws(BlockError) {
+        for node in root.subtree { try node.driver.flush() }
+    }
+
+    /// Bytes the image occupies on disk.
+    public func allocatedBytes() throws(BlockError) -> Int64? { try root.protocolNode.driver.allocatedBytes() }
+
+    /// The transaction lock of the image file (interface.md §2).
+    public var transactionLock: TransactionLock {
+        // The protocol node is a FileDriver, which always has one.
+        root.protocolNode.driver.transactionLock!
+    }
+
+    public var isWritable: Bool { state.withLock { $0.writable } }
+    public var isActive: Bool { state.withLock { $0.active } }
+
+    private func checkWritable() throws(BlockError) {
+        let current = state.withLock { $0 }
+        guard current.active else { throw BlockError(.readOnly, "'\(path)' is inactive (migration hand-over): activate it before writing") }
+        guard current.writable else { throw BlockError(.readOnly, "Block node is read-only") }
+    }
+
+    private func checkRange(_ byteOffset: Int64, _ byteCount: Int64) throws(BlockError) {
+        let length = try length()
+        guard byteOffset >= 0, byteCount >= 0 else {
+            throw BlockError(.invalidRequest, "offset and length must not be negative (offset \(byteOffset), length \(byteCount))")
+        }
+        let (end, overflow) = byteOffset.addingReportingOverflow(byteCount)
+        guard !overflow, end <= length else {
+            throw BlockError(.invalidRequest, "\(byteCount) bytes at offset \(byteOffset) reach past the end of the image (\(length) bytes)")
+        }
+    }
+
+    /// QEMU's rule for probed raw images: a write may not make block 0 look like another format,
+    /// or the next probing open would read the guest's data as image metadata.
+    private func refuseProbeChange(at byteOffset: Int64, _ buffer: UnsafeRawBufferPointer) throws(BlockError) {
+        var header = try Self.readHeader(of: root.driver)
+        let start = Int(byteOffset)
+        for index in 0..<min(buffer.count, header.count - start) { header[start + index] = buffer[index] }
+        if FormatProbe.format(ofHeader: header) != "raw" {
+            throw BlockError(.readOnly, "Operation not permitted: this write would make block 0 of '\(path)' look like a \(FormatProbe.format(ofHeader: header)) image, and its format was only guessed (give -f raw)")
+        }
+    }
+
+    // MARK: reopen and hand-over
+
+    /// Switches between read-only and read-write, keeping the locks continuous: the new
+    /// permissions are taken before the old are given up, and a refusal (QEMU's words) leaves
+    /// the image as it was.
+    public func reopen(writable: Bool) throws(BlockError) {
+        guard writable != isWritable else { return }
+        if writable && options.forceShare {
+            throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
+        }
+        var reopened = options
+        reopened.writable = writable
+        if isActive { try root.setNeeds(reopened.userRequest, of: ObjectIdentifier(self)) }
+        do throws(BlockError) {
+            for node in root.subtree { try node.driver.reopen(writable: writable) }
+        } catch {
+            for node in root.subtree { try? node.driver.reopen(writable: !writable) }
+            if isActive { try? root.setNeeds(options.userRequest, of: ObjectIdentifier(self)) }
+            throw error
+        }
+        state.withLock { $0.writable = writable }
+    }
+
+    /// Gives the image up for another process to take over: flush, then drop the permission locks.
+    public func inactivate() throws(BlockError) {
+        guard isActive else { return }
+        try flush()
+        try root.setNeeds(.none, of: ObjectIdentifier(self))
+        state.withLock { $0.active = false }
+    }
+
+    /// Takes the image over: the permission locks of this open, or QEMU's words if another
+    /// process still holds what they protect.
+    public func activate() throws(BlockError) {
+        guard !isActive else { return }
+        var current = options
+        current.writable = isWritable
+        try root.setNeeds(current.userRequest, of: ObjectIdentifier(self))
+        state.withLock { $0.active = true }
+    }
+}

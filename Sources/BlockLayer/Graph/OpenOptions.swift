@@ -1,0 +1,37 @@
+// OpenOptions: how to open an image — QEMU's -f, read-only, force-share, locking, cache, and
+// the migration target's inactive open — as one value.
+import BlockLocking
+
+public struct OpenOptions: Sendable, Hashable {
+    /// The format; nil probes it from the image's first bytes.
+    public var format: String?
+    public var writable: Bool
+    /// QEMU's -U / force-share=on: take no permission others could mind. Read-only opens only.
+    public var forceShare: Bool
+    public var locking: LockingMode
+    public var cache: CacheMode
+    /// Open without permission locks (a migration target before `activate`).
+    public var inactive: Bool
+    /// The raw format's window into its file.
+    public var rawByteOffset: Int64
+    public var rawWindowSize: Int64?
+
+    public init(format: String? = nil, writable: Bool = false, forceShare: Bool = false, locking: LockingMode = .auto,
+                cache: CacheMode = .writeback, inactive: Bool = false, rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
+        self.format = format
+        self.writable = writable
+        self.forceShare = forceShare
+        self.locking = locking
+        self.cache = cache
+        self.inactive = inactive
+        self.rawByteOffset = rawByteOffset
+        self.rawWindowSize = rawWindowSize
+    }
+
+    /// What the user of the image (QEMU's BlockBackend, as a guest device with share-rw=off)
+    /// asks of the top node: read, plus write without sharing it when writable.
+    var userRequest: PermissionRequest {
+        writable ? PermissionRequest(held: [.consistentRead, .write], unshared: [.write])
+                 : PermissionRequest(held: [.consistentRead], unshared: [])
+    }
+}

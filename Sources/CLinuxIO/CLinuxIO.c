@@ -1,0 +1,16 @@
+// Implementation of CLinuxIO.h.
+#define _GNU_SOURCE
+#include "CLinuxIO.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+
+_Static_assert(blk_FALLOC_FL_KEEP_SIZE == FALLOC_FL_KEEP_SIZE, "kernel ABI");
+_Static_assert(blk_FALLOC_FL_PUNCH_HOLE == FALLOC_FL_PUNCH_HOLE, "kernel ABI");
+_Static_assert(blk_FALLOC_FL_ZERO_RANGE == FALLOC_FL_ZERO_RANGE, "kernel ABI");
+
+int blk_fallocate(int descriptor, int mode, long long offset, long long length) {
+    return fallocate(descriptor, mode, (off_t)offset, (off_t)length);
+}
+
+int blk_o_direct(void) { return O_DIRECT; }

@@ -1,0 +1,20 @@
+// CLinuxIO: the file-I/O calls and flags Swift's Glibc module hides behind _GNU_SOURCE:
+// fallocate(2) and its modes, and O_DIRECT. Values are kernel ABI (include/uapi/linux/falloc.h).
+#ifndef CLINUXIO_H
+#define CLINUXIO_H
+
+#include <sys/types.h>
+
+enum {
+    blk_FALLOC_FL_KEEP_SIZE = 0x01,
+    blk_FALLOC_FL_PUNCH_HOLE = 0x02,
+    blk_FALLOC_FL_ZERO_RANGE = 0x10,
+};
+
+/// fallocate(2).
+int blk_fallocate(int descriptor, int mode, long long offset, long long length);
+
+/// The O_DIRECT open flag.
+int blk_o_direct(void);
+
+#endif

@@ -1,0 +1,120 @@
+// `blk io`: I/O commands on one open image, in order, like qemu-io. A failing command is
+// reported and the next one still runs; the exit status is 1 if any failed (as qemu-io).
+import ArgumentParser
+import BlockLayer
+import BlockLocking
+import Foundation
+import Glibc
+
+struct IOCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "io",
+        abstract: "Run qemu-io-like commands on one open image.",
+        discussion: """
+            Commands: read [-P BYTE] OFF LEN · write [-P BYTE] [-z] OFF LEN · flush · sleep MS · \
+            lock shared|exclusive · unlock. With -P, read verifies every byte. lock waits up to \
+            --timeout seconds for the transaction lock; unlock releases the latest lock.
+            """
+    )
+
+    @OptionGroup var imageOptions: ImageOptions
+    @Option(name: .customShort("c"), help: "A command; repeat for more.") var commands: [String] = []
+    @Option(help: "Seconds `lock` waits for the transaction lock.") var timeout: Double = 10
+    @Flag(help: "Print errors also as JSON on stdout.") var json = false
+    @Argument(help: "The image file.") var image: String
+
+    func validate() throws {
+        for command in commands {
+            if case .failure(let error) = IOCommandStep.parse(command) { throw ValidationError(error.description) }
+        }
+    }
+
+    func run() throws {
+        let steps = commands.map { try! IOCommandStep.parse($0).get() }
+        // Read-write unless -r or -U, as qemu-io opens; -U without -r is refused as QEMU does.
+        let opened = try imageOptions.open(image, writable: true, json: json)
+        var held: [LockKind] = []
+        var failed = false
+        for step in steps {
+            do throws(BlockError) {
+                if try !execute(step, on: opened, held: &held) { failed = true }
+            } catch {
+                failed = true
+                printFailure(step, error)
+            }
+        }
+        if failed { throw ExitCode(ExitStatus.failure) }
+    }
+
+    /// Runs one step; false when it ran but its check failed (a pattern mismatch, already printed).
+    private func execute(_ step: IOCommandStep, on image: BlockImage, held: inout [LockKind]) throws(BlockError) -> Bool {
+        switch step {
+        case .read(let offset, let count, let pattern):
+            let started = currentMonotonicNanoseconds()
+            let buffer = try Self.buffer(count)
+            defer { buffer.deallocate() }
+            try image.read(at: offset, into: buffer)
+            if let pattern, let bad = buffer.firstIndex(where: { $0 != pattern }) {
+                print("Pattern verification failed at offset \(offset + Int64(bad)), \(count) bytes")
+                report("read", count, offset, since: started)
+                return false
+            }
+            report("read", count, offset, since: started)
+        case .write(let offset, let count, let pattern, let zeroes):
+            let started = currentMonotonicNanoseconds()
+            if zeroes {
+                try image.writeZeroes(at: offset, byteCount: count)
+            } else {
+                let buffer = try Self.buffer(count)
+                defer { buffer.deallocate() }
+                buffer.initializeMemory(as: UInt8.self, repeating: pattern)
+                try image.write(at: offset, from: UnsafeRawBufferPointer(buffer))
+            }
+            report("wrote", count, offset, since: started)
+        case .flush:
+            try image.flush()
+        case .sleep(let milliseconds):
+            usleep(UInt32(clamping: milliseconds * 1000))
+        case .lock(let kind):
+            do throws(LockingError) {
+                try image.transactionLock.acquire(kind, deadline: .after(.milliseconds(Int64(timeout * 1000))))
+            } catch {
+                throw BlockError(error)
+            }
+            held.append(kind)
+        case .unlock:
+            guard let kind = held.popLast() else { throw BlockError(.invalidRequest, "no transaction lock is held") }
+            do throws(LockingError) {
+                try image.transactionLock.release(kind)
+            } catch {
+                throw BlockError(error)
+            }
+        }
+        return true
+    }
+
+    private static func buffer(_ count: Int64) throws(BlockError) -> UnsafeMutableRawBufferPointer {
+        guard count <= 1 << 31 else { throw BlockError(.invalidRequest, "\(count) bytes is more than one request may move (2 GiB)") }
+        return UnsafeMutableRawBufferPointer.allocate(byteCount: Int(count), alignment: 4096)
+    }
+
+    /// qemu-io's two lines: what was done, then the rate.
+    private func report(_ verb: String, _ count: Int64, _ offset: Int64, since started: Int64) {
+        let seconds = max(Double(currentMonotonicNanoseconds() - started) / 1e9, 1e-9)
+        print("\(verb) \(count)/\(count) bytes at offset \(offset)")
+        print(String(format: "%@, 1 ops; %.4f sec (%.3f MiB/sec and %.4f ops/sec)",
+                     humanSize(count), seconds, Double(count) / 1_048_576 / seconds, 1 / seconds))
+    }
+
+    private func printFailure(_ step: IOCommandStep, _ error: BlockError) {
+        let verb: String = switch step {
+        case .read: "read"
+        case .write: "write"
+        case .flush: "flush"
+        case .sleep: "sleep"
+        case .lock: "lock"
+        case .unlock: "unlock"
+        }
+        printError("\(verb) failed: \(error.description)")
+    }
+}

@@ -1,0 +1,67 @@
+// ImageOptions: the options every command that opens an image shares (interface.md §1), and
+// how a block-layer failure ends a command.
+import ArgumentParser
+import BlockLayer
+import BlockLocking
+
+extension LockingMode: ExpressibleByArgument {}
+extension CacheMode: ExpressibleByArgument {}
+
+struct ImageOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "The image format (raw); probed from the image when not given.")
+    var format: String?
+
+    @Flag(name: [.customShort("r"), .customLong("read-only")], help: "Open read-only.")
+    var readOnly = false
+
+    @Flag(name: [.customShort("U"), .customLong("force-share")], help: "Open read-only without keeping others from writing (QEMU's -U).")
+    var forceShare = false
+
+    @Option(help: "auto: lock when OFD locks work; on: always; off: never.")
+    var locking: LockingMode = .auto
+
+    @Option(help: "writeback (the page cache) or none (O_DIRECT).")
+    var cache: CacheMode = .writeback
+
+    func openOptions(writable: Bool) -> OpenOptions {
+        OpenOptions(format: format, writable: writable && !readOnly && !forceShare, forceShare: forceShare,
+                    locking: locking, cache: cache)
+    }
+
+    /// Opens `path`, printing the open's warnings; `writable` is what the command would like.
+    func open(_ path: String, writable: Bool, json: Bool) throws -> BlockImage {
+        if forceShare && writable && !readOnly {
+            throw report(BlockError(.invalidRequest, "force-share=on can only be used with read-only images"), json: json)
+        }
+        do {
+            let image = try BlockImage.open(path, options: openOptions(writable: writable))
+            image.warnings.forEach(printWarning)
+            return image
+        } catch {
+            throw report(error, json: json)
+        }
+    }
+}
+
+extension BlockError {
+    var exitStatus: Int32 {
+        switch code {
+        case .conflict, .timedOut: ExitStatus.tryAgain
+        case .unsupported: ExitStatus.unsupported
+        case .notFound: ExitStatus.notFound
+        case .invalidRequest: ExitStatus.usage
+        case .ioError, .noSpace: ExitStatus.ioError
+        default: ExitStatus.failure
+        }
+    }
+}
+
+/// Prints a block-layer failure as interface.md §1 asks and returns the exit code.
+func report(_ error: BlockError, json: Bool) -> ExitCode {
+    printError(error.description)
+    if json {
+        let holders = (error.locking?.holders ?? []).map(HolderJSON.init)
+        printJSON(ErrorJSON(error: .init(kind: error.code.name, message: error.message, holders: holders)))
+    }
+    return ExitCode(error.exitStatus)
+}
