@@ -43,7 +43,7 @@ let package = Package(
         ),
         // A process that takes locks on command, so tests can put holders and waiters in
         // separate processes: locks held and checked by one process prove nothing.
-        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLocking"]),
+        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLayer", "BlockLocking"]),
         .testTarget(
             name: "BlockLayerTests",
             dependencies: ["BlockLayer", "BlockLocking"]

@@ -10,7 +10,12 @@
 //   asynclock HANDLE KIND [SECONDS]   → started, later: async ok | async err …
 //   cancel                            → ok          (cancels the async lock's task)
 //   unlock HANDLE KIND · close HANDLE · status HANDLE → ok [KIND DEPTH]
+// Whole images through the block layer (handles of their own):
+//   image PATH ro|rw [inactive]       → ok HANDLE
+//   reopen HANDLE ro|rw · activate HANDLE · inactivate HANDLE → ok
+//   read HANDLE OFFSET LENGTH         → ok
 // Failures answer "err CODE MESSAGE" with newlines in MESSAGE written as "\n".
+import BlockLayer
 import BlockLocking
 import Glibc
 
@@ -43,6 +48,43 @@ func deadline(_ words: ArraySlice<Substring>, at index: Int) -> LockDeadline {
     return .after(.milliseconds(Int64(seconds * 1000)))
 }
 
+func blockReply(_ error: BlockError) -> String {
+    "err \(error.code) " + error.description.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\\n")
+}
+
+/// Block-layer commands; nil when `words` is not one.
+@MainActor
+func blockCommand(_ words: ArraySlice<Substring>) -> String? {
+    let handle = words.count > 1 ? Int(words[words.startIndex + 1]).flatMap { blockImages[$0] } : nil
+    do throws(BlockError) {
+        switch (words.first, handle) {
+        case ("image", _) where words.count >= 3:
+            let path = String(words[words.startIndex + 1])
+            let options = OpenOptions(writable: words[words.startIndex + 2] == "rw", inactive: words.last == "inactive")
+            blockImages[nextHandle] = try BlockImage.open(path, options: options)
+            defer { nextHandle += 1 }
+            return "ok \(nextHandle)"
+        case ("reopen", let image?) where words.count == 3:
+            try image.reopen(writable: words.last == "rw")
+        case ("activate", let image?):
+            try image.activate()
+        case ("inactivate", let image?):
+            try image.inactivate()
+        case ("read", let image?) where words.count == 4:
+            guard let offset = Int64(words[words.startIndex + 2]), let count = Int(words[words.startIndex + 3]) else { return "err usage" }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
+            defer { buffer.deallocate() }
+            try image.read(at: offset, into: buffer)
+        default:
+            return nil
+        }
+        return "ok"
+    } catch {
+        return blockReply(error)
+    }
+}
+
+var blockImages: [Int: BlockImage] = [:]
 var images: [Int: LockedImageFile] = [:]
 var nextHandle = 0
 var pending: Task<Void, Never>?
@@ -51,6 +93,10 @@ reply("ready")
 while let line = readLine() {
     let words = line.split(separator: " ")[...]
     guard let command = words.first else { continue }
+    if let answer = blockCommand(words) {
+        reply(answer)
+        continue
+    }
     let image = words.count > 1 ? Int(words[1]).flatMap { images[$0] } : nil
     let kind: LockKind? = words.count > 2 ? LockKind.allCases.first { "\($0)" == words[2] } : nil
     do throws(LockingError) {
@@ -94,6 +140,7 @@ while let line = readLine() {
             reply("ok \(status.kind.map { "\($0)" } ?? "unlocked") \(status.depth)")
         case ("close", _, _) where words.count == 2:
             images[Int(words[1]) ?? -1] = nil
+            blockImages[Int(words[1]) ?? -1] = nil
             reply("ok")
         default:
             reply("err usage \(line)")

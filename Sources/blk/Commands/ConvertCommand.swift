@@ -16,6 +16,8 @@ struct ConvertCommand: ParsableCommand {
 
     /// Bytes copied per request: large enough that syscalls cost nothing next to the copy.
     static let chunkBytes = 1 << 20
+    /// The granularity at which runs of zeroes are left as holes.
+    static let holeBytes = 64 << 10
 
     func run() throws {
         guard outputFormat == "raw" else {
@@ -37,8 +39,11 @@ struct ConvertCommand: ParsableCommand {
                 let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
                 try input.read(at: offset, into: chunk)
                 // The new file reads as zeroes already: writing zeroes would only fill its holes.
-                if chunk.contains(where: { $0 != 0 }) {
-                    try output.write(at: offset, from: UnsafeRawBufferPointer(chunk))
+                for start in stride(from: 0, to: count, by: Self.holeBytes) {
+                    let piece = UnsafeRawBufferPointer(rebasing: chunk[start..<min(start + Self.holeBytes, count)])
+                    if piece.contains(where: { $0 != 0 }) {
+                        try output.write(at: offset + Int64(start), from: piece)
+                    }
                 }
                 offset += Int64(count)
                 bar.update(Double(offset) / Double(max(length, 1)), "\(humanSize(offset)) of \(humanSize(length))")
