@@ -17,12 +17,10 @@ public final class BlockImage: Sendable {
     public let warnings: [String]
     public let options: OpenOptions
 
-    private struct State {
-        var writable: Bool
-        var active: Bool
-    }
-
-    private let state: Mutex<State>
+    // Read on every request without a lock (see FileDriver); changed only by reopen and the
+    // hand-over, which no request may overlap.
+    private let writableFlag: Atomic<Bool>
+    private let activeFlag: Atomic<Bool>
 
     /// Opens `path`: the file node, then the format node on top, then (unless inactive) the
     /// permission locks — all undone if any step fails.
@@ -74,7 +72,8 @@ public final class BlockImage: Sendable {
         self.formatWasProbed = probed
         self.warnings = warnings
         self.options = options
-        state = Mutex(State(writable: options.writable, active: !options.inactive))
+        writableFlag = Atomic(options.writable)
+        activeFlag = Atomic(!options.inactive)
     }
 
     /// The first 512 bytes (fewer for a smaller image), where formats keep their magic.
@@ -124,13 +123,12 @@ public final class BlockImage: Sendable {
         root.protocolNode.driver.transactionLock!
     }
 
-    public var isWritable: Bool { state.withLock { $0.writable } }
-    public var isActive: Bool { state.withLock { $0.active } }
+    public var isWritable: Bool { writableFlag.load(ordering: .acquiring) }
+    public var isActive: Bool { activeFlag.load(ordering: .acquiring) }
 
     private func checkWritable() throws(BlockError) {
-        let current = state.withLock { $0 }
-        guard current.active else { throw BlockError(.readOnly, "'\(path)' is inactive (migration hand-over): activate it before writing") }
-        guard current.writable else { throw BlockError(.readOnly, "Block node is read-only") }
+        guard isActive else { throw BlockError(.readOnly, "'\(path)' is inactive (migration hand-over): activate it before writing") }
+        guard isWritable else { throw BlockError(.readOnly, "Block node is read-only") }
     }
 
     private func checkRange(_ byteOffset: Int64, _ byteCount: Int64) throws(BlockError) {
@@ -175,7 +173,7 @@ public final class BlockImage: Sendable {
             if isActive { try? root.setNeeds(options.userRequest, of: ObjectIdentifier(self)) }
             throw error
         }
-        state.withLock { $0.writable = writable }
+        writableFlag.store(writable, ordering: .releasing)
     }
 
     /// Gives the image up for another process to take over: flush, then drop the permission locks.
@@ -183,7 +181,7 @@ public final class BlockImage: Sendable {
         guard isActive else { return }
         try flush()
         try root.setNeeds(.none, of: ObjectIdentifier(self))
-        state.withLock { $0.active = false }
+        activeFlag.store(false, ordering: .releasing)
     }
 
     /// Takes the image over: the permission locks of this open, or QEMU's words if another
@@ -193,6 +191,6 @@ public final class BlockImage: Sendable {
         var current = options
         current.writable = isWritable
         try root.setNeeds(current.userRequest, of: ObjectIdentifier(self))
-        state.withLock { $0.active = true }
+        activeFlag.store(true, ordering: .releasing)
     }
 }

@@ -155,3 +155,23 @@ struct BenchCommandTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.directory).isEmpty, "the benchmark removes its image")
     }
 }
+
+@Suite("blk bench io")
+struct IOBenchCommandTests {
+    @Test("runs the same requests as qemu-img bench on the same file and reports both")
+    func besideQEMU() throws {
+        let scratch = try Scratch()
+        let image = try scratch.rawImage(bytes: 8 << 20)
+        let bench = try run(blkPath, ["bench", "io", "--json", "-w", "-c", "256", "-s", "64k", "--pattern", "7", "--rounds", "1", "-f", "raw", image])
+        #expect(bench.status == 0, "\(bench)")
+        let results = try #require(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [[String: Any]])
+        let result = try #require(results.first)
+        #expect(result["scenario"] as? String == "256 writes of 64 KiB, step 64 KiB, depth 64, cache writeback")
+        for key in ["blk-mb-per-s", "blk-iops", "qemu-img-mb-per-s", "qemu-img-iops", "ratio"] {
+            #expect((result[key] as? Double).map { $0 > 0 } == true, "\(key) in \(result)")
+        }
+        // 256 requests of 64 KiB wrap once around the 8 MiB image: every byte was written.
+        let written = try run("/usr/bin/qemu-io", ["-f", "raw", "-r", "-c", "read -P 7 0 8M", image])
+        #expect(written.status == 0 && !written.stdout.contains("failed"), "\(written)")
+    }
+}

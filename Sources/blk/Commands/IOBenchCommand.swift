@@ -1,0 +1,96 @@
+// `blk bench io`: qemu-img bench's options, run by blk and by qemu-img bench on the same file in
+// the same run. Without an image, the standard pair on a temporary 1 GiB raw image: 64 KiB
+// sequential writes, then 4 KiB reads scattered by a 1236 KiB step (qemu-img bench has no random
+// mode; 1236 KiB is 309 blocks of 4 KiB, and 309 is prime to the image's 262144 blocks, so the
+// reads visit every block, out of order).
+import ArgumentParser
+import BlockLayer
+import Foundation
+
+struct IOBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "io",
+        abstract: "Read or write throughput beside qemu-img bench doing the same requests on the same file."
+    )
+
+    @Flag(name: .short, help: "Write instead of read.") var w = false
+    @Option(name: .short, help: "Request size.") var s = ByteCount(4096)
+    @Option(name: .short, help: "Number of requests.") var c = 75_000
+    @Option(name: .short, help: "Requests in flight.") var d = 64
+    @Option(name: .customShort("S"), help: "Step between requests (default: the request size).") var step: ByteCount?
+    @Option(name: .short, help: "Offset of the first request.") var o = ByteCount(0)
+    @Option(name: .short, help: "Cache mode: writeback or none.") var t = CacheMode.writeback
+    @Option(help: "Byte value written.") var pattern: UInt8 = 0
+    @Option(name: .short, help: "Image format (probed when not given).") var f: String?
+    @Option(help: "Runs of each side; the median is reported.") var rounds = 3
+    @Option(help: "Folder for the temporary image of the standard pair.") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
+    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
+    @Flag(help: "Print JSON on stdout.") var json = false
+    @Argument(help: "The image; omit it for the standard pair on a temporary image.") var image: String?
+
+    func validate() throws {
+        guard c > 0, d > 0, s.value > 0, rounds > 0 else { throw ValidationError("-c, -d, -s and --rounds must be positive") }
+    }
+
+    func run() throws {
+        var plans: [IOBenchmarkPlan] = []
+        var temporary: String?
+        if let image {
+            plans.append(IOBenchmarkPlan(image: image, format: f, write: w, requestBytes: Int(s.value), count: c, depth: d,
+                                         stepBytes: step?.value ?? s.value, startOffset: o.value, cache: t, pattern: pattern))
+        } else {
+            let path = URL(fileURLWithPath: dir).appendingPathComponent("blk-bench-io-\(getpid()).raw").path
+            temporary = path
+            do throws(BlockError) {
+                try RawDriver.create(at: path, byteCount: 1 << 30)
+            } catch {
+                throw report(error, json: json)
+            }
+            plans.append(IOBenchmarkPlan(image: path, format: "raw", write: true, requestBytes: 64 << 10, count: 16_384, depth: d,
+                                         stepBytes: 64 << 10, startOffset: 0, cache: t, pattern: 0x5a))
+            plans.append(IOBenchmarkPlan(image: path, format: "raw", write: false, requestBytes: 4096, count: c, depth: d,
+                                         stepBytes: 1236 << 10, startOffset: 0, cache: t, pattern: 0))
+        }
+        defer { if let temporary { unlink(temporary) } }
+
+        let bar = Progress(forced: p)
+        var results: [IOBenchmarkResult] = []
+        do throws(BlockError) {
+            for (number, plan) in plans.enumerated() {
+                var ours: [Double] = [], theirs: [Double] = []
+                for round in 0..<rounds {
+                    bar.update(Double(number * rounds + round) / Double(plans.count * rounds), plan.summary)
+                    // Alternate who goes first, so neither always meets the other's cache state.
+                    if round.isMultiple(of: 2) { ours.append(try IOBenchmark.runBlk(plan)) }
+                    if let seconds = try IOBenchmark.runQEMU(plan) { theirs.append(seconds) }
+                    if !round.isMultiple(of: 2) { ours.append(try IOBenchmark.runBlk(plan)) }
+                }
+                let bytes = Double(plan.count * plan.requestBytes)
+                let blkSeconds = ours.median
+                let qemuSeconds = theirs.isEmpty ? nil : theirs.median
+                results.append(IOBenchmarkResult(
+                    scenario: plan.summary, blkMbPerS: bytes / blkSeconds / 1e6, blkIops: Double(plan.count) / blkSeconds,
+                    qemuImgMbPerS: qemuSeconds.map { bytes / $0 / 1e6 }, qemuImgIops: qemuSeconds.map { Double(plan.count) / $0 },
+                    ratio: qemuSeconds.map { $0 / blkSeconds }))
+            }
+        } catch {
+            bar.finish()
+            throw report(error, json: json)
+        }
+        bar.finish()
+        if json {
+            printJSON(results)
+            return
+        }
+        for result in results {
+            print("blk bench io: \(result.scenario)")
+            print("  blk        " + String(format: "%9.1f MB/s %11.0f IOPS", result.blkMbPerS, result.blkIops))
+            if let mb = result.qemuImgMbPerS, let iops = result.qemuImgIops, let ratio = result.ratio {
+                print("  qemu-img   " + String(format: "%9.1f MB/s %11.0f IOPS", mb, iops))
+                print("  ratio      " + String(format: "%.2f× (target ≥ 0.95×)", ratio))
+            } else {
+                print("  qemu-img   not installed (Debian package qemu-utils): no baseline")
+            }
+        }
+    }
+}
