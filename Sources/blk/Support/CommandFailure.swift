@@ -1,41 +1,44 @@
 // CommandFailure: how a failed command ends — its message on stderr (and, with --json, one
 // JSON object on stdout), and the sysexits code of interface.md §3.
 import ArgumentParser
+import BlockLayer
 import BlockLocking
 import Foundation
 
 enum ExitStatus {
     static let failure: Int32 = 1
     static let usage: Int32 = 64
-    static let dataError: Int32 = 65
     static let notFound: Int32 = 66
     static let unsupported: Int32 = 69
     static let ioError: Int32 = 74
     static let tryAgain: Int32 = 75
-    static let keyProblem: Int32 = 77
 }
 
-extension LockingError {
+extension BlockError {
     var exitStatus: Int32 {
         switch code {
         case .conflict, .timedOut: ExitStatus.tryAgain
         case .unsupported: ExitStatus.unsupported
         case .notFound: ExitStatus.notFound
         case .invalidRequest: ExitStatus.usage
-        case .ioError: ExitStatus.ioError
+        case .ioError, .noSpace: ExitStatus.ioError
         default: ExitStatus.failure
         }
     }
 }
 
 /// Prints `error` as interface.md §1 asks and returns the exit code to end with.
-func report(_ error: LockingError, json: Bool) -> ExitCode {
+func report(_ error: BlockError, json: Bool) -> ExitCode {
     printError(error.description)
     if json {
-        let holders = error.holders.map(HolderJSON.init)
+        let holders = (error.locking?.holders ?? []).map(HolderJSON.init)
         printJSON(ErrorJSON(error: .init(kind: error.code.name, message: error.message, holders: holders)))
     }
     return ExitCode(error.exitStatus)
+}
+
+func report(_ error: LockingError, json: Bool) -> ExitCode {
+    report(BlockError(error), json: json)
 }
 
 func printError(_ message: String) {

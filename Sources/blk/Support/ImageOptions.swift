@@ -1,5 +1,4 @@
-// ImageOptions: the options every command that opens an image shares (interface.md §1), and
-// how a block-layer failure ends a command.
+// ImageOptions: the options every command that opens an image shares (interface.md §1).
 import ArgumentParser
 import BlockLayer
 import BlockLocking
@@ -41,27 +40,4 @@ struct ImageOptions: ParsableArguments {
             throw report(error, json: json)
         }
     }
-}
-
-extension BlockError {
-    var exitStatus: Int32 {
-        switch code {
-        case .conflict, .timedOut: ExitStatus.tryAgain
-        case .unsupported: ExitStatus.unsupported
-        case .notFound: ExitStatus.notFound
-        case .invalidRequest: ExitStatus.usage
-        case .ioError, .noSpace: ExitStatus.ioError
-        default: ExitStatus.failure
-        }
-    }
-}
-
-/// Prints a block-layer failure as interface.md §1 asks and returns the exit code.
-func report(_ error: BlockError, json: Bool) -> ExitCode {
-    printError(error.description)
-    if json {
-        let holders = (error.locking?.holders ?? []).map(HolderJSON.init)
-        printJSON(ErrorJSON(error: .init(kind: error.code.name, message: error.message, holders: holders)))
-    }
-    return ExitCode(error.exitStatus)
 }

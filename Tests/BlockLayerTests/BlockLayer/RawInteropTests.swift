@@ -5,14 +5,10 @@ import Foundation
 import Glibc
 import Testing
 
-/// A `blk io` process that keeps `image` open (its last command sleeps) until killed.
-func blkHolder(_ arguments: [String], _ image: String, expecting bytes: [Int64]) throws -> LineProcess {
-    let holder = try LineProcess(blkPath, ["io"] + arguments + [image, "-c", "sleep 600000"])
-    let locked = try eventually {
-        let records = try kernelLocks(on: image)
-        return bytes.allSatisfy { byte in records.contains { $0.covers(byte: byte) } }
-    }
-    guard locked else { throw TestFailure("blk io \(arguments) did not lock \(bytes); stderr: \(holder.stderr)") }
+/// A `blk io` process that keeps `image` open as `kind` (its last command sleeps) until killed.
+func blkHolder(_ kind: OpenKind, _ image: String) throws -> LineProcess {
+    let holder = try LineProcess(blkPath, ["io"] + RawInteropTests.blkArguments(kind) + [image, "-c", "sleep 600000"])
+    try waitUntilLocked(image, kind.blk, by: holder)
     return holder
 }
 
@@ -71,8 +67,7 @@ struct RawInteropTests {
 
     @Test("the raw rows of the lock table: blk io holds, qemu-io opens", arguments: OpenKind.rawKinds, OpenKind.rawKinds)
     func blkIOHolds(holding: OpenKind, opening: OpenKind) throws {
-        let holder = try blkHolder(Self.blkArguments(holding), image,
-                                   expecting: holding.blk.held.members.map(\.heldByte) + holding.blk.unshared.members.map(\.unsharedByte))
+        let holder = try blkHolder(holding, image)
         defer { holder.kill9() }
         let opened = try run("/usr/bin/qemu-io", opening.qemuArguments + ["-c", "read 0 512", image])
         if let conflict = expectedConflict(opener: opening.qemu, holder: holding.blk) {

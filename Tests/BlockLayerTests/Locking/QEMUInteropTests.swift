@@ -66,13 +66,18 @@ extension LineProcess {
 /// A qemu-io that holds `path` open as `kind` until it is finished.
 func qemuHolder(_ kind: OpenKind, _ path: String) throws -> LineProcess {
     let holder = try LineProcess("/usr/bin/qemu-io", kind.qemuArguments + [path])
-    let bytes = kind.qemu.held.members.map(\.heldByte) + kind.qemu.unshared.members.map(\.unsharedByte)
+    try waitUntilLocked(path, kind.qemu, by: holder)
+    return holder
+}
+
+/// Waits until the kernel lists locks on every byte `request` stands for, taken by `holder`.
+func waitUntilLocked(_ path: String, _ request: PermissionRequest, by holder: LineProcess) throws {
+    let bytes = request.held.members.map(\.heldByte) + request.unshared.members.map(\.unsharedByte)
     let locked = try eventually {
         let records = try kernelLocks(on: path)
         return bytes.allSatisfy { byte in records.contains { $0.covers(byte: byte) } }
     }
-    guard locked else { throw TestFailure("qemu-io \(kind.name) did not lock \(bytes); stderr: \(holder.stderr)") }
-    return holder
+    guard locked else { throw TestFailure("\(holder.arguments) did not lock \(bytes); stderr: \(holder.stderr)") }
 }
 
 @Suite("QEMU interoperability: the permission-lock truth table")
