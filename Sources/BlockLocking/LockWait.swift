@@ -30,6 +30,13 @@ public struct LockDeadline: Sendable, Hashable {
         return LockDeadline(monotonicNanoseconds: currentMonotonicNanoseconds() + nanoseconds.partialValue + attoseconds / 1_000_000_000)
     }
 
+    /// A deadline `seconds` from now, as a command line gives it: anything beyond a century, or
+    /// not a number, waits for ever; zero or less means "try once".
+    public static func after(seconds: Double) -> LockDeadline {
+        guard seconds.isFinite, seconds < 3_155_760_000 else { return seconds.isNaN || seconds > 0 ? .never : .after(.zero) }
+        return .after(.nanoseconds(Int64(max(seconds, 0) * 1e9)))
+    }
+
     var isUnbounded: Bool { monotonicNanoseconds == nil }
 
     var hasPassed: Bool {

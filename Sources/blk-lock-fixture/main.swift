@@ -45,7 +45,7 @@ func permissions(_ list: Substring) -> ImagePermissions? {
 
 func deadline(_ words: ArraySlice<Substring>, at index: Int) -> LockDeadline {
     guard words.count > index, let seconds = Double(words[words.startIndex + index]) else { return .never }
-    return .after(.milliseconds(Int64(seconds * 1000)))
+    return .after(seconds: seconds)
 }
 
 func blockReply(_ error: BlockError) -> String {

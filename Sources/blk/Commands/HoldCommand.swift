@@ -42,7 +42,7 @@ struct HoldCommand: ParsableCommand {
                 }
             } else if let timeout {
                 do throws(LockingError) {
-                    try file.locks.transaction.acquire(kind, deadline: .after(.milliseconds(Int64(timeout * 1000))))
+                    try file.locks.transaction.acquire(kind, deadline: .after(seconds: timeout))
                 } catch where error.code == .timedOut {
                     throw LockingError(.timedOut, "timed out after \(formatSeconds(timeout)) waiting for the \(kind) transaction lock on \(image)",
                                        path: image, holders: error.holders)

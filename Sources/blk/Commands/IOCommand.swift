@@ -77,7 +77,7 @@ struct IOCommand: ParsableCommand {
             usleep(UInt32(clamping: milliseconds * 1000))
         case .lock(let kind):
             do throws(LockingError) {
-                try image.transactionLock.acquire(kind, deadline: .after(.milliseconds(Int64(timeout * 1000))))
+                try image.transactionLock.acquire(kind, deadline: .after(seconds: timeout))
             } catch {
                 throw BlockError(error)
             }

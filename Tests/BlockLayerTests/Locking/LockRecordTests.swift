@@ -75,5 +75,9 @@ struct LockRecordTests {
         #expect(!LockDeadline.never.hasPassed)
         #expect(!LockDeadline.after(.seconds(Int64.max)).hasPassed)
         #expect(LockDeadline.after(.seconds(-5)).hasPassed)
+        #expect(LockDeadline.after(seconds: 1e300) == .never)
+        #expect(LockDeadline.after(seconds: .nan) == .never)
+        #expect(LockDeadline.after(seconds: -1).hasPassed)
+        #expect(!LockDeadline.after(seconds: 60).hasPassed)
     }
 }
