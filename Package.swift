@@ -1,13 +1,13 @@
 // swift-tools-version:6.0
 // BlockLayer: a block layer for VM images that many processes and hosts can share safely.
 // Modules in dependency order: CLinuxLocking (C shim) → BlockLocking → BlockLayer (with the
-// CLinuxIO shim) → blk (CLI).
+// CLinuxIO shim) → Qcow2 (with zlib) → blk (CLI).
 import PackageDescription
 
 let package = Package(
     name: "BlockLayer",
     products: [
-        .library(name: "BlockLayer", targets: ["BlockLayer", "BlockLocking"]),
+        .library(name: "BlockLayer", targets: ["BlockLayer", "BlockLocking", "Qcow2"]),
         .executable(name: "blk", targets: ["blk"]),
     ],
     dependencies: [
@@ -32,10 +32,21 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .target(
+            name: "Qcow2",
+            dependencies: [
+                "BlockLayer",
+                "BlockLocking",
+                "CZlib",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         .executableTarget(
             name: "blk",
             dependencies: [
                 "BlockLayer",
+                "Qcow2",
                 "BlockLocking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -43,7 +54,7 @@ let package = Package(
         ),
         // A process that takes locks on command, so tests can put holders and waiters in
         // separate processes: locks held and checked by one process prove nothing.
-        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLayer", "BlockLocking"]),
+        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLayer", "BlockLocking", "Qcow2"]),
         .testTarget(
             name: "BlockLayerTests",
             dependencies: ["BlockLayer", "BlockLocking"]

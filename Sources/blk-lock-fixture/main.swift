@@ -18,6 +18,7 @@
 import BlockLayer
 import BlockLocking
 import Glibc
+import Qcow2
 
 func reply(_ line: String) {
     let text = line + "\n"
@@ -61,7 +62,7 @@ func blockCommand(_ words: ArraySlice<Substring>) -> String? {
         case ("image", _) where words.count >= 3:
             let path = String(words[words.startIndex + 1])
             let options = OpenOptions(writable: words[words.startIndex + 2] == "rw", inactive: words.last == "inactive")
-            blockImages[nextHandle] = try BlockImage.open(path, options: options)
+            blockImages[nextHandle] = try BlockImage.open(path, options: options, formats: [Qcow2Format.self, RawFormat.self])
             defer { nextHandle += 1 }
             return "ok \(nextHandle)"
         case ("reopen", let image?) where words.count == 3:

@@ -23,6 +23,9 @@ public struct BlockError: Error, Sendable, CustomStringConvertible {
         public static let readOnly = Code("read-only")
         /// The device is full.
         public static let noSpace = Code("no-space")
+        /// The image's metadata is damaged or hostile: offsets out of place, tables past the end,
+        /// a backing chain that loops.
+        public static let corrupt = Code("corrupt")
         /// A read or write failed, or the image changed under us (shrank, vanished).
         public static let ioError = Code("io-error")
     }

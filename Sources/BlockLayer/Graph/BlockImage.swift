@@ -22,33 +22,51 @@ public final class BlockImage: Sendable {
     private let writableFlag: Atomic<Bool>
     private let activeFlag: Atomic<Bool>
 
-    /// Opens `path`: the file node, then the format node on top, then (unless inactive) the
+    /// Opens `path`: the file node, then the format node on top (built by the first of
+    /// `formats` that matches, or the one `options.format` names), then (unless inactive) the
     /// permission locks — all undone if any step fails.
-    public static func open(_ path: String, options: OpenOptions = OpenOptions()) throws(BlockError) -> BlockImage {
+    public static func open(_ path: String, options: OpenOptions = OpenOptions(),
+                            formats: [any BlockFormat.Type] = [RawFormat.self]) throws(BlockError) -> BlockImage {
+        try open(path, options: options, formats: formats, chain: [])
+    }
+
+    /// Opens the backing image of the image `context` is opening, refusing a chain that loops.
+    public static func open(_ path: String, backingOf context: FormatOpenContext, options: OpenOptions) throws(BlockError) -> BlockImage {
+        guard context.chain.count < 64 else { throw BlockError(.corrupt, "Could not open '\(path)': the backing chain is too deep") }
+        return try open(path, options: options, formats: context.formats, chain: context.chain)
+    }
+
+    static func open(_ path: String, options: OpenOptions, formats: [any BlockFormat.Type],
+                     chain: [FileIdentity]) throws(BlockError) -> BlockImage {
         if options.forceShare && options.writable {
             throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
         }
         let fileDriver = try FileDriver(path: path, writable: options.writable, locking: options.locking, cache: options.cache)
         let fileNode = BlockNode(driver: fileDriver)
         var warnings = fileDriver.locks.decision.warnings
+        let identity: FileIdentity
+        switch LockHolderScan.identity(of: fileDriver.locks.descriptor) {
+        case .success(let found): identity = found
+        case .failure(let failure): throw BlockError.systemCall(failure, "Could not stat '\(path)'")
+        }
+        if chain.contains(identity) {
+            throw BlockError(.corrupt, "Could not open '\(path)': the backing chain loops back to an image already in it")
+        }
 
         let probed = options.format == nil
         let format: String
         if let chosen = options.format {
             format = chosen
         } else {
-            format = FormatProbe.format(ofHeader: try readHeader(of: fileDriver))
+            format = FormatProbe.format(ofHeader: try readHeader(of: fileDriver), among: formats)
         }
-        let root: BlockNode
-        switch format {
-        case "raw":
-            root = BlockNode(driver: try RawDriver(file: fileNode, byteOffset: options.rawByteOffset, windowSize: options.rawWindowSize),
-                             children: [(.file, fileNode)])
-        case "qcow2":
-            throw BlockError(.unsupported, "'\(path)' is a qcow2 image, which this build of blk cannot open yet")
-        default:
-            throw BlockError(.unsupported, "Unknown driver '\(format)'")
+        guard let driver = formats.first(where: { $0.formatName == format }) else {
+            throw BlockError(.unsupported, format == "qcow2"
+                ? "'\(path)' is a qcow2 image, and this program was built without the qcow2 driver"
+                : "Unknown driver '\(format)'")
         }
+        let context = FormatOpenContext(path: path, options: options, formats: formats, chain: chain + [identity])
+        let root = try driver.open(file: fileNode, context: context)
         if probed && format == "raw" && options.writable {
             warnings.append("Image format was not specified for '\(path)' and probing guessed raw; writes to block 0 that would make it look like another format are refused. Specify -f raw to remove the restriction.")
         }
@@ -148,8 +166,9 @@ public final class BlockImage: Sendable {
         var header = try Self.readHeader(of: root.driver)
         let start = Int(byteOffset)
         for index in 0..<min(buffer.count, header.count - start) { header[start + index] = buffer[index] }
-        if FormatProbe.format(ofHeader: header) != "raw" {
-            throw BlockError(.readOnly, "Operation not permitted: this write would make block 0 of '\(path)' look like a \(FormatProbe.format(ofHeader: header)) image, and its format was only guessed (give -f raw)")
+        let looksLike = FormatProbe.format(ofHeader: header, among: [])
+        if looksLike != "raw" {
+            throw BlockError(.readOnly, "Operation not permitted: this write would make block 0 of '\(path)' look like a \(looksLike) image, and its format was only guessed (give -f raw)")
         }
     }
 

@@ -50,7 +50,8 @@ enum IOBenchmark {
     /// with O_DIRECT, where the device's latency is what parallel requests hide; at most one per
     /// core through the page cache, where the CPU is the limit and more threads only contend.
     static func runBlk(_ plan: IOBenchmarkPlan) throws(BlockError) -> Double {
-        let image = try BlockImage.open(plan.image, options: OpenOptions(format: plan.format, writable: plan.write, cache: plan.cache))
+        let image = try BlockImage.open(plan.image, options: OpenOptions(format: plan.format, writable: plan.write, cache: plan.cache),
+                                        formats: blkFormats)
         let length = try image.length()
         guard length >= Int64(plan.requestBytes) else {
             throw BlockError(.invalidRequest, "the image (\(length) bytes) is smaller than one request")

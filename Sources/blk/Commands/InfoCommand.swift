@@ -2,6 +2,7 @@
 import ArgumentParser
 import BlockLayer
 import BlockLocking
+import Qcow2
 
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "info", abstract: "Show an image's format, sizes and holders.")
@@ -16,7 +17,26 @@ struct InfoCommand: ParsableCommand {
         var virtualSize: Int64
         var actualSize: Int64?
         var dirtyFlag: Bool
+        var clusterSize: Int?
+        var backingFilename: String?
+        var backingFilenameFormat: String?
+        var formatSpecific: FormatSpecific?
         var holders: [HolderJSON]
+    }
+
+    /// qemu-img's "format-specific" block for qcow2.
+    struct FormatSpecific: Encodable {
+        var type: String
+        var data: Qcow2Data
+    }
+
+    struct Qcow2Data: Encodable {
+        var compat: String
+        var compressionType: String
+        var lazyRefcounts: Bool
+        var refcountBits: Int
+        var corrupt: Bool
+        var extendedL2: Bool
     }
 
     func run() throws {
@@ -29,15 +49,40 @@ struct InfoCommand: ParsableCommand {
         } catch {
             throw report(error, json: json)
         }
+        let qcow2 = (opened.root.driver as? Qcow2Driver)?.header
+        let specific = qcow2.map { header in
+            FormatSpecific(type: "qcow2", data: Qcow2Data(
+                compat: header.version == 2 ? "0.10" : "1.1",
+                compressionType: header.compressionType == 1 ? "zstd" : "zlib",
+                lazyRefcounts: header.compatibleFeatures & 1 != 0,
+                refcountBits: 1 << Int(header.refcountOrder),
+                corrupt: header.incompatibleFeatures & Qcow2Header.corruptBit != 0,
+                extendedL2: header.incompatibleFeatures & Qcow2Header.extendedL2Bit != 0))
+        }
         if json {
             printJSON(InfoJSON(filename: image, format: opened.format, virtualSize: virtualSize, actualSize: actualSize,
-                               dirtyFlag: false, holders: holders.map(HolderJSON.init)))
+                               dirtyFlag: (qcow2?.incompatibleFeatures ?? 0) & Qcow2Header.dirtyBit != 0,
+                               clusterSize: qcow2?.clusterSize, backingFilename: qcow2?.backingFile,
+                               backingFilenameFormat: qcow2?.backingFormat, formatSpecific: specific,
+                               holders: holders.map(HolderJSON.init)))
             return
         }
         print("image: \(image)")
         print("file format: \(opened.format)")
         print("virtual size: \(humanSize(virtualSize)) (\(virtualSize) bytes)")
         print("disk size: \(actualSize.map(humanSize) ?? "unavailable")")
+        if let qcow2, let specific {
+            print("cluster_size: \(qcow2.clusterSize)")
+            if let backing = qcow2.backingFile { print("backing file: \(backing)") }
+            if let format = qcow2.backingFormat { print("backing file format: \(format)") }
+            print("Format specific information:")
+            print("    compat: \(specific.data.compat)")
+            print("    compression type: \(specific.data.compressionType)")
+            print("    lazy refcounts: \(specific.data.lazyRefcounts)")
+            print("    refcount bits: \(specific.data.refcountBits)")
+            print("    corrupt: \(specific.data.corrupt)")
+            print("    extended l2: \(specific.data.extendedL2)")
+        }
         if holders.isEmpty {
             print("held by: no other process")
         } else {

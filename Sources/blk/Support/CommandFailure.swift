@@ -8,6 +8,7 @@ import Foundation
 enum ExitStatus {
     static let failure: Int32 = 1
     static let usage: Int32 = 64
+    static let dataError: Int32 = 65
     static let notFound: Int32 = 66
     static let unsupported: Int32 = 69
     static let ioError: Int32 = 74
@@ -20,6 +21,7 @@ extension BlockError {
         case .conflict, .timedOut: ExitStatus.tryAgain
         case .unsupported: ExitStatus.unsupported
         case .notFound: ExitStatus.notFound
+        case .corrupt: ExitStatus.dataError
         case .invalidRequest: ExitStatus.usage
         case .ioError, .noSpace: ExitStatus.ioError
         default: ExitStatus.failure

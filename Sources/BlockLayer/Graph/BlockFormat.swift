@@ -1,0 +1,51 @@
+// BlockFormat: how a format driver plugs into `BlockImage.open` — its name, how it recognises
+// an image from its first bytes (QEMU's bdrv_probe_all), and how it builds its node. Format
+// drivers live in modules of their own (raw here, qcow2 in Qcow2), so the opener is handed the
+// list of formats it may use.
+import BlockLocking
+
+public protocol BlockFormat {
+    static var formatName: String { get }
+
+    /// Whether the first bytes of an image (up to 512) are this format's.
+    static func matches(header: [UInt8]) -> Bool
+
+    /// The format node over `file`, with whatever children the format needs (a backing image,
+    /// opened through `context`).
+    static func open(file: BlockNode, context: FormatOpenContext) throws(BlockError) -> BlockNode
+}
+
+/// What a format needs to open its node: the user's options and the rest of the format list,
+/// for backing files.
+public struct FormatOpenContext {
+    public var path: String
+    public var options: OpenOptions
+    public var formats: [any BlockFormat.Type]
+    /// Files already open below this one in a backing chain, to refuse loops.
+    public var chain: [FileIdentity]
+}
+
+public enum FormatProbe {
+    /// qcow2's magic, "QFI\xfb" (docs/interop/qcow2.rst, header bytes 0–3, big-endian). Known
+    /// here even without the qcow2 driver, so a raw image is never written into looking like one.
+    public static let qcow2Magic: [UInt8] = [0x51, 0x46, 0x49, 0xfb]
+
+    /// The format the bytes at the start of an image say it is: the first of `formats` that
+    /// claims them, "qcow2" for its magic even without the driver, else "raw".
+    public static func format(ofHeader header: [UInt8], among formats: [any BlockFormat.Type]) -> String {
+        if let format = formats.first(where: { $0.formatName != "raw" && $0.matches(header: header) }) { return format.formatName }
+        return header.starts(with: qcow2Magic) ? "qcow2" : "raw"
+    }
+}
+
+/// The raw format (Drivers/RawDriver.swift) as a `BlockFormat`.
+public enum RawFormat: BlockFormat {
+    public static let formatName = "raw"
+
+    public static func matches(header: [UInt8]) -> Bool { true }
+
+    public static func open(file: BlockNode, context: FormatOpenContext) throws(BlockError) -> BlockNode {
+        let driver = try RawDriver(file: file, byteOffset: context.options.rawByteOffset, windowSize: context.options.rawWindowSize)
+        return BlockNode(driver: driver, children: [(.file, file)])
+    }
+}

@@ -1,0 +1,176 @@
+// Qcow2Driver: the qcow2 format (docs/interop/qcow2.rst) — guest offsets through the L1 and L2
+// tables to host clusters, zero clusters, compressed clusters, and reads that fall through to
+// the backing image. Writing is not implemented yet: writes fail as unsupported, and nothing of
+// the image is ever modified (not even the dirty bit).
+//
+// Map: the two-level lookup · reads cluster by cluster · permissions.
+//
+// L1 entry:  bit 63 COPIED · bits 9–55 offset of the L2 table
+// L2 entry:  bit 63 COPIED · bit 62 compressed · standard: bits 9–55 host offset, bit 0 "reads
+//            as zeroes" (v3) · compressed: low (62 − (cluster_bits − 8)) bits host byte offset,
+//            then the number of additional 512-byte sectors
+import BlockLayer
+import BlockLocking
+import Synchronization
+
+public final class Qcow2Driver: BlockDriver {
+    public let formatName = "qcow2"
+    public let header: Qcow2Header
+    public let file: BlockNode
+    /// The image reads fall through to, kept open (with its own locks) while this one is.
+    public let backing: BlockImage?
+    let l1Table: [UInt64]
+    let forceShare: Bool
+    private let cache: Mutex<L2TableCache>
+
+    static let offsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
+    static let compressedBit: UInt64 = 1 << 62
+    static let zeroBit: UInt64 = 1
+
+    init(header: Qcow2Header, file: BlockNode, backing: BlockImage?, forceShare: Bool, cacheBytes: Int) throws(BlockError) {
+        self.header = header
+        self.file = file
+        self.backing = backing
+        self.forceShare = forceShare
+        cache = Mutex(L2TableCache(budgetBytes: cacheBytes, clusterSize: header.clusterSize))
+        let raw = try Self.readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8)
+        l1Table = (0..<Int(header.l1Size)).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
+    }
+
+    static func readBytes(_ node: BlockNode, at offset: UInt64, count: Int) throws(BlockError) -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 4096)
+        defer { buffer.deallocate() }
+        try node.driver.read(at: Int64(offset), into: buffer)
+        return Array(buffer)
+    }
+
+    public func length() throws(BlockError) -> Int64 { Int64(header.virtualSize) }
+
+    /// Where the bytes of one guest cluster are.
+    enum ClusterMapping: Equatable {
+        case unallocated
+        case zeroes
+        case data(hostOffset: UInt64)
+        case compressed(hostOffset: UInt64, byteCount: Int)
+    }
+
+    func mapping(ofGuestCluster cluster: UInt64) throws(BlockError) -> ClusterMapping {
+        let l2Entries = UInt64(header.l2Entries)
+        let l1Index = Int(cluster / l2Entries)
+        guard l1Index < l1Table.count else { return .unallocated }
+        let l2Offset = l1Table[l1Index] & Self.offsetMask
+        guard l2Offset != 0 else { return .unallocated }
+        let entry = try l2Table(at: l2Offset)[Int(cluster % l2Entries)]
+        if entry & Self.compressedBit != 0 {
+            let offsetBits = 62 - (Int(header.clusterBits) - 8)
+            let hostOffset = entry & ((1 << UInt64(offsetBits)) - 1)
+            let sectors = (entry >> UInt64(offsetBits)) & ((1 << UInt64(Int(header.clusterBits) - 8)) - 1)
+            let byteCount = Int((sectors + 1) * 512 - (hostOffset & 511))
+            return .compressed(hostOffset: hostOffset, byteCount: byteCount)
+        }
+        if header.version >= 3 && entry & Self.zeroBit != 0 { return .zeroes }
+        let hostOffset = entry & Self.offsetMask
+        guard hostOffset != 0 else { return .unallocated }
+        guard hostOffset % UInt64(header.clusterSize) == 0 else {
+            throw BlockError(.corrupt, "qcow2: Cluster allocation offset 0x\(String(hostOffset, radix: 16)) unaligned (guest cluster \(cluster))")
+        }
+        return .data(hostOffset: hostOffset)
+    }
+
+    private func l2Table(at offset: UInt64) throws(BlockError) -> [UInt64] {
+        if let table = cache.withLock({ $0.table(at: offset) }) { return table }
+        guard offset % UInt64(header.clusterSize) == 0 else {
+            throw BlockError(.corrupt, "qcow2: L2 table offset 0x\(String(offset, radix: 16)) unaligned")
+        }
+        let fileLength = try file.driver.length()
+        guard offset >= UInt64(header.clusterSize), offset + UInt64(header.clusterSize) <= UInt64(fileLength) else {
+            throw BlockError(.corrupt, "qcow2: L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
+        }
+        let raw = try Self.readBytes(file, at: offset, count: header.clusterSize)
+        let table = (0..<header.l2Entries).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
+        cache.withLock { $0.insert(table, at: offset) }
+        return table
+    }
+
+    public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        let clusterSize = Int64(header.clusterSize)
+        var done = 0
+        while done < buffer.count {
+            let offset = byteOffset + Int64(done)
+            let inCluster = Int(offset % clusterSize)
+            let count = min(buffer.count - done, Int(clusterSize) - inCluster)
+            let target = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + count])
+            switch try mapping(ofGuestCluster: UInt64(offset / clusterSize)) {
+            case .unallocated:
+                try readBacking(at: offset, into: target)
+            case .zeroes:
+                target.initializeMemory(as: UInt8.self, repeating: 0)
+            case .data(let hostOffset):
+                try readHost(at: hostOffset + UInt64(inCluster), into: target)
+            case .compressed(let hostOffset, let byteCount):
+                let cluster = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(clusterSize), alignment: 16)
+                defer { cluster.deallocate() }
+                try inflateCluster(hostOffset: hostOffset, byteCount: byteCount, into: cluster)
+                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: cluster[inCluster..<inCluster + count]))
+            }
+            done += count
+        }
+    }
+
+    private func readHost(at hostOffset: UInt64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        let fileLength = UInt64(try file.driver.length())
+        guard hostOffset + UInt64(target.count) <= fileLength else {
+            throw BlockError(.corrupt, "qcow2: data cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file (\(fileLength) bytes)")
+        }
+        try file.driver.read(at: Int64(hostOffset), into: target)
+    }
+
+    private func inflateCluster(hostOffset: UInt64, byteCount: Int, into cluster: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        guard header.compressionType == 0 else {
+            throw BlockError(.unsupported, "qcow2: zstd-compressed clusters are not supported yet")
+        }
+        let fileLength = UInt64(try file.driver.length())
+        guard hostOffset < fileLength else {
+            throw BlockError(.corrupt, "qcow2: compressed cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file")
+        }
+        // The last sector of the last compressed cluster may lie past the end of the file.
+        let available = Int(min(UInt64(byteCount), fileLength - hostOffset))
+        let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: available, alignment: 16)
+        defer { compressed.deallocate() }
+        try file.driver.read(at: Int64(hostOffset), into: compressed)
+        try Deflate.inflate(UnsafeRawBufferPointer(compressed), into: cluster)
+    }
+
+    private func readBacking(at offset: Int64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        guard let backing else {
+            target.initializeMemory(as: UInt8.self, repeating: 0)
+            return
+        }
+        // A backing image shorter than this one reads as zeroes past its end.
+        let backingLength = try backing.length()
+        let inside = Int(max(0, min(Int64(target.count), backingLength - offset)))
+        if inside > 0 { try backing.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: target[0..<inside])) }
+        if inside < target.count {
+            UnsafeMutableRawBufferPointer(rebasing: target[inside...]).initializeMemory(as: UInt8.self, repeating: 0)
+        }
+    }
+
+    private func notYet() -> BlockError {
+        BlockError(.unsupported, "writing to qcow2 images is not supported by this build of blk yet")
+    }
+
+    public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) { throw notYet() }
+    public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) { throw notYet() }
+    public func truncate(to byteCount: Int64) throws(BlockError) { throw notYet() }
+    public func flush() throws(BlockError) { try file.driver.flush() }
+    public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }
+
+    /// QEMU's bdrv_default_perms_for_storage: the metadata must not change under us, so write
+    /// and resize are never shared — unless the user forced sharing (-U).
+    public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest {
+        var request = parentsNeed
+        if request.held.contains(.write) { request.held.insert(.resize) }
+        if !forceShare { request.unshared.formUnion([.write, .resize]) }
+        return request
+    }
+}

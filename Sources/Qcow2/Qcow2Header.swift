@@ -1,0 +1,198 @@
+// Qcow2Header: the image header and its extensions (docs/interop/qcow2.rst, "Header"), parsed
+// and checked before any table is trusted. Every field is big-endian:
+//
+//   0  magic "QFI\xfb"        u32    48 refcount_table_offset    u64    72 incompatible_features  u64 (v3)
+//   4  version (2, 3)         u32    56 refcount_table_clusters  u32    80 compatible_features    u64
+//   8  backing_file_offset    u64    60 nb_snapshots             u32    88 autoclear_features     u64
+//  16  backing_file_size      u32    64 snapshots_offset         u64    96 refcount_order         u32
+//  20  cluster_bits           u32                                      100 header_length          u32
+//  24  size (virtual)         u64                                      104 compression_type       u8
+//  32  crypt_method           u32
+//  36  l1_size                u32
+//  40  l1_table_offset        u64
+// Extensions follow the header (v2: at byte 72): type u32, length u32, data padded to 8 bytes.
+import BlockLayer
+
+public struct Qcow2Header: Sendable, Hashable {
+    public var version: UInt32
+    public var backingFileOffset: UInt64
+    public var backingFileSize: UInt32
+    public var clusterBits: UInt32
+    public var virtualSize: UInt64
+    public var cryptMethod: UInt32
+    public var l1Size: UInt32
+    public var l1TableOffset: UInt64
+    public var refcountTableOffset: UInt64
+    public var refcountTableClusters: UInt32
+    public var snapshotCount: UInt32
+    public var snapshotsOffset: UInt64
+    public var incompatibleFeatures: UInt64
+    public var compatibleFeatures: UInt64
+    public var autoclearFeatures: UInt64
+    public var refcountOrder: UInt32
+    public var headerLength: UInt32
+    public var compressionType: UInt8
+    public var backingFile: String?
+    public var backingFormat: String?
+    /// Feature names the image itself declares (the feature name table), by (type, bit).
+    public var featureNames: [FeatureKey: String]
+
+    public struct FeatureKey: Sendable, Hashable {
+        public var type: UInt8 // 0 incompatible, 1 compatible, 2 autoclear
+        public var bit: UInt8
+    }
+
+    public var clusterSize: Int { 1 << Int(clusterBits) }
+    /// Entries in one L2 table: a cluster of 8-byte entries.
+    public var l2Entries: Int { clusterSize / 8 }
+
+    // Incompatible feature bits (qcow2.rst, bytes 72–79).
+    public static let dirtyBit: UInt64 = 1 << 0
+    public static let corruptBit: UInt64 = 1 << 1
+    public static let externalDataFileBit: UInt64 = 1 << 2
+    public static let compressionTypeBit: UInt64 = 1 << 3
+    public static let extendedL2Bit: UInt64 = 1 << 4
+
+    static let backingFormatExtension: UInt32 = 0xe279_2aca
+    static let featureNameTableExtension: UInt32 = 0x6803_f857
+
+    /// QEMU's limits (block/qcow2.h): larger tables are refused, not read.
+    static let maxL1Bytes: UInt64 = 32 << 20
+    static let maxRefcountTableBytes: UInt64 = 8 << 20
+
+    /// Parses and checks the header in `bytes` (the image's first cluster, or all of a smaller
+    /// file); `fileLength` bounds every table. Errors name the field and exit as corrupt (65) or
+    /// unsupported (69).
+    public static func parse(_ bytes: [UInt8], fileLength: Int64) throws(BlockError) -> Qcow2Header {
+        func corrupt(_ message: String) -> BlockError { BlockError(.corrupt, "qcow2: \(message)") }
+        guard bytes.count >= 72 else { throw corrupt("the header is truncated (\(bytes.count) bytes)") }
+        guard bytes.starts(with: FormatProbe.qcow2Magic) else { throw corrupt("Image is not in qcow2 format") }
+        let version = bytes.bigEndian(UInt32.self, at: 4)
+        guard version == 2 || version == 3 else {
+            throw BlockError(.unsupported, "qcow2: Unsupported qcow2 version \(version)")
+        }
+        var header = Qcow2Header(
+            version: version,
+            backingFileOffset: bytes.bigEndian(UInt64.self, at: 8),
+            backingFileSize: bytes.bigEndian(UInt32.self, at: 16),
+            clusterBits: bytes.bigEndian(UInt32.self, at: 20),
+            virtualSize: bytes.bigEndian(UInt64.self, at: 24),
+            cryptMethod: bytes.bigEndian(UInt32.self, at: 32),
+            l1Size: bytes.bigEndian(UInt32.self, at: 36),
+            l1TableOffset: bytes.bigEndian(UInt64.self, at: 40),
+            refcountTableOffset: bytes.bigEndian(UInt64.self, at: 48),
+            refcountTableClusters: bytes.bigEndian(UInt32.self, at: 56),
+            snapshotCount: bytes.bigEndian(UInt32.self, at: 60),
+            snapshotsOffset: bytes.bigEndian(UInt64.self, at: 64),
+            incompatibleFeatures: 0, compatibleFeatures: 0, autoclearFeatures: 0,
+            refcountOrder: 4, headerLength: 72, compressionType: 0,
+            backingFile: nil, backingFormat: nil, featureNames: [:])
+
+        guard (9...21).contains(header.clusterBits) else {
+            throw corrupt("Cluster size must be a power of two between 512 and 2048k (cluster_bits \(header.clusterBits))")
+        }
+        let clusterSize = UInt64(header.clusterSize)
+        if version == 3 {
+            guard bytes.count >= 104 else { throw corrupt("qcow2 header too short") }
+            header.incompatibleFeatures = bytes.bigEndian(UInt64.self, at: 72)
+            header.compatibleFeatures = bytes.bigEndian(UInt64.self, at: 80)
+            header.autoclearFeatures = bytes.bigEndian(UInt64.self, at: 88)
+            header.refcountOrder = bytes.bigEndian(UInt32.self, at: 96)
+            header.headerLength = bytes.bigEndian(UInt32.self, at: 100)
+            guard header.headerLength >= 104 else { throw corrupt("qcow2 header too short") }
+            guard UInt64(header.headerLength) <= clusterSize, Int(header.headerLength) <= bytes.count else {
+                throw corrupt("qcow2 header exceeds cluster size")
+            }
+            if header.headerLength > 104 { header.compressionType = bytes[104] }
+        }
+        guard header.refcountOrder <= 6 else { throw corrupt("Reference count entry width too large; may not exceed 64 bits") }
+        guard header.cryptMethod == 0 else {
+            throw BlockError(.unsupported, "qcow2: encrypted images (crypt_method \(header.cryptMethod)) are not supported")
+        }
+
+        try header.readExtensions(bytes)
+        try header.checkFeatures()
+        try header.checkTables(fileLength: fileLength, corrupt: corrupt)
+        try header.readBackingFile(bytes, corrupt: corrupt)
+        return header
+    }
+
+    private mutating func readExtensions(_ bytes: [UInt8]) throws(BlockError) {
+        var offset = Int(headerLength)
+        let end = min(bytes.count, clusterSize)
+        while offset + 8 <= end {
+            let type = bytes.bigEndian(UInt32.self, at: offset)
+            let length = Int(bytes.bigEndian(UInt32.self, at: offset + 4))
+            if type == 0 { return }
+            let dataStart = offset + 8
+            guard length <= end - dataStart else {
+                throw BlockError(.corrupt, "qcow2: ext_magic 0x\(String(type, radix: 16)): invalid extension length \(length)")
+            }
+            let data = Array(bytes[dataStart..<dataStart + length])
+            switch type {
+            case Self.backingFormatExtension:
+                backingFormat = String(decoding: data, as: UTF8.self)
+            case Self.featureNameTableExtension:
+                for entry in stride(from: 0, to: data.count - 47, by: 48) {
+                    let name = data[(entry + 2)..<(entry + 48)].prefix { $0 != 0 }
+                    featureNames[FeatureKey(type: data[entry], bit: data[entry + 1])] = String(decoding: name, as: UTF8.self)
+                }
+            default:
+                break // unknown extensions are kept as they are: we never rewrite the header area
+            }
+            offset = dataStart + (length + 7) / 8 * 8
+        }
+    }
+
+    /// QEMU refuses unknown incompatible features, naming them from the image's own table.
+    private func checkFeatures() throws(BlockError) {
+        let understood = Self.dirtyBit | Self.corruptBit | Self.compressionTypeBit
+        let unknown = incompatibleFeatures & ~understood
+        if unknown != 0 {
+            let names = (0..<64).filter { unknown & (1 << $0) != 0 }.map { bit in
+                featureNames[FeatureKey(type: 0, bit: UInt8(bit))] ?? "Unknown incompatible feature: \(String(UInt64(1) << bit, radix: 16))"
+            }
+            throw BlockError(.unsupported, "qcow2: Unsupported qcow2 feature(s): \(names.joined(separator: ", "))")
+        }
+        if incompatibleFeatures & Self.compressionTypeBit != 0 || compressionType != 0 {
+            guard compressionType <= 1 else {
+                throw BlockError(.unsupported, "qcow2: Unknown compression type \(compressionType)")
+            }
+        }
+    }
+
+    private func checkTables(fileLength: Int64, corrupt: (String) -> BlockError) throws(BlockError) {
+        let clusterSize = UInt64(self.clusterSize)
+        func check(_ offset: UInt64, bytes: UInt64, _ name: String) throws(BlockError) {
+            guard offset % clusterSize == 0 else { throw corrupt("\(name) offset invalid (not cluster-aligned)") }
+            let (end, overflow) = offset.addingReportingOverflow(bytes)
+            guard !overflow, end <= UInt64(max(fileLength, 0)) || bytes == 0 else {
+                throw corrupt("\(name) is past the end of the file (\(fileLength) bytes)")
+            }
+            guard offset >= clusterSize || bytes == 0 else { throw corrupt("\(name) overlaps the header") }
+        }
+        let l1Bytes = UInt64(l1Size) * 8
+        guard l1Bytes <= Self.maxL1Bytes else { throw corrupt("Active L1 table too large") }
+        let bytesPerL1Entry = clusterSize * UInt64(l2Entries)
+        let (neededEntries, _) = virtualSize.quotientAndRemainder(dividingBy: bytesPerL1Entry)
+        let needed = neededEntries + (virtualSize % bytesPerL1Entry == 0 ? 0 : 1)
+        guard UInt64(l1Size) >= needed else { throw corrupt("L1 table is too small for the image size") }
+        try check(l1TableOffset, bytes: l1Bytes, "Active L1 table")
+        let refcountBytes = UInt64(refcountTableClusters) * clusterSize
+        guard refcountBytes <= Self.maxRefcountTableBytes else { throw corrupt("Reference count table too large") }
+        guard refcountTableClusters > 0 else { throw corrupt("Reference count table is empty") }
+        try check(refcountTableOffset, bytes: refcountBytes, "Reference count table")
+        guard snapshotCount <= 65536 else { throw corrupt("Too many snapshots") }
+        if snapshotCount > 0 { try check(snapshotsOffset, bytes: 1, "Snapshot table") }
+    }
+
+    private mutating func readBackingFile(_ bytes: [UInt8], corrupt: (String) -> BlockError) throws(BlockError) {
+        guard backingFileOffset != 0 else { return }
+        guard backingFileSize <= 1023 else { throw corrupt("Backing file name too long") }
+        let (end, overflow) = backingFileOffset.addingReportingOverflow(UInt64(backingFileSize))
+        guard !overflow, end <= UInt64(min(bytes.count, clusterSize)) else {
+            throw corrupt("Backing file name is not inside the first cluster")
+        }
+        backingFile = String(decoding: bytes[Int(backingFileOffset)..<Int(end)], as: UTF8.self)
+    }
+}
