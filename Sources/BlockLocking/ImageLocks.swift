@@ -64,7 +64,7 @@ public final class LockedImageFile: Sendable {
         do {
             descriptor = try FileDescriptor.open(path, writable ? .readWrite : .readOnly, options: [.closeOnExec])
         } catch let errno as Errno {
-            let action = writable && errno == .permissionDenied
+            let action = writable && (errno == .permissionDenied || errno == .readOnlyFileSystem)
                 ? "Could not open for writing (which an exclusive transaction lock needs)" : "Could not open"
             throw LockingError.from(SystemCallError("open", errno), doing: action, path: path)
         } catch {

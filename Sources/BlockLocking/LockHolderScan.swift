@@ -24,15 +24,33 @@ public struct LockHolderScan: Sendable {
         self.excluding = excluding
     }
 
-    /// The identity of the file behind a descriptor. fstat(2).
+    /// The identity of the file behind a descriptor, as /proc/locks prints it. The kernel prints
+    /// the device of the file system's superblock, which st_dev is not on btrfs (each subvolume
+    /// has a device of its own), so the device comes from the descriptor's mount in
+    /// /proc/self/mountinfo, and from fstat(2) only when that cannot be read.
     public static func identity(of descriptor: FileDescriptor) -> Result<FileIdentity, SystemCallError> {
         var status = stat()
         return valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }).map { _ in
-            FileIdentity(
-                deviceMajor: blk_dev_major(UInt64(status.st_dev)),
-                deviceMinor: blk_dev_minor(UInt64(status.st_dev)),
-                inode: UInt64(status.st_ino))
+            let (major, minor) = superblockDevice(of: descriptor)
+                ?? (blk_dev_major(UInt64(status.st_dev)), blk_dev_minor(UInt64(status.st_dev)))
+            return FileIdentity(deviceMajor: major, deviceMinor: minor, inode: UInt64(status.st_ino))
         }
+    }
+
+    /// The "major:minor" field of the descriptor's mount in /proc/self/mountinfo.
+    static func superblockDevice(of descriptor: FileDescriptor) -> (UInt32, UInt32)? {
+        guard let fdinfo = readProcFile("/proc/self/fdinfo/\(descriptor.rawValue)"),
+              let mountLine = fdinfo.split(separator: "\n").first(where: { $0.hasPrefix("mnt_id:") }),
+              let mountID = mountLine.split(whereSeparator: { $0 == "\t" || $0 == " " }).last,
+              let mountinfo = readProcFile("/proc/self/mountinfo") else { return nil }
+        for line in mountinfo.split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 3)
+            guard fields.count >= 3, fields[0] == mountID else { continue }
+            let device = fields[2].split(separator: ":")
+            guard device.count == 2, let major = UInt32(device[0]), let minor = UInt32(device[1]) else { return nil }
+            return (major, minor)
+        }
+        return nil
     }
 
     /// The result of one scan: holders of granted locks, and how many requests wait.

@@ -56,12 +56,12 @@ public struct LockRecord: Sendable, Hashable {
         guard device.count == 3, let major = UInt32(device[0], radix: 16), let minor = UInt32(device[1], radix: 16),
               let inode = UInt64(device[2]) else { return nil }
         file = FileIdentity(deviceMajor: major, deviceMinor: minor, inode: inode)
-        guard let first = Int64(columns[5]) else { return nil }
+        guard let first = Int64(columns[5]), first >= 0 else { return nil }
         firstByte = first
         if columns[6] == "EOF" {
             lastByte = nil
         } else {
-            guard let last = Int64(columns[6]) else { return nil }
+            guard let last = Int64(columns[6]), last >= first else { return nil }
             lastByte = last
         }
     }

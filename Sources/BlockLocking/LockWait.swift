@@ -27,7 +27,10 @@ public struct LockDeadline: Sendable, Hashable {
         let (seconds, attoseconds) = duration.components
         let nanoseconds = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         guard !nanoseconds.overflow else { return seconds > 0 ? .never : .after(.zero) }
-        return LockDeadline(monotonicNanoseconds: currentMonotonicNanoseconds() + nanoseconds.partialValue + attoseconds / 1_000_000_000)
+        let (fromNow, tooFar) = nanoseconds.partialValue.addingReportingOverflow(attoseconds / 1_000_000_000)
+        let (deadline, pastTheClock) = currentMonotonicNanoseconds().addingReportingOverflow(fromNow)
+        guard !tooFar, !pastTheClock else { return fromNow > 0 || tooFar ? .never : .after(.zero) }
+        return LockDeadline(monotonicNanoseconds: deadline)
     }
 
     /// A deadline `seconds` from now, as a command line gives it: anything beyond a century, or

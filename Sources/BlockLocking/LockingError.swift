@@ -68,7 +68,7 @@ extension LockingError {
     static func from(_ failure: SystemCallError, doing action: String, path: String, file: String = #fileID, line: Int = #line) -> LockingError {
         let code: Code
         switch failure.errno {
-        case .noSuchFileOrDirectory, .permissionDenied, .isDirectory, .notDirectory: code = .notFound
+        case .noSuchFileOrDirectory, .permissionDenied, .isDirectory, .notDirectory, .readOnlyFileSystem: code = .notFound
         case .noLocks, .notSupported, .invalidArgument: code = .unsupported
         default: code = .ioError
         }

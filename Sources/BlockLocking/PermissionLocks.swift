@@ -28,17 +28,24 @@ public struct PermissionLocks: Sendable {
     }
 
     /// Moves the locks from what they are to `request`, or throws and leaves them as they were.
+    /// Only dropping permissions needs no check (QEMU skips it too): nothing new is claimed.
     public mutating func change(to request: PermissionRequest) throws(LockingError) {
         let previous = locked
-        do {
-            try apply(PermissionRequest(held: previous.held.union(request.held),
-                                        unshared: previous.unshared.union(request.unshared)))
-            try checkConflicts(for: request)
-        } catch {
-            try? apply(previous)
-            throw error
+        let onlyDrops = request.held.isSubset(of: previous.held) && request.unshared.isSubset(of: previous.unshared)
+        if !onlyDrops {
+            do {
+                try apply(PermissionRequest(held: previous.held.union(request.held),
+                                            unshared: previous.unshared.union(request.unshared)))
+                try checkConflicts(for: request)
+            } catch {
+                try? apply(previous)
+                throw error
+            }
         }
-        try apply(request)
+        // Commit: only unlocks remain, and QEMU treats their failure as a warning. A byte whose
+        // unlock failed stays locked until the descriptor closes, which only keeps others out.
+        try? apply(request)
+        locked = request
     }
 
     /// Releases every permission byte (close, inactivate).
@@ -46,12 +53,15 @@ public struct PermissionLocks: Sendable {
         try apply(.none)
     }
 
-    /// Locks the bytes of `target` not yet locked and unlocks those `target` does not name.
+    /// Locks the bytes of `target` not yet locked and unlocks those `target` does not name:
+    /// held bytes 100–103 first, then 200–203, in QEMU's order (raw_apply_lock_bytes).
     private mutating func apply(_ target: PermissionRequest) throws(LockingError) {
         for permission in ImagePermissions.each {
             try setByte(permission.heldByte, locked: target.held.contains(permission),
                         wasLocked: locked.held.contains(permission))
             if target.held.contains(permission) { locked.held.insert(permission) } else { locked.held.remove(permission) }
+        }
+        for permission in ImagePermissions.each {
             try setByte(permission.unsharedByte, locked: target.unshared.contains(permission),
                         wasLocked: locked.unshared.contains(permission))
             if target.unshared.contains(permission) { locked.unshared.insert(permission) } else { locked.unshared.remove(permission) }

@@ -95,28 +95,29 @@ public final class TransactionLock: Sendable {
     /// stronger acquisition remains.
     public func release(_ kind: LockKind) throws(LockingError) {
         try state.withLock { (state) throws(LockingError) in
+            var after = state
             switch kind {
-            case .exclusive where state.exclusiveCount > 0: state.exclusiveCount -= 1
-            case .shared where state.sharedCount > 0: state.sharedCount -= 1
+            case .exclusive where state.exclusiveCount > 0: after.exclusiveCount -= 1
+            case .shared where state.sharedCount > 0: after.sharedCount -= 1
             default:
                 throw LockingError(.invalidRequest, "release of a \(kind) transaction lock on \(path) that is not held", path: path)
             }
-            let wanted = state.strongestHeld
-            guard wanted != state.kernelKind, let locker else {
-                state.kernelKind = wanted
-                return
+            let wanted = after.strongestHeld
+            if wanted != state.kernelKind, let locker {
+                let result: Result<Void, SystemCallError>
+                if let wanted {
+                    // Converting our own lock to a weaker kind never conflicts, so this cannot block.
+                    result = locker.tryLock(wanted, byte: byte).map { _ in () }
+                } else {
+                    result = locker.unlock(byte: byte)
+                }
+                // On failure the count stays: the kernel still holds what `status` reports.
+                if case .failure(let failure) = result {
+                    throw LockingError.from(failure, doing: "Failed to release the transaction lock on", path: path)
+                }
             }
-            let result: Result<Void, SystemCallError>
-            if let wanted {
-                // Converting our own lock to a weaker kind never conflicts, so this cannot block.
-                result = locker.tryLock(wanted, byte: byte).map { _ in () }
-            } else {
-                result = locker.unlock(byte: byte)
-            }
-            if case .failure(let failure) = result {
-                throw LockingError.from(failure, doing: "Failed to release the transaction lock on", path: path)
-            }
-            state.kernelKind = wanted
+            after.kernelKind = wanted
+            state = after
         }
     }
 
@@ -194,6 +195,11 @@ public final class TransactionLock: Sendable {
             return LockingError(.invalidRequest,
                                 "the exclusive transaction lock on \(path) needs the image opened read-write",
                                 path: path, cause: failure)
+        }
+        if failure.errno == .deadlock {
+            // Only classic POSIX locks (the fallback) detect deadlocks; retrying may succeed.
+            return LockingError(.conflict, "waiting for the \(kind) transaction lock on \(path) would deadlock with another process",
+                                path: path, holders: holders(), cause: failure)
         }
         return LockingError.from(failure, doing: "Failed to take the \(kind) transaction lock on", path: path)
     }

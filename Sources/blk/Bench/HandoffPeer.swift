@@ -23,6 +23,8 @@ final class HandoffPeer {
         try process.run()
     }
 
+    var isRunning: Bool { process.isRunning }
+
     func startWaiting() { input.fileHandleForWriting.write(Data("g".utf8)) }
 
     func acquiredAt() throws -> Int64 {

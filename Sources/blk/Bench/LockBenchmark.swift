@@ -95,7 +95,7 @@ struct LockBenchmark {
         func handOverOurs() throws {
             try holder.transaction.acquire(.exclusive)
             oursPeer.startWaiting()
-            while scan.waiters().isEmpty { sched_yield() }
+            try awaitWaiter(scan, oursPeer)
             let released = currentMonotonicNanoseconds()
             try holder.transaction.release(.exclusive)
             ours.append(Double(try oursPeer.acquiredAt() - released))
@@ -103,7 +103,7 @@ struct LockBenchmark {
         func handOverRaw() throws {
             rawLock(rawHolder, F_WRLCK, LockByte.transaction)
             rawPeer.startWaiting()
-            while scan.waiters().isEmpty { sched_yield() }
+            try awaitWaiter(scan, rawPeer)
             let released = currentMonotonicNanoseconds()
             rawLock(rawHolder, F_UNLCK, LockByte.transaction)
             raw.append(Double(try rawPeer.acquiredAt() - released))
@@ -120,6 +120,18 @@ struct LockBenchmark {
             }
         }
         return (ours, raw)
+    }
+}
+
+/// Spins (outside the timed window) until the peer's request waits in the kernel; gives up after
+/// ten seconds or when the peer has died, rather than spinning for ever.
+private func awaitWaiter(_ scan: LockHolderScan, _ peer: HandoffPeer) throws {
+    let deadline = currentMonotonicNanoseconds() + 10_000_000_000
+    while scan.waiters().isEmpty {
+        guard peer.isRunning, currentMonotonicNanoseconds() < deadline else {
+            throw LockingError(.ioError, "the hand-over peer never waited for the lock (it \(peer.isRunning ? "is stuck" : "exited"))")
+        }
+        sched_yield()
     }
 }
 

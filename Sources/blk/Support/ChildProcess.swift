@@ -1,31 +1,44 @@
 // ChildProcess: run a command the way flock(1) does — in the foreground, with our stdio and
 // environment — and come back with the status a shell would report for it.
+//
+// Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to blk (with kill(2)) are passed on to the
+// command, so it finishes its work — and blk keeps the lock — until it exits. Those a terminal
+// sends go to the whole foreground process group, the command included, so they are not passed
+// on a second time. The signals stay blocked from before the spawn until the pid is known, so
+// none is lost in between; the child is waited for without reaping (WNOWAIT) until the pid is
+// cleared, so a late signal can never hit an unrelated process that reused it.
 import Glibc
 import Synchronization
 
-/// The pid of the running child, for the signal handlers (a global, since C handlers capture
+/// The pid of the running child, for the signal handler (a global, since a C handler captures
 /// nothing; an atomic, since a signal can arrive on any thread at any time).
 private let runningChild = Atomic<Int32>(0)
 
 enum ChildProcess {
+    static let forwarded = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+
     /// Runs `arguments` (searched in PATH) and returns its exit status: its own code, 128+N if
     /// signal N killed it, 127 if it could not be found, 126 if it could not be run.
-    /// SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to us are passed on, so the child finishes its
-    /// work (and we keep the lock) until it exits.
     static func run(_ arguments: [String]) -> Int32 {
-        let forwarded = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
         var forwardedSet = sigset_t()
         sigemptyset(&forwardedSet)
+        for signalNumber in forwarded { sigaddset(&forwardedSet, signalNumber) }
+        pthread_sigmask(SIG_BLOCK, &forwardedSet, nil)
+        defer { pthread_sigmask(SIG_UNBLOCK, &forwardedSet, nil) }
         for signalNumber in forwarded {
-            sigaddset(&forwardedSet, signalNumber)
-            signal(signalNumber) { received in
+            var action = sigaction()
+            action.__sigaction_handler.sa_sigaction = { received, info, _ in
+                // A terminal's signal (SI_KERNEL) reached the command already, through its group.
+                guard let info, info.pointee.si_code <= 0 else { return }
                 let child = runningChild.load(ordering: .relaxed)
                 if child > 0 { kill(child, received) }
             }
+            action.sa_flags = SA_SIGINFO | SA_RESTART
+            sigaction(signalNumber, &action, nil)
         }
-        // A parent may have started us with signals blocked (thread pools block them); handled
-        // signals must get through, and the command starts with a clean mask of its own.
-        pthread_sigmask(SIG_UNBLOCK, &forwardedSet, nil)
+        // An inherited "ignore SIGCHLD" would make the kernel reap the child behind our back.
+        signal(SIGCHLD, SIG_DFL)
+
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -43,9 +56,18 @@ enum ChildProcess {
             return spawned == ENOENT ? 127 : 126
         }
         runningChild.store(pid, ordering: .relaxed)
+        pthread_sigmask(SIG_UNBLOCK, &forwardedSet, nil) // signals that came meanwhile go through now
+
+        var info = siginfo_t()
+        while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) == -1 {
+            guard errno == EINTR else {
+                printError("waiting for \(arguments[0]): \(String(cString: strerror(errno)))")
+                return 1
+            }
+        }
+        runningChild.store(0, ordering: .relaxed)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        runningChild.store(0, ordering: .relaxed)
         let signalNumber = status & 0x7f
         return signalNumber == 0 ? (status >> 8) & 0xff : 128 + signalNumber
     }

@@ -26,6 +26,19 @@ struct LockRecordTests {
         #expect(records[2].isWaiting && records[2].kind == .exclusive)
     }
 
+    @Test("hostile lines are refused, not trusted", arguments: [
+        "1: OFDLCK ADVISORY READ -1 fe:01:1234 300 100",
+        "1: OFDLCK ADVISORY READ -1 fe:01:1234 -9223372036854775808 5",
+        "1: OFDLCK ADVISORY READ -1 fe:01:1234 100",
+        "1: OFDLCK ADVISORY SHARED -1 fe:01:1234 100 100",
+        "1: OFDLCK ADVISORY READ x fe:01:1234 100 100",
+        "1: OFDLCK ADVISORY READ -1 fe:01 100 100",
+        "",
+    ])
+    func refusesHostileLines(line: String) {
+        #expect(LockRecord(line: Substring(line)) == nil)
+    }
+
     @Test("fdinfo lock lines")
     func parsesFdinfo() {
         let text = "pos:\t0\nflags:\t02100002\nmnt_id:\t25\nino:\t1234\nlock:\t1: OFDLCK ADVISORY READ -1 fe:01:1234 201 201\n"
@@ -76,6 +89,7 @@ struct LockRecordTests {
         #expect(!LockDeadline.after(.seconds(Int64.max)).hasPassed)
         #expect(LockDeadline.after(.seconds(-5)).hasPassed)
         #expect(LockDeadline.after(seconds: 1e300) == .never)
+        #expect(LockDeadline.after(.seconds(9_223_372_000)) == .never)
         #expect(LockDeadline.after(seconds: .nan) == .never)
         #expect(LockDeadline.after(seconds: -1).hasPassed)
         #expect(!LockDeadline.after(seconds: 60).hasPassed)
