@@ -11,7 +11,10 @@
 // An upgrade that fails or times out leaves the shared lock held: the kernel checks for
 // conflicts before it converts a lock. Two opens of one file in one process exclude each other,
 // because OFD locks belong to the open file description, not the process. Threads sharing one
-// open image share its lock; a blocking wait holds the image's mutex, so siblings queue behind it.
+// open image share its lock. The mutex guards only the counts, never a wait: a thread blocked in
+// the kernel leaves its siblings free to take nested acquisitions and to release; the waiter
+// squares the kernel lock with the counts when its wait ends. Only one thread of an open waits
+// at a time: a second is refused (use an open per thread to wait in parallel).
 import Dispatch
 import Synchronization
 import SystemPackage
@@ -26,6 +29,8 @@ public final class TransactionLock: Sendable {
         var sharedCount = 0
         var exclusiveCount = 0
         var kernelKind: LockKind?
+        /// A thread of this open is blocked in the kernel for the lock.
+        var waiting = false
 
         var strongestHeld: LockKind? {
             exclusiveCount > 0 ? .exclusive : sharedCount > 0 ? .shared : nil
@@ -51,8 +56,9 @@ public final class TransactionLock: Sendable {
 
     /// Takes the lock without waiting; `.wouldBlock` when another owner is in the way.
     public func tryAcquire(_ kind: LockKind) throws(LockingError) -> LockAttempt {
-        try state.withLock { (state) throws(LockingError) -> LockAttempt in
-            try attempt(kind, in: &state, deadline: nil, interrupt: nil)
+        switch try begin(kind, mayWait: false) {
+        case .acquired: .acquired
+        case .wouldBlock, .mustWait: .wouldBlock
         }
     }
 
@@ -64,8 +70,65 @@ public final class TransactionLock: Sendable {
 
     /// Takes the lock, waiting in the kernel until the deadline or until `interrupt` fires.
     public func acquire(_ kind: LockKind, deadline: LockDeadline, interrupt: LockWaitInterrupt?) throws(LockingError) {
+        guard try begin(kind, mayWait: true) == .mustWait, let locker else { return }
+        let outcome = locker.wait(kind, byte: byte, deadline: deadline, interrupt: interrupt)
         try state.withLock { (state) throws(LockingError) in
-            _ = try attempt(kind, in: &state, deadline: deadline, interrupt: interrupt)
+            state.waiting = false
+            if case .success(.acquired) = outcome {
+                state.record(kind)
+                state.kernelKind = kind
+            }
+            // Siblings may have released meanwhile without touching the kernel: catch up.
+            try reconcile(&state)
+        }
+        switch outcome {
+        case .success(.acquired):
+            return
+        case .success(.timedOut):
+            throw LockingError(.timedOut, "timed out waiting for the \(kind) transaction lock on \(path)", path: path, holders: holders())
+        case .success(.interrupted):
+            throw LockingError(.cancelled, "cancelled while waiting for the \(kind) transaction lock on \(path)", path: path)
+        case .failure(let failure):
+            throw waitFailure(failure, kind)
+        }
+    }
+
+    private enum Start: Equatable {
+        case acquired
+        case wouldBlock
+        /// Another owner is in the way and this thread is now this open's waiter.
+        case mustWait
+    }
+
+    /// The part of an acquisition done under the mutex: a nested acquisition, or a kernel attempt
+    /// that does not block.
+    private func begin(_ kind: LockKind, mayWait: Bool) throws(LockingError) -> Start {
+        try state.withLock { (state) throws(LockingError) -> Start in
+            if let held = state.kernelKind, held >= kind {
+                state.record(kind)
+                return .acquired
+            }
+            guard let locker else {
+                state.record(kind)
+                state.kernelKind = state.strongestHeld
+                return .acquired
+            }
+            if state.waiting {
+                guard mayWait else { return .wouldBlock }
+                throw LockingError(.conflict, "another thread is already waiting for the transaction lock on \(path) through this open; use an open per thread to wait in parallel", path: path)
+            }
+            switch locker.tryLock(kind, byte: byte) {
+            case .success(.acquired):
+                state.record(kind)
+                state.kernelKind = kind
+                return .acquired
+            case .success(.wouldBlock):
+                guard mayWait else { return .wouldBlock }
+                state.waiting = true
+                return .mustWait
+            case .failure(let failure):
+                throw waitFailure(failure, kind)
+            }
         }
     }
 
@@ -92,7 +155,7 @@ public final class TransactionLock: Sendable {
     }
 
     /// Gives back one acquisition of `kind`; the kernel lock is downgraded or released when no
-    /// stronger acquisition remains.
+    /// stronger acquisition remains (at once, or when this open's waiter finishes).
     public func release(_ kind: LockKind) throws(LockingError) {
         try state.withLock { (state) throws(LockingError) in
             var after = state
@@ -102,23 +165,29 @@ public final class TransactionLock: Sendable {
             default:
                 throw LockingError(.invalidRequest, "release of a \(kind) transaction lock on \(path) that is not held", path: path)
             }
-            let wanted = after.strongestHeld
-            if wanted != state.kernelKind, let locker {
-                let result: Result<Void, SystemCallError>
-                if let wanted {
-                    // Converting our own lock to a weaker kind never conflicts, so this cannot block.
-                    result = locker.tryLock(wanted, byte: byte).map { _ in () }
-                } else {
-                    result = locker.unlock(byte: byte)
-                }
-                // On failure the count stays: the kernel still holds what `status` reports.
-                if case .failure(let failure) = result {
-                    throw LockingError.from(failure, doing: "Failed to release the transaction lock on", path: path)
-                }
-            }
-            after.kernelKind = wanted
+            if !after.waiting { try reconcile(&after) }
             state = after
         }
+    }
+
+    /// Makes the kernel lock the strongest kind the counts hold. Converting our own lock to a
+    /// weaker kind, or unlocking, never blocks. On failure nothing changes: the kernel still holds
+    /// what the state says.
+    private func reconcile(_ state: inout State) throws(LockingError) {
+        let wanted = state.strongestHeld
+        guard wanted != state.kernelKind else { return }
+        if let locker {
+            let result: Result<Void, SystemCallError>
+            if let wanted {
+                result = locker.tryLock(wanted, byte: byte).map { _ in () }
+            } else {
+                result = locker.unlock(byte: byte)
+            }
+            if case .failure(let failure) = result {
+                throw LockingError.from(failure, doing: "Failed to release the transaction lock on", path: path)
+            }
+        }
+        state.kernelKind = wanted
     }
 
     /// Runs `body` holding the lock, and releases it however `body` ends.
@@ -151,43 +220,6 @@ public final class TransactionLock: Sendable {
         }
         try release(kind)
         return value
-    }
-
-    /// One acquisition under the mutex. `deadline` nil: try once and report `.wouldBlock`.
-    private func attempt(
-        _ kind: LockKind, in state: inout State, deadline: LockDeadline?, interrupt: LockWaitInterrupt?
-    ) throws(LockingError) -> LockAttempt {
-        if let held = state.kernelKind, held >= kind {
-            state.record(kind)
-            return .acquired
-        }
-        guard let locker else {
-            state.record(kind)
-            state.kernelKind = state.strongestHeld
-            return .acquired
-        }
-        switch locker.tryLock(kind, byte: byte) {
-        case .success(.acquired):
-            break
-        case .success(.wouldBlock):
-            guard let deadline else { return .wouldBlock }
-            switch locker.wait(kind, byte: byte, deadline: deadline, interrupt: interrupt) {
-            case .success(.acquired):
-                break
-            case .success(.timedOut):
-                throw LockingError(.timedOut, "timed out waiting for the \(kind) transaction lock on \(path)",
-                                   path: path, holders: holders())
-            case .success(.interrupted):
-                throw LockingError(.cancelled, "cancelled while waiting for the \(kind) transaction lock on \(path)", path: path)
-            case .failure(let failure):
-                throw waitFailure(failure, kind)
-            }
-        case .failure(let failure):
-            throw waitFailure(failure, kind)
-        }
-        state.record(kind)
-        state.kernelKind = kind
-        return .acquired
     }
 
     private func waitFailure(_ failure: SystemCallError, _ kind: LockKind) -> LockingError {

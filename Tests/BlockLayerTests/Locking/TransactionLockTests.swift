@@ -142,6 +142,23 @@ struct TransactionLockTests {
         #expect(try other.request("trylock \(probe) exclusive") == "wouldblock")
     }
 
+    @Test("while one thread of an open waits, its siblings nest and release without blocking")
+    func siblingsDoNotQueueBehindAWait() throws {
+        let process = try LineProcess.fixture(), other = try LineProcess.fixture()
+        let handle = try process.open(image), probe = try other.open(image)
+        #expect(try process.request("lock \(handle) shared") == "ok")
+        #expect(try other.request("lock \(probe) shared") == "ok")
+        #expect(try process.request("asynclock \(handle) exclusive") == "started")
+        #expect(try eventually { try hasKernelWaiter(on: image) })
+        #expect(try process.request("lock \(handle) shared", within: 5) == "ok", "a nested acquisition does not wait")
+        #expect(try process.request("unlock \(handle) shared", within: 5) == "ok")
+        #expect(try process.request("trylock \(handle) exclusive", within: 5) == "wouldblock")
+        #expect(try process.request("lock \(handle) exclusive 1", within: 5).hasPrefix("err conflict another thread is already waiting"))
+        #expect(try other.request("unlock \(probe) shared") == "ok")
+        #expect(try process.nextLine() == "async ok")
+        #expect(try process.request("status \(handle)") == "ok exclusive 2")
+    }
+
     @Test("two opens in one process exclude each other")
     func inProcessExclusion() throws {
         let process = try LineProcess.fixture()
