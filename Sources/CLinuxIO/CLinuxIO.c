@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <unistd.h>
 
 _Static_assert(blk_FALLOC_FL_KEEP_SIZE == FALLOC_FL_KEEP_SIZE, "kernel ABI");
 _Static_assert(blk_FALLOC_FL_PUNCH_HOLE == FALLOC_FL_PUNCH_HOLE, "kernel ABI");
@@ -14,3 +15,5 @@ int blk_fallocate(int descriptor, int mode, long long offset, long long length) 
 }
 
 int blk_o_direct(void) { return O_DIRECT; }
+
+int blk_seek_data(void) { return SEEK_DATA; }

@@ -155,6 +155,28 @@ public final class Qcow2Driver: BlockDriver {
         }
     }
 
+    /// Zero clusters, and unallocated ones where the backing image (if any) reads as zeroes.
+    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
+        let clusterSize = Int64(header.clusterSize)
+        var cluster = byteOffset / clusterSize
+        while cluster * clusterSize < byteOffset + byteCount {
+            switch try mapping(ofGuestCluster: UInt64(cluster)) {
+            case .zeroes:
+                break
+            case .unallocated:
+                if let backing {
+                    let start = max(byteOffset, cluster * clusterSize)
+                    let end = min(byteOffset + byteCount, (cluster + 1) * clusterSize, max(start, try backing.length()))
+                    if end > start, try !backing.readsAsZeroes(at: start, byteCount: end - start) { return false }
+                }
+            case .data, .compressed:
+                return false
+            }
+            cluster += 1
+        }
+        return true
+    }
+
     private func notYet() -> BlockError {
         BlockError(.unsupported, "writing to qcow2 images is not supported by this build of blk yet")
     }

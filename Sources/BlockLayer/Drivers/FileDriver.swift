@@ -193,6 +193,13 @@ public final class FileDriver: BlockDriver {
         cachedLength.store(byteCount, ordering: .relaxed)
     }
 
+    /// A hole: lseek(SEEK_DATA) finds no data before the range ends (ENXIO: none up to the end).
+    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
+        let next = lseek(descriptor.rawValue, off_t(byteOffset), blk_seek_data())
+        if next == -1 { return Errno(rawValue: errno) == .noSuchAddressOrDevice }
+        return Int64(next) >= byteOffset + byteCount
+    }
+
     public func allocatedBytes() throws(BlockError) -> Int64? {
         let descriptor = self.descriptor
         var status = stat()

@@ -41,6 +41,10 @@ public final class RawDriver: BlockDriver {
 
     public func flush() throws(BlockError) { try file.driver.flush() }
 
+    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
+        try file.driver.readsAsZeroes(at: self.byteOffset + byteOffset, byteCount: byteCount)
+    }
+
     public func truncate(to byteCount: Int64) throws(BlockError) {
         guard windowSize == nil else { throw BlockError(.unsupported, "a raw window of fixed size cannot be resized") }
         try file.driver.truncate(to: self.byteOffset + byteCount)

@@ -40,6 +40,10 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// Grows or shrinks the node to `byteCount` bytes.
     func truncate(to byteCount: Int64) throws(BlockError)
 
+    /// Whether `byteCount` bytes at `byteOffset` are known to read as zeroes without reading them
+    /// (holes, unallocated or zero clusters): copies skip them. False when unknown.
+    func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool
+
     /// Bytes the node occupies on its storage (qemu-img's "disk size"); nil when unknown.
     func allocatedBytes() throws(BlockError) -> Int64?
 
@@ -59,6 +63,7 @@ public protocol BlockDriver: AnyObject, Sendable {
 extension BlockDriver {
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest { parentsNeed }
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {}
+    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool { false }
     public func reopen(writable: Bool) throws(BlockError) {}
     public var transactionLock: TransactionLock? { nil }
 }

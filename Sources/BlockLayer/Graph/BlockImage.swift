@@ -128,6 +128,12 @@ public final class BlockImage: Sendable {
         try root.driver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
     }
 
+    /// Whether the range is known to read as zeroes without reading it (see BlockDriver).
+    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
+        try checkRange(byteOffset, byteCount)
+        return try root.driver.readsAsZeroes(at: byteOffset, byteCount: byteCount)
+    }
+
     public func flush() throws(BlockError) {
         for node in root.subtree { try node.driver.flush() }
     }

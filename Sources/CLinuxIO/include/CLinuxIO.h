@@ -1,5 +1,5 @@
 // CLinuxIO: the file-I/O calls and flags Swift's Glibc module hides behind _GNU_SOURCE:
-// fallocate(2) and its modes, and O_DIRECT. Values are kernel ABI (include/uapi/linux/falloc.h).
+// fallocate(2) and its modes, O_DIRECT and SEEK_DATA. Values are kernel ABI (include/uapi/linux/falloc.h).
 #ifndef CLINUXIO_H
 #define CLINUXIO_H
 
@@ -16,5 +16,8 @@ int blk_fallocate(int descriptor, int mode, long long offset, long long length);
 
 /// The O_DIRECT open flag.
 int blk_o_direct(void);
+
+/// lseek's SEEK_DATA whence: the next offset at or after the given one that holds data.
+int blk_seek_data(void);
 
 #endif

@@ -2,6 +2,7 @@
 import ArgumentParser
 import BlockLayer
 import BlockLocking
+import Glibc
 
 struct ConvertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "convert", abstract: "Copy an image into a new image.")
@@ -37,12 +38,12 @@ struct ConvertCommand: ParsableCommand {
             while offset < length {
                 let count = Int(min(Int64(Self.chunkBytes), length - offset))
                 let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
-                try input.read(at: offset, into: chunk)
                 // The new file reads as zeroes already: writing zeroes would only fill its holes.
-                for start in stride(from: 0, to: count, by: Self.holeBytes) {
-                    let piece = UnsafeRawBufferPointer(rebasing: chunk[start..<min(start + Self.holeBytes, count)])
-                    if piece.contains(where: { $0 != 0 }) {
-                        try output.write(at: offset + Int64(start), from: piece)
+                if try !input.readsAsZeroes(at: offset, byteCount: Int64(count)) {
+                    try input.read(at: offset, into: chunk)
+                    for start in stride(from: 0, to: count, by: Self.holeBytes) {
+                        let piece = UnsafeRawBufferPointer(rebasing: chunk[start..<min(start + Self.holeBytes, count)])
+                        if !Self.isZero(piece) { try output.write(at: offset + Int64(start), from: piece) }
                     }
                 }
                 offset += Int64(count)
@@ -54,6 +55,13 @@ struct ConvertCommand: ParsableCommand {
             bar.finish()
             throw report(error, json: json)
         }
+    }
+
+    /// All zero: the first byte is, and every byte equals the one before it (one memcmp).
+    private static func isZero(_ piece: UnsafeRawBufferPointer) -> Bool {
+        guard let first = piece.first else { return true }
+        guard let start = piece.baseAddress else { return true }
+        return first == 0 && memcmp(start, start + 1, piece.count - 1) == 0
     }
 
     /// A new raw image of `length` bytes, opened read-write (with its locks) for the copy.
