@@ -53,11 +53,11 @@ public struct Qcow2Header: Sendable, Hashable {
     public static let compressionTypeBit: UInt64 = 1 << 3
     public static let extendedL2Bit: UInt64 = 1 << 4
 
-    static let backingFormatExtension: UInt32 = 0xe279_2aca
+    public static let backingFormatExtension: UInt32 = 0xe279_2aca
     static let featureNameTableExtension: UInt32 = 0x6803_f857
 
     /// QEMU's limits (block/qcow2.h): larger tables are refused, not read.
-    static let maxL1Bytes: UInt64 = 32 << 20
+    public static let maxL1Bytes: UInt64 = 32 << 20
     static let maxRefcountTableBytes: UInt64 = 8 << 20
 
     /// Parses and checks the header in `bytes` (the image's first cluster, or all of a smaller

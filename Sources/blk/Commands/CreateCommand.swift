@@ -2,25 +2,61 @@
 import ArgumentParser
 import BlockLayer
 import BlockLocking
+import Foundation
+import Qcow2
 
 struct CreateCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "create", abstract: "Create an image.")
+    static let configuration = CommandConfiguration(
+        commandName: "create", abstract: "Create an image (qcow2 v3 by default).",
+        discussion: "With -b, SIZE may be left out: the new image takes the backing image's size."
+    )
 
     @Option(name: .shortAndLong, help: "raw or qcow2 (the default).") var format = "qcow2"
+    @Option(help: "qcow2 cluster size, a power of two from 512 to 2M.") var clusterSize = ByteCount(65536)
+    @Option(name: .customShort("b"), help: "qcow2: the backing image, relative to the new image's folder or absolute.") var backing: String?
+    @Option(name: .customShort("F"), help: "qcow2: the backing image's format (probed when not given).") var backingFormat: String?
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.") var locking: LockingMode = .auto
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The image file to create.") var image: String
-    @Argument(help: "Its virtual size, with K/M/G/T suffixes.") var size: ByteCount
+    @Argument(help: "Its virtual size, with K/M/G/T suffixes.") var size: ByteCount?
+
+    func validate() throws {
+        if size == nil && backing == nil { throw ValidationError("missing the image size") }
+        if format == "raw" && (backing != nil || backingFormat != nil) { throw ValidationError("raw images have no backing file") }
+    }
 
     func run() throws {
-        guard format == "raw" else {
-            throw report(BlockError(.unsupported, "creating \(format) images is not supported by this build of blk; use -f raw"), json: json)
-        }
-        print("Formatting '\(image)', fmt=raw size=\(size.value)")
         do throws(BlockError) {
-            try RawDriver.create(at: image, byteCount: size.value, locking: locking)
+            switch format {
+            case "raw":
+                print("Formatting '\(image)', fmt=raw size=\(size!.value)")
+                try RawDriver.create(at: image, byteCount: size!.value, locking: locking)
+            case "qcow2":
+                let (virtualSize, backingFormat) = try sizeAndBackingFormat()
+                var line = "Formatting '\(image)', fmt=qcow2 cluster_size=\(clusterSize.value)"
+                if let backing { line += " backing_file=\(backing)" }
+                if let backingFormat { line += " backing_fmt=\(backingFormat)" }
+                print(line + " size=\(virtualSize)")
+                try Qcow2Format.create(at: image, virtualSize: virtualSize, clusterSize: Int(clusterSize.value),
+                                       backingFile: backing, backingFormat: backingFormat, locking: locking)
+            default:
+                throw BlockError(.unsupported, "Unknown file format '\(format)'")
+            }
         } catch {
             throw report(error, json: json)
         }
+    }
+
+    /// The size (given, or the backing image's) and the backing format (given, or probed), both
+    /// read through the backing image opened read-only, sharing everything, as qemu-img does.
+    private func sizeAndBackingFormat() throws(BlockError) -> (Int64, String?) {
+        guard let backing else { return (size!.value, nil) }
+        let directory = URL(fileURLWithPath: image).deletingLastPathComponent().path
+        let path = backing.hasPrefix("/") ? backing : directory + "/" + backing
+        let opened = try BlockImage.open(path, options: OpenOptions(format: backingFormat, forceShare: true, locking: locking),
+                                         formats: blkFormats)
+        var virtualSize = try opened.length()
+        if let size { virtualSize = size.value }
+        return (virtualSize, backingFormat ?? opened.format)
     }
 }

@@ -1,0 +1,147 @@
+// Qcow2Create: a new, empty qcow2 v3 image, laid out as qemu-img lays one out — the header
+// cluster (header, extensions, backing name), the refcount table, the refcount blocks covering
+// every metadata cluster, then the L1 table — so `qemu-img check` finds it clean.
+//
+// Like raw creation, an image some process holds is never truncated: every permission byte is
+// locked, none shared, before the file is resized and written.
+import BlockLayer
+import BlockLocking
+import Glibc
+
+extension Qcow2Format {
+    /// Creates (or replaces) `path` as an empty qcow2 image of `virtualSize` bytes, reading
+    /// through to `backingFile` (a name relative to the image's folder, or absolute).
+    public static func create(at path: String, virtualSize: Int64, clusterSize: Int = 65536,
+                              backingFile: String? = nil, backingFormat: String? = nil,
+                              locking: LockingMode = .auto) throws(BlockError) {
+        guard clusterSize.nonzeroBitCount == 1, (512...(2 << 20)).contains(clusterSize) else {
+            throw BlockError(.invalidRequest, "Cluster size must be a power of two between 512 and 2048k")
+        }
+        guard virtualSize >= 0 else { throw BlockError(.invalidRequest, "Invalid image size specified") }
+        if let backingFile, backingFile.utf8.count > 1023 { throw BlockError(.invalidRequest, "Backing file name too long") }
+        let headerBytes = 112 + 8 + (backingFormat.map { 8 + ($0.utf8.count + 7) / 8 * 8 } ?? 0) + (backingFile?.utf8.count ?? 0)
+        guard headerBytes <= clusterSize else {
+            throw BlockError(.invalidRequest, "the header and backing file name do not fit in one \(clusterSize)-byte cluster")
+        }
+        let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize))
+        let header = layout.headerCluster(backingFile: backingFile, backingFormat: backingFormat)
+
+        switch valueOrErrno("open", { Glibc.open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644) }) {
+        case .success(let descriptor): close(descriptor)
+        case .failure(let failure): throw BlockError(.notFound, "Could not create '\(path)': \(failure.errno)", cause: failure)
+        }
+        let file: LockedImageFile
+        do throws(LockingError) {
+            file = try LockedImageFile(path: path, writable: true, mode: locking)
+            try file.locks.setPermissions(PermissionRequest(held: .all, unshared: .all))
+        } catch {
+            throw BlockError(error)
+        }
+        let descriptor = file.descriptor.rawValue
+        for size in [0, Int64(layout.fileBytes)] {
+            if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor, off_t(size)) }) {
+                throw BlockError(.ioError, "Could not resize '\(path)': \(failure.errno)", cause: failure)
+            }
+        }
+        // Tables first, header last: a crash leaves no file that claims to be a qcow2 image.
+        for (offset, bytes) in layout.tables() + [(0, header)] {
+            var written = 0
+            while written < bytes.count {
+                let result = bytes[written...].withUnsafeBytes { chunk in
+                    valueOrErrno("pwrite", { pwrite(descriptor, chunk.baseAddress, chunk.count, off_t(offset) + off_t(written)) })
+                }
+                switch result {
+                case .success(let count): written += count
+                case .failure(let failure): throw BlockError(.ioError, "Could not write '\(path)': \(failure.errno)", cause: failure)
+                }
+            }
+            if offset != 0, case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor) }) {
+                throw BlockError(.ioError, "Could not flush '\(path)': \(failure.errno)", cause: failure)
+            }
+        }
+        if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor) }) {
+            throw BlockError(.ioError, "Could not flush '\(path)': \(failure.errno)", cause: failure)
+        }
+    }
+
+    /// Where each piece of an empty image goes, in clusters.
+    struct Layout {
+        let clusterSize: UInt64
+        let virtualSize: UInt64
+        let l1Entries: UInt64
+        let refcountTableClusters: UInt64
+        let refcountBlocks: UInt64
+        let l1Clusters: UInt64
+
+        init(virtualSize: UInt64, clusterSize: UInt64) throws(BlockError) {
+            self.clusterSize = clusterSize
+            self.virtualSize = virtualSize
+            let bytesPerL1Entry = clusterSize * (clusterSize / 8)
+            l1Entries = (virtualSize + bytesPerL1Entry - 1) / bytesPerL1Entry
+            guard l1Entries * 8 <= Qcow2Header.maxL1Bytes else { throw BlockError(.invalidRequest, "Image size too large for this cluster size") }
+            l1Clusters = max(1, (l1Entries * 8 + clusterSize - 1) / clusterSize)
+            // 16-bit refcounts: a block covers clusterSize / 2 clusters. Grow the table and the
+            // blocks until they cover themselves and everything else.
+            let perBlock = clusterSize / 2
+            var tableClusters: UInt64 = 1, blocks: UInt64 = 1
+            while true {
+                let total = 1 + tableClusters + blocks + l1Clusters
+                let neededBlocks = (total + perBlock - 1) / perBlock
+                let neededTable = max(1, (neededBlocks * 8 + clusterSize - 1) / clusterSize)
+                if neededBlocks == blocks && neededTable == tableClusters { break }
+                blocks = neededBlocks
+                tableClusters = neededTable
+            }
+            refcountTableClusters = tableClusters
+            refcountBlocks = blocks
+        }
+
+        var refcountTableOffset: UInt64 { clusterSize }
+        var firstRefcountBlock: UInt64 { refcountTableOffset + refcountTableClusters * clusterSize }
+        var l1Offset: UInt64 { firstRefcountBlock + refcountBlocks * clusterSize }
+        var clusterCount: UInt64 { 1 + refcountTableClusters + refcountBlocks + l1Clusters }
+        var fileBytes: UInt64 { clusterCount * clusterSize }
+
+        /// The refcount table, the refcount blocks (every used cluster counted once), and the
+        /// all-zero L1 table (left to the file's zero fill).
+        func tables() -> [(UInt64, [UInt8])] {
+            var table = [UInt8](repeating: 0, count: Int(refcountTableClusters * clusterSize))
+            for block in 0..<refcountBlocks {
+                table.setBigEndian(firstRefcountBlock + block * clusterSize, at: Int(block * 8))
+            }
+            var blocks = [UInt8](repeating: 0, count: Int(refcountBlocks * clusterSize))
+            for cluster in 0..<clusterCount { blocks.setBigEndian(UInt16(1), at: Int(cluster * 2)) }
+            return [(refcountTableOffset, table), (firstRefcountBlock, blocks)]
+        }
+
+        func headerCluster(backingFile: String?, backingFormat: String?) -> [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: Int(clusterSize))
+            bytes.replaceSubrange(0..<4, with: FormatProbe.qcow2Magic)
+            bytes.setBigEndian(UInt32(3), at: 4)
+            bytes.setBigEndian(UInt32(clusterSize.trailingZeroBitCount), at: 20)
+            bytes.setBigEndian(virtualSize, at: 24)
+            bytes.setBigEndian(UInt32(l1Entries), at: 36)
+            bytes.setBigEndian(l1Offset, at: 40)
+            bytes.setBigEndian(refcountTableOffset, at: 48)
+            bytes.setBigEndian(UInt32(refcountTableClusters), at: 56)
+            bytes.setBigEndian(UInt32(4), at: 96)    // refcount_order: 16-bit refcounts
+            bytes.setBigEndian(UInt32(112), at: 100) // header_length, with compression_type (zlib)
+            var offset = 112
+            if let backingFormat {
+                let name = Array(backingFormat.utf8)
+                bytes.setBigEndian(Qcow2Header.backingFormatExtension, at: offset)
+                bytes.setBigEndian(UInt32(name.count), at: offset + 4)
+                bytes.replaceSubrange(offset + 8..<offset + 8 + name.count, with: name)
+                offset += 8 + (name.count + 7) / 8 * 8
+            }
+            offset += 8 // the end-of-extensions marker: type 0, length 0
+            if let backingFile {
+                let name = Array(backingFile.utf8)
+                bytes.setBigEndian(UInt64(offset), at: 8)
+                bytes.setBigEndian(UInt32(name.count), at: 16)
+                bytes.replaceSubrange(offset..<offset + name.count, with: name)
+            }
+            return bytes
+        }
+    }
+}

@@ -1,0 +1,53 @@
+// `blk create` for qcow2: images that the real qemu-img checks clean, QEMU writes into, and
+// blk then reads — across cluster sizes and with backing files.
+import Foundation
+import Testing
+
+@Suite("qcow2 images created by blk")
+struct Qcow2CreateTests {
+    let scratch: Scratch
+
+    init() throws { scratch = try Scratch() }
+
+    @Test("qemu-img check finds them clean, QEMU writes into them, blk reads that back",
+          arguments: [("512", "64M"), ("4k", "3G"), ("64k", "3G"), ("2M", "100G")])
+    func checkedClean(clusterSize: String, size: String) throws {
+        let image = scratch.directory + "/new.qcow2"
+        let created = try blk("create", "--cluster-size", clusterSize, image, size)
+        #expect(created.status == 0, "\(created)")
+        let checked = try run("/usr/bin/qemu-img", ["check", image])
+        #expect(checked.status == 0, "\(checked)")
+        try qemuIO(["-f", "qcow2", "-c", "write -P 0x3c 48M 100k", image])
+        #expect(try run("/usr/bin/qemu-img", ["check", image]).status == 0)
+        let read = try blk("io", "-r", image, "-c", "read -P 0x3c 48M 100k", "-c", "read -P 0 0 1M")
+        #expect(read.status == 0 && !read.stdout.contains("failed"), "\(read)")
+    }
+
+    @Test("with a backing file: the size comes from it, the format is recorded, reads fall through")
+    func withBacking() throws {
+        let base = scratch.directory + "/base.qcow2"
+        #expect(try blk("create", base, "16M").status == 0)
+        try qemuIO(["-f", "qcow2", "-c", "write -P 0x5e 0 1M", base])
+        let overlay = scratch.directory + "/overlay.qcow2"
+        let created = try blk("create", "-b", "base.qcow2", overlay)
+        #expect(created.stdout == "Formatting '\(overlay)', fmt=qcow2 cluster_size=65536 backing_file=base.qcow2 backing_fmt=qcow2 size=16777216\n")
+        let info = try run("/usr/bin/qemu-img", ["info", "--output=json", overlay])
+        #expect(info.stdout.contains("\"backing-filename\": \"base.qcow2\"") && info.stdout.contains("\"backing-filename-format\": \"qcow2\""), "\(info)")
+        #expect(try run("/usr/bin/qemu-img", ["check", overlay]).status == 0)
+        try qemuIO(["-f", "qcow2", "-c", "read -P 0x5e 0 1M", overlay])
+        let read = try blk("io", "-r", overlay, "-c", "read -P 0x5e 0 1M", "-c", "read -P 0 1M 15M")
+        #expect(read.status == 0 && !read.stdout.contains("failed"), "\(read)")
+    }
+
+    @Test("creating over a qcow2 image QEMU has open is refused, and the image is left whole")
+    func refusedWhileInUse() throws {
+        let image = try scratch.qcow2Image(size: "8M")
+        let before = try Data(contentsOf: URL(fileURLWithPath: image))
+        let writer = try qemuHolder(OpenKind.qcow2Kinds[0], image)
+        defer { _ = try? writer.finish() }
+        let refused = try blk("create", image, "1M")
+        #expect(refused.status == 75)
+        #expect(refused.stderr.contains("Is another process using the image [\(image)]?\nheld by pid \(writer.pid) (qemu-io)"), "\(refused)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == before)
+    }
+}
