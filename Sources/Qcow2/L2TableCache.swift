@@ -20,6 +20,11 @@ struct L2TableCache {
         return table
     }
 
+    /// Replaces a cached table after the writer changed one of its entries on disk.
+    mutating func replace(_ table: [UInt64], at offset: UInt64) {
+        if tables[offset] != nil { tables[offset] = table } else { insert(table, at: offset) }
+    }
+
     mutating func insert(_ table: [UInt64], at offset: UInt64) {
         if tables.updateValue(table, forKey: offset) == nil {
             order.append(offset)

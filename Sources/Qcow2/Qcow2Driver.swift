@@ -1,7 +1,6 @@
 // Qcow2Driver: the qcow2 format (docs/interop/qcow2.rst) — guest offsets through the L1 and L2
 // tables to host clusters, zero clusters, compressed clusters, and reads that fall through to
-// the backing image. Writing is not implemented yet: writes fail as unsupported, and nothing of
-// the image is ever modified (not even the dirty bit).
+// the backing image. Writes are in Qcow2Writer.swift.
 //
 // Map: the two-level lookup · reads cluster by cluster · permissions.
 //
@@ -19,9 +18,12 @@ public final class Qcow2Driver: BlockDriver {
     public let file: BlockNode
     /// The image reads fall through to, kept open (with its own locks) while this one is.
     public let backing: BlockImage?
-    let l1Table: [UInt64]
+    /// The active L1 table; the writer changes entries when it allocates L2 tables.
+    let l1Table: Mutex<[UInt64]>
     let forceShare: Bool
-    private let cache: Mutex<L2TableCache>
+    let cache: Mutex<L2TableCache>
+    /// Allocation state, and the lock that makes allocating writes one at a time.
+    let writer: Mutex<Qcow2WriterState>
 
     static let offsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let compressedBit: UInt64 = 1 << 62
@@ -34,7 +36,8 @@ public final class Qcow2Driver: BlockDriver {
         self.forceShare = forceShare
         cache = Mutex(L2TableCache(budgetBytes: cacheBytes, clusterSize: header.clusterSize))
         let raw = try Self.readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8)
-        l1Table = (0..<Int(header.l1Size)).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
+        l1Table = Mutex((0..<Int(header.l1Size)).map { raw.bigEndian(UInt64.self, at: $0 * 8) })
+        writer = Mutex(Qcow2WriterState())
     }
 
     static func readBytes(_ node: BlockNode, at offset: UInt64, count: Int) throws(BlockError) -> [UInt8] {
@@ -57,10 +60,15 @@ public final class Qcow2Driver: BlockDriver {
     func mapping(ofGuestCluster cluster: UInt64) throws(BlockError) -> ClusterMapping {
         let l2Entries = UInt64(header.l2Entries)
         let l1Index = Int(cluster / l2Entries)
-        guard l1Index < l1Table.count else { return .unallocated }
-        let l2Offset = l1Table[l1Index] & Self.offsetMask
+        let l1Entry = l1Table.withLock { $0.indices.contains(l1Index) ? $0[l1Index] : 0 }
+        let l2Offset = l1Entry & Self.offsetMask
         guard l2Offset != 0 else { return .unallocated }
         let entry = try l2Table(at: l2Offset)[Int(cluster % l2Entries)]
+        return try Self.mapping(ofEntry: entry, cluster: cluster, header: header)
+    }
+
+    /// What one L2 entry says about its guest cluster.
+    static func mapping(ofEntry entry: UInt64, cluster: UInt64, header: Qcow2Header) throws(BlockError) -> ClusterMapping {
         if entry & Self.compressedBit != 0 {
             let offsetBits = 62 - (Int(header.clusterBits) - 8)
             let hostOffset = entry & ((1 << UInt64(offsetBits)) - 1)
@@ -77,7 +85,7 @@ public final class Qcow2Driver: BlockDriver {
         return .data(hostOffset: hostOffset)
     }
 
-    private func l2Table(at offset: UInt64) throws(BlockError) -> [UInt64] {
+    func l2Table(at offset: UInt64) throws(BlockError) -> [UInt64] {
         if let table = cache.withLock({ $0.table(at: offset) }) { return table }
         guard offset % UInt64(header.clusterSize) == 0 else {
             throw BlockError(.corrupt, "qcow2: L2 table offset 0x\(String(offset, radix: 16)) unaligned")
@@ -177,13 +185,10 @@ public final class Qcow2Driver: BlockDriver {
         return true
     }
 
-    private func notYet() -> BlockError {
-        BlockError(.unsupported, "writing to qcow2 images is not supported by this build of blk yet")
+    public func truncate(to byteCount: Int64) throws(BlockError) {
+        throw BlockError(.unsupported, "resizing qcow2 images is not supported by this build of blk yet")
     }
 
-    public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) { throw notYet() }
-    public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) { throw notYet() }
-    public func truncate(to byteCount: Int64) throws(BlockError) { throw notYet() }
     public func flush() throws(BlockError) { try file.driver.flush() }
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }
 
