@@ -178,6 +178,15 @@ extension Qcow2Driver {
         try writeBigEndian(value, at: block + (cluster % perBlock) * 2)
     }
 
+    /// Writes a 16-bit refcount into the block that already covers `cluster` (for repairs).
+    func storeRefcount(_ value: UInt16, ofCluster cluster: UInt64) throws(BlockError) {
+        let perBlock = UInt64(header.clusterSize / 2)
+        let entry = try Self.readBytes(file, at: header.refcountTableOffset + cluster / perBlock * 8, count: 8)
+        let block = entry.bigEndian(UInt64.self, at: 0) & Self.offsetMask
+        guard block != 0 else { return }
+        try writeBigEndian(value, at: block + (cluster % perBlock) * 2)
+    }
+
     private func refcount(ofCluster cluster: UInt64, _ state: Qcow2WriterState) throws(BlockError) -> UInt16 {
         let perBlock = UInt64(header.clusterSize / 2)
         guard let table = state.refcountTable, Int(cluster / perBlock) < table.count else { return 0 }

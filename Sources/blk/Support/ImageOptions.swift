@@ -36,12 +36,18 @@ struct ImageOptions: ParsableArguments {
         if forceShare && writable && !readOnly {
             throw report(BlockError(.invalidRequest, "force-share=on can only be used with read-only images"), json: json)
         }
-        do {
-            let image = try BlockImage.open(path, options: openOptions(writable: writable), formats: blkFormats)
-            image.warnings.forEach(printWarning)
-            return image
-        } catch {
-            throw report(error, json: json)
-        }
+        return try openImage(path, openOptions(writable: writable), json: json)
+    }
+}
+
+/// Opens an image with every format blk knows, printing the open's warnings; a failure is
+/// reported and becomes the exit code.
+func openImage(_ path: String, _ options: OpenOptions, json: Bool) throws -> BlockImage {
+    do {
+        let image = try BlockImage.open(path, options: options, formats: blkFormats)
+        image.warnings.forEach(printWarning)
+        return image
+    } catch {
+        throw report(error, json: json)
     }
 }

@@ -1,0 +1,111 @@
+// `blk check` beside `qemu-img check`: the same verdict (exit 0 clean, 2 corrupt, 3 leaks) on
+// clean images of every kind and on images damaged here, and `-r leaks` repairs leaks so that
+// qemu-img check then exits 0.
+import Foundation
+import Testing
+
+/// Rewrites 16-bit refcounts of a qemu-img-made image (refcount block at 0x20000) and appends
+/// clusters, to make leaks (refcount 1, no reference) and corruption (refcount 0, referenced).
+func patchRefcounts(_ image: String, leakedClusters: Int, zeroRefcountOf corrupted: [Int] = []) throws {
+    let handle = try FileHandle(forUpdating: URL(fileURLWithPath: image))
+    defer { try? handle.close() }
+    let size = try handle.seekToEnd()
+    let clusters = Int((size + 65535) / 65536)
+    try handle.truncate(atOffset: UInt64((clusters + leakedClusters) * 65536))
+    for index in 0..<leakedClusters {
+        try handle.seek(toOffset: UInt64(0x20000 + (clusters + index) * 2))
+        handle.write(Data([0, 1]))
+    }
+    for cluster in corrupted {
+        try handle.seek(toOffset: UInt64(0x20000 + cluster * 2))
+        handle.write(Data([0, 0]))
+    }
+}
+
+@Suite("blk check beside qemu-img check")
+struct Qcow2CheckTests {
+    let scratch: Scratch
+
+    init() throws { scratch = try Scratch() }
+
+    func verdicts(_ image: String) throws -> (blk: Int32, qemu: Int32) {
+        (try blk("check", image).status, try run("/usr/bin/qemu-img", ["check", image]).status)
+    }
+
+    @Test("clean images agree: written by QEMU, by blk, compressed, with snapshots, with a backing file")
+    func cleanImages() throws {
+        let qemuWritten = try scratch.qcow2Image("q.qcow2", size: "1G")
+        try qemuIO(["-f", "qcow2", "-c", "write -P 1 0 3M", "-c", "write -z 1M 64k", "-c", "write -P 2 600M 64k", qemuWritten])
+        let blkWritten = scratch.directory + "/b.qcow2"
+        #expect(try blk("create", blkWritten, "1G").status == 0)
+        #expect(try blk("io", blkWritten, "-c", "write -P 3 5000 200k", "-c", "write -P 4 700M 1k").status == 0)
+        let compressed = scratch.directory + "/c.qcow2"
+        try qemuImg(["convert", "-c", "-O", "qcow2", qemuWritten, compressed])
+        let snapshotted = try scratch.qcow2Image("s.qcow2", size: "64M")
+        try qemuIO(["-f", "qcow2", "-c", "write -P 5 0 1M", snapshotted])
+        try qemuImg(["snapshot", "-c", "first", snapshotted])
+        try qemuIO(["-f", "qcow2", "-c", "write -P 6 512k 1M", snapshotted])
+        try qemuImg(["snapshot", "-c", "second", snapshotted])
+        let overlay = scratch.directory + "/o.qcow2"
+        #expect(try blk("create", "-b", "q.qcow2", overlay).status == 0)
+        #expect(try blk("io", overlay, "-c", "write -P 7 100k 1k").status == 0)
+        for image in [qemuWritten, blkWritten, compressed, snapshotted, overlay] {
+            let result = try verdicts(image)
+            #expect(result.blk == 0 && result.qemu == 0, "\(image): blk \(result.blk), qemu-img \(result.qemu)")
+        }
+        let clean = try blk("check", blkWritten)
+        #expect(clean.stdout.hasPrefix("No errors were found on the image.\nImage end offset: "))
+    }
+
+    @Test("leaks: both exit 3; -r leaks repairs them and qemu-img check then exits 0")
+    func leaks() throws {
+        let image = try scratch.qcow2Image(size: "64M")
+        try qemuIO(["-f", "qcow2", "-c", "write -P 1 0 128k", image])
+        try patchRefcounts(image, leakedClusters: 2)
+        #expect(try verdicts(image) == (3, 3))
+        let found = try blk("check", image)
+        #expect(found.stdout.contains("2 leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data."))
+        let repaired = try blk("check", "-r", "leaks", image)
+        #expect(repaired.status == 0, "\(repaired)")
+        #expect(repaired.stdout.contains("The following inconsistencies were found and repaired:\n\n    2 leaked clusters"))
+        #expect(try verdicts(image) == (0, 0))
+    }
+
+    @Test("a referenced cluster with refcount 0: both exit 2, and -r leaks does not pretend to fix it")
+    func corruption() throws {
+        let image = try scratch.qcow2Image(size: "64M")
+        try qemuIO(["-f", "qcow2", "-c", "write -P 1 0 64k", image])
+        try patchRefcounts(image, leakedClusters: 0, zeroRefcountOf: [3])
+        #expect(try verdicts(image) == (2, 2))
+        let found = try blk("check", "--json", image)
+        #expect(found.stdout.contains("\"corruptions\" : 1"))
+        #expect(try blk("check", "-r", "leaks", image).status == 2)
+    }
+
+    @Test("a raw image has nothing to check: exit 63, as qemu-img")
+    func rawHasNothing() throws {
+        let image = try scratch.rawImage()
+        let result = try blk("check", image)
+        #expect(result.status == 63)
+        #expect(result.stderr == "blk: This image format does not support checks\n")
+        #expect(try run("/usr/bin/qemu-img", ["check", "-f", "raw", image]).status == 63)
+    }
+}
+
+@Suite("qcow2 writes interrupted by kill -9")
+struct Qcow2KillTests {
+    @Test("a writer killed at any point leaves at most leaks, never corruption", arguments: 0..<5)
+    func killedWriter(round: Int) throws {
+        let scratch = try Scratch()
+        let image = scratch.directory + "/killed.qcow2"
+        #expect(try blk("create", "--cluster-size", "4k", image, "256M").status == 0)
+        // Scattered allocating writes: new L2 tables and refcount blocks keep being needed.
+        let writes = (0..<400).flatMap { index in ["-c", "write -P \(index % 250 + 1) \((index * 7919 + round * 131) % 65000 * 4096) 6k"] }
+        let writer = try LineProcess(blkPath, ["io", image] + writes)
+        for _ in 0..<(20 + round * 37) { _ = try writer.nextLine() }
+        writer.kill9()
+        let qemu = try run("/usr/bin/qemu-img", ["check", image])
+        #expect(qemu.status == 0 || qemu.status == 3, "round \(round): \(qemu)")
+        #expect(try blk("check", image).status == qemu.status)
+    }
+}
