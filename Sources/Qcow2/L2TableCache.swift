@@ -1,9 +1,13 @@
 // L2TableCache: recently used L2 tables, decoded, bounded by a byte budget so memory stays flat
-// however large the image (QEMU's l2-cache-size). Least recently used goes first.
+// however large the image (QEMU's l2-cache-size). The least recently used goes first — but never
+// a dirty table (changed in memory, not yet on disk): the writer writes those back, in order,
+// before they may go (Qcow2Writer.swift). A hit costs a dictionary lookup and a counter; the
+// search for the oldest table happens only when one must go.
 
 struct L2TableCache {
-    private var tables: [UInt64: [UInt64]] = [:]
-    private var order: [UInt64] = []
+    private var tables: [UInt64: (entries: [UInt64], lastUse: UInt64)] = [:]
+    private var clock: UInt64 = 0
+    private(set) var dirty: Set<UInt64> = []
     let capacity: Int
 
     /// `budgetBytes` of tables of `clusterSize` bytes each; at least four.
@@ -12,23 +16,33 @@ struct L2TableCache {
     }
 
     mutating func table(at offset: UInt64) -> [UInt64]? {
-        guard let table = tables[offset] else { return nil }
-        if order.last != offset, let index = order.firstIndex(of: offset) {
-            order.remove(at: index)
-            order.append(offset)
-        }
-        return table
-    }
-
-    /// Replaces a cached table after the writer changed one of its entries on disk.
-    mutating func replace(_ table: [UInt64], at offset: UInt64) {
-        if tables[offset] != nil { tables[offset] = table } else { insert(table, at: offset) }
+        guard let entries = tables[offset]?.entries else { return nil }
+        clock += 1
+        tables[offset]?.lastUse = clock
+        return entries
     }
 
     mutating func insert(_ table: [UInt64], at offset: UInt64) {
-        if tables.updateValue(table, forKey: offset) == nil {
-            order.append(offset)
-            if order.count > capacity { tables[order.removeFirst()] = nil }
+        clock += 1
+        tables[offset] = (table, clock)
+        evictCleanTables()
+    }
+
+    /// Stores a table the writer changed; it stays until `markClean`.
+    mutating func insertDirty(_ table: [UInt64], at offset: UInt64) {
+        dirty.insert(offset)
+        insert(table, at: offset)
+    }
+
+    mutating func markClean(_ offset: UInt64) {
+        dirty.remove(offset)
+        evictCleanTables()
+    }
+
+    private mutating func evictCleanTables() {
+        while tables.count > capacity,
+              let victim = tables.filter({ !dirty.contains($0.key) }).min(by: { $0.value.lastUse < $1.value.lastUse })?.key {
+            tables[victim] = nil
         }
     }
 }

@@ -40,6 +40,12 @@ public final class Qcow2Driver: BlockDriver {
         writer = Mutex(Qcow2WriterState())
     }
 
+    deinit {
+        // Closing flushes, as QEMU's bdrv_close does: metadata still in memory would leave the
+        // last writes unreachable (leaked) otherwise.
+        try? flush()
+    }
+
     static func readBytes(_ node: BlockNode, at offset: UInt64, count: Int) throws(BlockError) -> [UInt8] {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 4096)
         defer { buffer.deallocate() }
@@ -189,7 +195,6 @@ public final class Qcow2Driver: BlockDriver {
         throw BlockError(.unsupported, "resizing qcow2 images is not supported by this build of blk yet")
     }
 
-    public func flush() throws(BlockError) { try file.driver.flush() }
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }
 
     /// QEMU's bdrv_default_perms_for_storage: the metadata must not change under us, so write

@@ -1,17 +1,23 @@
 // Qcow2Writer: writes to a qcow2 image, in the order that makes a crash leave leaks but never
-// corruption (QEMU's order):
+// corruption (QEMU's order, kept with a write-back metadata cache as QEMU keeps it):
 //
-//   1. the new data cluster, complete (a partial write copies the rest of the cluster in first:
-//      from the backing image, a compressed cluster, or zeroes);
-//   2. the refcounts of every cluster allocated (allocating a refcount block if the range has
-//      none — the new block counts itself);
-//   3. a new L2 table, if the range had none, with the new entry already in it;
-//   4. flush — everything a table will point to is on disk before any table points to it;
-//   5. the L2 entry (or, for a new L2 table, the L1 entry) that makes the new cluster live.
+//   on each write   the new data cluster, complete (a partial write copies the rest of the
+//                   cluster in first: from the backing image, a compressed cluster, or zeroes),
+//                   goes to the file; its refcount (in a refcount block, a new one if the range
+//                   has none — the new block counts itself), the L2 entry that points to it, and
+//                   a new L2 table if the range had none, change only in memory (dirty);
+//   on flush        1. the dirty refcount blocks are written; fdatasync: data and refcounts
+//   (or when too       are durable; new refcount table entries, fdatasync;
+//   many tables     2. the dirty L2 tables are written;
+//   are dirty)      3. fdatasync, then the L1 entries of new L2 tables;
+//                   4. fdatasync, then the references that overwritten compressed clusters
+//                      lose (written, and flushed, at once); a last fdatasync.
 //
-// A crash before step 5 leaves clusters counted but unused: leaks, which `qemu-img check -r
-// leaks` repairs. A cluster whose L2 entry carries COPIED (refcount exactly 1) is overwritten in
-// place. New clusters are appended at the end of the file.
+// A table is written only after everything it points to is durable, and a reference is dropped
+// only after nothing on disk points through it any more: a crash anywhere leaves clusters
+// counted but unused — leaks, which `qemu-img check -r leaks` repairs — and loses at most the
+// writes since the last flush, as with any disk cache. A cluster whose L2 entry carries COPIED
+// (refcount exactly 1) is overwritten in place. New clusters are appended at the end of the file.
 //
 // Not handled yet, refused with exit 69 rather than done wrong: images with internal snapshots
 // (their clusters are shared and need copy-on-write with refcounts above 1), refcount widths
@@ -24,6 +30,15 @@ struct Qcow2WriterState {
     var refcountTable: [UInt64]?
     var nextFreeCluster: UInt64 = 0
     var autoclearCleared = false
+    /// L1 entries of new L2 tables, written after the tables themselves.
+    var pendingL1: [Int: UInt64] = [:]
+    /// Host clusters that lose a reference once the L2 entries no longer point to them.
+    var pendingReleases: [UInt64] = []
+    /// Refcount blocks read or changed, by offset, and which of them are changed.
+    var refcountBlocks: [UInt64: [UInt8]] = [:]
+    var dirtyRefcountBlocks: Set<UInt64> = []
+    /// Refcount table entries of new blocks, written once the blocks are durable.
+    var pendingRefcountTable: [Int: UInt64] = [:]
 }
 
 extension Qcow2Driver {
@@ -42,7 +57,51 @@ extension Qcow2Driver {
                                  UnsafeRawBufferPointer(rebasing: buffer[done..<done + count]), &state)
                 done += count
             }
+            let (dirtyCount, capacity) = cache.withLock { ($0.dirty.count, $0.capacity) }
+            if dirtyCount >= capacity / 2 || state.dirtyRefcountBlocks.count >= capacity { try writeBackMetadata(&state) }
         }
+    }
+
+    public func flush() throws(BlockError) {
+        try writer.withLock { (state) throws(BlockError) in try writeBackMetadata(&state) }
+        try file.driver.flush()
+    }
+
+    /// Steps 1–4 of the order above.
+    func writeBackMetadata(_ state: inout Qcow2WriterState) throws(BlockError) {
+        let dirty = cache.withLock { cache in cache.dirty.map { ($0, cache.table(at: $0)!) } }
+        guard !dirty.isEmpty || !state.pendingL1.isEmpty || !state.pendingReleases.isEmpty
+              || !state.dirtyRefcountBlocks.isEmpty else { return }
+        try writeRefcountBlocks(&state)
+        try file.driver.flush()
+        if !state.pendingRefcountTable.isEmpty {
+            for (index, block) in state.pendingRefcountTable {
+                try writeBigEndian(block, at: header.refcountTableOffset + UInt64(index) * 8)
+            }
+            state.pendingRefcountTable = [:]
+            try file.driver.flush()
+        }
+        for (offset, table) in dirty {
+            var bytes = [UInt8](repeating: 0, count: header.clusterSize)
+            for (index, entry) in table.enumerated() where entry != 0 { bytes.setBigEndian(entry, at: index * 8) }
+            try writeBytes(bytes, at: offset)
+            cache.withLock { $0.markClean(offset) }
+        }
+        if !state.pendingL1.isEmpty {
+            try file.driver.flush()
+            for (index, entry) in state.pendingL1 { try writeBigEndian(entry, at: header.l1TableOffset + UInt64(index) * 8) }
+            state.pendingL1 = [:]
+        }
+        if !state.pendingReleases.isEmpty {
+            try file.driver.flush()
+            for cluster in state.pendingReleases {
+                let count = try refcount(ofCluster: cluster, &state)
+                if count > 0 { try setRefcount(ofCluster: cluster, to: count - 1, &state) }
+            }
+            state.pendingReleases = []
+            try writeRefcountBlocks(&state)
+        }
+        try file.driver.flush()
     }
 
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
@@ -103,46 +162,34 @@ extension Qcow2Driver {
         }
 
         // 1. The whole new cluster: what the guest sees now, with the new bytes over it.
-        let content = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
-        defer { content.deallocate() }
-        if bytes.count < clusterSize {
-            try read(at: Int64(cluster) * Int64(clusterSize), into: content)
-        }
-        UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
         let dataCluster = try allocateCluster(&state)
-        try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
+        if bytes.count == clusterSize {
+            try file.driver.write(at: Int64(dataCluster), from: bytes)
+        } else {
+            let content = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
+            defer { content.deallocate() }
+            try read(at: Int64(cluster) * Int64(clusterSize), into: content)
+            UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
+            try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
+        }
 
-        // 2–3. A new L2 table if the range has none, holding the new entry.
-        var newTable: UInt64?
+        // The entry that makes it live changes in memory; writeBackMetadata puts it on disk.
         if l2Offset == 0 {
             let table = try allocateCluster(&state)
-            var tableBytes = [UInt8](repeating: 0, count: clusterSize)
-            tableBytes.setBigEndian(dataCluster | Self.copiedBit, at: l2Index * 8)
-            try writeBytes(tableBytes, at: table)
-            newTable = table
-        }
-        // 4. Everything the tables will point to is durable first.
-        try file.driver.flush()
-
-        // 5. Make it live.
-        if let table = newTable {
-            try writeBigEndian(table | Self.copiedBit, at: header.l1TableOffset + UInt64(l1Index) * 8)
+            var entries = [UInt64](repeating: 0, count: header.l2Entries)
+            entries[l2Index] = dataCluster | Self.copiedBit
+            cache.withLock { $0.insertDirty(entries, at: table) }
+            state.pendingL1[l1Index] = table | Self.copiedBit
             l1Table.withLock { $0[l1Index] = table | Self.copiedBit }
         } else {
-            try writeBigEndian(dataCluster | Self.copiedBit, at: l2Offset + UInt64(l2Index) * 8)
-            try updateCachedEntry(table: l2Offset, index: l2Index, to: dataCluster | Self.copiedBit)
+            var entries = try l2Table(at: l2Offset)
+            entries[l2Index] = dataCluster | Self.copiedBit
+            cache.withLock { $0.insertDirty(entries, at: l2Offset) }
         }
-        // The cluster the entry pointed to before (compressed) loses its reference; a crash
-        // before this point leaves it counted once too often: a leak.
         if case .compressed(let hostOffset, let byteCount) = current {
-            try releaseCompressed(hostOffset: hostOffset, byteCount: byteCount, &state)
+            let clusterSize = UInt64(header.clusterSize)
+            state.pendingReleases += Array(hostOffset / clusterSize...(hostOffset + UInt64(byteCount) - 1) / clusterSize)
         }
-    }
-
-    private func updateCachedEntry(table: UInt64, index: Int, to value: UInt64) throws(BlockError) {
-        var entries = try l2Table(at: table)
-        entries[index] = value
-        cache.withLock { $0.replace(entries, at: table) }
     }
 
     /// A fresh cluster at the end of the file, counted (refcount 1) before it is returned.
@@ -153,7 +200,8 @@ extension Qcow2Driver {
         return cluster * UInt64(header.clusterSize)
     }
 
-    /// 16-bit refcounts: a block of one cluster counts clusterSize / 2 clusters.
+    /// 16-bit refcounts: a block of one cluster counts clusterSize / 2 clusters. Changes stay in
+    /// memory until writeBackMetadata writes them, before anything that relies on them.
     private func setRefcount(ofCluster cluster: UInt64, to value: UInt16, _ state: inout Qcow2WriterState) throws(BlockError) {
         let perBlock = UInt64(header.clusterSize / 2)
         let tableIndex = Int(cluster / perBlock)
@@ -163,19 +211,35 @@ extension Qcow2Driver {
         }
         var block = table[tableIndex] & Self.offsetMask
         if block == 0 {
-            // A new refcount block, at the end of the file; zeroed, hooked into the table, then
-            // counted — in itself when it covers its own cluster, else by a block of its own.
+            // A new refcount block, at the end of the file, zeroed; the table entry waits until the
+            // block is durable. It is counted in itself when it covers its own cluster, else by a
+            // block of its own.
             let blockCluster = state.nextFreeCluster
             state.nextFreeCluster += 1
             block = blockCluster * UInt64(header.clusterSize)
-            try writeBytes([UInt8](repeating: 0, count: header.clusterSize), at: block)
-            try file.driver.flush()
-            try writeBigEndian(block, at: header.refcountTableOffset + UInt64(tableIndex) * 8)
+            state.refcountBlocks[block] = [UInt8](repeating: 0, count: header.clusterSize)
+            state.dirtyRefcountBlocks.insert(block)
             table[tableIndex] = block
             state.refcountTable = table
+            state.pendingRefcountTable[tableIndex] = block
             try setRefcount(ofCluster: blockCluster, to: 1, &state)
         }
-        try writeBigEndian(value, at: block + (cluster % perBlock) * 2)
+        try loadRefcountBlock(block, &state)
+        state.refcountBlocks[block]!.setBigEndian(value, at: Int(cluster % perBlock) * 2)
+        state.dirtyRefcountBlocks.insert(block)
+    }
+
+    private func loadRefcountBlock(_ block: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
+        if state.refcountBlocks[block] == nil {
+            state.refcountBlocks[block] = try Self.readBytes(file, at: block, count: header.clusterSize)
+        }
+    }
+
+    private func writeRefcountBlocks(_ state: inout Qcow2WriterState) throws(BlockError) {
+        for block in state.dirtyRefcountBlocks.sorted() { try writeBytes(state.refcountBlocks[block]!, at: block) }
+        state.dirtyRefcountBlocks = []
+        // Clean blocks are dropped so memory stays bounded; the next allocation reads one back.
+        state.refcountBlocks = [:]
     }
 
     /// Writes a 16-bit refcount into the block that already covers `cluster` (for repairs).
@@ -187,32 +251,22 @@ extension Qcow2Driver {
         try writeBigEndian(value, at: block + (cluster % perBlock) * 2)
     }
 
-    private func refcount(ofCluster cluster: UInt64, _ state: Qcow2WriterState) throws(BlockError) -> UInt16 {
+    private func refcount(ofCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) -> UInt16 {
         let perBlock = UInt64(header.clusterSize / 2)
         guard let table = state.refcountTable, Int(cluster / perBlock) < table.count else { return 0 }
         let block = table[Int(cluster / perBlock)] & Self.offsetMask
         guard block != 0 else { return 0 }
-        return try Self.readBytes(file, at: block + (cluster % perBlock) * 2, count: 2).bigEndian(UInt16.self, at: 0)
+        try loadRefcountBlock(block, &state)
+        return state.refcountBlocks[block]!.bigEndian(UInt16.self, at: Int(cluster % perBlock) * 2)
     }
 
-    /// Drops one reference from each host cluster a compressed cluster's bytes touch.
-    private func releaseCompressed(hostOffset: UInt64, byteCount: Int, _ state: inout Qcow2WriterState) throws(BlockError) {
-        let clusterSize = UInt64(header.clusterSize)
-        let first = hostOffset / clusterSize
-        let last = (hostOffset + UInt64(byteCount) - 1) / clusterSize
-        for cluster in first...last {
-            let count = try refcount(ofCluster: cluster, state)
-            if count > 0 { try setRefcount(ofCluster: cluster, to: count - 1, &state) }
-        }
-    }
-
-    private func writeBigEndian<T: FixedWidthInteger>(_ value: T, at offset: UInt64) throws(BlockError) {
+    func writeBigEndian<T: FixedWidthInteger>(_ value: T, at offset: UInt64) throws(BlockError) {
         var bytes = [UInt8](repeating: 0, count: MemoryLayout<T>.size)
         bytes.setBigEndian(value, at: 0)
         try writeBytes(bytes, at: offset)
     }
 
-    private func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws(BlockError) {
+    func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws(BlockError) {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count, alignment: 16)
         defer { buffer.deallocate() }
         buffer.copyBytes(from: bytes)

@@ -201,6 +201,12 @@ public final class BlockImage: Sendable {
         writableFlag.store(writable, ordering: .releasing)
     }
 
+    /// Ends this open without waiting for the object to go: flushes, then drops the permission
+    /// locks, so another process may open the image at once (descriptors close with the object).
+    public func close() throws(BlockError) {
+        try inactivate()
+    }
+
     /// Gives the image up for another process to take over: flush, then drop the permission locks.
     public func inactivate() throws(BlockError) {
         guard isActive else { return }

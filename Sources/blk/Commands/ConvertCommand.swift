@@ -1,15 +1,17 @@
-// `blk convert`: copy an image into a new one, skipping runs of zeroes so the copy stays sparse.
+// `blk convert`: copy an image into a new raw or qcow2 one, skipping runs of zeroes so the copy
+// stays sparse (unallocated, in qcow2).
 import ArgumentParser
 import BlockLayer
 import BlockLocking
 import Glibc
+import Qcow2
 
 struct ConvertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "convert", abstract: "Copy an image into a new image.")
 
     @OptionGroup var imageOptions: ImageOptions
-    @Option(name: .customShort("O"), help: "The output format (raw).") var outputFormat = "raw"
-    @Flag(name: .customShort("c"), help: "Compress the output (qcow2 only).") var compress = false
+    @Option(name: .customShort("O"), help: "The output format: raw or qcow2.") var outputFormat = "raw"
+    @Option(help: "qcow2 output: the cluster size.") var clusterSize = ByteCount(65536)
     @Flag(name: .customShort("p"), help: "Show progress even when stderr is not a terminal.") var progress = false
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The source image.") var source: String
@@ -21,17 +23,14 @@ struct ConvertCommand: ParsableCommand {
     static let holeBytes = 64 << 10
 
     func run() throws {
-        guard outputFormat == "raw" else {
-            throw report(BlockError(.unsupported, "writing \(outputFormat) images is not supported by this build of blk; use -O raw"), json: json)
-        }
-        if compress {
-            throw report(BlockError(.unsupported, "-c compresses qcow2 clusters; the raw output format has none"), json: json)
+        guard outputFormat == "raw" || outputFormat == "qcow2" else {
+            throw report(BlockError(.unsupported, "Unknown file format '\(outputFormat)'"), json: json)
         }
         let input = try imageOptions.open(source, writable: false, json: json)
         let bar = Progress(forced: progress)
         do throws(BlockError) {
             let length = try input.length()
-            let output = try createRaw(destination, length: length)
+            let output = try createOutput(destination, length: length)
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkBytes, alignment: 4096)
             defer { buffer.deallocate() }
             var offset: Int64 = 0
@@ -64,10 +63,14 @@ struct ConvertCommand: ParsableCommand {
         return first == 0 && memcmp(start, start + 1, piece.count - 1) == 0
     }
 
-    /// A new raw image of `length` bytes, opened read-write (with its locks) for the copy.
-    private func createRaw(_ path: String, length: Int64) throws(BlockError) -> BlockImage {
-        try RawDriver.create(at: path, byteCount: length, locking: imageOptions.locking)
-        return try BlockImage.open(path, options: OpenOptions(format: "raw", writable: true, locking: imageOptions.locking,
-                                                              cache: imageOptions.cache))
+    /// The new image, `length` bytes of zeroes, opened read-write (with its locks) for the copy.
+    private func createOutput(_ path: String, length: Int64) throws(BlockError) -> BlockImage {
+        if outputFormat == "qcow2" {
+            try Qcow2Format.create(at: path, virtualSize: length, clusterSize: Int(clusterSize.value), locking: imageOptions.locking)
+        } else {
+            try RawDriver.create(at: path, byteCount: length, locking: imageOptions.locking)
+        }
+        return try BlockImage.open(path, options: OpenOptions(format: outputFormat, writable: true, locking: imageOptions.locking,
+                                                              cache: imageOptions.cache), formats: blkFormats)
     }
 }

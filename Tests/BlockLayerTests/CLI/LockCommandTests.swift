@@ -166,7 +166,7 @@ struct IOBenchCommandTests {
         #expect(bench.status == 0, "\(bench)")
         let results = try #require(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [[String: Any]])
         let result = try #require(results.first)
-        #expect(result["scenario"] as? String == "256 writes of 64 KiB, step 64 KiB, depth 64, cache writeback")
+        #expect(result["scenario"] as? String == "raw: 256 writes of 64 KiB, step 64 KiB, depth 64, cache writeback")
         for key in ["blk-mb-per-s", "blk-iops", "qemu-img-mb-per-s", "qemu-img-iops", "ratio"] {
             #expect((result[key] as? Double).map { $0 > 0 } == true, "\(key) in \(result)")
         }
