@@ -1,9 +1,7 @@
 // Qcow2Create: a new, empty qcow2 v3 image, laid out as qemu-img lays one out — the header
 // cluster (header, extensions, backing name), the refcount table, the refcount blocks covering
 // every metadata cluster, then the L1 table — so `qemu-img check` finds it clean.
-//
-// Like raw creation, an image some process holds is never truncated: every permission byte is
-// locked, none shared, before the file is resized and written.
+// Like every creation (ImageCreation.swift), an image some process holds is never truncated.
 import BlockLayer
 import BlockLocking
 import Glibc
@@ -26,23 +24,8 @@ extension Qcow2Format {
         let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize))
         let header = layout.headerCluster(backingFile: backingFile, backingFormat: backingFormat)
 
-        switch valueOrErrno("open", { Glibc.open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644) }) {
-        case .success(let descriptor): close(descriptor)
-        case .failure(let failure): throw BlockError(.notFound, "Could not create '\(path)': \(failure.errno)", cause: failure)
-        }
-        let file: LockedImageFile
-        do throws(LockingError) {
-            file = try LockedImageFile(path: path, writable: true, mode: locking)
-            try file.locks.setPermissions(PermissionRequest(held: .all, unshared: .all))
-        } catch {
-            throw BlockError(error)
-        }
+        let file = try createImageFile(at: path, byteCount: Int64(layout.fileBytes), locking: locking)
         let descriptor = file.descriptor.rawValue
-        for size in [0, Int64(layout.fileBytes)] {
-            if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor, off_t(size)) }) {
-                throw BlockError(.ioError, "Could not resize '\(path)': \(failure.errno)", cause: failure)
-            }
-        }
         // Tables first, header last: a crash leaves no file that claims to be a qcow2 image.
         for (offset, bytes) in layout.tables() + [(0, header)] {
             var written = 0
