@@ -1,5 +1,5 @@
 // Qcow2Driver: the qcow2 format (docs/interop/qcow2.rst) — guest offsets through the L1 and L2
-// tables to host clusters, zero clusters, compressed clusters, and reads that fall through to
+// tables to host clusters, zero clusters, compressed clusters (deflate or zstd), and reads that fall through to
 // the backing image. Writes are in Qcow2Writer.swift.
 //
 // Map: the two-level lookup · reads cluster by cluster · permissions.
@@ -140,9 +140,6 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     private func inflateCluster(hostOffset: UInt64, byteCount: Int, into cluster: UnsafeMutableRawBufferPointer) throws(BlockError) {
-        guard header.compressionType == 0 else {
-            throw BlockError(.unsupported, "qcow2: zstd-compressed clusters are not supported yet")
-        }
         let fileLength = UInt64(try file.driver.length())
         guard hostOffset < fileLength else {
             throw BlockError(.corrupt, "qcow2: compressed cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file")
@@ -152,7 +149,11 @@ public final class Qcow2Driver: BlockDriver {
         let compressed = UnsafeMutableRawBufferPointer.allocate(byteCount: available, alignment: 16)
         defer { compressed.deallocate() }
         try file.driver.read(at: Int64(hostOffset), into: compressed)
-        try Deflate.inflate(UnsafeRawBufferPointer(compressed), into: cluster)
+        if header.compressionType == 1 {
+            try Zstd.decompress(UnsafeRawBufferPointer(compressed), into: cluster)
+        } else {
+            try Deflate.inflate(UnsafeRawBufferPointer(compressed), into: cluster)
+        }
     }
 
     private func readBacking(at offset: Int64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
