@@ -44,21 +44,59 @@ struct Qcow2WriterState {
 extension Qcow2Driver {
     static let copiedBit: UInt64 = 1 << 63
 
+    /// Writes cluster by cluster. Whole clusters that need a new host cluster are written outside
+    /// the writer lock — only allocating the cluster and publishing its entry take it — so writes
+    /// run in parallel; partial ones copy the rest of the cluster in under the lock.
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
+        let clusterSize = Int64(header.clusterSize)
+        var done = 0
+        while done < buffer.count {
+            let offset = byteOffset + Int64(done)
+            let inCluster = Int(offset % clusterSize)
+            let count = min(buffer.count - done, Int(clusterSize) - inCluster)
+            try writeCluster(UInt64(offset / clusterSize), at: inCluster, UnsafeRawBufferPointer(rebasing: buffer[done..<done + count]))
+            done += count
+        }
         try writer.withLock { (state) throws(BlockError) in
-            try prepareForWriting(&state)
-            let clusterSize = Int64(header.clusterSize)
-            var done = 0
-            while done < buffer.count {
-                let offset = byteOffset + Int64(done)
-                let inCluster = Int(offset % clusterSize)
-                let count = min(buffer.count - done, Int(clusterSize) - inCluster)
-                try writeCluster(UInt64(offset / clusterSize), at: inCluster,
-                                 UnsafeRawBufferPointer(rebasing: buffer[done..<done + count]), &state)
-                done += count
-            }
             let (dirtyCount, capacity) = cache.withLock { ($0.dirty.count, $0.capacity) }
             if dirtyCount >= capacity / 2 || state.dirtyRefcountBlocks.count >= capacity { try writeBackMetadata(&state) }
+        }
+    }
+
+    private enum ClusterWrite {
+        case inPlace(hostOffset: UInt64)
+        case newCluster(hostOffset: UInt64)
+        case done
+    }
+
+    private func writeCluster(_ cluster: UInt64, at inCluster: Int, _ bytes: UnsafeRawBufferPointer) throws(BlockError) {
+        let plan = try writer.withLock { (state) throws(BlockError) -> ClusterWrite in
+            try prepareForWriting(&state)
+            let (entry, current) = try entry(ofGuestCluster: cluster)
+            if case .data(let hostOffset) = current, entry & Self.copiedBit != 0 {
+                return .inPlace(hostOffset: hostOffset + UInt64(inCluster))
+            }
+            let dataCluster = try allocateCluster(&state)
+            guard bytes.count == header.clusterSize else {
+                // What the guest sees now, with the new bytes over it, as one whole cluster.
+                let content = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 4096)
+                defer { content.deallocate() }
+                try read(at: Int64(cluster) * Int64(header.clusterSize), into: content)
+                UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
+                try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
+                try publish(dataCluster, forGuestCluster: cluster, &state)
+                return .done
+            }
+            return .newCluster(hostOffset: dataCluster)
+        }
+        switch plan {
+        case .inPlace(let hostOffset):
+            try file.driver.write(at: Int64(hostOffset), from: bytes)
+        case .newCluster(let hostOffset):
+            try file.driver.write(at: Int64(hostOffset), from: bytes)
+            try writer.withLock { (state) throws(BlockError) in try publish(hostOffset, forGuestCluster: cluster, &state) }
+        case .done:
+            break
         }
     }
 
@@ -145,35 +183,26 @@ extension Qcow2Driver {
         state.nextFreeCluster = (fileLength + clusterSize - 1) / clusterSize
     }
 
-    private func writeCluster(_ cluster: UInt64, at inCluster: Int, _ bytes: UnsafeRawBufferPointer,
-                              _ state: inout Qcow2WriterState) throws(BlockError) {
-        let clusterSize = header.clusterSize
+    /// The raw L2 entry of a guest cluster (0 when its range has no L2 table) and what it maps to.
+    private func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (UInt64, ClusterMapping) {
+        let l2Entries = UInt64(header.l2Entries)
+        let l1Index = Int(cluster / l2Entries)
+        let l1Entry = l1Table.withLock { $0.indices.contains(l1Index) ? $0[l1Index] : 0 }
+        let l2Offset = l1Entry & Self.offsetMask
+        let entry = l2Offset == 0 ? 0 : try l2Table(at: l2Offset)[Int(cluster % l2Entries)]
+        return (entry, try Self.mapping(ofEntry: entry, cluster: cluster, header: header))
+    }
+
+    /// Points the guest cluster at `dataCluster`, in memory (writeBackMetadata puts it on disk),
+    /// with a new L2 table if its range has none. Whatever the entry pointed to before — a
+    /// compressed cluster, a shared one, or one a racing write published first — loses a
+    /// reference once the new entry is durable.
+    private func publish(_ dataCluster: UInt64, forGuestCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
         let l2Entries = UInt64(header.l2Entries)
         let l1Index = Int(cluster / l2Entries)
         let l2Index = Int(cluster % l2Entries)
-        let l1Entry = l1Table.withLock { $0.indices.contains(l1Index) ? $0[l1Index] : 0 }
-        let l2Offset = l1Entry & Self.offsetMask
-        let entry = l2Offset == 0 ? 0 : try l2Table(at: l2Offset)[l2Index]
-        let current = try Self.mapping(ofEntry: entry, cluster: cluster, header: header)
-
-        if case .data(let hostOffset) = current, entry & Self.copiedBit != 0 {
-            try file.driver.write(at: Int64(hostOffset) + Int64(inCluster), from: bytes)
-            return
-        }
-
-        // 1. The whole new cluster: what the guest sees now, with the new bytes over it.
-        let dataCluster = try allocateCluster(&state)
-        if bytes.count == clusterSize {
-            try file.driver.write(at: Int64(dataCluster), from: bytes)
-        } else {
-            let content = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
-            defer { content.deallocate() }
-            try read(at: Int64(cluster) * Int64(clusterSize), into: content)
-            UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
-            try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
-        }
-
-        // The entry that makes it live changes in memory; writeBackMetadata puts it on disk.
+        let (replacedEntry, replaced) = try entry(ofGuestCluster: cluster)
+        let l2Offset = l1Table.withLock { $0[l1Index] } & Self.offsetMask
         if l2Offset == 0 {
             let table = try allocateCluster(&state)
             var entries = [UInt64](repeating: 0, count: header.l2Entries)
@@ -186,9 +215,17 @@ extension Qcow2Driver {
             entries[l2Index] = dataCluster | Self.copiedBit
             cache.withLock { $0.insertDirty(entries, at: l2Offset) }
         }
-        if case .compressed(let hostOffset, let byteCount) = current {
-            let clusterSize = UInt64(header.clusterSize)
+        let clusterSize = UInt64(header.clusterSize)
+        switch replaced {
+        case .compressed(let hostOffset, let byteCount):
             state.pendingReleases += Array(hostOffset / clusterSize...(hostOffset + UInt64(byteCount) - 1) / clusterSize)
+        case .data(let hostOffset):
+            state.pendingReleases.append(hostOffset / clusterSize)
+        case .zeroes where replacedEntry & Self.offsetMask != 0:
+            // A preallocated zero cluster owns its host cluster.
+            state.pendingReleases.append((replacedEntry & Self.offsetMask) / clusterSize)
+        case .unallocated, .zeroes:
+            break
         }
     }
 

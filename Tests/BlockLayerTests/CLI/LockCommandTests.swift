@@ -175,3 +175,20 @@ struct IOBenchCommandTests {
         #expect(written.status == 0 && !written.stdout.contains("failed"), "\(written)")
     }
 }
+
+@Suite("blk bench io on qcow2")
+struct Qcow2BenchTests {
+    @Test("parallel writes that straddle clusters leave a clean image (no leaked or doubly used cluster)")
+    func parallelWritesStayConsistent() throws {
+        let scratch = try Scratch()
+        let image = scratch.directory + "/bench.qcow2"
+        // 96 MiB: a whole number of 96 KiB requests, so the wrapped offsets stay inside.
+        #expect(try blk("create", image, "96M").status == 0)
+        let bench = try run(blkPath, ["bench", "io", "--json", "-w", "-c", "2000", "-s", "96k", "-d", "8", "--pattern", "9",
+                                      "--rounds", "1", "-f", "qcow2", image])
+        #expect(bench.status == 0, "\(bench)")
+        let checked = try run("/usr/bin/qemu-img", ["check", image])
+        #expect(checked.status == 0, "\(checked)")
+        try qemuIO(["-f", "qcow2", "-r", "-c", "read -P 9 0 96M", image])
+    }
+}
