@@ -34,6 +34,15 @@ struct L2TableCache {
         insert(table, at: offset)
     }
 
+    /// Changes one entry of a cached table in place (no copy of the table) and marks it dirty;
+    /// false when the table is not cached.
+    mutating func setEntry(_ value: UInt64, at index: Int, ofTableAt offset: UInt64) -> Bool {
+        guard tables[offset] != nil else { return false }
+        tables[offset]?.entries[index] = value
+        dirty.insert(offset)
+        return true
+    }
+
     mutating func markClean(_ offset: UInt64) {
         dirty.remove(offset)
         evictCleanTables()

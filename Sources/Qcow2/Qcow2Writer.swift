@@ -210,7 +210,7 @@ extension Qcow2Driver {
             cache.withLock { $0.insertDirty(entries, at: table) }
             state.pendingL1[l1Index] = table | Self.copiedBit
             l1Table.withLock { $0[l1Index] = table | Self.copiedBit }
-        } else {
+        } else if !cache.withLock({ $0.setEntry(dataCluster | Self.copiedBit, at: l2Index, ofTableAt: l2Offset) }) {
             var entries = try l2Table(at: l2Offset)
             entries[l2Index] = dataCluster | Self.copiedBit
             cache.withLock { $0.insertDirty(entries, at: l2Offset) }
