@@ -18,9 +18,8 @@ public final class Qcow2Driver: BlockDriver {
     public let file: BlockNode
     /// The image reads fall through to, kept open (with its own locks) while this one is.
     public let backing: BlockImage?
-    /// The active L1 table; the writer changes entries when it allocates L2 tables.
-    let l1Table: Mutex<[UInt64]>
     let forceShare: Bool
+    /// The L1 table and the cached L2 tables.
     let cache: Mutex<L2TableCache>
     /// Allocation state, and the lock that makes allocating writes one at a time.
     let writer: Mutex<Qcow2WriterState>
@@ -34,9 +33,9 @@ public final class Qcow2Driver: BlockDriver {
         self.file = file
         self.backing = backing
         self.forceShare = forceShare
-        cache = Mutex(L2TableCache(budgetBytes: cacheBytes, clusterSize: header.clusterSize))
         let raw = try Self.readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8)
-        l1Table = Mutex((0..<Int(header.l1Size)).map { raw.bigEndian(UInt64.self, at: $0 * 8) })
+        let l1 = (0..<Int(header.l1Size)).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
+        cache = Mutex(L2TableCache(l1: l1, budgetBytes: cacheBytes, clusterSize: header.clusterSize))
         writer = Mutex(Qcow2WriterState())
     }
 
@@ -65,11 +64,11 @@ public final class Qcow2Driver: BlockDriver {
 
     func mapping(ofGuestCluster cluster: UInt64) throws(BlockError) -> ClusterMapping {
         let l2Entries = UInt64(header.l2Entries)
-        let l1Index = Int(cluster / l2Entries)
-        let l1Entry = l1Table.withLock { $0.indices.contains(l1Index) ? $0[l1Index] : 0 }
-        let l2Offset = l1Entry & Self.offsetMask
+        let l2Index = Int(cluster % l2Entries)
+        let (l2Offset, cached) = cache.withLock { $0.lookup(l1Index: Int(cluster / l2Entries), entryIndex: l2Index) }
         guard l2Offset != 0 else { return .unallocated }
-        let entry = try l2Table(at: l2Offset)[Int(cluster % l2Entries)]
+        let entry: UInt64
+        if let cached { entry = cached } else { entry = try l2Table(at: l2Offset)[l2Index] }
         return try Self.mapping(ofEntry: entry, cluster: cluster, header: header)
     }
 

@@ -187,8 +187,7 @@ extension Qcow2Driver {
     private func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (UInt64, ClusterMapping) {
         let l2Entries = UInt64(header.l2Entries)
         let l1Index = Int(cluster / l2Entries)
-        let l1Entry = l1Table.withLock { $0.indices.contains(l1Index) ? $0[l1Index] : 0 }
-        let l2Offset = l1Entry & Self.offsetMask
+        let l2Offset = cache.withLock { $0.l1.indices.contains(l1Index) ? $0.l1[l1Index] : 0 } & Self.offsetMask
         let entry = l2Offset == 0 ? 0 : try l2Table(at: l2Offset)[Int(cluster % l2Entries)]
         return (entry, try Self.mapping(ofEntry: entry, cluster: cluster, header: header))
     }
@@ -202,14 +201,14 @@ extension Qcow2Driver {
         let l1Index = Int(cluster / l2Entries)
         let l2Index = Int(cluster % l2Entries)
         let (replacedEntry, replaced) = try entry(ofGuestCluster: cluster)
-        let l2Offset = l1Table.withLock { $0[l1Index] } & Self.offsetMask
+        let l2Offset = cache.withLock { $0.l1[l1Index] } & Self.offsetMask
         if l2Offset == 0 {
             let table = try allocateCluster(&state)
             var entries = [UInt64](repeating: 0, count: header.l2Entries)
             entries[l2Index] = dataCluster | Self.copiedBit
             cache.withLock { $0.insertDirty(entries, at: table) }
             state.pendingL1[l1Index] = table | Self.copiedBit
-            l1Table.withLock { $0[l1Index] = table | Self.copiedBit }
+            cache.withLock { $0.l1[l1Index] = table | Self.copiedBit }
         } else if !cache.withLock({ $0.setEntry(dataCluster | Self.copiedBit, at: l2Index, ofTableAt: l2Offset) }) {
             var entries = try l2Table(at: l2Offset)
             entries[l2Index] = dataCluster | Self.copiedBit
