@@ -105,28 +105,37 @@ public final class Qcow2Driver: BlockDriver {
         return table
     }
 
-    public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
+    /// Splits a request into its pieces, one per guest cluster: the cluster, the offset inside
+    /// it, and the range of the request's buffer it covers.
+    func forEachCluster(at byteOffset: Int64, count: Int,
+                        _ body: (_ cluster: UInt64, _ inCluster: Int, _ range: Range<Int>) throws(BlockError) -> Void) throws(BlockError) {
         let clusterSize = Int64(header.clusterSize)
         var done = 0
-        while done < buffer.count {
+        while done < count {
             let offset = byteOffset + Int64(done)
             let inCluster = Int(offset % clusterSize)
-            let count = min(buffer.count - done, Int(clusterSize) - inCluster)
-            let target = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + count])
-            switch try mapping(ofGuestCluster: UInt64(offset / clusterSize)) {
+            let piece = min(count - done, Int(clusterSize) - inCluster)
+            try body(UInt64(offset / clusterSize), inCluster, done..<done + piece)
+            done += piece
+        }
+    }
+
+    public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        try forEachCluster(at: byteOffset, count: buffer.count) { (cluster, inCluster, range) throws(BlockError) in
+            let target = UnsafeMutableRawBufferPointer(rebasing: buffer[range])
+            switch try mapping(ofGuestCluster: cluster) {
             case .unallocated:
-                try readBacking(at: offset, into: target)
+                try readBacking(at: byteOffset + Int64(range.lowerBound), into: target)
             case .zeroes:
                 target.initializeMemory(as: UInt8.self, repeating: 0)
             case .data(let hostOffset):
                 try readHost(at: hostOffset + UInt64(inCluster), into: target)
             case .compressed(let hostOffset, let byteCount):
-                let cluster = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(clusterSize), alignment: 16)
-                defer { cluster.deallocate() }
-                try inflateCluster(hostOffset: hostOffset, byteCount: byteCount, into: cluster)
-                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: cluster[inCluster..<inCluster + count]))
+                let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 16)
+                defer { whole.deallocate() }
+                try inflateCluster(hostOffset: hostOffset, byteCount: byteCount, into: whole)
+                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: whole[inCluster..<inCluster + range.count]))
             }
-            done += count
         }
     }
 

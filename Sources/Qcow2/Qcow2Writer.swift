@@ -48,14 +48,8 @@ extension Qcow2Driver {
     /// the writer lock — only allocating the cluster and publishing its entry take it — so writes
     /// run in parallel; partial ones copy the rest of the cluster in under the lock.
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
-        let clusterSize = Int64(header.clusterSize)
-        var done = 0
-        while done < buffer.count {
-            let offset = byteOffset + Int64(done)
-            let inCluster = Int(offset % clusterSize)
-            let count = min(buffer.count - done, Int(clusterSize) - inCluster)
-            try writeCluster(UInt64(offset / clusterSize), at: inCluster, UnsafeRawBufferPointer(rebasing: buffer[done..<done + count]))
-            done += count
+        try forEachCluster(at: byteOffset, count: buffer.count) { (cluster, inCluster, range) throws(BlockError) in
+            try writeCluster(cluster, at: inCluster, UnsafeRawBufferPointer(rebasing: buffer[range]))
         }
         try writer.withLock { (state) throws(BlockError) in
             let (dirtyCount, capacity) = cache.withLock { ($0.dirty.count, $0.capacity) }
