@@ -56,18 +56,22 @@ struct IOBenchCommand: ParsableCommand {
         let bar = Progress(forced: p)
         var results: [IOBenchmarkResult] = []
         do throws(BlockError) {
-            for (number, plan) in plans.enumerated() {
-                var ours: [Double] = [], theirs: [Double] = []
-                for round in 0..<rounds {
-                    bar.update(Double(number * rounds + round) / Double(plans.count * rounds), plan.summary)
+            // Rounds outside, plans inside: every scenario sees the same stretch of the machine's
+            // weather, so ratios between scenarios (qcow2 ÷ raw) are as fair as those within one.
+            var ours = [[Double]](repeating: [], count: plans.count), theirs = ours
+            for round in 0..<rounds {
+                for (number, plan) in plans.enumerated() {
+                    bar.update(Double(round * plans.count + number) / Double(plans.count * rounds), plan.summary)
                     // Alternate who goes first, so neither always meets the other's cache state.
-                    if round.isMultiple(of: 2) { ours.append(try IOBenchmark.runBlk(plan)) }
-                    if let seconds = try IOBenchmark.runQEMU(plan) { theirs.append(seconds) }
-                    if !round.isMultiple(of: 2) { ours.append(try IOBenchmark.runBlk(plan)) }
+                    if round.isMultiple(of: 2) { ours[number].append(try IOBenchmark.runBlk(plan)) }
+                    if let seconds = try IOBenchmark.runQEMU(plan) { theirs[number].append(seconds) }
+                    if !round.isMultiple(of: 2) { ours[number].append(try IOBenchmark.runBlk(plan)) }
                 }
+            }
+            for (number, plan) in plans.enumerated() {
                 let bytes = Double(plan.count * plan.requestBytes)
-                let blkSeconds = ours.median
-                let qemuSeconds = theirs.isEmpty ? nil : theirs.median
+                let blkSeconds = ours[number].median
+                let qemuSeconds = theirs[number].isEmpty ? nil : theirs[number].median
                 results.append(IOBenchmarkResult(
                     scenario: plan.summary, blkMbPerS: bytes / blkSeconds / 1e6, blkIops: Double(plan.count) / blkSeconds,
                     qemuImgMbPerS: qemuSeconds.map { bytes / $0 / 1e6 }, qemuImgIops: qemuSeconds.map { Double(plan.count) / $0 },
