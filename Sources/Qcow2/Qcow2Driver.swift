@@ -19,6 +19,8 @@ public final class Qcow2Driver: BlockDriver {
     /// The image reads fall through to, kept open (with its own locks) while this one is.
     public let backing: BlockImage?
     let forceShare: Bool
+    /// The virtual size now: the header's, until a resize grows it.
+    let virtualSize: Atomic<Int64>
     /// The L1 table and the cached L2 tables.
     let cache: Mutex<L2TableCache>
     /// Allocation state, and the lock that makes allocating writes one at a time.
@@ -36,7 +38,8 @@ public final class Qcow2Driver: BlockDriver {
         let raw = try Self.readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8)
         let l1 = (0..<Int(header.l1Size)).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
         cache = Mutex(L2TableCache(l1: l1, budgetBytes: cacheBytes, clusterSize: header.clusterSize))
-        writer = Mutex(Qcow2WriterState())
+        writer = Mutex(Qcow2WriterState(l1TableOffset: header.l1TableOffset))
+        virtualSize = Atomic(Int64(header.virtualSize))
     }
 
     deinit {
@@ -52,7 +55,7 @@ public final class Qcow2Driver: BlockDriver {
         return Array(buffer)
     }
 
-    public func length() throws(BlockError) -> Int64 { Int64(header.virtualSize) }
+    public func length() throws(BlockError) -> Int64 { virtualSize.load(ordering: .acquiring) }
 
     /// Where the bytes of one guest cluster are.
     enum ClusterMapping: Equatable {
@@ -198,10 +201,6 @@ public final class Qcow2Driver: BlockDriver {
             cluster += 1
         }
         return true
-    }
-
-    public func truncate(to byteCount: Int64) throws(BlockError) {
-        throw BlockError(.unsupported, "resizing qcow2 images is not supported by this build of blk yet")
     }
 
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }

@@ -27,6 +27,8 @@ import BlockLayer
 /// What the writer keeps between writes; guarded by `Qcow2Driver.writer`, which also makes
 /// allocating writes one at a time.
 struct Qcow2WriterState {
+    /// Where the active L1 table is now (a resize may move it).
+    var l1TableOffset: UInt64
     var refcountTable: [UInt64]?
     var nextFreeCluster: UInt64 = 0
     var autoclearCleared = false
@@ -121,7 +123,7 @@ extension Qcow2Driver {
         }
         if !state.pendingL1.isEmpty {
             try file.driver.flush()
-            for (index, entry) in state.pendingL1 { try writeBigEndian(entry, at: header.l1TableOffset + UInt64(index) * 8) }
+            for (index, entry) in state.pendingL1 { try writeBigEndian(entry, at: state.l1TableOffset + UInt64(index) * 8) }
             state.pendingL1 = [:]
         }
         if !state.pendingReleases.isEmpty {
@@ -154,7 +156,7 @@ extension Qcow2Driver {
 
     /// Checks once that this image can be written, and clears unknown autoclear bits first, as
     /// qcow2.rst asks of a writer that does not know them.
-    private func prepareForWriting(_ state: inout Qcow2WriterState) throws(BlockError) {
+    func prepareForWriting(_ state: inout Qcow2WriterState) throws(BlockError) {
         guard state.refcountTable == nil else { return }
         if header.snapshotCount > 0 {
             throw BlockError(.unsupported, "writing to qcow2 images with internal snapshots is not supported by this build of blk yet")
@@ -257,6 +259,14 @@ extension Qcow2Driver {
         try loadRefcountBlock(block, &state)
         state.refcountBlocks[block]!.setBigEndian(value, at: Int(cluster % perBlock) * 2)
         state.dirtyRefcountBlocks.insert(block)
+    }
+
+    /// Reserves `count` consecutive clusters at the end of the file and counts them.
+    func allocateClusters(_ count: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) -> UInt64 {
+        let first = state.nextFreeCluster
+        state.nextFreeCluster += count
+        for cluster in first..<first + count { try setRefcount(ofCluster: cluster, to: 1, &state) }
+        return first * UInt64(header.clusterSize)
     }
 
     private func loadRefcountBlock(_ block: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {

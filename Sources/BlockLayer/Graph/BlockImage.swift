@@ -128,6 +128,19 @@ public final class BlockImage: Sendable {
         try root.driver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
     }
 
+    /// Grows the image to `byteCount` bytes. Resizing needs QEMU's "resize" permission, which a
+    /// guest-like open does not hold: it is taken for the resize (QEMU's words if another open
+    /// refuses to share it) and given back after.
+    public func resize(to byteCount: Int64) throws(BlockError) {
+        try checkWritable()
+        guard byteCount >= 0 else { throw BlockError(.invalidRequest, "Invalid image size specified") }
+        var request = options.userRequest
+        request.held.insert(.resize)
+        try root.setNeeds(request, of: ObjectIdentifier(self))
+        defer { try? root.setNeeds(options.userRequest, of: ObjectIdentifier(self)) }
+        try root.driver.truncate(to: byteCount)
+    }
+
     /// Whether the range is known to read as zeroes without reading it (see BlockDriver).
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
         try checkRange(byteOffset, byteCount)
