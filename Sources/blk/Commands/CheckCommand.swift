@@ -33,9 +33,6 @@ struct CheckCommand: ParsableCommand {
     }
 
     func run() throws {
-        if forceShare && r != nil {
-            throw report(BlockError(.invalidRequest, "force-share=on can only be used with read-only images"), json: json)
-        }
         let opened = try openImage(image, OpenOptions(format: format, writable: r != nil, forceShare: forceShare, locking: locking), json: json)
         guard let qcow2 = opened.root.driver as? Qcow2Driver else {
             printError("This image format does not support checks")

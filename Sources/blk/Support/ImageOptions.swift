@@ -27,16 +27,14 @@ struct ImageOptions: ParsableArguments {
     var cache: CacheMode = .writeback
 
     func openOptions(writable: Bool) -> OpenOptions {
-        OpenOptions(format: format, writable: writable && !readOnly && !forceShare, forceShare: forceShare,
+        OpenOptions(format: format, writable: writable && !readOnly, forceShare: forceShare,
                     locking: locking, cache: cache)
     }
 
-    /// Opens `path`, printing the open's warnings; `writable` is what the command would like.
+    /// Opens `path`, printing the open's warnings; `writable` is what the command would like
+    /// (-U without -r on a command that writes is refused by the open, in QEMU's words).
     func open(_ path: String, writable: Bool, json: Bool) throws -> BlockImage {
-        if forceShare && writable && !readOnly {
-            throw report(BlockError(.invalidRequest, "force-share=on can only be used with read-only images"), json: json)
-        }
-        return try openImage(path, openOptions(writable: writable), json: json)
+        try openImage(path, openOptions(writable: writable), json: json)
     }
 }
 
