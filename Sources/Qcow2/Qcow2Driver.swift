@@ -25,20 +25,30 @@ public final class Qcow2Driver: BlockDriver {
     let cache: Mutex<L2TableCache>
     /// Allocation state, and the lock that makes allocating writes one at a time.
     let writer: Mutex<Qcow2WriterState>
+    /// Whether this open may write (it changes with reopen): only then is corruption marked.
+    let writable: Atomic<Bool>
+    let corruptionMarked = Atomic(false)
+    let dirtyBitCleared = Atomic(false)
+    /// Opened by `check -r`: a dirty image waits for the check's repair instead of its own.
+    let openedForRepair: Bool
 
     static let offsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let compressedBit: UInt64 = 1 << 62
     static let zeroBit: UInt64 = 1
 
-    init(header: Qcow2Header, file: BlockNode, backing: BlockImage?, forceShare: Bool, cacheBytes: Int) throws(BlockError) {
+    init(header: Qcow2Header, file: BlockNode, backing: BlockImage?, writable: Bool, repairing: Bool, forceShare: Bool,
+         cacheBytes: Int) throws(BlockError) {
+        openedForRepair = repairing
         self.header = header
         self.file = file
         self.backing = backing
         self.forceShare = forceShare
+        self.writable = Atomic(writable)
         let raw = try Self.readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8)
         let l1 = (0..<Int(header.l1Size)).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
         cache = Mutex(L2TableCache(l1: l1, budgetBytes: cacheBytes, clusterSize: header.clusterSize))
-        writer = Mutex(Qcow2WriterState(l1TableOffset: header.l1TableOffset))
+        writer = Mutex(Qcow2WriterState(l1TableOffset: header.l1TableOffset, refcountTableOffset: header.refcountTableOffset,
+                                         refcountTableClusters: UInt64(header.refcountTableClusters)))
         virtualSize = Atomic(Int64(header.virtualSize))
     }
 
@@ -72,7 +82,7 @@ public final class Qcow2Driver: BlockDriver {
         guard l2Offset != 0 else { return .unallocated }
         let entry: UInt64
         if let cached { entry = cached } else { entry = try l2Table(at: l2Offset)[l2Index] }
-        return try Self.mapping(ofEntry: entry, cluster: cluster, header: header)
+        return try checkedMapping(ofEntry: entry, cluster: cluster)
     }
 
     /// What one L2 entry says about its guest cluster.
@@ -96,11 +106,11 @@ public final class Qcow2Driver: BlockDriver {
     func l2Table(at offset: UInt64) throws(BlockError) -> [UInt64] {
         if let table = cache.withLock({ $0.table(at: offset) }) { return table }
         guard offset % UInt64(header.clusterSize) == 0 else {
-            throw BlockError(.corrupt, "qcow2: L2 table offset 0x\(String(offset, radix: 16)) unaligned")
+            throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) unaligned")
         }
         let fileLength = try file.driver.length()
         guard offset >= UInt64(header.clusterSize), offset + UInt64(header.clusterSize) <= UInt64(fileLength) else {
-            throw BlockError(.corrupt, "qcow2: L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
+            throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
         }
         let raw = try Self.readBytes(file, at: offset, count: header.clusterSize)
         let table = (0..<header.l2Entries).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
@@ -145,7 +155,7 @@ public final class Qcow2Driver: BlockDriver {
     private func readHost(at hostOffset: UInt64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
         let fileLength = UInt64(try file.driver.length())
         guard hostOffset + UInt64(target.count) <= fileLength else {
-            throw BlockError(.corrupt, "qcow2: data cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file (\(fileLength) bytes)")
+            throw signalCorruption("data cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file (\(fileLength) bytes)")
         }
         try file.driver.read(at: Int64(hostOffset), into: target)
     }
@@ -153,7 +163,7 @@ public final class Qcow2Driver: BlockDriver {
     private func inflateCluster(hostOffset: UInt64, byteCount: Int, into cluster: UnsafeMutableRawBufferPointer) throws(BlockError) {
         let fileLength = UInt64(try file.driver.length())
         guard hostOffset < fileLength else {
-            throw BlockError(.corrupt, "qcow2: compressed cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file")
+            throw signalCorruption("compressed cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file")
         }
         // The last sector of the last compressed cluster may lie past the end of the file.
         let available = Int(min(UInt64(byteCount), fileLength - hostOffset))
@@ -201,6 +211,20 @@ public final class Qcow2Driver: BlockDriver {
             cluster += 1
         }
         return true
+    }
+
+    /// Going read-only writes back what is cached first; going read-write is refused for an
+    /// image marked corrupt, as opening it read-write is.
+    public func reopen(writable newValue: Bool) throws(BlockError) {
+        if newValue {
+            let features = try Self.readBytes(file, at: 72, count: 8).bigEndian(UInt64.self, at: 0)
+            if header.version >= 3 && features & Qcow2Header.corruptBit != 0 {
+                throw BlockError(.corrupt, "qcow2: Image is corrupt; cannot be opened read/write")
+            }
+        } else {
+            try flush()
+        }
+        writable.store(newValue, ordering: .releasing)
     }
 
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }

@@ -16,7 +16,8 @@ public enum Qcow2Format: BlockFormat {
         let fileLength = try file.driver.length()
         let headerBytes = try Qcow2Driver.readBytes(file, at: 0, count: Int(min(fileLength, 2 << 20)))
         let header = try Qcow2Header.parse(headerBytes, fileLength: fileLength)
-        if header.incompatibleFeatures & Qcow2Header.corruptBit != 0 && context.options.writable {
+        if header.incompatibleFeatures & Qcow2Header.corruptBit != 0 && context.options.writable
+            && !context.options.repairing {
             throw BlockError(.corrupt, "qcow2: Image is corrupt; cannot be opened read/write")
         }
         var backing: BlockImage?
@@ -28,7 +29,8 @@ public enum Qcow2Format: BlockFormat {
             options.writable = false
             backing = try BlockImage.open(path, backingOf: context, options: options)
         }
-        let driver = try Qcow2Driver(header: header, file: file, backing: backing, forceShare: context.options.forceShare,
+        let driver = try Qcow2Driver(header: header, file: file, backing: backing, writable: context.options.writable,
+                                     repairing: context.options.repairing, forceShare: context.options.forceShare,
                                      cacheBytes: defaultCacheBytes)
         return BlockNode(driver: driver, children: [(.file, file)])
     }

@@ -2,35 +2,42 @@
 // corruption (QEMU's order, kept with a write-back metadata cache as QEMU keeps it):
 //
 //   on each write   the new data cluster, complete (a partial write copies the rest of the
-//                   cluster in first: from the backing image, a compressed cluster, or zeroes),
-//                   goes to the file; its refcount (in a refcount block, a new one if the range
-//                   has none — the new block counts itself), the L2 entry that points to it, and
-//                   a new L2 table if the range had none, change only in memory (dirty);
+//                   cluster in first: from the backing image, a compressed cluster, a cluster
+//                   shared with a snapshot, or zeroes), goes to the file; its refcount, the L2
+//                   entry that points to it, and a new L2 table if the range had none or its table
+//                   is shared with a snapshot, change only in memory (dirty);
 //   on flush        1. the dirty refcount blocks are written; fdatasync: data and refcounts
 //   (or when too       are durable; new refcount table entries, fdatasync;
 //   many tables     2. the dirty L2 tables are written;
 //   are dirty)      3. fdatasync, then the L1 entries of new L2 tables;
-//                   4. fdatasync, then the references that overwritten compressed clusters
-//                      lose (written, and flushed, at once); a last fdatasync.
+//                   4. fdatasync, then the references that replaced clusters and tables lose
+//                      (written, and flushed, at once); a last fdatasync.
 //
 // A table is written only after everything it points to is durable, and a reference is dropped
 // only after nothing on disk points through it any more: a crash anywhere leaves clusters
 // counted but unused — leaks, which `qemu-img check -r leaks` repairs — and loses at most the
-// writes since the last flush, as with any disk cache. A cluster whose L2 entry carries COPIED
-// (refcount exactly 1) is overwritten in place. New clusters are appended at the end of the file.
+// writes since the last flush, as with any disk cache.
 //
-// Not handled yet, refused with exit 69 rather than done wrong: images with internal snapshots
-// (their clusters are shared and need copy-on-write with refcounts above 1), refcount widths
-// other than 16 bits, dirty images (lazy refcounts: repair first), and a full refcount table.
+// Snapshots share clusters and L2 tables with the active image (refcount above 1, COPIED clear,
+// qcow2.rst): a write never changes a shared cluster or table in place. It gets a copy with
+// COPIED set, and the shared one loses this image's reference in step 4 — so the snapshot keeps
+// exactly what it had. Clusters whose L1 and L2 entries both carry COPIED are overwritten in place.
 import BlockLayer
 
 /// What the writer keeps between writes; guarded by `Qcow2Driver.writer`, which also makes
 /// allocating writes one at a time.
 struct Qcow2WriterState {
-    /// Where the active L1 table is now (a resize may move it).
+    /// Where the active L1 table and the refcount table are now (resize and refcount-table
+    /// growth move them).
     var l1TableOffset: UInt64
+    var refcountTableOffset: UInt64
+    var refcountTableClusters: UInt64
+    /// The refcount table, read on the first write.
     var refcountTable: [UInt64]?
     var nextFreeCluster: UInt64 = 0
+    /// Where the next compressed cluster may start: inside the last cluster allocated, which
+    /// compressed clusters share as QEMU packs them.
+    var compressedTail: UInt64?
     var autoclearCleared = false
     /// L1 entries of new L2 tables, written after the tables themselves.
     var pendingL1: [Int: UInt64] = [:]
@@ -50,13 +57,16 @@ extension Qcow2Driver {
     /// the writer lock — only allocating the cluster and publishing its entry take it — so writes
     /// run in parallel; partial ones copy the rest of the cluster in under the lock.
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
+        try refuseWritesIfCorrupt()
         try forEachCluster(at: byteOffset, count: buffer.count) { (cluster, inCluster, range) throws(BlockError) in
             try writeCluster(cluster, at: inCluster, UnsafeRawBufferPointer(rebasing: buffer[range]))
         }
-        try writer.withLock { (state) throws(BlockError) in
-            let (dirtyCount, capacity) = cache.withLock { ($0.dirty.count, $0.capacity) }
-            if dirtyCount >= capacity / 2 || state.dirtyRefcountBlocks.count >= capacity { try writeBackMetadata(&state) }
-        }
+        try writer.withLock { (state) throws(BlockError) in try writeBackIfCacheIsFull(&state) }
+    }
+
+    func writeBackIfCacheIsFull(_ state: inout Qcow2WriterState) throws(BlockError) {
+        let (dirtyCount, capacity) = cache.withLock { ($0.dirty.count, $0.capacity) }
+        if dirtyCount >= capacity / 2 || state.dirtyRefcountBlocks.count >= capacity { try writeBackMetadata(&state) }
     }
 
     private enum ClusterWrite {
@@ -68,11 +78,11 @@ extension Qcow2Driver {
     private func writeCluster(_ cluster: UInt64, at inCluster: Int, _ bytes: UnsafeRawBufferPointer) throws(BlockError) {
         let plan = try writer.withLock { (state) throws(BlockError) -> ClusterWrite in
             try prepareForWriting(&state)
-            let (entry, current) = try entry(ofGuestCluster: cluster)
-            if case .data(let hostOffset) = current, entry & Self.copiedBit != 0 {
+            let current = try entry(ofGuestCluster: cluster)
+            if case .data(let hostOffset) = current.mapping, current.isExclusive {
                 return .inPlace(hostOffset: hostOffset + UInt64(inCluster))
             }
-            let dataCluster = try allocateCluster(&state)
+            let dataCluster = try allocateClusters(1, &state)
             guard bytes.count == header.clusterSize else {
                 // What the guest sees now, with the new bytes over it, as one whole cluster.
                 let content = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 4096)
@@ -80,7 +90,7 @@ extension Qcow2Driver {
                 try read(at: Int64(cluster) * Int64(header.clusterSize), into: content)
                 UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
                 try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
-                try publish(dataCluster, forGuestCluster: cluster, &state)
+                try publish(dataCluster | Self.copiedBit, forGuestCluster: cluster, &state)
                 return .done
             }
             return .newCluster(hostOffset: dataCluster)
@@ -90,7 +100,7 @@ extension Qcow2Driver {
             try file.driver.write(at: Int64(hostOffset), from: bytes)
         case .newCluster(let hostOffset):
             try file.driver.write(at: Int64(hostOffset), from: bytes)
-            try writer.withLock { (state) throws(BlockError) in try publish(hostOffset, forGuestCluster: cluster, &state) }
+            try writer.withLock { (state) throws(BlockError) in try publish(hostOffset | Self.copiedBit, forGuestCluster: cluster, &state) }
         case .done:
             break
         }
@@ -110,7 +120,7 @@ extension Qcow2Driver {
         try file.driver.flush()
         if !state.pendingRefcountTable.isEmpty {
             for (index, block) in state.pendingRefcountTable {
-                try writeBigEndian(block, at: header.refcountTableOffset + UInt64(index) * 8)
+                try writeBigEndian(block, at: state.refcountTableOffset + UInt64(index) * 8)
             }
             state.pendingRefcountTable = [:]
             try file.driver.flush()
@@ -154,150 +164,70 @@ extension Qcow2Driver {
         }
     }
 
-    /// Checks once that this image can be written, and clears unknown autoclear bits first, as
-    /// qcow2.rst asks of a writer that does not know them.
+    /// Checks once that this image can be written: clears unknown autoclear bits, as qcow2.rst
+    /// asks of a writer that does not know them, and repairs the refcounts of a dirty image (one
+    /// that lazy refcounts left unfinished), as QEMU does when it opens one read-write.
     func prepareForWriting(_ state: inout Qcow2WriterState) throws(BlockError) {
         guard state.refcountTable == nil else { return }
-        if header.snapshotCount > 0 {
-            throw BlockError(.unsupported, "writing to qcow2 images with internal snapshots is not supported by this build of blk yet")
-        }
-        guard header.refcountOrder == 4 else {
-            throw BlockError(.unsupported, "writing to qcow2 images with \(1 << header.refcountOrder)-bit refcounts is not supported by this build of blk yet")
-        }
-        if header.incompatibleFeatures & Qcow2Header.dirtyBit != 0 {
-            throw BlockError(.unsupported, "qcow2: the image is dirty (lazy refcounts); repair it with qemu-img check -r all before writing")
-        }
         if header.autoclearFeatures != 0 && !state.autoclearCleared {
             try writeBigEndian(UInt64(0), at: 88)
             try file.driver.flush()
             state.autoclearCleared = true
         }
-        let clusterSize = UInt64(header.clusterSize)
-        let raw = try Self.readBytes(file, at: header.refcountTableOffset, count: Int(UInt64(header.refcountTableClusters) * clusterSize))
-        state.refcountTable = (0..<raw.count / 8).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
-        let fileLength = UInt64(try file.driver.length())
-        state.nextFreeCluster = (fileLength + clusterSize - 1) / clusterSize
+        try loadRefcountTable(&state)
+        if header.incompatibleFeatures & Qcow2Header.dirtyBit != 0 && !openedForRepair && !dirtyBitCleared.load(ordering: .acquiring) {
+            _ = try checkAndRepair(.all, &state)
+        }
     }
 
-    /// The raw L2 entry of a guest cluster (0 when its range has no L2 table) and what it maps to.
-    private func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (UInt64, ClusterMapping) {
+    /// An active cluster's L2 entry (0 when its range has no L2 table), what it maps to, and
+    /// whether this image alone owns it and its L2 table (COPIED on both), so it may change in place.
+    private func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (raw: UInt64, mapping: ClusterMapping, isExclusive: Bool) {
         let l2Entries = UInt64(header.l2Entries)
         let l1Index = Int(cluster / l2Entries)
-        let l2Offset = cache.withLock { $0.l1.indices.contains(l1Index) ? $0.l1[l1Index] : 0 } & Self.offsetMask
+        let l1Entry = cache.withLock { $0.l1.indices.contains(l1Index) ? $0.l1[l1Index] : 0 }
+        let l2Offset = l1Entry & Self.offsetMask
         let entry = l2Offset == 0 ? 0 : try l2Table(at: l2Offset)[Int(cluster % l2Entries)]
-        return (entry, try Self.mapping(ofEntry: entry, cluster: cluster, header: header))
+        let mapping = try checkedMapping(ofEntry: entry, cluster: cluster)
+        return (entry, mapping, l1Entry & Self.copiedBit != 0 && entry & Self.copiedBit != 0)
     }
 
-    /// Points the guest cluster at `dataCluster`, in memory (writeBackMetadata puts it on disk),
-    /// with a new L2 table if its range has none. Whatever the entry pointed to before — a
-    /// compressed cluster, a shared one, or one a racing write published first — loses a
-    /// reference once the new entry is durable.
-    private func publish(_ dataCluster: UInt64, forGuestCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
+    /// Points the guest cluster at `newEntry`, in memory (writeBackMetadata puts it on disk),
+    /// with a new L2 table if its range has none, or a copy of its table if a snapshot shares it.
+    /// Whatever the entry pointed to before — a compressed cluster, a shared one, or one a racing
+    /// write published first — loses a reference once the new entry is durable.
+    func publish(_ newEntry: UInt64, forGuestCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
         let l2Entries = UInt64(header.l2Entries)
         let l1Index = Int(cluster / l2Entries)
         let l2Index = Int(cluster % l2Entries)
-        let (replacedEntry, replaced) = try entry(ofGuestCluster: cluster)
-        let l2Offset = cache.withLock { $0.l1[l1Index] } & Self.offsetMask
-        if l2Offset == 0 {
-            let table = try allocateCluster(&state)
-            var entries = [UInt64](repeating: 0, count: header.l2Entries)
-            entries[l2Index] = dataCluster | Self.copiedBit
+        let replaced = try entry(ofGuestCluster: cluster)
+        let l1Entry = cache.withLock { $0.l1[l1Index] }
+        let l2Offset = l1Entry & Self.offsetMask
+        let clusterSize = UInt64(header.clusterSize)
+        if l2Offset == 0 || l1Entry & Self.copiedBit == 0 {
+            var entries = l2Offset == 0 ? [UInt64](repeating: 0, count: header.l2Entries) : try l2Table(at: l2Offset)
+            entries[l2Index] = newEntry
+            let table = try allocateClusters(1, &state)
             cache.withLock { $0.insertDirty(entries, at: table) }
             state.pendingL1[l1Index] = table | Self.copiedBit
             cache.withLock { $0.l1[l1Index] = table | Self.copiedBit }
-        } else if !cache.withLock({ $0.setEntry(dataCluster | Self.copiedBit, at: l2Index, ofTableAt: l2Offset) }) {
+            if l2Offset != 0 { state.pendingReleases.append(l2Offset / clusterSize) }
+        } else if !cache.withLock({ $0.setEntry(newEntry, at: l2Index, ofTableAt: l2Offset) }) {
             var entries = try l2Table(at: l2Offset)
-            entries[l2Index] = dataCluster | Self.copiedBit
+            entries[l2Index] = newEntry
             cache.withLock { $0.insertDirty(entries, at: l2Offset) }
         }
-        let clusterSize = UInt64(header.clusterSize)
-        switch replaced {
+        switch replaced.mapping {
         case .compressed(let hostOffset, let byteCount):
             state.pendingReleases += Array(hostOffset / clusterSize...(hostOffset + UInt64(byteCount) - 1) / clusterSize)
         case .data(let hostOffset):
             state.pendingReleases.append(hostOffset / clusterSize)
-        case .zeroes where replacedEntry & Self.offsetMask != 0:
+        case .zeroes where replaced.raw & Self.offsetMask != 0:
             // A preallocated zero cluster owns its host cluster.
-            state.pendingReleases.append((replacedEntry & Self.offsetMask) / clusterSize)
+            state.pendingReleases.append((replaced.raw & Self.offsetMask) / clusterSize)
         case .unallocated, .zeroes:
             break
         }
-    }
-
-    /// A fresh cluster at the end of the file, counted (refcount 1) before it is returned.
-    private func allocateCluster(_ state: inout Qcow2WriterState) throws(BlockError) -> UInt64 {
-        let cluster = state.nextFreeCluster
-        state.nextFreeCluster += 1
-        try setRefcount(ofCluster: cluster, to: 1, &state)
-        return cluster * UInt64(header.clusterSize)
-    }
-
-    /// 16-bit refcounts: a block of one cluster counts clusterSize / 2 clusters. Changes stay in
-    /// memory until writeBackMetadata writes them, before anything that relies on them.
-    private func setRefcount(ofCluster cluster: UInt64, to value: UInt16, _ state: inout Qcow2WriterState) throws(BlockError) {
-        let perBlock = UInt64(header.clusterSize / 2)
-        let tableIndex = Int(cluster / perBlock)
-        guard var table = state.refcountTable else { return }
-        guard tableIndex < table.count else {
-            throw BlockError(.unsupported, "the image needs a larger refcount table, which this build of blk cannot grow yet")
-        }
-        var block = table[tableIndex] & Self.offsetMask
-        if block == 0 {
-            // A new refcount block, at the end of the file, zeroed; the table entry waits until the
-            // block is durable. It is counted in itself when it covers its own cluster, else by a
-            // block of its own.
-            let blockCluster = state.nextFreeCluster
-            state.nextFreeCluster += 1
-            block = blockCluster * UInt64(header.clusterSize)
-            state.refcountBlocks[block] = [UInt8](repeating: 0, count: header.clusterSize)
-            state.dirtyRefcountBlocks.insert(block)
-            table[tableIndex] = block
-            state.refcountTable = table
-            state.pendingRefcountTable[tableIndex] = block
-            try setRefcount(ofCluster: blockCluster, to: 1, &state)
-        }
-        try loadRefcountBlock(block, &state)
-        state.refcountBlocks[block]!.setBigEndian(value, at: Int(cluster % perBlock) * 2)
-        state.dirtyRefcountBlocks.insert(block)
-    }
-
-    /// Reserves `count` consecutive clusters at the end of the file and counts them.
-    func allocateClusters(_ count: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) -> UInt64 {
-        let first = state.nextFreeCluster
-        state.nextFreeCluster += count
-        for cluster in first..<first + count { try setRefcount(ofCluster: cluster, to: 1, &state) }
-        return first * UInt64(header.clusterSize)
-    }
-
-    private func loadRefcountBlock(_ block: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
-        if state.refcountBlocks[block] == nil {
-            state.refcountBlocks[block] = try Self.readBytes(file, at: block, count: header.clusterSize)
-        }
-    }
-
-    private func writeRefcountBlocks(_ state: inout Qcow2WriterState) throws(BlockError) {
-        for block in state.dirtyRefcountBlocks.sorted() { try writeBytes(state.refcountBlocks[block]!, at: block) }
-        state.dirtyRefcountBlocks = []
-        // Clean blocks are dropped so memory stays bounded; the next allocation reads one back.
-        state.refcountBlocks = [:]
-    }
-
-    /// Writes a 16-bit refcount into the block that already covers `cluster` (for repairs).
-    func storeRefcount(_ value: UInt16, ofCluster cluster: UInt64) throws(BlockError) {
-        let perBlock = UInt64(header.clusterSize / 2)
-        let entry = try Self.readBytes(file, at: header.refcountTableOffset + cluster / perBlock * 8, count: 8)
-        let block = entry.bigEndian(UInt64.self, at: 0) & Self.offsetMask
-        guard block != 0 else { return }
-        try writeBigEndian(value, at: block + (cluster % perBlock) * 2)
-    }
-
-    private func refcount(ofCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) -> UInt16 {
-        let perBlock = UInt64(header.clusterSize / 2)
-        guard let table = state.refcountTable, Int(cluster / perBlock) < table.count else { return 0 }
-        let block = table[Int(cluster / perBlock)] & Self.offsetMask
-        guard block != 0 else { return 0 }
-        try loadRefcountBlock(block, &state)
-        return state.refcountBlocks[block]!.bigEndian(UInt16.self, at: Int(cluster % perBlock) * 2)
     }
 
     func writeBigEndian<T: FixedWidthInteger>(_ value: T, at offset: UInt64) throws(BlockError) {

@@ -12,18 +12,22 @@ public struct OpenOptions: Sendable, Hashable {
     public var cache: CacheMode
     /// Open without permission locks (a migration target before `activate`).
     public var inactive: Bool
+    /// Opened by `check -r` (QEMU's BDRV_O_CHECK): an image marked corrupt may be opened
+    /// read-write to be repaired, and a dirty one is left for the check to repair.
+    public var repairing: Bool
     /// The raw format's window into its file.
     public var rawByteOffset: Int64
     public var rawWindowSize: Int64?
 
     public init(format: String? = nil, writable: Bool = false, forceShare: Bool = false, locking: LockingMode = .auto,
-                cache: CacheMode = .writeback, inactive: Bool = false, rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
+                cache: CacheMode = .writeback, inactive: Bool = false, repairing: Bool = false, rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
         self.format = format
         self.writable = writable
         self.forceShare = forceShare
         self.locking = locking
         self.cache = cache
         self.inactive = inactive
+        self.repairing = repairing
         self.rawByteOffset = rawByteOffset
         self.rawWindowSize = rawWindowSize
     }

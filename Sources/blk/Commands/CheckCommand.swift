@@ -1,22 +1,30 @@
 // `blk check`: verify an image's metadata, in qemu-img check's words and with its exit codes —
-// 0 clean, 2 corruptions, 3 leaks only, 63 when the format has nothing to check.
+// 0 clean, 2 corruptions, 3 leaks only, 63 when the format has nothing to check. As qemu-img,
+// the findings go to stderr and the summary to stdout; after a repair the image is checked again
+// and that second check decides the exit code.
 import ArgumentParser
 import BlockLayer
 import BlockLocking
+import Foundation
 import Qcow2
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "check", abstract: "Verify an image's metadata; with -r leaks, repair leaked clusters.")
+        commandName: "check", abstract: "Verify an image's metadata; with -r, repair it.")
 
-    enum Repair: String, ExpressibleByArgument { case leaks, all }
+    enum Repair: String, ExpressibleByArgument {
+        case leaks, all
+
+        var mode: Qcow2Repair { self == .leaks ? .leaks : .all }
+    }
 
     // qemu-img check's -r means repair, so check takes the image options but -r itself.
     @Option(name: .shortAndLong, help: "The image format; probed from the image when not given.") var format: String?
     @Flag(name: [.customShort("U"), .customLong("force-share")], help: "Check without keeping others from writing (QEMU's -U).")
     var forceShare = false
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.") var locking: LockingMode = .auto
-    @Option(name: .short, help: "Repair: leaks (all repairs leaks too; corruptions are only reported).") var r: Repair?
+    @Option(name: .short, help: "Repair: leaks (lower leaked refcounts) or all (also raise refcounts that are too low and set COPIED flags right).")
+    var r: Repair?
     @Flag(help: "Print JSON on stdout.") var json = false
     @Argument(help: "The image file.") var image: String
 
@@ -24,52 +32,92 @@ struct CheckCommand: ParsableCommand {
         var filename: String
         var format: String
         var checkErrors: Int
-        var corruptions: Int
-        var leaks: Int
-        var leaksFixed: Int
+        var corruptions: Int?
+        var leaks: Int?
+        var leaksFixed: Int?
+        var corruptionsFixed: Int?
         var totalClusters: UInt64
         var allocatedClusters: UInt64
+        var fragmentedClusters: UInt64?
+        var compressedClusters: UInt64?
         var imageEndOffset: UInt64
     }
 
     func run() throws {
-        let opened = try openImage(image, OpenOptions(format: format, writable: r != nil, forceShare: forceShare, locking: locking), json: json)
+        let options = OpenOptions(format: format, writable: r != nil, forceShare: forceShare, locking: locking, repairing: r != nil)
+        let opened = try openImage(image, options, json: json)
         guard let qcow2 = opened.root.driver as? Qcow2Driver else {
             printError("This image format does not support checks")
             throw ExitCode(63)
         }
-        let result: Qcow2CheckResult
+        var result: Qcow2CheckResult
+        var fixed = (leaks: 0, corruptions: 0)
         do throws(BlockError) {
-            result = try qcow2.check(repairLeaks: r != nil)
+            result = try qcow2.check(repair: r?.mode)
+            if !json { printFindings(result, repaired: r) }
+            fixed = (result.leaksFixed, result.corruptionsFixed)
+            if fixed.leaks + fixed.corruptions > 0 {
+                if !json {
+                    print("The following inconsistencies were found and repaired:\n\n    \(fixed.leaks) leaked clusters\n    \(fixed.corruptions) corruptions\n")
+                    print("Double checking the fixed image now...")
+                }
+                result = try qcow2.check()
+                if !json { printFindings(result, repaired: nil) }
+            }
         } catch {
             throw report(error, json: json)
         }
-        let remainingLeaks = result.leaks.count - result.leaksFixed
         if json {
-            printJSON(CheckJSON(filename: image, format: "qcow2", checkErrors: 0, corruptions: result.corruptions.count,
-                                leaks: result.leaks.count, leaksFixed: result.leaksFixed, totalClusters: result.totalClusters,
-                                allocatedClusters: result.allocatedClusters, imageEndOffset: result.imageEndOffset))
+            printJSON(CheckJSON(filename: image, format: "qcow2", checkErrors: 0,
+                                corruptions: result.corruptionCount == 0 ? nil : result.corruptionCount,
+                                leaks: result.leaks.isEmpty ? nil : result.leaks.count,
+                                leaksFixed: fixed.leaks == 0 ? nil : fixed.leaks,
+                                corruptionsFixed: fixed.corruptions == 0 ? nil : fixed.corruptions,
+                                totalClusters: result.totalClusters, allocatedClusters: result.allocatedClusters,
+                                fragmentedClusters: result.fragmentedClusters == 0 ? nil : result.fragmentedClusters,
+                                compressedClusters: result.compressedClusters == 0 ? nil : result.compressedClusters,
+                                imageEndOffset: result.imageEndOffset))
         } else {
-            for leak in result.leaks {
-                let verb = result.leaksFixed > 0 ? "Repairing" : "Leaked"
-                print("\(verb) cluster \(leak.cluster) refcount=\(leak.refcount) reference=\(leak.references)")
-            }
-            result.corruptions.forEach { print($0) }
-            if result.leaksFixed > 0 {
-                print("The following inconsistencies were found and repaired:\n\n    \(result.leaksFixed) leaked clusters\n    0 corruptions\n")
-            }
-            if !result.corruptions.isEmpty {
-                print("\n\(result.corruptions.count) errors were found on the image.")
-                print("Data may be corrupted, or further writes to the image may corrupt it.")
-            }
-            if remainingLeaks > 0 {
-                print("\n\(remainingLeaks) leaked clusters were found on the image.")
-                print("This means waste of disk space, but no harm to data.")
-            }
-            if result.corruptions.isEmpty && remainingLeaks == 0 { print("No errors were found on the image.") }
-            print("Image end offset: \(result.imageEndOffset)")
+            printSummary(result)
         }
-        if !result.corruptions.isEmpty { throw ExitCode(2) }
-        if remainingLeaks > 0 { throw ExitCode(3) }
+        if result.corruptionCount > 0 { throw ExitCode(2) }
+        if !result.leaks.isEmpty { throw ExitCode(3) }
+    }
+
+    /// One line per finding, on stderr as qemu-img prints them; "Repairing" for what was repaired.
+    private func printFindings(_ result: Qcow2CheckResult, repaired: Repair?) {
+        var lines: [String] = []
+        for leak in result.leaks {
+            lines.append("\(repaired != nil ? "Repairing" : "Leaked") cluster \(leak.cluster) refcount=\(leak.refcount) reference=\(leak.references)")
+        }
+        for error in result.refcountErrors {
+            lines.append("\(repaired == .all ? "Repairing" : "ERROR") cluster \(error.cluster) refcount=\(error.refcount) reference=\(error.references)")
+        }
+        for error in result.copiedFlagErrors {
+            lines.append("\(repaired == .all ? "Repairing" : "ERROR") \(error.message)")
+        }
+        lines += result.otherErrors
+        if !lines.isEmpty { FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8)) }
+    }
+
+    private func printSummary(_ result: Qcow2CheckResult) {
+        if result.corruptionCount > 0 {
+            print("\n\(result.corruptionCount) errors were found on the image.")
+            print("Data may be corrupted, or further writes to the image may corrupt it.")
+        }
+        if !result.leaks.isEmpty {
+            print("\n\(result.leaks.count) leaked clusters were found on the image.")
+            print("This means waste of disk space, but no harm to data.")
+        }
+        if result.corruptionCount == 0 && result.leaks.isEmpty { print("No errors were found on the image.") }
+        if result.totalClusters > 0 {
+            func percent(_ part: UInt64, of whole: UInt64) -> String {
+                String(format: "%.2f%%", whole == 0 ? 0 : Double(part) * 100 / Double(whole))
+            }
+            print("\(result.allocatedClusters)/\(result.totalClusters) = \(percent(result.allocatedClusters, of: result.totalClusters)) allocated, "
+                  + "\(percent(result.fragmentedClusters, of: result.allocatedClusters)) fragmented, "
+                  + "\(percent(result.compressedClusters, of: result.allocatedClusters)) compressed clusters")
+        }
+        print("Image end offset: \(result.imageEndOffset)")
     }
 }

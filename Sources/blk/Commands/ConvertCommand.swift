@@ -1,5 +1,5 @@
 // `blk convert`: copy an image into a new raw or qcow2 one, skipping runs of zeroes so the copy
-// stays sparse (unallocated, in qcow2).
+// stays sparse (unallocated, in qcow2); with -c, qcow2 clusters are stored compressed.
 import ArgumentParser
 import BlockLayer
 import BlockLocking
@@ -12,6 +12,7 @@ struct ConvertCommand: ParsableCommand {
     @OptionGroup var imageOptions: ImageOptions
     @Option(name: .customShort("O"), help: "The output format: raw or qcow2.") var outputFormat = "raw"
     @Option(help: "qcow2 output: the cluster size.") var clusterSize = ByteCount(65536)
+    @Flag(name: .customShort("c"), help: "qcow2 output: compress every cluster (deflate, readable by any QEMU).") var compress = false
     @Flag(name: .customShort("p"), help: "Show progress even when stderr is not a terminal.") var progress = false
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The source image.") var source: String
@@ -19,30 +20,43 @@ struct ConvertCommand: ParsableCommand {
 
     /// Bytes copied per request: large enough that syscalls cost nothing next to the copy.
     static let chunkBytes = 1 << 20
-    /// The granularity at which runs of zeroes are left as holes.
+    /// The granularity at which runs of zeroes are left as holes in a raw copy.
     static let holeBytes = 64 << 10
 
     func run() throws {
         guard outputFormat == "raw" || outputFormat == "qcow2" else {
             throw report(BlockError(.unsupported, "Unknown file format '\(outputFormat)'"), json: json)
         }
+        if compress && outputFormat != "qcow2" {
+            throw report(BlockError(.unsupported, "Compression not supported for this file format"), json: json)
+        }
         let input = try imageOptions.open(source, writable: false, json: json)
         let bar = Progress(forced: progress)
         do throws(BlockError) {
             let length = try input.length()
             let output = try createOutput(destination, length: length)
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkBytes, alignment: 4096)
+            let compressor = compress ? output.root.driver as? Qcow2Driver : nil
+            // Zeroes are skipped cluster by cluster in qcow2 (an unallocated cluster), in 64 KiB
+            // holes in raw.
+            let pieceBytes = outputFormat == "qcow2" ? Int(clusterSize.value) : Self.holeBytes
+            let chunkBytes = max(Self.chunkBytes, pieceBytes)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkBytes, alignment: 4096)
             defer { buffer.deallocate() }
             var offset: Int64 = 0
             while offset < length {
-                let count = Int(min(Int64(Self.chunkBytes), length - offset))
+                let count = Int(min(Int64(chunkBytes), length - offset))
                 let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
                 // The new file reads as zeroes already: writing zeroes would only fill its holes.
                 if try !input.readsAsZeroes(at: offset, byteCount: Int64(count)) {
                     try input.read(at: offset, into: chunk)
-                    for start in stride(from: 0, to: count, by: Self.holeBytes) {
-                        let piece = UnsafeRawBufferPointer(rebasing: chunk[start..<min(start + Self.holeBytes, count)])
-                        if !Self.isZero(piece) { try output.write(at: offset + Int64(start), from: piece) }
+                    for start in stride(from: 0, to: count, by: pieceBytes) {
+                        let piece = UnsafeRawBufferPointer(rebasing: chunk[start..<min(start + pieceBytes, count)])
+                        guard !Self.isZero(piece) else { continue }
+                        if let compressor {
+                            try compressor.writeCompressed(cluster: UInt64((offset + Int64(start)) / Int64(pieceBytes)), from: piece)
+                        } else {
+                            try output.write(at: offset + Int64(start), from: piece)
+                        }
                     }
                 }
                 offset += Int64(count)

@@ -1,6 +1,7 @@
 // `blk info`: what an image is and who else holds it, in qemu-img's words and JSON field names.
 import ArgumentParser
 import BlockLayer
+import Glibc
 import BlockLocking
 import Qcow2
 
@@ -21,7 +22,31 @@ struct InfoCommand: ParsableCommand {
         var backingFilename: String?
         var backingFilenameFormat: String?
         var formatSpecific: FormatSpecific?
+        var snapshots: [SnapshotJSON]?
         var holders: [HolderJSON]
+    }
+
+    /// qemu-img's SnapshotInfo.
+    struct SnapshotJSON: Encodable {
+        var id: String
+        var name: String
+        var vmStateSize: UInt64
+        var dateSec: UInt32
+        var dateNsec: UInt32
+        var vmClockSec: UInt64
+        var vmClockNsec: UInt64
+        var icount: UInt64?
+
+        init(_ snapshot: Qcow2Snapshot) {
+            id = snapshot.id
+            name = snapshot.name
+            vmStateSize = snapshot.vmStateSize
+            dateSec = snapshot.dateSeconds
+            dateNsec = snapshot.dateNanoseconds
+            vmClockSec = snapshot.vmClockNanoseconds / 1_000_000_000
+            vmClockNsec = snapshot.vmClockNanoseconds % 1_000_000_000
+            icount = snapshot.icount
+        }
     }
 
     /// qemu-img's "format-specific" block for qcow2.
@@ -41,11 +66,12 @@ struct InfoCommand: ParsableCommand {
 
     func run() throws {
         let opened = try imageOptions.open(image, writable: false, json: json)
-        let virtualSize: Int64, actualSize: Int64?, holders: [LockHolder]
+        let virtualSize: Int64, actualSize: Int64?, holders: [LockHolder], snapshots: [Qcow2Snapshot]
         do throws(BlockError) {
             virtualSize = try opened.length()
             actualSize = try opened.allocatedBytes()
             holders = try otherHolders(of: opened)
+            snapshots = try (opened.root.driver as? Qcow2Driver)?.snapshots() ?? []
         } catch {
             throw report(error, json: json)
         }
@@ -64,6 +90,7 @@ struct InfoCommand: ParsableCommand {
                                dirtyFlag: (qcow2?.incompatibleFeatures ?? 0) & Qcow2Header.dirtyBit != 0,
                                clusterSize: qcow2?.clusterSize, backingFilename: qcow2?.backingFile,
                                backingFilenameFormat: qcow2?.backingFormat, formatSpecific: specific,
+                               snapshots: snapshots.isEmpty ? nil : snapshots.map(SnapshotJSON.init),
                                holders: holders.map(HolderJSON.init)))
             return
         }
@@ -75,6 +102,7 @@ struct InfoCommand: ParsableCommand {
             print("cluster_size: \(qcow2.clusterSize)")
             if let backing = qcow2.backingFile { print("backing file: \(backing)") }
             if let format = qcow2.backingFormat { print("backing file format: \(format)") }
+            if !snapshots.isEmpty { printSnapshotList(snapshots) }
             print("Format specific information:")
             print("    compat: \(specific.data.compat)")
             print("    compression type: \(specific.data.compressionType)")
@@ -88,6 +116,30 @@ struct InfoCommand: ParsableCommand {
         } else {
             print("held by:")
             for holder in holders { print("  \(holder.summary)") }
+        }
+    }
+
+    /// qemu-img's table: fixed columns, local time, the VM clock as hours:minutes:seconds.millis.
+    private func printSnapshotList(_ snapshots: [Qcow2Snapshot]) {
+        func pad(_ text: String, _ width: Int, left: Bool) -> String {
+            let padding = String(repeating: " ", count: max(0, width - text.count))
+            return left ? text + padding : padding + text
+        }
+        print("Snapshot list:")
+        print(pad("ID", 10, left: true) + pad("TAG", 17, left: true) + pad("VM SIZE", 8, left: false) + pad("DATE", 20, left: false)
+              + pad("VM CLOCK", 13, left: false) + pad("ICOUNT", 11, left: false))
+        for snapshot in snapshots {
+            var seconds = time_t(snapshot.dateSeconds)
+            var broken = tm()
+            localtime_r(&seconds, &broken)
+            var date = [CChar](repeating: 0, count: 32)
+            _ = strftime(&date, date.count, "%Y-%m-%d %H:%M:%S", &broken)
+            let clock = snapshot.vmClockNanoseconds / 1_000_000
+            let clockText = String(format: "%02llu:%02llu:%02llu.%03llu", clock / 3_600_000, clock / 60_000 % 60, clock / 1000 % 60, clock % 1000)
+            print(pad(snapshot.id, 9, left: true) + " " + pad(snapshot.name, 16, left: true) + " "
+                  + pad(humanSize(Int64(snapshot.vmStateSize)), 8, left: false)
+                  + pad(String(decoding: date.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), 20, left: false)
+                  + pad(clockText, 13, left: false) + pad(snapshot.icount.map(String.init) ?? "", 11, left: false))
         }
     }
 

@@ -79,6 +79,19 @@ struct HostileImageTests {
         #expect(read.status == 1)
         #expect(read.stdout.contains("read 65536/65536 bytes at offset 0"))
         #expect(read.stderr == "blk: read failed: qcow2: L2 table offset 0x10000000000 is outside the image file (\(bytes.count) bytes)\n")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == bytes, "a read-only open leaves the image as it was")
+
+        // Open read-write, the same finding marks the image corrupt, as QEMU does, and only that.
+        let marked = try blk("io", image, "-c", "read 512M 64k")
+        #expect(marked.stderr == "blk: read failed: qcow2: Marking image as corrupt: L2 table offset 0x10000000000 is outside the "
+                + "image file (\(bytes.count) bytes); further corruption events will be suppressed\n")
+        var expected = bytes
+        expected[79] |= 2
+        #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == expected)
+        let info = try run("/usr/bin/qemu-img", ["info", image])
+        #expect(info.stdout.contains("corrupt: true"))
+        let refused = try blk("io", image, "-c", "write 0 512")
+        #expect(refused.status == 65 && refused.stderr == "blk: qcow2: Image is corrupt; cannot be opened read/write\n", "\(refused)")
     }
 
     @Test("a backing chain that loops back to itself is refused")

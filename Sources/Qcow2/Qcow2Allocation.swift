@@ -1,0 +1,126 @@
+// Qcow2Allocation: host clusters and their refcounts, for any refcount width. New clusters are
+// appended at the end of the file; a refcount block is created where the table has none (it
+// counts itself when it covers its own cluster); and when the refcount table itself is full it
+// is replaced by a larger one, in an order a crash cannot break:
+//
+//   1. the new table's clusters (and any refcount blocks they need) are counted, and every dirty
+//      refcount block is written; fdatasync;
+//   2. the new table — the old entries, the new blocks, zeroes — at the end of the file; fdatasync;
+//   3. the header's refcount_table_offset and refcount_table_clusters, one write of bytes 48–59
+//      inside one sector; fdatasync;
+//   4. the old table's clusters lose their reference with the next write-back.
+//
+// Before 3 the image is the old one plus leaks; after it, the old table is at worst a leak.
+// Between write-backs refcount blocks only gain references, so writing them early (1) is safe.
+import BlockLayer
+
+extension Qcow2Driver {
+    var refcountWidth: RefcountWidth { RefcountWidth(order: header.refcountOrder) }
+
+    func loadRefcountTable(_ state: inout Qcow2WriterState) throws(BlockError) {
+        let clusterSize = UInt64(header.clusterSize)
+        let raw = try Self.readBytes(file, at: state.refcountTableOffset, count: Int(state.refcountTableClusters * clusterSize))
+        state.refcountTable = (0..<raw.count / 8).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
+        let fileLength = UInt64(try file.driver.length())
+        state.nextFreeCluster = (fileLength + clusterSize - 1) / clusterSize
+    }
+
+    /// Reserves `count` consecutive clusters at the end of the file and counts them (refcount 1).
+    func allocateClusters(_ count: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) -> UInt64 {
+        let first = state.nextFreeCluster
+        state.nextFreeCluster += count
+        for cluster in first..<first + count { try setRefcount(ofCluster: cluster, to: 1, &state) }
+        return first * UInt64(header.clusterSize)
+    }
+
+    /// Changes stay in memory until writeBackMetadata writes them, before anything relies on them.
+    func setRefcount(ofCluster cluster: UInt64, to value: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
+        let width = refcountWidth
+        guard value <= width.maximum else {
+            throw BlockError(.unsupported, "qcow2: a refcount would exceed the \(width.bits)-bit maximum of \(width.maximum) (cluster \(cluster))")
+        }
+        let perBlock = width.entriesPerBlock(clusterSize: header.clusterSize)
+        let tableIndex = Int(cluster / perBlock)
+        if tableIndex >= state.refcountTable!.count { try growRefcountTable(toCover: tableIndex, &state) }
+        var block = state.refcountTable![tableIndex] & Self.offsetMask
+        if block == 0 {
+            // A new refcount block, at the end of the file, zeroed; the table entry waits until
+            // the block is durable.
+            let blockCluster = state.nextFreeCluster
+            state.nextFreeCluster += 1
+            block = blockCluster * UInt64(header.clusterSize)
+            state.refcountBlocks[block] = [UInt8](repeating: 0, count: header.clusterSize)
+            state.dirtyRefcountBlocks.insert(block)
+            state.refcountTable![tableIndex] = block
+            state.pendingRefcountTable[tableIndex] = block
+            try setRefcount(ofCluster: blockCluster, to: 1, &state)
+        }
+        try loadRefcountBlock(block, &state)
+        width.set(value, in: &state.refcountBlocks[block]!, at: Int(cluster % perBlock))
+        state.dirtyRefcountBlocks.insert(block)
+    }
+
+    func refcount(ofCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) -> UInt64 {
+        let width = refcountWidth
+        let perBlock = width.entriesPerBlock(clusterSize: header.clusterSize)
+        guard let table = state.refcountTable, Int(cluster / perBlock) < table.count else { return 0 }
+        let block = table[Int(cluster / perBlock)] & Self.offsetMask
+        guard block != 0 else { return 0 }
+        try loadRefcountBlock(block, &state)
+        return width.value(in: state.refcountBlocks[block]!, at: Int(cluster % perBlock))
+    }
+
+    private func loadRefcountBlock(_ block: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
+        if state.refcountBlocks[block] == nil {
+            let fileLength = UInt64(try file.driver.length())
+            guard block % UInt64(header.clusterSize) == 0, block + UInt64(header.clusterSize) <= fileLength else {
+                throw signalCorruption("Refblock offset 0x\(String(block, radix: 16)) is invalid")
+            }
+            state.refcountBlocks[block] = try Self.readBytes(file, at: block, count: header.clusterSize)
+        }
+    }
+
+    func writeRefcountBlocks(_ state: inout Qcow2WriterState) throws(BlockError) {
+        for block in state.dirtyRefcountBlocks.sorted() { try writeBytes(state.refcountBlocks[block]!, at: block) }
+        state.dirtyRefcountBlocks = []
+        // Clean blocks are dropped so memory stays bounded; the next allocation reads one back.
+        state.refcountBlocks = [:]
+    }
+
+    /// Steps 1–4 of the order above. The new table is large enough for the entry asked for, for
+    /// every block the new table and those blocks need, and twice the old one, so growth is rare.
+    private func growRefcountTable(toCover tableIndex: Int, _ state: inout Qcow2WriterState) throws(BlockError) {
+        let clusterSize = UInt64(header.clusterSize)
+        let perBlock = refcountWidth.entriesPerBlock(clusterSize: header.clusterSize)
+        let old = state.refcountTable!
+        var entries = UInt64(max(old.count * 2, tableIndex + 1))
+        var tableClusters: UInt64 { (entries * 8 + clusterSize - 1) / clusterSize }
+        // The table and the blocks counting it go at the end; each new entry may need a block.
+        while (state.nextFreeCluster + tableClusters + (entries - UInt64(old.count))) / perBlock >= entries { entries *= 2 }
+        guard tableClusters * clusterSize <= Qcow2Header.maxRefcountTableBytes else {
+            throw BlockError(.noSpace, "qcow2: the refcount table would pass QEMU's limit of \(Qcow2Header.maxRefcountTableBytes >> 20) MiB")
+        }
+        let tableOffset = state.nextFreeCluster * clusterSize
+        state.nextFreeCluster += tableClusters
+        state.refcountTable = old + [UInt64](repeating: 0, count: Int(entries) - old.count)
+        for cluster in tableOffset / clusterSize..<tableOffset / clusterSize + tableClusters {
+            try setRefcount(ofCluster: cluster, to: 1, &state)
+        }
+        try writeRefcountBlocks(&state)
+        try file.driver.flush()
+        var table = [UInt8](repeating: 0, count: Int(tableClusters * clusterSize))
+        for (index, entry) in state.refcountTable!.enumerated() { table.setBigEndian(entry, at: index * 8) }
+        try writeBytes(table, at: tableOffset)
+        try file.driver.flush()
+        var fields = [UInt8](repeating: 0, count: 12)
+        fields.setBigEndian(tableOffset, at: 0)
+        fields.setBigEndian(UInt32(tableClusters), at: 8)
+        try writeBytes(fields, at: 48)
+        try file.driver.flush()
+        let oldFirst = state.refcountTableOffset / clusterSize
+        state.pendingReleases += Array(oldFirst..<oldFirst + state.refcountTableClusters)
+        state.pendingRefcountTable = [:]
+        state.refcountTableOffset = tableOffset
+        state.refcountTableClusters = tableClusters
+    }
+}

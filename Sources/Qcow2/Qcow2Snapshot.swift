@@ -1,0 +1,74 @@
+// Qcow2Snapshot: the internal snapshot table (qcow2.rst, "Snapshots"): one entry per snapshot,
+// 8-byte aligned, each naming its own L1 table. blk keeps snapshots intact (writes copy shared
+// clusters, Qcow2Writer.swift), counts their tables in checks and lists them in `blk info`.
+//
+//    0  l1_table_offset  u64    16  date_sec        u32    36  extra_data_size  u32
+//    8  l1_size          u32    20  date_nsec       u32    40  extra data: vm_state_size_large u64,
+//   12  id_str_size      u16    24  vm_clock_nsec   u64        disk_size u64, icount u64 (each optional)
+//   14  name_size        u16    32  vm_state_size   u32        then the id, then the name
+import BlockLayer
+
+public struct Qcow2Snapshot: Sendable, Hashable {
+    public var id: String
+    public var name: String
+    public var l1TableOffset: UInt64
+    public var l1Size: UInt32
+    public var dateSeconds: UInt32
+    public var dateNanoseconds: UInt32
+    public var vmClockNanoseconds: UInt64
+    public var vmStateSize: UInt64
+    /// The guest's size when the snapshot was taken, if recorded.
+    public var diskSize: UInt64?
+    /// Instructions executed (record/replay), if recorded.
+    public var icount: UInt64?
+
+    /// QEMU's limit on the snapshot table (QCOW_MAX_SNAPSHOTS_SIZE).
+    static let maxTableBytes = 64 << 20
+
+    /// The table and the bytes it takes (entries padded to 8 bytes).
+    static func readTable(of driver: Qcow2Driver) throws(BlockError) -> (entries: [Qcow2Snapshot], tableBytes: UInt64) {
+        let header = driver.header
+        guard header.snapshotCount > 0 else { return ([], 0) }
+        let fileLength = UInt64(try driver.file.driver.length())
+        let available = Int(min(fileLength - min(header.snapshotsOffset, fileLength), UInt64(maxTableBytes)))
+        let table = try Qcow2Driver.readBytes(driver.file, at: header.snapshotsOffset, count: available)
+        var snapshots: [Qcow2Snapshot] = []
+        var offset = 0
+        for number in 0..<Int(header.snapshotCount) {
+            guard offset + 40 <= table.count else {
+                throw BlockError(.corrupt, "qcow2: the snapshot table is truncated at snapshot \(number + 1)")
+            }
+            let idSize = Int(table.bigEndian(UInt16.self, at: offset + 12))
+            let nameSize = Int(table.bigEndian(UInt16.self, at: offset + 14))
+            let extraSize = Int(table.bigEndian(UInt32.self, at: offset + 36))
+            let entryBytes = 40 + extraSize + idSize + nameSize
+            guard extraSize <= 1024, offset + entryBytes <= table.count else {
+                throw BlockError(.corrupt, "qcow2: snapshot \(number + 1) runs past the snapshot table")
+            }
+            let l1Size = table.bigEndian(UInt32.self, at: offset + 8)
+            guard UInt64(l1Size) * 8 <= Qcow2Header.maxL1Bytes else {
+                throw BlockError(.corrupt, "qcow2: snapshot \(number + 1) L1 table too large")
+            }
+            func extra(_ at: Int) -> UInt64? { extraSize >= at + 8 ? table.bigEndian(UInt64.self, at: offset + 40 + at) : nil }
+            let idStart = offset + 40 + extraSize
+            snapshots.append(Qcow2Snapshot(
+                id: String(decoding: table[idStart..<idStart + idSize], as: UTF8.self),
+                name: String(decoding: table[idStart + idSize..<idStart + idSize + nameSize], as: UTF8.self),
+                l1TableOffset: table.bigEndian(UInt64.self, at: offset),
+                l1Size: l1Size,
+                dateSeconds: table.bigEndian(UInt32.self, at: offset + 16),
+                dateNanoseconds: table.bigEndian(UInt32.self, at: offset + 20),
+                vmClockNanoseconds: table.bigEndian(UInt64.self, at: offset + 24),
+                vmStateSize: extra(0) ?? UInt64(table.bigEndian(UInt32.self, at: offset + 32)),
+                diskSize: extra(8),
+                icount: extra(16).flatMap { $0 == .max ? nil : $0 }))
+            offset += (entryBytes + 7) / 8 * 8
+        }
+        return (snapshots, UInt64(offset))
+    }
+}
+
+extension Qcow2Driver {
+    /// The internal snapshots, in table order.
+    public func snapshots() throws(BlockError) -> [Qcow2Snapshot] { try Qcow2Snapshot.readTable(of: self).entries }
+}
