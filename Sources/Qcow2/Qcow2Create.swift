@@ -1,33 +1,37 @@
-// Qcow2Create: a new, empty qcow2 v3 image, laid out as qemu-img lays one out — the header
-// cluster (header, extensions, backing name), the refcount table, the refcount blocks covering
-// every metadata cluster, then the L1 table — so `qemu-img check` finds it clean.
+// Qcow2Create: a new qcow2 v3 image, laid out as qemu-img lays one out — the header cluster
+// (header, extensions, backing name), the refcount table, the refcount blocks covering every
+// cluster the image uses, the L1 table, and with preallocation each L2 table followed by the
+// data clusters it maps — so `qemu-img check` finds it clean.
 // Like every creation (ImageCreation.swift), an image some process holds is never truncated.
 import BlockLayer
 import BlockLocking
 import Glibc
 
 extension Qcow2Format {
-    /// Creates (or replaces) `path` as an empty qcow2 image of `virtualSize` bytes, reading
-    /// through to `backingFile` (a name relative to the image's folder, or absolute).
+    /// Creates (or replaces) `path` as a qcow2 image of `virtualSize` bytes, reading through to
+    /// `backingFile` (a name relative to the image's folder, or absolute). With `preallocation`
+    /// other than `.off` every guest cluster is mapped to a host cluster up front (`metadata`:
+    /// left to the file's holes; `falloc`: reserved; `full`: written with zeroes).
     public static func create(at path: String, virtualSize: Int64, clusterSize: Int = 65536,
                               backingFile: String? = nil, backingFormat: String? = nil,
-                              locking: LockingMode = .auto) throws(BlockError) {
+                              preallocation: Preallocation = .off, locking: LockingMode = .auto) throws(BlockError) {
         guard clusterSize.nonzeroBitCount == 1, (512...(2 << 20)).contains(clusterSize) else {
             throw BlockError(.invalidRequest, "Cluster size must be a power of two between 512 and 2048k")
         }
         guard virtualSize >= 0 else { throw BlockError(.invalidRequest, "Invalid image size specified") }
         if let backingFile, backingFile.utf8.count > 1023 { throw BlockError(.invalidRequest, "Backing file name too long") }
+        if backingFile != nil && preallocation != .off {
+            throw BlockError(.invalidRequest, "Backing file and preallocation can only be used at the same time if extended_l2 is on")
+        }
         let headerBytes = 112 + 8 + (backingFormat.map { 8 + ($0.utf8.count + 7) / 8 * 8 } ?? 0) + (backingFile?.utf8.count ?? 0)
         guard headerBytes <= clusterSize else {
             throw BlockError(.invalidRequest, "the header and backing file name do not fit in one \(clusterSize)-byte cluster")
         }
-        let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize))
-        let header = layout.headerCluster(backingFile: backingFile, backingFormat: backingFormat)
+        let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize), preallocated: preallocation != .off)
 
         let file = try createImageFile(at: path, byteCount: Int64(layout.fileBytes), locking: locking)
         let descriptor = file.descriptor.rawValue
-        // Tables first, header last: a crash leaves no file that claims to be a qcow2 image.
-        for (offset, bytes) in layout.tables() + [(0, header)] {
+        func write(_ bytes: [UInt8], at offset: UInt64) throws(BlockError) {
             var written = 0
             while written < bytes.count {
                 let result = bytes[written...].withUnsafeBytes { chunk in
@@ -38,16 +42,22 @@ extension Qcow2Format {
                 case .failure(let failure): throw BlockError(.ioError, "Could not write '\(path)': \(failure.errno)", cause: failure)
                 }
             }
-            if offset != 0, case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor) }) {
+        }
+        func flush() throws(BlockError) {
+            if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor) }) {
                 throw BlockError(.ioError, "Could not flush '\(path)': \(failure.errno)", cause: failure)
             }
         }
-        if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor) }) {
-            throw BlockError(.ioError, "Could not flush '\(path)': \(failure.errno)", cause: failure)
-        }
+        // Data first (full preallocation writes zeroes over the whole range), then the tables,
+        // the header last: a crash leaves no file that claims to be a qcow2 image.
+        try file.preallocate(Int64(layout.firstL2TableCluster * layout.clusterSize)..<Int64(layout.fileBytes), preallocation, path: path)
+        try layout.writeTables(write)
+        try flush()
+        try write(layout.headerCluster(backingFile: backingFile, backingFormat: backingFormat), at: 0)
+        try flush()
     }
 
-    /// Where each piece of an empty image goes, in clusters.
+    /// Where each piece of a new image goes, in clusters.
     struct Layout {
         let clusterSize: UInt64
         let virtualSize: UInt64
@@ -55,10 +65,13 @@ extension Qcow2Format {
         let refcountTableClusters: UInt64
         let refcountBlocks: UInt64
         let l1Clusters: UInt64
+        /// Preallocated: one L2 table per L1 entry, each followed by the data clusters it maps.
+        let preallocated: Bool
 
-        init(virtualSize: UInt64, clusterSize: UInt64) throws(BlockError) {
+        init(virtualSize: UInt64, clusterSize: UInt64, preallocated: Bool) throws(BlockError) {
             self.clusterSize = clusterSize
             self.virtualSize = virtualSize
+            self.preallocated = preallocated
             let bytesPerL1Entry = clusterSize * (clusterSize / 8)
             l1Entries = (virtualSize + bytesPerL1Entry - 1) / bytesPerL1Entry
             guard l1Entries * 8 <= Qcow2Header.maxL1Bytes else { throw BlockError(.invalidRequest, "Image size too large for this cluster size") }
@@ -66,35 +79,60 @@ extension Qcow2Format {
             // 16-bit refcounts: a block covers clusterSize / 2 clusters. Grow the table and the
             // blocks until they cover themselves and everything else.
             let perBlock = clusterSize / 2
+            let mapped = preallocated ? l1Entries + (virtualSize + clusterSize - 1) / clusterSize : 0
             var tableClusters: UInt64 = 1, blocks: UInt64 = 1
             while true {
-                let total = 1 + tableClusters + blocks + l1Clusters
+                let total = 1 + tableClusters + blocks + l1Clusters + mapped
                 let neededBlocks = (total + perBlock - 1) / perBlock
                 let neededTable = max(1, (neededBlocks * 8 + clusterSize - 1) / clusterSize)
                 if neededBlocks == blocks && neededTable == tableClusters { break }
                 blocks = neededBlocks
                 tableClusters = neededTable
             }
+            guard tableClusters * clusterSize <= Qcow2Header.maxRefcountTableBytes else {
+                throw BlockError(.invalidRequest, "Image size too large for this cluster size (the refcount table would pass 8 MiB)")
+            }
             refcountTableClusters = tableClusters
             refcountBlocks = blocks
         }
 
+        var l2Entries: UInt64 { clusterSize / 8 }
+        var guestClusters: UInt64 { (virtualSize + clusterSize - 1) / clusterSize }
         var refcountTableOffset: UInt64 { clusterSize }
         var firstRefcountBlock: UInt64 { refcountTableOffset + refcountTableClusters * clusterSize }
         var l1Offset: UInt64 { firstRefcountBlock + refcountBlocks * clusterSize }
-        var clusterCount: UInt64 { 1 + refcountTableClusters + refcountBlocks + l1Clusters }
+        var firstL2TableCluster: UInt64 { l1Offset / clusterSize + l1Clusters }
+        var clusterCount: UInt64 { firstL2TableCluster + (preallocated ? l1Entries + guestClusters : 0) }
         var fileBytes: UInt64 { clusterCount * clusterSize }
 
-        /// The refcount table, the refcount blocks (every used cluster counted once), and the
-        /// all-zero L1 table (left to the file's zero fill).
-        func tables() -> [(UInt64, [UInt8])] {
+        /// The L2 table for L1 entry `index`, and how many data clusters follow it.
+        func l2Table(_ index: UInt64) -> (cluster: UInt64, dataClusters: UInt64) {
+            (firstL2TableCluster + index * (l2Entries + 1), min(l2Entries, guestClusters - index * l2Entries))
+        }
+
+        /// The refcount table, the refcount blocks (every used cluster counted once), the L1
+        /// table and, preallocated, the L2 tables; an all-zero table is left to the file's zeroes.
+        func writeTables(_ write: ([UInt8], UInt64) throws(BlockError) -> Void) throws(BlockError) {
             var table = [UInt8](repeating: 0, count: Int(refcountTableClusters * clusterSize))
+            for block in 0..<refcountBlocks { table.setBigEndian(firstRefcountBlock + block * clusterSize, at: Int(block * 8)) }
+            try write(table, refcountTableOffset)
+            let perBlock = clusterSize / 2
             for block in 0..<refcountBlocks {
-                table.setBigEndian(firstRefcountBlock + block * clusterSize, at: Int(block * 8))
+                var bytes = [UInt8](repeating: 0, count: Int(clusterSize))
+                for index in 0..<min(perBlock, clusterCount - block * perBlock) { bytes.setBigEndian(UInt16(1), at: Int(index * 2)) }
+                try write(bytes, firstRefcountBlock + block * clusterSize)
             }
-            var blocks = [UInt8](repeating: 0, count: Int(refcountBlocks * clusterSize))
-            for cluster in 0..<clusterCount { blocks.setBigEndian(UInt16(1), at: Int(cluster * 2)) }
-            return [(refcountTableOffset, table), (firstRefcountBlock, blocks)]
+            guard preallocated else { return }
+            let copied: UInt64 = 1 << 63
+            var l1 = [UInt8](repeating: 0, count: Int(l1Entries * 8))
+            for index in 0..<l1Entries {
+                let (tableCluster, dataClusters) = l2Table(index)
+                l1.setBigEndian(tableCluster * clusterSize | copied, at: Int(index * 8))
+                var l2 = [UInt8](repeating: 0, count: Int(clusterSize))
+                for entry in 0..<dataClusters { l2.setBigEndian((tableCluster + 1 + entry) * clusterSize | copied, at: Int(entry * 8)) }
+                try write(l2, tableCluster * clusterSize)
+            }
+            try write(l1, l1Offset)
         }
 
         func headerCluster(backingFile: String?, backingFormat: String?) -> [UInt8] {

@@ -15,6 +15,8 @@ struct CreateCommand: ParsableCommand {
     @Option(help: "qcow2 cluster size, a power of two from 512 to 2M.") var clusterSize = ByteCount(65536)
     @Option(name: .customShort("b"), help: "qcow2: the backing image, relative to the new image's folder or absolute.") var backing: String?
     @Option(name: .customShort("F"), help: "qcow2: the backing image's format (probed when not given).") var backingFormat: String?
+    @Option(help: "off (sparse); metadata (qcow2: every cluster mapped, the data left sparse); falloc (blocks reserved); full (zeroes written).")
+    var preallocation: Preallocation = .off
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.") var locking: LockingMode = .auto
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The image file to create.") var image: String
@@ -29,16 +31,19 @@ struct CreateCommand: ParsableCommand {
         do throws(BlockError) {
             switch format {
             case "raw":
-                print("Formatting '\(image)', fmt=raw size=\(size!.value)")
-                try RawDriver.create(at: image, byteCount: size!.value, locking: locking)
+                if preallocation == .metadata { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
+                print("Formatting '\(image)', fmt=raw size=\(size!.value)" + (preallocation == .off ? "" : " preallocation=\(preallocation)"))
+                try RawDriver.create(at: image, byteCount: size!.value, preallocation: preallocation, locking: locking)
             case "qcow2":
                 let (virtualSize, backingFormat) = try sizeAndBackingFormat()
                 var line = "Formatting '\(image)', fmt=qcow2 cluster_size=\(clusterSize.value)"
                 if let backing { line += " backing_file=\(backing)" }
                 if let backingFormat { line += " backing_fmt=\(backingFormat)" }
+                if preallocation != .off { line += " preallocation=\(preallocation)" }
                 print(line + " size=\(virtualSize)")
                 try Qcow2Format.create(at: image, virtualSize: virtualSize, clusterSize: Int(clusterSize.value),
-                                       backingFile: backing, backingFormat: backingFormat, locking: locking)
+                                       backingFile: backing, backingFormat: backingFormat, preallocation: preallocation,
+                                       locking: locking)
             default:
                 throw BlockError(.unsupported, "Unknown file format '\(format)'")
             }

@@ -9,6 +9,7 @@ nonisolated(unsafe) let blkFormats: [any BlockFormat.Type] = [Qcow2Format.self, 
 
 extension LockingMode: ExpressibleByArgument {}
 extension CacheMode: ExpressibleByArgument {}
+extension Preallocation: ExpressibleByArgument {}
 
 struct ImageOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "The image format (raw, qcow2); probed from the image when not given.")

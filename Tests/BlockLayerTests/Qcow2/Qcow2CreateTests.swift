@@ -50,4 +50,34 @@ struct Qcow2CreateTests {
         #expect(refused.stderr.contains("Is another process using the image [\(image)]?\nheld by pid \(writer.pid) (qemu-io)"), "\(refused)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == before)
     }
+
+    @Test("preallocation: the layout qemu-img makes (same file size), every cluster mapped, writes land in place",
+          arguments: [("metadata", "4k", "2G"), ("metadata", "64k", "3G"), ("falloc", "64k", "256M"), ("full", "64k", "64M")])
+    func preallocated(mode: String, clusterSize: String, size: String) throws {
+        let ours = scratch.directory + "/ours.qcow2", theirs = scratch.directory + "/theirs.qcow2"
+        let created = try blk("create", "--preallocation", mode, "--cluster-size", clusterSize, ours, size)
+        #expect(created.status == 0, "\(created)")
+        try qemuImg(["create", "-q", "-f", "qcow2", "-o", "preallocation=\(mode),cluster_size=\(clusterSize)", theirs, size])
+        let fileSize = { (path: String) throws -> Int in (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0 }
+        #expect(try fileSize(ours) == fileSize(theirs))
+        let checked = try run("/usr/bin/qemu-img", ["check", ours])
+        #expect(checked.status == 0, "\(checked)")
+        #expect(checked.stdout == (try run("/usr/bin/qemu-img", ["check", theirs]).stdout))
+        let before = try fileSize(ours)
+        #expect(try blk("io", ours, "-c", "write -P 0x21 1M 100k", "-c", "write -P 0x22 40M 1k").status == 0)
+        #expect(try fileSize(ours) == before, "writes go to the preallocated clusters")
+        #expect(try run("/usr/bin/qemu-img", ["check", ours]).status == 0)
+        try qemuIO(["-f", "qcow2", "-r", "-c", "read -P 0 0 1M", "-c", "read -P 0x21 1M 100k", "-c", "read -P 0x22 40M 1k",
+                    "-c", "read -P 0 41M 1M", ours])
+    }
+
+    @Test("preallocation refused where qemu-img refuses it: with a backing file, metadata for raw")
+    func preallocationRefused() throws {
+        let base = try scratch.qcow2Image("base.qcow2", size: "8M")
+        let withBacking = try blk("create", "--preallocation", "metadata", "-b", base, scratch.directory + "/o.qcow2")
+        #expect(withBacking.status == 64, "\(withBacking)")
+        #expect(withBacking.stderr == "blk: Backing file and preallocation can only be used at the same time if extended_l2 is on\n")
+        let raw = try blk("create", "-f", "raw", "--preallocation", "metadata", scratch.directory + "/r.raw", "1M")
+        #expect(raw.status == 64 && raw.stderr == "blk: Unsupported preallocation mode: metadata\n", "\(raw)")
+    }
 }
