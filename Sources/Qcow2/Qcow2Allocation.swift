@@ -12,6 +12,11 @@
 //
 // Before 3 the image is the old one plus leaks; after it, the old table is at worst a leak.
 // Between write-backs refcount blocks only gain references, so writing them early (1) is safe.
+//
+// The file is grown ahead of allocation in large sparse steps (as QEMU's preallocate filter
+// does), so appending writes land inside the file and do not each change its size; flush trims
+// the file back to its last cluster. Clusters past the last one are free (refcount 0), so a
+// crash in between leaves only a longer file.
 import BlockLayer
 
 extension Qcow2Driver {
@@ -23,6 +28,30 @@ extension Qcow2Driver {
         state.refcountTable = (0..<raw.count / 8).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
         let fileLength = UInt64(try file.driver.length())
         state.nextFreeCluster = (fileLength + clusterSize - 1) / clusterSize
+        state.fileEnd = fileLength
+    }
+
+    /// How far ahead of allocation the file is grown.
+    static let growthStep: UInt64 = 128 << 20
+
+    private func growFile(_ state: inout Qcow2WriterState) {
+        let needed = state.nextFreeCluster * UInt64(header.clusterSize)
+        guard state.growsAhead, needed > state.fileEnd else { return }
+        let target = needed + Self.growthStep
+        do throws(BlockError) {
+            try file.driver.truncate(to: Int64(target))
+            state.fileEnd = target
+        } catch {
+            state.growsAhead = false
+        }
+    }
+
+    /// Ends the file at the last cluster allocated, undoing growth ahead.
+    func trimGrowth(_ state: inout Qcow2WriterState) throws(BlockError) {
+        let used = state.nextFreeCluster * UInt64(header.clusterSize)
+        guard state.refcountTable != nil, state.fileEnd > used else { return }
+        try file.driver.truncate(to: Int64(used))
+        state.fileEnd = used
     }
 
     /// Reserves `count` consecutive clusters at the end of the file and counts them (refcount 1).
@@ -30,6 +59,7 @@ extension Qcow2Driver {
         let first = state.nextFreeCluster
         state.nextFreeCluster += count
         for cluster in first..<first + count { try setRefcount(ofCluster: cluster, to: 1, &state) }
+        growFile(&state)
         return first * UInt64(header.clusterSize)
     }
 

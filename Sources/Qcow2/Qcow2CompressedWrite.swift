@@ -9,19 +9,38 @@ extension Qcow2Driver {
     /// Stores one guest cluster compressed. A cluster that would not shrink is stored as it is,
     /// as QEMU does. `bytes` is the whole cluster, or the image's last, shorter one.
     public func writeCompressed(cluster: UInt64, from bytes: UnsafeRawBufferPointer) throws(BlockError) {
-        try refuseWritesIfCorrupt()
+        try storeCompressed(try compress(bytes), cluster: cluster, original: bytes)
+    }
+
+    /// The deflate stream for one cluster (zero-padded to a whole cluster), or nil when it would
+    /// not be smaller than a cluster. Needs no lock: callers may compress clusters in parallel
+    /// and store them in order with `storeCompressed`.
+    public func compress(_ bytes: UnsafeRawBufferPointer) throws(BlockError) -> [UInt8]? {
         guard header.compressionType == 0 else {
             throw BlockError(.unsupported, "qcow2: blk writes compressed clusters with zlib only; this image uses zstd")
         }
         let clusterSize = header.clusterSize
-        guard bytes.count <= clusterSize, Int64(cluster) * Int64(clusterSize) + Int64(bytes.count) <= (try length()) else {
-            throw BlockError(.invalidRequest, "a compressed write covers one cluster inside the image")
-        }
+        guard bytes.count <= clusterSize else { throw BlockError(.invalidRequest, "a compressed write covers one cluster") }
         let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 16)
         defer { whole.deallocate() }
         whole.initializeMemory(as: UInt8.self, repeating: 0)
         whole.copyMemory(from: bytes)
-        guard let compressed = try Deflate.deflate(UnsafeRawBufferPointer(whole), limit: clusterSize - 1) else {
+        return try Deflate.deflate(UnsafeRawBufferPointer(whole), limit: clusterSize - 1)
+    }
+
+    /// Stores what `compress` made of `original` as guest cluster `cluster`: the compressed
+    /// stream, or `original` as it is when it did not compress.
+    public func storeCompressed(_ compressed: [UInt8]?, cluster: UInt64, original: UnsafeRawBufferPointer) throws(BlockError) {
+        try refuseWritesIfCorrupt()
+        let clusterSize = header.clusterSize
+        guard Int64(cluster) * Int64(clusterSize) + Int64(original.count) <= (try length()) else {
+            throw BlockError(.invalidRequest, "a compressed write covers one cluster inside the image")
+        }
+        guard let compressed else {
+            let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
+            defer { whole.deallocate() }
+            whole.initializeMemory(as: UInt8.self, repeating: 0)
+            whole.copyMemory(from: original)
             try write(at: Int64(cluster) * Int64(clusterSize), from: UnsafeRawBufferPointer(whole))
             return
         }

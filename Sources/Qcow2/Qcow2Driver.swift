@@ -23,6 +23,8 @@ public final class Qcow2Driver: BlockDriver {
     let virtualSize: Atomic<Int64>
     /// The L1 table and the cached L2 tables.
     let cache: Mutex<L2TableCache>
+    /// How many refcount blocks the writer keeps in memory before it writes them back.
+    let refcountBlockCapacity: Int
     /// Allocation state, and the lock that makes allocating writes one at a time.
     let writer: Mutex<Qcow2WriterState>
     /// Whether this open may write (it changes with reopen): only then is corruption marked.
@@ -46,7 +48,8 @@ public final class Qcow2Driver: BlockDriver {
         self.writable = Atomic(writable)
         let raw = try Self.readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8)
         let l1 = (0..<Int(header.l1Size)).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
-        cache = Mutex(L2TableCache(l1: l1, budgetBytes: cacheBytes, clusterSize: header.clusterSize))
+        cache = Mutex(L2TableCache(l1: l1, budgetBytes: cacheBytes / 5 * 4, clusterSize: header.clusterSize))
+        refcountBlockCapacity = max(4, cacheBytes / 5 / header.clusterSize)
         writer = Mutex(Qcow2WriterState(l1TableOffset: header.l1TableOffset, refcountTableOffset: header.refcountTableOffset,
                                          refcountTableClusters: UInt64(header.refcountTableClusters)))
         virtualSize = Atomic(Int64(header.virtualSize))

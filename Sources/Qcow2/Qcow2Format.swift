@@ -6,8 +6,9 @@ import Foundation
 public enum Qcow2Format: BlockFormat {
     public static let formatName = "qcow2"
 
-    /// Memory for cached L2 tables per open image (QEMU's l2-cache-size default is 1 MiB; more
-    /// keeps random reads of a large image off the disk).
+    /// Memory for cached metadata per open image, four fifths for L2 tables and one fifth for
+    /// refcount blocks (QEMU's cache-size; its L2 default is 1 MiB, more keeps random reads of a
+    /// large image off the disk).
     public static let defaultCacheBytes = 4 << 20
 
     public static func matches(header: [UInt8]) -> Bool { header.starts(with: FormatProbe.qcow2Magic) }
@@ -31,7 +32,7 @@ public enum Qcow2Format: BlockFormat {
         }
         let driver = try Qcow2Driver(header: header, file: file, backing: backing, writable: context.options.writable,
                                      repairing: context.options.repairing, forceShare: context.options.forceShare,
-                                     cacheBytes: defaultCacheBytes)
+                                     cacheBytes: context.options.metadataCacheBytes ?? defaultCacheBytes)
         return BlockNode(driver: driver, children: [(.file, file)])
     }
 }

@@ -35,6 +35,11 @@ struct Qcow2WriterState {
     /// The refcount table, read on the first write.
     var refcountTable: [UInt64]?
     var nextFreeCluster: UInt64 = 0
+    /// How far the file reaches: grown ahead of allocation in large steps, trimmed by flush.
+    var fileEnd: UInt64 = 0
+    /// False once growing ahead failed (a block device, a file system that refuses): appending
+    /// writes then extend the file themselves.
+    var growsAhead = true
     /// Where the next compressed cluster may start: inside the last cluster allocated, which
     /// compressed clusters share as QEMU packs them.
     var compressedTail: UInt64?
@@ -53,61 +58,97 @@ struct Qcow2WriterState {
 extension Qcow2Driver {
     static let copiedBit: UInt64 = 1 << 63
 
-    /// Writes cluster by cluster. Whole clusters that need a new host cluster are written outside
-    /// the writer lock — only allocating the cluster and publishing its entry take it — so writes
-    /// run in parallel; partial ones copy the rest of the cluster in under the lock.
+    /// Writes runs of whole clusters and partial clusters. A run of whole clusters that need new
+    /// host clusters gets them side by side and goes to the file in one write, outside the writer
+    /// lock — only allocating the clusters and publishing their entries take it — so writes run
+    /// in parallel; partial clusters copy the rest of the cluster in under the lock.
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
         try refuseWritesIfCorrupt()
-        try forEachCluster(at: byteOffset, count: buffer.count) { (cluster, inCluster, range) throws(BlockError) in
-            try writeCluster(cluster, at: inCluster, UnsafeRawBufferPointer(rebasing: buffer[range]))
+        let clusterSize = header.clusterSize
+        var done = 0
+        while done < buffer.count {
+            let offset = byteOffset + Int64(done)
+            let inCluster = Int(offset % Int64(clusterSize))
+            let wholeClusters = inCluster == 0 ? (buffer.count - done) / clusterSize : 0
+            if wholeClusters > 0 {
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[done..<done + wholeClusters * clusterSize])
+                done += try writeWholeClusters(from: UInt64(offset / Int64(clusterSize)), bytes) * clusterSize
+            } else {
+                let piece = min(buffer.count - done, clusterSize - inCluster)
+                try writePartialCluster(UInt64(offset / Int64(clusterSize)), at: inCluster,
+                                        UnsafeRawBufferPointer(rebasing: buffer[done..<done + piece]))
+                done += piece
+            }
         }
         try writer.withLock { (state) throws(BlockError) in try writeBackIfCacheIsFull(&state) }
     }
 
     func writeBackIfCacheIsFull(_ state: inout Qcow2WriterState) throws(BlockError) {
         let (dirtyCount, capacity) = cache.withLock { ($0.dirty.count, $0.capacity) }
-        if dirtyCount >= capacity / 2 || state.dirtyRefcountBlocks.count >= capacity { try writeBackMetadata(&state) }
+        if dirtyCount >= capacity / 2 || state.refcountBlocks.count >= refcountBlockCapacity { try writeBackMetadata(&state) }
     }
 
-    private enum ClusterWrite {
-        case inPlace(hostOffset: UInt64)
-        case newCluster(hostOffset: UInt64)
-        case done
-    }
-
-    private func writeCluster(_ cluster: UInt64, at inCluster: Int, _ bytes: UnsafeRawBufferPointer) throws(BlockError) {
-        let plan = try writer.withLock { (state) throws(BlockError) -> ClusterWrite in
+    /// Writes the leading clusters of `bytes` (whole clusters from guest cluster `first`) that
+    /// can go together — one cluster this image owns, overwritten in place, or every cluster up
+    /// to the next such one, each given a new host cluster — and returns how many it wrote.
+    private func writeWholeClusters(from first: UInt64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> Int {
+        let clusterSize = header.clusterSize
+        let available = bytes.count / clusterSize
+        enum Plan { case inPlace(UInt64), newClusters(UInt64, Int) }
+        let plan = try writer.withLock { (state) throws(BlockError) -> Plan in
             try prepareForWriting(&state)
-            let current = try entry(ofGuestCluster: cluster)
-            if case .data(let hostOffset) = current.mapping, current.isExclusive {
-                return .inPlace(hostOffset: hostOffset + UInt64(inCluster))
+            let current = try entry(ofGuestCluster: first)
+            if case .data(let hostOffset) = current.mapping, current.isExclusive { return .inPlace(hostOffset) }
+            var count = 1
+            while count < available {
+                let next = try entry(ofGuestCluster: first + UInt64(count))
+                if case .data = next.mapping, next.isExclusive { break }
+                count += 1
             }
-            let dataCluster = try allocateClusters(1, &state)
-            guard bytes.count == header.clusterSize else {
-                // What the guest sees now, with the new bytes over it, as one whole cluster.
-                let content = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 4096)
-                defer { content.deallocate() }
-                try read(at: Int64(cluster) * Int64(header.clusterSize), into: content)
-                UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
-                try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
-                try publish(dataCluster | Self.copiedBit, forGuestCluster: cluster, &state)
-                return .done
-            }
-            return .newCluster(hostOffset: dataCluster)
+            return .newClusters(try allocateClusters(UInt64(count), &state), count)
         }
         switch plan {
         case .inPlace(let hostOffset):
-            try file.driver.write(at: Int64(hostOffset), from: bytes)
-        case .newCluster(let hostOffset):
-            try file.driver.write(at: Int64(hostOffset), from: bytes)
-            try writer.withLock { (state) throws(BlockError) in try publish(hostOffset | Self.copiedBit, forGuestCluster: cluster, &state) }
-        case .done:
-            break
+            try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<clusterSize]))
+            return 1
+        case .newClusters(let hostOffset, let count):
+            try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
+            try writer.withLock { (state) throws(BlockError) in
+                for index in 0..<count {
+                    let host = hostOffset + UInt64(index * clusterSize)
+                    try publish(host | Self.copiedBit, forGuestCluster: first + UInt64(index), &state)
+                }
+            }
+            return count
         }
     }
 
+    /// Part of one cluster: in place when this image owns the cluster, else the whole cluster
+    /// as the guest sees it now, with the new bytes over it, goes to a new host cluster.
+    private func writePartialCluster(_ cluster: UInt64, at inCluster: Int, _ bytes: UnsafeRawBufferPointer) throws(BlockError) {
+        let inPlace = try writer.withLock { (state) throws(BlockError) -> UInt64? in
+            try prepareForWriting(&state)
+            let current = try entry(ofGuestCluster: cluster)
+            if case .data(let hostOffset) = current.mapping, current.isExclusive { return hostOffset + UInt64(inCluster) }
+            let dataCluster = try allocateClusters(1, &state)
+            let content = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 4096)
+            defer { content.deallocate() }
+            try read(at: Int64(cluster) * Int64(header.clusterSize), into: content)
+            UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
+            try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
+            try publish(dataCluster | Self.copiedBit, forGuestCluster: cluster, &state)
+            return nil
+        }
+        if let inPlace { try file.driver.write(at: Int64(inPlace), from: bytes) }
+    }
+
+    /// Writes back the metadata and trims what the file was grown ahead by, so that after a
+    /// flush the file ends where the image does (as qemu-img check reports it).
     public func flush() throws(BlockError) {
-        try writer.withLock { (state) throws(BlockError) in try writeBackMetadata(&state) }
+        try writer.withLock { (state) throws(BlockError) in
+            try writeBackMetadata(&state)
+            try trimGrowth(&state)
+        }
         try file.driver.flush()
     }
 

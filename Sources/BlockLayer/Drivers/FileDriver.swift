@@ -21,6 +21,9 @@ public enum CacheMode: String, Sendable, Hashable, CaseIterable {
     case writeback
     /// O_DIRECT: around the page cache, with aligned bounce buffers for unaligned requests.
     case none
+    /// Through the page cache, and flushes do nothing (QEMU's cache=unsafe, qemu-img convert's
+    /// default): for copies that are simply made again after a crash.
+    case unsafe
 }
 
 public final class FileDriver: BlockDriver {
@@ -176,7 +179,7 @@ public final class FileDriver: BlockDriver {
                 throw BlockError(.ioError, "flush of '\(path)' failed before (\(failure.errno)); data written since may be lost, so no later flush can succeed",
                                  cause: failure)
             }
-            guard writableFlag.load(ordering: .acquiring) else { return }
+            guard writableFlag.load(ordering: .acquiring), cache != .unsafe else { return }
             let descriptor = self.descriptor
             if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor.rawValue) }) {
                 flushFailure = failure

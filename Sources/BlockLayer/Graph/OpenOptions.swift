@@ -15,12 +15,15 @@ public struct OpenOptions: Sendable, Hashable {
     /// Opened by `check -r` (QEMU's BDRV_O_CHECK): an image marked corrupt may be opened
     /// read-write to be repaired, and a dirty one is left for the check to repair.
     public var repairing: Bool
+    /// Memory for a format's metadata caches (QEMU's cache-size); nil: the format's default.
+    public var metadataCacheBytes: Int?
     /// The raw format's window into its file.
     public var rawByteOffset: Int64
     public var rawWindowSize: Int64?
 
     public init(format: String? = nil, writable: Bool = false, forceShare: Bool = false, locking: LockingMode = .auto,
-                cache: CacheMode = .writeback, inactive: Bool = false, repairing: Bool = false, rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
+                cache: CacheMode = .writeback, inactive: Bool = false, repairing: Bool = false, metadataCacheBytes: Int? = nil,
+                rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
         self.format = format
         self.writable = writable
         self.forceShare = forceShare
@@ -28,6 +31,7 @@ public struct OpenOptions: Sendable, Hashable {
         self.cache = cache
         self.inactive = inactive
         self.repairing = repairing
+        self.metadataCacheBytes = metadataCacheBytes
         self.rawByteOffset = rawByteOffset
         self.rawWindowSize = rawWindowSize
     }

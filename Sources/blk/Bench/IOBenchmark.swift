@@ -28,7 +28,8 @@ struct IOBenchmarkPlan: Sendable {
     /// What the ratio should reach, for the report.
     var target = "≥ 0.95×"
 
-    /// Makes the image new and empty, if the plan asks for it.
+    /// Makes the image new and empty, if the plan asks for it, and lets the system write back
+    /// what earlier runs left dirty, so no run pays for the one before it.
     func refresh() throws(BlockError) {
         guard let freshBytes else { return }
         if format == "qcow2" {
@@ -36,6 +37,7 @@ struct IOBenchmarkPlan: Sendable {
         } else {
             try RawDriver.create(at: image, byteCount: freshBytes)
         }
+        sync()
     }
 
     /// The arguments that make qemu-img bench do the same work.
@@ -64,8 +66,9 @@ struct IOBenchmarkResult: Encodable {
 
 enum IOBenchmark {
     /// Seconds blk takes for the plan, with `depth` requests in flight: one thread per request
-    /// with O_DIRECT, where the device's latency is what parallel requests hide; at most one per
-    /// core through the page cache, where the CPU is the limit and more threads only contend.
+    /// with O_DIRECT, where the device's latency is what parallel requests hide; through the page
+    /// cache at most one per core for reads, where the CPU is the limit, and one for writes, which
+    /// the file system serializes on the inode's lock anyway (a second writer only convoys).
     static func runBlk(_ plan: IOBenchmarkPlan) throws(BlockError) -> Double {
         try plan.refresh()
         let image = try BlockImage.open(plan.image, options: OpenOptions(format: plan.format, writable: plan.write, cache: plan.cache),
@@ -75,7 +78,7 @@ enum IOBenchmark {
             throw BlockError(.invalidRequest, "the image (\(length) bytes) is smaller than one request")
         }
         let cores = ProcessInfo.processInfo.activeProcessorCount
-        let threads = max(1, min(plan.depth, plan.cache == .none ? 64 : cores))
+        let threads = max(1, min(plan.depth, plan.cache == .none ? 64 : plan.write ? 1 : cores))
         let next = Atomic<Int>(0)
         let failure = Mutex<BlockError?>(nil)
         let started = currentMonotonicNanoseconds()

@@ -23,7 +23,7 @@ struct IOBenchCommand: ParsableCommand {
     @Option(name: .short, help: "Cache mode: writeback or none.") var t = CacheMode.writeback
     @Option(help: "Byte value written.") var pattern: UInt8 = 0
     @Option(name: .short, help: "Image format (probed when not given).") var f: String?
-    @Option(help: "Runs of each side; the median is reported.") var rounds = 3
+    @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
     @Option(help: "Folder for the temporary image of the standard pair.") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
     @Flag(help: "Print JSON on stdout.") var json = false
@@ -70,8 +70,8 @@ struct IOBenchCommand: ParsableCommand {
             }
             for (number, plan) in plans.enumerated() {
                 let bytes = Double(plan.count * plan.requestBytes)
-                let blkSeconds = ours[number].median
-                let qemuSeconds = theirs[number].isEmpty ? nil : theirs[number].median
+                let blkSeconds = ours[number].best
+                let qemuSeconds = theirs[number].isEmpty ? nil : theirs[number].best
                 results.append(IOBenchmarkResult(
                     scenario: plan.summary, blkMbPerS: bytes / blkSeconds / 1e6, blkIops: Double(plan.count) / blkSeconds,
                     qemuImgMbPerS: qemuSeconds.map { bytes / $0 / 1e6 }, qemuImgIops: qemuSeconds.map { Double(plan.count) / $0 },

@@ -27,9 +27,12 @@ struct ImageOptions: ParsableArguments {
     @Option(help: "writeback (the page cache) or none (O_DIRECT).")
     var cache: CacheMode = .writeback
 
+    @Option(help: "Memory for qcow2 metadata (L2 tables and refcount blocks), e.g. 1M; default 4M.")
+    var cacheSize: ByteCount?
+
     func openOptions(writable: Bool) -> OpenOptions {
         OpenOptions(format: format, writable: writable && !readOnly, forceShare: forceShare,
-                    locking: locking, cache: cache)
+                    locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) })
     }
 
     /// Opens `path`, printing the open's warnings; `writable` is what the command would like

@@ -1,0 +1,121 @@
+// ConvertBenchmark: `blk convert` beside `qemu-img convert`, each a process of its own copying the
+// same source into a new image on the same file system, alternating who goes first; the best
+// wall time of each side is compared (Statistics.swift says why the best). The source is a raw image, half of it written with data
+// that compresses about as well as a guest's files (words from a small vocabulary), half zeroes.
+// Both sides run in the same cache mode: durable (flushed at the end: blk's default, qemu-img's
+// -t writeback) and unflushed (qemu-img's default, -t unsafe, blk's -t unsafe).
+import BlockLayer
+import Foundation
+import Glibc
+
+struct ConvertBenchmark {
+    struct Scenario: Encodable {
+        var scenario: String
+        var blkSeconds: Double
+        var qemuImgSeconds: Double?
+        var ratio: Double?
+        var target: String
+    }
+
+    let directory: String
+    let sourceBytes: Int64
+    let rounds: Int
+    let progress: Progress
+
+    var source: String { directory + "/blk-bench-convert-\(getpid()).raw" }
+    var output: String { directory + "/blk-bench-convert-\(getpid()).out" }
+
+    func run() throws(BlockError) -> [Scenario] {
+        try makeSource()
+        defer {
+            unlink(source)
+            unlink(output)
+        }
+        let scenarios: [(String, [String], String)] = [
+            ("raw → qcow2, durable (-t writeback)", ["-O", "qcow2", "-t", "writeback"], "≥ 1.0×"),
+            ("raw → qcow2, unflushed (-t unsafe, qemu-img's default)", ["-O", "qcow2", "-t", "unsafe"], "≥ 1.0×"),
+            ("raw → qcow2, compressed (-c -t unsafe)", ["-c", "-O", "qcow2", "-t", "unsafe"], "report only"),
+        ]
+        var results: [Scenario] = []
+        for (number, (name, arguments, target)) in scenarios.enumerated() {
+            var ours: [Double] = [], theirs: [Double] = []
+            for round in 0..<rounds {
+                progress.update(Double(number * rounds + round) / Double(scenarios.count * rounds), name)
+                if round.isMultiple(of: 2) { ours.append(try time(blkExecutable, ["convert", "-f", "raw"] + arguments + [source, output])) }
+                if let qemuImg = Self.qemuImg {
+                    theirs.append(try time(qemuImg, ["convert", "-f", "raw"] + arguments + [source, output]))
+                }
+                if !round.isMultiple(of: 2) { ours.append(try time(blkExecutable, ["convert", "-f", "raw"] + arguments + [source, output])) }
+            }
+            let qemuSeconds = theirs.isEmpty ? nil : theirs.best
+            results.append(Scenario(scenario: "\(name), \(humanSize(sourceBytes)) (half data)", blkSeconds: ours.best,
+                                    qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best }, target: target))
+        }
+        progress.finish()
+        return results
+    }
+
+    static var qemuImg: String? {
+        ["/usr/bin/qemu-img", "/usr/local/bin/qemu-img"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    private var blkExecutable: String { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0] }
+
+    /// Wall time of one run of `executable`, which must succeed; the output is removed after.
+    private func time(_ executable: String, _ arguments: [String]) throws(BlockError) -> Double {
+        unlink(output)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        let errors = Pipe()
+        process.standardError = errors
+        let started = DispatchTime.now().uptimeNanoseconds
+        do {
+            try process.run()
+        } catch {
+            throw BlockError(.ioError, "could not run \(executable): \(error)")
+        }
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        guard process.terminationStatus == 0 else { throw BlockError(.ioError, "\(executable) \(arguments) failed: \(text)") }
+        return seconds
+    }
+
+    /// Every other MiB written with words drawn from a small vocabulary, the rest left zero.
+    private func makeSource() throws(BlockError) {
+        try RawDriver.create(at: source, byteCount: sourceBytes)
+        let image = try BlockImage.open(source, options: OpenOptions(format: "raw", writable: true), formats: blkFormats)
+        let words = ["block", "layer", "qcow2", "cluster", "refcount", "snapshot", "guest", "kernel", "lock", "image", "\n", " "]
+        var generator = SplitMix(seed: 0x5eed)
+        var chunk = [UInt8]()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset: Int64 = 0
+        while offset < sourceBytes {
+            chunk.removeAll(keepingCapacity: true)
+            while chunk.count < 1 << 20 { chunk += words[Int(generator.next() % UInt64(words.count))].utf8 }
+            buffer.copyBytes(from: chunk[0..<1 << 20])
+            let count = Int(min(Int64(1 << 20), sourceBytes - offset))
+            try image.write(at: offset, from: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+            offset += 2 << 20
+        }
+        try image.flush()
+    }
+}
+
+/// A small, fast, seeded generator, so every run converts the same bytes.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var value = state
+        value = (value ^ (value >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        value = (value ^ (value >> 27)) &* 0x94d0_49bb_1331_11eb
+        return value ^ (value >> 31)
+    }
+}

@@ -1,0 +1,42 @@
+// `blk bench convert`: blk convert beside qemu-img convert on the same source (Bench/ConvertBenchmark.swift).
+import ArgumentParser
+import BlockLayer
+import Foundation
+
+struct ConvertBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "convert", abstract: "blk convert beside qemu-img convert: the same source, the same output format, alternating.")
+
+    @Option(help: "Size of the source image (half of it data).") var size = ByteCount(1 << 30)
+    @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
+    @Option(help: "Folder for the source and output images.") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
+    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
+    @Flag(help: "Print JSON on stdout.") var json = false
+
+    func validate() throws {
+        guard rounds > 0, size.value > 0 else { throw ValidationError("--rounds and --size must be positive") }
+    }
+
+    func run() throws {
+        let results: [ConvertBenchmark.Scenario]
+        do throws(BlockError) {
+            results = try ConvertBenchmark(directory: dir, sourceBytes: size.value, rounds: rounds, progress: Progress(forced: p)).run()
+        } catch {
+            throw report(error, json: json)
+        }
+        if json {
+            printJSON(results)
+            return
+        }
+        for result in results {
+            print("blk bench convert: \(result.scenario)")
+            print("  blk        " + String(format: "%8.3f s", result.blkSeconds))
+            if let seconds = result.qemuImgSeconds, let ratio = result.ratio {
+                print("  qemu-img   " + String(format: "%8.3f s", seconds))
+                print("  ratio      " + String(format: "%.2f× (target %@)", ratio, result.target))
+            } else {
+                print("  qemu-img   not installed (Debian package qemu-utils): no baseline")
+            }
+        }
+    }
+}
