@@ -2,13 +2,29 @@
 // budget so memory stays flat however large the image (QEMU's l2-cache-size). Both live behind
 // one lock, so a lookup costs one lock, not two. The least recently used goes first — but never
 // a dirty table (changed in memory, not yet on disk): the writer writes those back, in order,
-// before they may go (Qcow2Writer.swift). A hit costs a dictionary lookup and a counter; the
-// search for the oldest table happens only when one must go.
+// before they may go (Qcow2Writer.swift).
+//
+// A hit is one hash lookup — none at all when it is the table the last lookup used, which is
+// what sequential and nearby requests hit — and a counter; the entry is read in place, the
+// table is not copied. The search for the oldest table happens only when one must go.
 
 struct L2TableCache {
+    /// One cached table; a class so a hit updates its age and reads its entry in place.
+    final class Table {
+        var entries: [UInt64]
+        var lastUse: UInt64
+
+        init(_ entries: [UInt64], lastUse: UInt64) {
+            self.entries = entries
+            self.lastUse = lastUse
+        }
+    }
+
     /// The active L1 table; the writer changes entries when it allocates L2 tables.
     var l1: [UInt64]
-    private var tables: [UInt64: (entries: [UInt64], lastUse: UInt64)] = [:]
+    private var tables: [UInt64: Table] = [:]
+    private var lastOffset: UInt64 = 0
+    private var lastTable: Table?
     private var clock: UInt64 = 0
     private(set) var dirty: Set<UInt64> = []
     let capacity: Int
@@ -24,35 +40,62 @@ struct L2TableCache {
     mutating func lookup(l1Index index: Int, entryIndex: Int) -> (l2Offset: UInt64, entry: UInt64?) {
         let l2Offset = (l1.indices.contains(index) ? l1[index] : 0) & 0x00ff_ffff_ffff_fe00
         guard l2Offset != 0 else { return (0, nil) }
-        return (l2Offset, table(at: l2Offset)?[entryIndex])
+        return (l2Offset, cached(l2Offset)?.entries[entryIndex])
     }
 
-    mutating func table(at offset: UInt64) -> [UInt64]? {
-        guard let entries = tables[offset]?.entries else { return nil }
-        clock += 1
-        tables[offset]?.lastUse = clock
-        return entries
+    private mutating func cached(_ offset: UInt64) -> Table? {
+        let table: Table
+        if offset == lastOffset, let last = lastTable {
+            table = last
+        } else {
+            guard let found = tables[offset] else { return nil }
+            table = found
+            lastOffset = offset
+            lastTable = found
+        }
+        // Hits on the table used last write nothing: the cache line stays shared between the
+        // cores reading through it.
+        if table.lastUse != clock {
+            clock += 1
+            table.lastUse = clock
+        }
+        return table
     }
 
-    mutating func insert(_ table: [UInt64], at offset: UInt64) {
+    mutating func table(at offset: UInt64) -> [UInt64]? { cached(offset)?.entries }
+
+    mutating func insert(_ entries: [UInt64], at offset: UInt64) {
         clock += 1
-        tables[offset] = (table, clock)
+        if let existing = tables[offset] {
+            existing.entries = entries
+            existing.lastUse = clock
+        } else {
+            tables[offset] = Table(entries, lastUse: clock)
+        }
         evictCleanTables()
     }
 
     /// Stores a table the writer changed; it stays until `markClean`.
-    mutating func insertDirty(_ table: [UInt64], at offset: UInt64) {
+    mutating func insertDirty(_ entries: [UInt64], at offset: UInt64) {
         dirty.insert(offset)
-        insert(table, at: offset)
+        insert(entries, at: offset)
     }
 
     /// Changes one entry of a cached table in place (no copy of the table) and marks it dirty;
     /// false when the table is not cached.
     mutating func setEntry(_ value: UInt64, at index: Int, ofTableAt offset: UInt64) -> Bool {
-        guard tables[offset] != nil else { return false }
-        tables[offset]?.entries[index] = value
+        guard let table = tables[offset] else { return false }
+        table.entries[index] = value
         dirty.insert(offset)
         return true
+    }
+
+    private func oldestCleanTable() -> UInt64? {
+        var oldest: (offset: UInt64, lastUse: UInt64)?
+        for (offset, table) in tables where !dirty.contains(offset) && table.lastUse < (oldest?.lastUse ?? .max) {
+            oldest = (offset, table.lastUse)
+        }
+        return oldest?.offset
     }
 
     mutating func markClean(_ offset: UInt64) {
@@ -61,9 +104,12 @@ struct L2TableCache {
     }
 
     private mutating func evictCleanTables() {
-        while tables.count > capacity,
-              let victim = tables.filter({ !dirty.contains($0.key) }).min(by: { $0.value.lastUse < $1.value.lastUse })?.key {
+        while tables.count > capacity, let victim = oldestCleanTable() {
             tables[victim] = nil
+            if victim == lastOffset {
+                lastOffset = 0
+                lastTable = nil
+            }
         }
     }
 }
