@@ -1,7 +1,7 @@
 // MetadataCacheBenchmark: resident memory while a qcow2 image's metadata grows far past the
-// metadata cache. A 64 GiB image with 4 KiB clusters gets one 4 KiB write in every 2 MiB — each
-// in the range of a new L2 table — so 128 MiB of L2 tables (and their refcount blocks) come into
-// being, then every block is read back. The baseline is that metadata itself: what memory would
+// metadata cache. An image with 4 KiB clusters (64 GiB by default) gets one 4 KiB write in every
+// 2 MiB — each in the range of a new L2 table — so its L2 tables (128 MiB of them by default,
+// and their refcount blocks) come into being, then every block is read back. The baseline is that metadata itself: what memory would
 // grow by if nothing were ever evicted.
 import BlockLayer
 import Foundation
@@ -13,15 +13,16 @@ struct MetadataCacheBenchmark {
         var cacheBytes: Int
         var writes: Int
         /// Resident set after 25, 50, 75 and 100 % of the writes, then after reading all back.
-        var residentMiB: [Double]
-        var metadataMiB: Double
+        var residentMebibytes: [Double]
+        var metadataMebibytes: Double
         /// Growth from the first sample to the largest later one, against the metadata made in between.
-        var residentGrowthMiB: Double
-        var metadataGrowthMiB: Double
+        var residentGrowthMebibytes: Double
+        var metadataGrowthMebibytes: Double
     }
 
     let directory: String
     let cacheBytes: Int
+    let virtualBytes: Int64
     let progress: Progress
 
     func run() throws(BlockError) -> Results {
@@ -29,11 +30,10 @@ struct MetadataCacheBenchmark {
         defer { unlink(path) }
         let clusterSize = 4096
         let tableSpan: Int64 = Int64(clusterSize / 8 * clusterSize) // guest bytes one L2 table maps
-        let virtualBytes: Int64 = 64 << 30
         try Qcow2Format.create(at: path, virtualSize: virtualBytes, clusterSize: clusterSize)
         let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, metadataCacheBytes: cacheBytes),
                                         formats: blkFormats)
-        let writes = Int(virtualBytes / tableSpan)
+        let writes = max(4, Int(virtualBytes / tableSpan))
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
         defer { block.deallocate() }
         var resident: [Double] = []
@@ -41,7 +41,7 @@ struct MetadataCacheBenchmark {
             block.storeBytes(of: UInt32(index), as: UInt32.self)
             try image.write(at: Int64(index) * tableSpan, from: UnsafeRawBufferPointer(block))
             if (index + 1) % (writes / 4) == 0 {
-                resident.append(Self.residentMiB())
+                resident.append(Self.residentMebibytes())
                 progress.update(Double(index + 1) / Double(writes * 2), "writes")
             }
         }
@@ -52,19 +52,19 @@ struct MetadataCacheBenchmark {
                 throw BlockError(.corrupt, "block \(index) read back wrong")
             }
         }
-        resident.append(Self.residentMiB())
+        resident.append(Self.residentMebibytes())
         progress.finish()
         try image.close()
         // Each write made one L2 table; 16-bit refcounts count 2048 clusters per block.
         let clustersMade = Double(writes * 2)
-        let metadataMiB = (Double(writes) + clustersMade / Double(clusterSize / 2)) * Double(clusterSize) / Double(1 << 20)
-        return Results(cacheBytes: cacheBytes, writes: writes, residentMiB: resident, metadataMiB: metadataMiB,
-                       residentGrowthMiB: (resident.dropFirst().max() ?? resident[0]) - resident[0],
-                       metadataGrowthMiB: metadataMiB * 3 / 4)
+        let metadataMebibytes = (Double(writes) + clustersMade / Double(clusterSize / 2)) * Double(clusterSize) / Double(1 << 20)
+        return Results(cacheBytes: cacheBytes, writes: writes, residentMebibytes: resident, metadataMebibytes: metadataMebibytes,
+                       residentGrowthMebibytes: (resident.dropFirst().max() ?? resident[0]) - resident[0],
+                       metadataGrowthMebibytes: metadataMebibytes * 3 / 4)
     }
 
     /// VmRSS from /proc/self/status.
-    static func residentMiB() -> Double {
+    static func residentMebibytes() -> Double {
         guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
               let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else { return .nan }

@@ -5,9 +5,10 @@ import Foundation
 
 struct CacheBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "cache", abstract: "Resident memory while 128 MiB of qcow2 metadata pass through the metadata cache.")
+        commandName: "cache", abstract: "Resident memory while qcow2 metadata (128 MiB by default) passes through the metadata cache.")
 
     @Option(help: "The metadata cache size under test.") var cacheSize = ByteCount(4 << 20)
+    @Option(help: "The image's virtual size: every 2 MiB of it makes a 4 KiB L2 table.") var size = ByteCount(64 << 30)
     @Option(help: "Folder for the benchmark's image.") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
     @Flag(help: "Print JSON on stdout.") var json = false
@@ -15,7 +16,8 @@ struct CacheBenchCommand: ParsableCommand {
     func run() throws {
         let results: MetadataCacheBenchmark.Results
         do throws(BlockError) {
-            results = try MetadataCacheBenchmark(directory: dir, cacheBytes: Int(cacheSize.value), progress: Progress(forced: p)).run()
+            results = try MetadataCacheBenchmark(directory: dir, cacheBytes: Int(cacheSize.value), virtualBytes: size.value,
+                                             progress: Progress(forced: p)).run()
         } catch {
             throw report(error, json: json)
         }
@@ -23,12 +25,12 @@ struct CacheBenchCommand: ParsableCommand {
             printJSON(results)
             return
         }
-        let samples = results.residentMiB.map { String(format: "%.1f", $0) }
+        let samples = results.residentMebibytes.map { String(format: "%.1f", $0) }
         print("blk bench cache: \(results.writes) writes, each making an L2 table; cache \(humanSize(Int64(results.cacheBytes)))")
         print("  resident MiB at 25/50/75/100 % of writes, after reads: " + samples.joined(separator: " / "))
-        print("  metadata made: " + String(format: "%.1f MiB", results.metadataMiB))
-        print("  growth after the first quarter: resident " + String(format: "%.1f MiB", results.residentGrowthMiB)
-              + ", metadata " + String(format: "%.1f MiB", results.metadataGrowthMiB)
-              + String(format: " — ratio %.3f (target: flat, growth ≤ the cache size)", results.residentGrowthMiB / results.metadataGrowthMiB))
+        print("  metadata made: " + String(format: "%.1f MiB", results.metadataMebibytes))
+        print("  growth after the first quarter: resident " + String(format: "%.1f MiB", results.residentGrowthMebibytes)
+              + ", metadata " + String(format: "%.1f MiB", results.metadataGrowthMebibytes)
+              + String(format: " — ratio %.3f (target: flat, growth ≤ the cache size)", results.residentGrowthMebibytes / results.metadataGrowthMebibytes))
     }
 }

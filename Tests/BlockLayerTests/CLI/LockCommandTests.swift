@@ -192,3 +192,33 @@ struct Qcow2BenchTests {
         try qemuIO(["-f", "qcow2", "-r", "-c", "read -P 9 0 96M", image])
     }
 }
+
+@Suite("blk bench convert and bench cache")
+struct ConvertAndCacheBenchTests {
+    @Test("bench convert runs blk and qemu-img convert on the same source, reports both, and cleans up")
+    func convert() throws {
+        let scratch = try Scratch()
+        let bench = try run(blkPath, ["bench", "convert", "--json", "--size", "16M", "--rounds", "1", "--dir", scratch.directory])
+        #expect(bench.status == 0, "\(bench)")
+        let results = try #require(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [[String: Any]])
+        #expect(results.count == 3)
+        for result in results {
+            #expect((result["blk-seconds"] as? Double ?? 0) > 0 && (result["qemu-img-seconds"] as? Double ?? 0) > 0, "\(result)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.directory).isEmpty)
+    }
+
+    @Test("bench cache: resident memory stays within the cache size while the metadata grows past it")
+    func cache() throws {
+        let scratch = try Scratch()
+        // 4 GiB of 4 KiB clusters: 2048 L2 tables, 8 MiB of them, through a 256 KiB cache.
+        let bench = try run(blkPath, ["bench", "cache", "--json", "--size", "4G", "--cache-size", "256k", "--dir", scratch.directory])
+        #expect(bench.status == 0, "\(bench)")
+        let result = try #require(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any])
+        #expect(result["writes"] as? Int == 2048)
+        let metadataGrowth = result["metadata-growth-mebibytes"] as? Double ?? 0
+        #expect(metadataGrowth > 5, "\(result)")
+        #expect((result["resident-growth-mebibytes"] as? Double ?? .infinity) < metadataGrowth / 2, "\(result)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.directory).isEmpty)
+    }
+}

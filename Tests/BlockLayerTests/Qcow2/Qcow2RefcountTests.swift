@@ -50,3 +50,22 @@ struct Qcow2RefcountTests {
         return try run("/usr/bin/qemu-img", ["check", image]).status == 0
     }
 }
+
+@Suite("qcow2 metadata cache bound")
+struct Qcow2CacheSizeTests {
+    @Test("a metadata cache of four tables: writes and reads across 300 L2 tables stay right, the image clean")
+    func tinyCache() throws {
+        let scratch = try Scratch()
+        let image = scratch.directory + "/small-cache.qcow2"
+        #expect(try blk("create", "--cluster-size", "4k", image, "1G").status == 0)
+        // One write every 3 MiB lands in a new 4 KiB L2 table (each maps 2 MiB) every time.
+        let writes = (0..<300).map { "write -P \($0 % 250 + 1) \($0 * 3)M 4k" }
+        let wrote = try run(blkPath, ["io", "--cache-size", "16k", image] + writes.flatMap { ["-c", $0] })
+        #expect(wrote.status == 0, "\(wrote)")
+        #expect(try run("/usr/bin/qemu-img", ["check", image]).status == 0)
+        let reads = (0..<300).map { "read -P \($0 % 250 + 1) \($0 * 3)M 4k" }
+        let read = try run(blkPath, ["io", "-r", "--cache-size", "16k", image] + reads.flatMap { ["-c", $0] })
+        #expect(read.status == 0 && !read.stdout.contains("failed"), "\(read)")
+        try qemuIO(["-f", "qcow2", "-r", "-c", "read -P 1 0 4k", "-c", "read -P 50 897M 4k", "-c", "read -P 0 1M 1M", image])
+    }
+}
