@@ -27,6 +27,10 @@ struct L2TableCache {
     private var lastTable: Table?
     private var clock: UInt64 = 0
     private(set) var dirty: Set<UInt64> = []
+    /// Counts the writer's changes to tables. A reader that read a table from disk inserts it
+    /// only if nothing changed meanwhile: else its copy may predate a change the writer made
+    /// (and maybe wrote back and evicted) while the read was under way.
+    private(set) var generation: UInt64 = 0
     let capacity: Int
 
     /// `budgetBytes` of tables of `clusterSize` bytes each; at least four.
@@ -64,7 +68,16 @@ struct L2TableCache {
 
     mutating func table(at offset: UInt64) -> [UInt64]? { cached(offset)?.entries }
 
-    mutating func insert(_ entries: [UInt64], at offset: UInt64) {
+    /// A table read from disk while `generation` was `readAt`: the cached one if there is one
+    /// (it may be newer), this one if nothing changed since, nil if the read must be redone.
+    mutating func insertRead(_ entries: [UInt64], at offset: UInt64, readAt: UInt64) -> [UInt64]? {
+        if let cached = table(at: offset) { return cached }
+        guard generation == readAt else { return nil }
+        insert(entries, at: offset)
+        return entries
+    }
+
+    private mutating func insert(_ entries: [UInt64], at offset: UInt64) {
         clock += 1
         if let existing = tables[offset] {
             existing.entries = entries
@@ -77,6 +90,7 @@ struct L2TableCache {
 
     /// Stores a table the writer changed; it stays until `markClean`.
     mutating func insertDirty(_ entries: [UInt64], at offset: UInt64) {
+        generation += 1
         dirty.insert(offset)
         insert(entries, at: offset)
     }
@@ -85,6 +99,7 @@ struct L2TableCache {
     /// false when the table is not cached.
     mutating func setEntry(_ value: UInt64, at index: Int, ofTableAt offset: UInt64) -> Bool {
         guard let table = tables[offset] else { return false }
+        generation += 1
         table.entries[index] = value
         dirty.insert(offset)
         return true
@@ -99,6 +114,7 @@ struct L2TableCache {
     }
 
     mutating func markClean(_ offset: UInt64) {
+        generation += 1
         dirty.remove(offset)
         evictCleanTables()
     }

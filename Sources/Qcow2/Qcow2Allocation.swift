@@ -133,20 +133,29 @@ extension Qcow2Driver {
         let tableOffset = state.nextFreeCluster * clusterSize
         state.nextFreeCluster += tableClusters
         state.refcountTable = old + [UInt64](repeating: 0, count: Int(entries) - old.count)
-        for cluster in tableOffset / clusterSize..<tableOffset / clusterSize + tableClusters {
-            try setRefcount(ofCluster: cluster, to: 1, &state)
+        do throws(BlockError) {
+            for cluster in tableOffset / clusterSize..<tableOffset / clusterSize + tableClusters {
+                try setRefcount(ofCluster: cluster, to: 1, &state)
+            }
+            try writeRefcountBlocks(&state)
+            try file.driver.flush()
+            var table = [UInt8](repeating: 0, count: Int(tableClusters * clusterSize))
+            for (index, entry) in state.refcountTable!.enumerated() { table.setBigEndian(entry, at: index * 8) }
+            try writeBytes(table, at: tableOffset)
+            try file.driver.flush()
+            var fields = [UInt8](repeating: 0, count: 12)
+            fields.setBigEndian(tableOffset, at: 0)
+            fields.setBigEndian(UInt32(tableClusters), at: 8)
+            try writeBytes(fields, at: 48)
+            try file.driver.flush()
+        } catch {
+            // Which table the header names is unknown now (both are whole on disk): this open
+            // writes nothing more, so neither is overwritten from a stale picture of the other.
+            state.refcountTable = old
+            state.failure = BlockError(.ioError, "qcow2: growing the refcount table failed, so this open writes no more: \(error.message)",
+                                       cause: error.cause)
+            throw state.failure!
         }
-        try writeRefcountBlocks(&state)
-        try file.driver.flush()
-        var table = [UInt8](repeating: 0, count: Int(tableClusters * clusterSize))
-        for (index, entry) in state.refcountTable!.enumerated() { table.setBigEndian(entry, at: index * 8) }
-        try writeBytes(table, at: tableOffset)
-        try file.driver.flush()
-        var fields = [UInt8](repeating: 0, count: 12)
-        fields.setBigEndian(tableOffset, at: 0)
-        fields.setBigEndian(UInt32(tableClusters), at: 8)
-        try writeBytes(fields, at: 48)
-        try file.driver.flush()
         let oldFirst = state.refcountTableOffset / clusterSize
         state.pendingReleases += Array(oldFirst..<oldFirst + state.refcountTableClusters)
         state.pendingRefcountTable = [:]

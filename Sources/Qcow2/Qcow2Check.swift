@@ -59,6 +59,9 @@ public struct Qcow2CheckResult: Sendable {
 }
 
 extension Qcow2Driver {
+    /// 2^28 clusters: 16 TiB of file in 64 KiB clusters, 3 GiB of counts.
+    static let maxCheckedClusters: UInt64 = 1 << 28
+
     /// Counts references and compares them with the stored refcounts; with `repair`, fixes what
     /// it may (the image must be open read-write).
     public func check(repair: Qcow2Repair? = nil) throws(BlockError) -> Qcow2CheckResult {
@@ -66,6 +69,11 @@ extension Qcow2Driver {
     }
 
     func checkAndRepair(_ repair: Qcow2Repair?, _ state: inout Qcow2WriterState) throws(BlockError) -> Qcow2CheckResult {
+        // Persistent dirty bitmaps (autoclear bit 0) own clusters this check does not count yet:
+        // it would call them leaks, and a repair would free them.
+        if header.autoclearFeatures & 1 != 0 && !state.autoclearCleared {
+            throw BlockError(.unsupported, "qcow2: checking images with persistent dirty bitmaps is not supported by this build of blk")
+        }
         // What this open still holds in memory goes to disk first, so the check sees it.
         try writeBackMetadata(&state)
         var result = try analyse(state)
@@ -116,15 +124,23 @@ extension Qcow2Driver {
         let clusterSize = UInt64(header.clusterSize)
         let fileLength = UInt64(try file.driver.length())
         let fileClusters = (fileLength + clusterSize - 1) / clusterSize
+        // A count per cluster of the file: a (sparse) file too large for that is refused, not
+        // allowed to exhaust memory.
+        guard fileClusters <= Self.maxCheckedClusters else {
+            throw BlockError(.unsupported, "qcow2: the image file has \(fileClusters) clusters, more than this check counts (\(Self.maxCheckedClusters))")
+        }
         var references = [UInt32](repeating: 0, count: Int(fileClusters))
 
         func reference(_ offset: UInt64, bytes: UInt64, _ what: String) {
             guard bytes > 0 else { return }
-            guard offset + bytes <= fileClusters * clusterSize else {
+            let (end, overflow) = offset.addingReportingOverflow(bytes)
+            guard !overflow, end <= fileClusters * clusterSize else {
                 result.otherErrors.append("ERROR \(what) at offset 0x\(String(offset, radix: 16)) is past the end of the file")
                 return
             }
-            for cluster in offset / clusterSize...(offset + bytes - 1) / clusterSize { references[Int(cluster)] += 1 }
+            for cluster in offset / clusterSize...(end - 1) / clusterSize where references[Int(cluster)] < .max {
+                references[Int(cluster)] += 1
+            }
         }
 
         let activeL1Size = cache.withLock { $0.l1.count }
@@ -152,7 +168,8 @@ extension Qcow2Driver {
         }
         for (tableNumber, (l1Offset, entries, name)) in l1Tables.enumerated() {
             reference(l1Offset, bytes: UInt64(entries) * 8, name)
-            guard l1Offset % clusterSize == 0, l1Offset + UInt64(entries) * 8 <= fileLength else {
+            let (l1End, overflow) = l1Offset.addingReportingOverflow(UInt64(entries) * 8)
+            guard l1Offset % clusterSize == 0, !overflow, l1End <= fileLength else {
                 result.otherErrors.append("ERROR \(name) at offset 0x\(String(l1Offset, radix: 16)) is invalid")
                 continue
             }

@@ -60,7 +60,10 @@ extension Qcow2Driver {
     private func allocateBytes(_ count: Int, _ state: inout Qcow2WriterState) throws(BlockError) -> UInt64 {
         let clusterSize = UInt64(header.clusterSize)
         var start = state.nextFreeCluster * clusterSize
-        if let tail = state.compressedTail, tail % clusterSize != 0, tail / clusterSize + 1 == state.nextFreeCluster {
+        // Continue the last compressed cluster's host cluster while its refcount can count one
+        // more sharer (QEMU's qcow2_alloc_bytes does the same).
+        if let tail = state.compressedTail, tail % clusterSize != 0, tail / clusterSize + 1 == state.nextFreeCluster,
+           try refcount(ofCluster: tail / clusterSize, &state) < refcountWidth.maximum {
             start = tail
         }
         let end = start + UInt64(count)

@@ -107,18 +107,20 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     func l2Table(at offset: UInt64) throws(BlockError) -> [UInt64] {
-        if let table = cache.withLock({ $0.table(at: offset) }) { return table }
-        guard offset % UInt64(header.clusterSize) == 0 else {
-            throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) unaligned")
+        while true {
+            let (cached, generation) = cache.withLock { ($0.table(at: offset), $0.generation) }
+            if let cached { return cached }
+            guard offset % UInt64(header.clusterSize) == 0 else {
+                throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) unaligned")
+            }
+            let fileLength = try file.driver.length()
+            guard offset >= UInt64(header.clusterSize), offset + UInt64(header.clusterSize) <= UInt64(fileLength) else {
+                throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
+            }
+            let raw = try Self.readBytes(file, at: offset, count: header.clusterSize)
+            let table = (0..<header.l2Entries).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
+            if let current = cache.withLock({ $0.insertRead(table, at: offset, readAt: generation) }) { return current }
         }
-        let fileLength = try file.driver.length()
-        guard offset >= UInt64(header.clusterSize), offset + UInt64(header.clusterSize) <= UInt64(fileLength) else {
-            throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
-        }
-        let raw = try Self.readBytes(file, at: offset, count: header.clusterSize)
-        let table = (0..<header.l2Entries).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
-        cache.withLock { $0.insert(table, at: offset) }
-        return table
     }
 
     /// Splits a request into its pieces, one per guest cluster: the cluster, the offset inside

@@ -53,6 +53,9 @@ struct Qcow2WriterState {
     var dirtyRefcountBlocks: Set<UInt64> = []
     /// Refcount table entries of new blocks, written once the blocks are durable.
     var pendingRefcountTable: [Int: UInt64] = [:]
+    /// Set when a metadata update failed halfway in a way memory cannot mirror: every later
+    /// write and write-back fails with it rather than write from a stale picture.
+    var failure: BlockError?
 }
 
 extension Qcow2Driver {
@@ -154,6 +157,7 @@ extension Qcow2Driver {
 
     /// Steps 1–4 of the order above.
     func writeBackMetadata(_ state: inout Qcow2WriterState) throws(BlockError) {
+        if let failure = state.failure { throw failure }
         let dirty = cache.withLock { cache in cache.dirty.map { ($0, cache.table(at: $0)!) } }
         guard !dirty.isEmpty || !state.pendingL1.isEmpty || !state.pendingReleases.isEmpty
               || !state.dirtyRefcountBlocks.isEmpty else { return }
@@ -179,11 +183,12 @@ extension Qcow2Driver {
         }
         if !state.pendingReleases.isEmpty {
             try file.driver.flush()
-            for cluster in state.pendingReleases {
+            // Each release leaves the list as it is applied: after an error, none is applied twice
+            // (one not applied is a leak).
+            while let cluster = state.pendingReleases.popLast() {
                 let count = try refcount(ofCluster: cluster, &state)
                 if count > 0 { try setRefcount(ofCluster: cluster, to: count - 1, &state) }
             }
-            state.pendingReleases = []
             try writeRefcountBlocks(&state)
         }
         try file.driver.flush()
@@ -209,6 +214,7 @@ extension Qcow2Driver {
     /// asks of a writer that does not know them, and repairs the refcounts of a dirty image (one
     /// that lazy refcounts left unfinished), as QEMU does when it opens one read-write.
     func prepareForWriting(_ state: inout Qcow2WriterState) throws(BlockError) {
+        if let failure = state.failure { throw failure }
         guard state.refcountTable == nil else { return }
         if header.autoclearFeatures != 0 && !state.autoclearCleared {
             try writeBigEndian(UInt64(0), at: 88)

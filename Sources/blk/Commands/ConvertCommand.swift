@@ -38,7 +38,13 @@ struct ConvertCommand: ParsableCommand {
         do throws(BlockError) {
             let length = try input.length()
             let output = try createOutput(destination, length: length)
-            let compressor = compress ? output.root.driver as? Qcow2Driver : nil
+            var compressor: Qcow2Driver?
+            if compress {
+                guard let qcow2 = output.root.driver as? Qcow2Driver else {
+                    throw BlockError(.unsupported, "Compression not supported for this file format")
+                }
+                compressor = qcow2
+            }
             // Zeroes are skipped cluster by cluster in qcow2 (an unallocated cluster), in 64 KiB
             // holes in raw.
             let pieceBytes = outputFormat == "qcow2" ? Int(clusterSize.value) : Self.holeBytes

@@ -94,6 +94,23 @@ struct HostileImageTests {
         #expect(refused.status == 65 && refused.stderr == "blk: qcow2: Image is corrupt; cannot be opened read/write\n", "\(refused)")
     }
 
+    @Test("a snapshot whose L1 table lies at the top of the address space: check reports it, no crash, no write")
+    func snapshotL1AtTheTop() throws {
+        let scratch = try Scratch()
+        let image = try scratch.qcow2Image(size: "64M")
+        try qemuIO(["-f", "qcow2", "-c", "write -P 1 0 64k", image])
+        try qemuImg(["snapshot", "-c", "s", image])
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: image))
+        let table = Int(bytes[64..<72].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+        bytes.replaceSubrange(table..<table + 8, with: Damage.be64(0xffff_ffff_ffff_fe00))
+        try bytes.write(to: URL(fileURLWithPath: image))
+        let checked = try run(blkPath, ["check", image], within: 20)
+        #expect(checked.status == 2, "\(checked)")
+        #expect(checked.stderr.contains("snapshot 1 L1 table at offset 0xfffffffffffffe00"), "\(checked)")
+        #expect(try run("/usr/bin/qemu-img", ["check", image]).status != 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == bytes)
+    }
+
     @Test("a backing chain that loops back to itself is refused")
     func backingLoop() throws {
         let scratch = try Scratch()
