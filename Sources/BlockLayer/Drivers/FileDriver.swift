@@ -138,7 +138,8 @@ public final class FileDriver: BlockDriver {
                 try self.writeFully(descriptor, at: start, from: UnsafeRawBufferPointer(bounce))
                 // The aligned tail may have grown the file past what was asked for.
                 if start + Int64(bounce.count) > lengthBefore {
-                    let wanted = max(lengthBefore, byteOffset + Int64(buffer.count))
+                    // The length now, not before: another request may have grown the file since.
+                    let wanted = max(try self.length(), byteOffset + Int64(buffer.count))
                     if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor.rawValue, off_t(wanted)) }) {
                         throw BlockError.systemCall(failure, "trim '\(self.path)' after an unaligned direct write")
                     }

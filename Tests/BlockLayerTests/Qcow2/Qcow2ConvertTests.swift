@@ -67,6 +67,19 @@ struct Qcow2ConvertTests {
                     "-c", "read -P 0x35 1G 64k", "-c", "read -P 0x32 1073807360 36k", image])
     }
 
+    @Test("-t none (O_DIRECT) and -t unsafe (never flushed) make the same copy as the default")
+    func cacheModes() throws {
+        let source = try scratch.qcow2Image("modes.qcow2", size: "256M")
+        try qemuIO(["-f", "qcow2", "-c", "write -P 0x41 0 1M", "-c", "write -P 0x42 100M 3000", source])
+        for mode in ["none", "unsafe", "writeback"] {
+            let copy = scratch.directory + "/copy-\(mode).qcow2"
+            let converted = try blk("convert", "-t", mode, "-O", "qcow2", source, copy)
+            #expect(converted.status == 0, "\(converted)")
+            try expectIdentical(source, copy)
+            #expect(try run("/usr/bin/qemu-img", ["check", copy]).status == 0)
+        }
+    }
+
     @Test("-c into a raw image is refused before anything is created")
     func compressedRaw() throws {
         let source = try scratch.rawImage()
