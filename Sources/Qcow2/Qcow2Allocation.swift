@@ -25,7 +25,7 @@ extension Qcow2Driver {
     func loadRefcountTable(_ state: inout Qcow2WriterState) throws(BlockError) {
         let clusterSize = UInt64(header.clusterSize)
         let raw = try Self.readBytes(file, at: state.refcountTableOffset, count: Int(state.refcountTableClusters * clusterSize))
-        state.refcountTable = (0..<raw.count / 8).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
+        state.refcountTable = raw.bigEndianEntries
         let fileLength = UInt64(try file.driver.length())
         state.nextFreeCluster = (fileLength + clusterSize - 1) / clusterSize
         state.fileEnd = fileLength

@@ -92,7 +92,7 @@ extension Qcow2Driver {
         try writeBackMetadata(&state)
         result.corruptionsFixed = result.refcountErrors.count + recounted.copiedFlagErrors.count
         if try analyse(state).corruptionCount == 0 {
-            let features = try Self.readBytes(file, at: 72, count: 8).bigEndian(UInt64.self, at: 0)
+            let features = try incompatibleFeaturesOnDisk()
             if header.version >= 3 && features & (Qcow2Header.dirtyBit | Qcow2Header.corruptBit) != 0 {
                 try writeBigEndian(features & ~(Qcow2Header.dirtyBit | Qcow2Header.corruptBit), at: 72)
                 try file.driver.flush()

@@ -19,13 +19,18 @@ extension Qcow2Driver {
         guard header.compressionType == 0 else {
             throw BlockError(.unsupported, "qcow2: blk writes compressed clusters with zlib only; this image uses zstd")
         }
-        let clusterSize = header.clusterSize
-        guard bytes.count <= clusterSize else { throw BlockError(.invalidRequest, "a compressed write covers one cluster") }
-        let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 16)
+        guard bytes.count <= header.clusterSize else { throw BlockError(.invalidRequest, "a compressed write covers one cluster") }
+        return try withWholeCluster(bytes) { (whole) throws(BlockError) in try Deflate.deflate(whole, limit: header.clusterSize - 1) }
+    }
+
+    /// `bytes` followed by zeroes up to a whole cluster.
+    private func withWholeCluster<Result>(_ bytes: UnsafeRawBufferPointer,
+                                          _ body: (UnsafeRawBufferPointer) throws(BlockError) -> Result) throws(BlockError) -> Result {
+        let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 4096)
         defer { whole.deallocate() }
         whole.initializeMemory(as: UInt8.self, repeating: 0)
         whole.copyMemory(from: bytes)
-        return try Deflate.deflate(UnsafeRawBufferPointer(whole), limit: clusterSize - 1)
+        return try body(UnsafeRawBufferPointer(whole))
     }
 
     /// Stores what `compress` made of `original` as guest cluster `cluster`: the compressed
@@ -37,11 +42,7 @@ extension Qcow2Driver {
             throw BlockError(.invalidRequest, "a compressed write covers one cluster inside the image")
         }
         guard let compressed else {
-            let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
-            defer { whole.deallocate() }
-            whole.initializeMemory(as: UInt8.self, repeating: 0)
-            whole.copyMemory(from: original)
-            try write(at: Int64(cluster) * Int64(clusterSize), from: UnsafeRawBufferPointer(whole))
+            try withWholeCluster(original) { (whole) throws(BlockError) in try write(at: Int64(cluster) * Int64(clusterSize), from: whole) }
             return
         }
         try writer.withLock { (state) throws(BlockError) in

@@ -13,13 +13,18 @@ extension Qcow2Driver {
             return BlockError(.corrupt, "qcow2: \(message)")
         }
         do throws(BlockError) {
-            let features = try Self.readBytes(file, at: 72, count: 8).bigEndian(UInt64.self, at: 0)
-            try writeBigEndian(features | Qcow2Header.corruptBit, at: 72)
+            try writeBigEndian(try incompatibleFeaturesOnDisk() | Qcow2Header.corruptBit, at: 72)
             try file.driver.flush()
         } catch {
             return BlockError(.corrupt, "qcow2: \(message); marking the image as corrupt failed too: \(error.message)")
         }
         return BlockError(.corrupt, "qcow2: Marking image as corrupt: \(message); further corruption events will be suppressed")
+    }
+
+    /// The incompatible feature bits as the file has them now: this open may have set the
+    /// corrupt bit or cleared the dirty bit since the header was read.
+    func incompatibleFeaturesOnDisk() throws(BlockError) -> UInt64 {
+        try Self.readBytes(file, at: 72, count: 8).bigEndian(UInt64.self, at: 0)
     }
 
     func refuseWritesIfCorrupt() throws(BlockError) {

@@ -47,7 +47,7 @@ public final class Qcow2Driver: BlockDriver {
         self.forceShare = forceShare
         self.writable = Atomic(writable)
         let raw = try Self.readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8)
-        let l1 = (0..<Int(header.l1Size)).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
+        let l1 = raw.bigEndianEntries
         cache = Mutex(L2TableCache(l1: l1, budgetBytes: cacheBytes / 5 * 4, clusterSize: header.clusterSize))
         refcountBlockCapacity = max(4, cacheBytes / 5 / header.clusterSize)
         writer = Mutex(Qcow2WriterState(l1TableOffset: header.l1TableOffset, refcountTableOffset: header.refcountTableOffset,
@@ -118,7 +118,7 @@ public final class Qcow2Driver: BlockDriver {
                 throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
             }
             let raw = try Self.readBytes(file, at: offset, count: header.clusterSize)
-            let table = (0..<header.l2Entries).map { raw.bigEndian(UInt64.self, at: $0 * 8) }
+            let table = raw.bigEndianEntries
             if let current = cache.withLock({ $0.insertRead(table, at: offset, readAt: generation) }) { return current }
         }
     }
@@ -222,7 +222,7 @@ public final class Qcow2Driver: BlockDriver {
     /// image marked corrupt, as opening it read-write is.
     public func reopen(writable newValue: Bool) throws(BlockError) {
         if newValue {
-            let features = try Self.readBytes(file, at: 72, count: 8).bigEndian(UInt64.self, at: 0)
+            let features = try incompatibleFeaturesOnDisk()
             if header.version >= 3 && features & Qcow2Header.corruptBit != 0 {
                 throw BlockError(.corrupt, "qcow2: Image is corrupt; cannot be opened read/write")
             }

@@ -83,37 +83,44 @@ extension Qcow2Driver {
                 done += piece
             }
         }
-        try writer.withLock { (state) throws(BlockError) in try writeBackIfCacheIsFull(&state) }
     }
 
+    /// Called where metadata changed: overwrites in place change none, so they never take the
+    /// writer lock a second time.
     func writeBackIfCacheIsFull(_ state: inout Qcow2WriterState) throws(BlockError) {
         let (dirtyCount, capacity) = cache.withLock { ($0.dirty.count, $0.capacity) }
         if dirtyCount >= capacity / 2 || state.refcountBlocks.count >= refcountBlockCapacity { try writeBackMetadata(&state) }
     }
 
     /// Writes the leading clusters of `bytes` (whole clusters from guest cluster `first`) that
-    /// can go together — one cluster this image owns, overwritten in place, or every cluster up
-    /// to the next such one, each given a new host cluster — and returns how many it wrote.
+    /// can go together in one system call — clusters this image owns that lie side by side in
+    /// the file, overwritten in place, or every cluster up to the next owned one, each given a
+    /// new host cluster — and returns how many it wrote.
     private func writeWholeClusters(from first: UInt64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> Int {
         let clusterSize = header.clusterSize
         let available = bytes.count / clusterSize
-        enum Plan { case inPlace(UInt64), newClusters(UInt64, Int) }
+        enum Plan { case inPlace(UInt64, Int), newClusters(UInt64, Int) }
         let plan = try writer.withLock { (state) throws(BlockError) -> Plan in
             try prepareForWriting(&state)
-            let current = try entry(ofGuestCluster: first)
-            if case .data(let hostOffset) = current.mapping, current.isExclusive { return .inPlace(hostOffset) }
-            var count = 1
-            while count < available {
-                let next = try entry(ofGuestCluster: first + UInt64(count))
-                if case .data = next.mapping, next.isExclusive { break }
-                count += 1
+            func ownedHostOffset(_ cluster: UInt64) throws(BlockError) -> UInt64? {
+                let current = try entry(ofGuestCluster: cluster)
+                guard case .data(let hostOffset) = current.mapping, current.isExclusive else { return nil }
+                return hostOffset
             }
+            var count = 1
+            if let hostOffset = try ownedHostOffset(first) {
+                while count < available, try ownedHostOffset(first + UInt64(count)) == hostOffset + UInt64(count * clusterSize) {
+                    count += 1
+                }
+                return .inPlace(hostOffset, count)
+            }
+            while count < available, try ownedHostOffset(first + UInt64(count)) == nil { count += 1 }
             return .newClusters(try allocateClusters(UInt64(count), &state), count)
         }
         switch plan {
-        case .inPlace(let hostOffset):
-            try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<clusterSize]))
-            return 1
+        case .inPlace(let hostOffset, let count):
+            try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
+            return count
         case .newClusters(let hostOffset, let count):
             try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
             try writer.withLock { (state) throws(BlockError) in
@@ -121,6 +128,7 @@ extension Qcow2Driver {
                     let host = hostOffset + UInt64(index * clusterSize)
                     try publish(host | Self.copiedBit, forGuestCluster: first + UInt64(index), &state)
                 }
+                try writeBackIfCacheIsFull(&state)
             }
             return count
         }
@@ -140,6 +148,7 @@ extension Qcow2Driver {
             UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
             try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
             try publish(dataCluster | Self.copiedBit, forGuestCluster: cluster, &state)
+            try writeBackIfCacheIsFull(&state)
             return nil
         }
         if let inPlace { try file.driver.write(at: Int64(inPlace), from: bytes) }

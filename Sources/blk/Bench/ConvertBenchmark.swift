@@ -5,6 +5,7 @@
 // Both sides run in the same cache mode: durable (flushed at the end: blk's default, qemu-img's
 // -t writeback) and unflushed (qemu-img's default, -t unsafe, blk's -t unsafe).
 import BlockLayer
+import BlockLocking
 import Foundation
 import Glibc
 
@@ -41,11 +42,11 @@ struct ConvertBenchmark {
             var ours: [Double] = [], theirs: [Double] = []
             for round in 0..<rounds {
                 progress.update(Double(number * rounds + round) / Double(scenarios.count * rounds), name)
-                if round.isMultiple(of: 2) { ours.append(try time(blkExecutable, ["convert", "-f", "raw"] + arguments + [source, output])) }
-                if let qemuImg = Self.qemuImg {
+                if round.isMultiple(of: 2) { ours.append(try time(BenchPrograms.blk.path, ["convert", "-f", "raw"] + arguments + [source, output])) }
+                if let qemuImg = BenchPrograms.qemuImg {
                     theirs.append(try time(qemuImg, ["convert", "-f", "raw"] + arguments + [source, output]))
                 }
-                if !round.isMultiple(of: 2) { ours.append(try time(blkExecutable, ["convert", "-f", "raw"] + arguments + [source, output])) }
+                if !round.isMultiple(of: 2) { ours.append(try time(BenchPrograms.blk.path, ["convert", "-f", "raw"] + arguments + [source, output])) }
             }
             let qemuSeconds = theirs.isEmpty ? nil : theirs.best
             results.append(Scenario(scenario: "\(name), \(humanSize(sourceBytes)) (half data)", blkSeconds: ours.best,
@@ -54,12 +55,6 @@ struct ConvertBenchmark {
         progress.finish()
         return results
     }
-
-    static var qemuImg: String? {
-        ["/usr/bin/qemu-img", "/usr/local/bin/qemu-img"].first { FileManager.default.isExecutableFile(atPath: $0) }
-    }
-
-    private var blkExecutable: String { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0] }
 
     /// Wall time of one run of `executable`, which must succeed; the output is removed after.
     private func time(_ executable: String, _ arguments: [String]) throws(BlockError) -> Double {
@@ -70,7 +65,7 @@ struct ConvertBenchmark {
         process.standardOutput = FileHandle.nullDevice
         let errors = Pipe()
         process.standardError = errors
-        let started = DispatchTime.now().uptimeNanoseconds
+        let started = currentMonotonicNanoseconds()
         do {
             try process.run()
         } catch {
@@ -78,7 +73,7 @@ struct ConvertBenchmark {
         }
         let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let seconds = Double(currentMonotonicNanoseconds() - started) / 1e9
         guard process.terminationStatus == 0 else { throw BlockError(.ioError, "\(executable) \(arguments) failed: \(text)") }
         return seconds
     }

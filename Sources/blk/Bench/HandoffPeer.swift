@@ -16,7 +16,7 @@ final class HandoffPeer {
     private let output = Pipe()
 
     init(path: String, mode: Mode) throws {
-        process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        process.executableURL = BenchPrograms.blk
         process.arguments = ["bench", "handoff-peer", "--mode", mode.rawValue, path]
         process.standardInput = input
         process.standardOutput = output

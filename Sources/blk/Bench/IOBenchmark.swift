@@ -131,7 +131,7 @@ enum IOBenchmark {
     /// Seconds `qemu-img bench` reports for the same plan ("Run completed in X seconds": its own
     /// timing, without process start-up), or nil when qemu-img is not installed.
     static func runQEMU(_ plan: IOBenchmarkPlan) throws(BlockError) -> Double? {
-        guard let qemuImg = ["/usr/bin/qemu-img", "/usr/local/bin/qemu-img"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else { return nil }
+        guard let qemuImg = BenchPrograms.qemuImg else { return nil }
         try plan.refresh()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: qemuImg)
