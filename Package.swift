@@ -1,18 +1,20 @@
 // swift-tools-version:6.0
 // BlockLayer: a block layer for VM images that many processes and hosts can share safely.
 // Modules in dependency order: CLinuxLocking (C shim) → BlockLocking → BlockLayer (with the
-// CLinuxIO shim) → Qcow2 (with zlib) → blk (CLI).
+// CLinuxIO shim) → Qcow2 (with zlib) → DeviceState (with the CChecksum shim and swift-crypto)
+// → blk (CLI).
 import PackageDescription
 
 let package = Package(
     name: "BlockLayer",
     products: [
-        .library(name: "BlockLayer", targets: ["BlockLayer", "BlockLocking", "Qcow2"]),
+        .library(name: "BlockLayer", targets: ["BlockLayer", "BlockLocking", "Qcow2", "DeviceState"]),
         .executable(name: "blk", targets: ["blk"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
     ],
     targets: [
         .target(name: "CLinuxLocking"),
@@ -42,11 +44,24 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        .target(name: "CChecksum"),
+        .target(
+            name: "DeviceState",
+            dependencies: [
+                "BlockLayer",
+                "BlockLocking",
+                "Qcow2",
+                "CChecksum",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
         .executableTarget(
             name: "blk",
             dependencies: [
                 "BlockLayer",
                 "Qcow2",
+                "DeviceState",
                 "BlockLocking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -55,6 +70,9 @@ let package = Package(
         // A process that takes locks on command, so tests can put holders and waiters in
         // separate processes: locks held and checked by one process prove nothing.
         .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLayer", "BlockLocking", "Qcow2"]),
+        // A long-running device that keeps its state store open read-write, for the migration
+        // and concurrency tests: it commits and hands over on command.
+        .executableTarget(name: "blk-state-fixture", dependencies: ["DeviceState"]),
         .testTarget(
             name: "BlockLayerTests",
             dependencies: ["BlockLayer", "BlockLocking"]

@@ -237,6 +237,9 @@ public final class Qcow2Driver: BlockDriver {
     /// QEMU's bdrv_default_perms_for_storage: the metadata must not change under us, so write
     /// and resize are never shared — unless the user forced sharing (-U).
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest {
+        // No parent (closed, or inactive for a migration hand-over): the format needs nothing
+        // either, or an inactive source would keep a destination from activating.
+        guard parentsNeed != .none else { return .none }
         var request = parentsNeed
         if request.held.contains(.write) { request.held.insert(.resize) }
         if !forceShare { request.unshared.formUnion([.write, .resize]) }

@@ -34,7 +34,7 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// Makes `byteCount` bytes at `byteOffset` read as zeroes, deallocating them if `mayUnmap`.
     func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError)
 
-    /// Makes completed writes durable.
+    /// Makes completed writes durable: this node's own state, then its `file` child's flush.
     func flush() throws(BlockError)
 
     /// Grows or shrinks the node to `byteCount` bytes.

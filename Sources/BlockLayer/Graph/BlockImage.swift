@@ -147,8 +147,10 @@ public final class BlockImage: Sendable {
         return try root.driver.readsAsZeroes(at: byteOffset, byteCount: byteCount)
     }
 
+    /// Makes completed writes durable. Format drivers flush their file themselves, after their
+    /// own metadata (see BlockDriver), so one call at the top reaches the storage once.
     public func flush() throws(BlockError) {
-        for node in root.subtree { try node.driver.flush() }
+        try root.driver.flush()
     }
 
     /// Bytes the image occupies on disk.

@@ -13,6 +13,7 @@ enum ExitStatus {
     static let unsupported: Int32 = 69
     static let ioError: Int32 = 74
     static let tryAgain: Int32 = 75
+    static let keyProblem: Int32 = 77
 }
 
 extension BlockError {

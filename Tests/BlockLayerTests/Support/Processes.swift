@@ -12,6 +12,7 @@ let buildDirectory: String = {
 
 let blkPath = buildDirectory + "/blk"
 let fixturePath = buildDirectory + "/blk-lock-fixture"
+let stateFixturePath = buildDirectory + "/blk-state-fixture"
 
 struct TestFailure: Error, CustomStringConvertible {
     var description: String

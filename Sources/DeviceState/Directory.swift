@@ -1,0 +1,152 @@
+// Directory: the list of blobs, kept in two slots; the valid slot with the higher generation is
+// the store's state, the other is the state before it. A commit writes the slot that does not
+// hold the current directory, so a torn slot write leaves the current one intact.
+//
+// Slot layout (big-endian; docs/state.md §Directory):
+//   0   8  magic "BLKSTDIR"
+//   8   8  generation (1 for the first directory, +1 per commit)
+//   16  4  used length: header, entries and the checksum
+//   20  4  entry count
+//   24  1  protection: 0 none, 1 key, 2 passphrase
+//   25  1  passphrase stretching: 0 none, 1 PBKDF2-HMAC-SHA256, 2 scrypt
+//   26  2  scrypt log2(N)
+//   28  4  PBKDF2 iterations, or scrypt r
+//   32  4  scrypt p
+//   36  32 salt
+//   68  32 key-check value
+//   100    entries, each: name length (2), name (UTF-8), extent offset (8), stored length (8),
+//          plain length (8), generation written (8), CRC32C of the stored bytes (4)
+//   end-4  CRC32C of bytes 0 ..< used length − 4
+
+public struct BlobRecord: Sendable, Hashable {
+    public var name: String
+    /// Where the stored bytes are, in the disk.
+    public var byteOffset: UInt64
+    /// The stored bytes: the plaintext, or nonce ‖ ciphertext ‖ tag.
+    public var storedByteCount: UInt64
+    /// The blob's own length.
+    public var byteCount: UInt64
+    /// The directory generation that wrote this copy (bound into its encryption).
+    public var generation: UInt64
+    public var checksum: UInt32
+
+    var extentEnd: UInt64 { byteOffset + storedByteCount }
+}
+
+public struct StateDirectory: Sendable, Hashable {
+    public var generation: UInt64
+    public var keyHeader: KeyHeader
+    /// Sorted by name.
+    public var blobs: [BlobRecord]
+
+    static let magic = Array("BLKSTDIR".utf8)
+    static let headerLength = 100
+    public static let maximumNameBytes = 255
+
+    public func blob(named name: String) -> BlobRecord? { blobs.first { $0.name == name } }
+
+    func encoded() -> [UInt8] {
+        var writer = FieldWriter()
+        writer.append(Self.magic)
+        writer.append(generation)
+        let length = Self.headerLength + blobs.reduce(0) { $0 + 2 + $1.name.utf8.count + 36 } + 4
+        writer.append(UInt32(length))
+        writer.append(UInt32(blobs.count))
+        switch keyHeader.protection {
+        case .none:
+            writer.append([0, 0, 0, 0] as [UInt8]); writer.append(UInt32(0)); writer.append(UInt32(0))
+        case .key:
+            writer.append([1, 0, 0, 0] as [UInt8]); writer.append(UInt32(0)); writer.append(UInt32(0))
+        case .passphrase(.pbkdf2SHA256(let iterations)):
+            writer.append([2, 1, 0, 0] as [UInt8]); writer.append(iterations); writer.append(UInt32(0))
+        case .passphrase(.scrypt(let log2Rounds, let blockSize, let parallelism)):
+            writer.append([2, 2, 0, log2Rounds] as [UInt8]); writer.append(blockSize); writer.append(parallelism)
+        }
+        writer.append(keyHeader.salt)
+        writer.append(keyHeader.keyCheck)
+        for blob in blobs {
+            writer.append(UInt16(blob.name.utf8.count))
+            writer.append(Array(blob.name.utf8))
+            writer.append(blob.byteOffset)
+            writer.append(blob.storedByteCount)
+            writer.append(blob.byteCount)
+            writer.append(blob.generation)
+            writer.append(blob.checksum)
+        }
+        writer.append(CRC32C.checksum(writer.bytes))
+        return writer.bytes
+    }
+
+    /// The used length a slot's first bytes announce (to read the rest), nil when it has no magic.
+    static func usedLength(ofSlotStart bytes: [UInt8]) -> Int? {
+        guard bytes.starts(with: magic), bytes.count >= 20 else { return nil }
+        return Int(bytes[16]) << 24 | Int(bytes[17]) << 16 | Int(bytes[18]) << 8 | Int(bytes[19])
+    }
+
+    /// Parses a slot's used bytes, checking everything a reader relies on: the checksum, the
+    /// key header, each name, and that every extent lies in the data area without overlapping.
+    static func parse(_ bytes: [UInt8], slot: String, superblock: Superblock) throws(StateError) -> StateDirectory {
+        let what = "directory slot \(slot)"
+        guard bytes.count >= headerLength + 4, bytes.starts(with: magic) else { throw StateError(.corrupt, "\(what) is damaged: no directory") }
+        let checksum = UInt32(bytes[bytes.count - 4]) << 24 | UInt32(bytes[bytes.count - 3]) << 16
+            | UInt32(bytes[bytes.count - 2]) << 8 | UInt32(bytes[bytes.count - 1])
+        guard checksum == CRC32C.checksum(Array(bytes[0..<bytes.count - 4])) else {
+            throw StateError(.corrupt, "\(what) fails its checksum")
+        }
+        var reader = FieldReader(Array(bytes[0..<bytes.count - 4]), at: 8, what: what)
+        let generation = try reader.uint64()
+        _ = try reader.uint32()
+        let count = try reader.uint32()
+        let protection = try reader.bytes(4)
+        let first = try reader.uint32()
+        let second = try reader.uint32()
+        let salt = try reader.bytes(32)
+        let keyCheck = try reader.bytes(32)
+        let keyProtection: KeyHeader.Protection
+        switch (protection[0], protection[1]) {
+        case (0, 0): keyProtection = .none
+        case (1, 0): keyProtection = .key
+        case (2, 1) where first >= 1: keyProtection = .passphrase(.pbkdf2SHA256(iterations: first))
+        case (2, 2) where (1...30).contains(protection[3]) && (1...1024).contains(first) && (1...64).contains(second):
+            keyProtection = .passphrase(.scrypt(log2Rounds: protection[3], blockSize: first, parallelism: second))
+        default:
+            throw StateError(.corrupt, "\(what) names an unknown protection (\(protection[0]), \(protection[1]))")
+        }
+        var blobs: [BlobRecord] = []
+        for _ in 0..<count {
+            let nameLength = Int(try reader.uint16())
+            guard let name = String(validating: try reader.bytes(nameLength), as: UTF8.self), validName(name) == nil else {
+                throw StateError(.corrupt, "\(what) holds an invalid blob name")
+            }
+            let blob = BlobRecord(name: name, byteOffset: try reader.uint64(), storedByteCount: try reader.uint64(),
+                                  byteCount: try reader.uint64(), generation: try reader.uint64(), checksum: try reader.uint32())
+            let encryptedOverhead = UInt64(keyProtection == .none ? 0 : BlobCipher.overhead)
+            guard blob.byteOffset >= superblock.dataStart, blob.byteOffset % UInt64(Superblock.blockSize) == 0,
+                  blob.storedByteCount <= superblock.storeSize, blob.extentEnd <= superblock.storeSize,
+                  blob.storedByteCount == blob.byteCount + encryptedOverhead, blob.generation <= generation else {
+                throw StateError(.corrupt, "\(what): blob '\(name)' has an impossible extent (\(blob.storedByteCount) bytes at \(blob.byteOffset))")
+            }
+            blobs.append(blob)
+        }
+        guard reader.remaining == 0 else { throw StateError(.corrupt, "\(what) has \(reader.remaining) bytes after its entries") }
+        let byName = blobs.sorted { $0.name < $1.name }
+        for (left, right) in zip(byName, byName.dropFirst()) where left.name == right.name {
+            throw StateError(.corrupt, "\(what) names blob '\(left.name)' twice")
+        }
+        let byOffset = blobs.sorted { $0.byteOffset < $1.byteOffset }
+        for (left, right) in zip(byOffset, byOffset.dropFirst()) where left.extentEnd > right.byteOffset {
+            throw StateError(.corrupt, "\(what): blobs '\(left.name)' and '\(right.name)' overlap")
+        }
+        return StateDirectory(generation: generation, keyHeader: KeyHeader(protection: keyProtection, salt: salt, keyCheck: keyCheck), blobs: byName)
+    }
+
+    /// Why `name` cannot name a blob, or nil when it can.
+    public static func validName(_ name: String) -> String? {
+        if name.isEmpty { return "a blob name must not be empty" }
+        if name.utf8.count > maximumNameBytes { return "a blob name is at most \(maximumNameBytes) bytes of UTF-8; this one has \(name.utf8.count)" }
+        if name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            return "a blob name must not contain control characters"
+        }
+        return nil
+    }
+}

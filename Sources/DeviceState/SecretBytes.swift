@@ -1,0 +1,54 @@
+// SecretBytes: key material read from a file (a passphrase, a key before it becomes a
+// SymmetricKey), in memory of its own that is zeroed when the last reference goes — Swift arrays
+// may be copied behind our back, so secrets never live in one longer than a single expression.
+import Glibc
+
+public final class SecretBytes: @unchecked Sendable {
+    // Written only in init; read-only afterwards, so sharing across threads is safe.
+    private let storage: UnsafeMutableRawBufferPointer
+
+    public init(copying bytes: UnsafeRawBufferPointer) {
+        storage = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        storage.copyMemory(from: bytes)
+        count = bytes.count
+    }
+
+    /// Reads a whole file into secret memory. The file's bytes pass through no Swift array.
+    public static func contents(ofFile path: String) throws(StateError) -> SecretBytes {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            let reason = String(cString: strerror(errno))
+            throw StateError(errno == ENOENT ? .notFound : .invalidRequest, "Could not read the key file '\(path)': \(reason)")
+        }
+        defer { close(descriptor) }
+        let limit = 64 << 10
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: limit + 1, alignment: 16)
+        defer {
+            explicit_bzero(buffer.baseAddress!, buffer.count)
+            buffer.deallocate()
+        }
+        var filled = 0
+        while filled <= limit {
+            let got = read(descriptor, buffer.baseAddress! + filled, limit + 1 - filled)
+            if got < 0 && errno == EINTR { continue }
+            guard got >= 0 else {
+                throw StateError(.invalidRequest, "Could not read the key file '\(path)': \(String(cString: strerror(errno)))")
+            }
+            if got == 0 { break }
+            filled += got
+        }
+        guard filled <= limit else { throw StateError(.wrongKey, "the key file '\(path)' is larger than 64 KiB: not a key") }
+        return SecretBytes(copying: UnsafeRawBufferPointer(rebasing: buffer[0..<filled]))
+    }
+
+    public let count: Int
+
+    public func withUnsafeBytes<Result>(_ body: (UnsafeRawBufferPointer) throws -> Result) rethrows -> Result {
+        try body(UnsafeRawBufferPointer(rebasing: storage[0..<count]))
+    }
+
+    deinit {
+        explicit_bzero(storage.baseAddress!, storage.count)
+        storage.deallocate()
+    }
+}

@@ -1,0 +1,78 @@
+// StateCredential: what opens an encrypted store — a 256-bit key (a key file of 32 raw bytes or
+// 64 hex digits) or a passphrase (stretched with the salt and cost the store keeps). Never taken
+// from the command line: argv is world-readable in /proc.
+import Crypto
+
+public struct StateCredential: Sendable {
+    public enum Material: Sendable {
+        case key(SymmetricKey)
+        case passphrase(SecretBytes)
+    }
+
+    public let material: Material
+    /// How a passphrase is stretched when this credential protects a store for the first time
+    /// (init, rekey); an existing store's own choice is used to open it.
+    public var derivation: KeyDerivation
+
+    public static func key(_ key: SymmetricKey) throws(StateError) -> StateCredential {
+        guard key.bitCount == 256 else { throw StateError(.wrongKey, "a key is 256 bits; this one has \(key.bitCount)") }
+        return StateCredential(material: .key(key), derivation: .scrypt())
+    }
+
+    public static func passphrase(_ passphrase: SecretBytes, derivation: KeyDerivation = .scrypt()) throws(StateError) -> StateCredential {
+        guard passphrase.count > 0 else { throw StateError(.wrongKey, "the passphrase is empty") }
+        return StateCredential(material: .passphrase(passphrase), derivation: derivation)
+    }
+
+    /// A key file: exactly 32 bytes, or 64 hex digits (a trailing newline allowed).
+    public static func keyFile(atPath path: String) throws(StateError) -> StateCredential {
+        let contents = try SecretBytes.contents(ofFile: path)
+        let key: SymmetricKey? = contents.withUnsafeBytes { bytes in
+            if bytes.count == 32 { return SymmetricKey(data: bytes) }
+            var digits = bytes.count
+            while digits > 0 && (bytes[digits - 1] == 0x0a || bytes[digits - 1] == 0x0d) { digits -= 1 }
+            guard digits == 64 else { return nil }
+            let decoded = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 16)
+            defer {
+                decoded.initializeMemory(as: UInt8.self, repeating: 0)
+                decoded.deallocate()
+            }
+            for index in 0..<32 {
+                guard let high = hexValue(bytes[2 * index]), let low = hexValue(bytes[2 * index + 1]) else { return nil }
+                decoded[index] = high << 4 | low
+            }
+            return SymmetricKey(data: UnsafeRawBufferPointer(decoded))
+        }
+        guard let key else {
+            throw StateError(.wrongKey, "the key file '\(path)' holds \(contents.count) bytes; a key file holds 32 raw bytes or 64 hex digits")
+        }
+        return try .key(key)
+    }
+
+    /// A passphrase file: its bytes, without one trailing newline.
+    public static func passphraseFile(atPath path: String, derivation: KeyDerivation = .scrypt()) throws(StateError) -> StateCredential {
+        let contents = try SecretBytes.contents(ofFile: path)
+        let trimmed = contents.withUnsafeBytes { bytes in
+            var end = bytes.count
+            if end > 0 && bytes[end - 1] == 0x0a { end -= 1 }
+            if end > 0 && bytes[end - 1] == 0x0d { end -= 1 }
+            return SecretBytes(copying: UnsafeRawBufferPointer(rebasing: bytes[0..<end]))
+        }
+        guard trimmed.count > 0 else { throw StateError(.wrongKey, "the passphrase file '\(path)' is empty") }
+        return try .passphrase(trimmed, derivation: derivation)
+    }
+
+    var isPassphrase: Bool {
+        if case .passphrase = material { return true }
+        return false
+    }
+}
+
+private func hexValue(_ digit: UInt8) -> UInt8? {
+    switch digit {
+    case 0x30...0x39: digit - 0x30
+    case 0x61...0x66: digit - 0x61 + 10
+    case 0x41...0x46: digit - 0x41 + 10
+    default: nil
+    }
+}

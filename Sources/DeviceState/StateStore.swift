@@ -1,0 +1,277 @@
+// StateStore: the device-state store of one image — named blobs in its virtual disk, committed
+// atomically, checksummed, optionally encrypted (docs/state.md). This file: opening in a role,
+// transactions under the transaction lock, and QEMU's migration hand-over. Commits are in
+// StateStore+Commit.swift, reads in StateStore+Read.swift.
+//
+// Roles:
+//   writer    the image open read-write and active, for as long as the store is (a running
+//             device); only one process can be one (QEMU's write permission, not shared);
+//   reader    nothing held between transactions: each opens the image afresh, read-only with
+//             force-share, so it runs beside a writer and never sees metadata cached before the
+//             writer's last commit;
+//   inactive  a migration destination: the image open without permission locks; reads as a
+//             reader until `activate` makes it the writer.
+//
+// The transaction lock is taken through a descriptor of the store's own (OFD locks belong to an
+// open file description), so a one-shot command can hold it across its whole open–commit–close
+// and a second one waits for it instead of failing on the permission locks.
+import BlockLayer
+import BlockLocking
+import Qcow2
+import Synchronization
+
+public final class StateStore: Sendable {
+    public enum Role: Sendable, Hashable {
+        case writer
+        case reader
+        case inactive
+    }
+
+    public struct Options: Sendable {
+        /// The image format; nil probes it.
+        public var format: String?
+        public var locking: LockingMode
+        public var cache: CacheMode
+        /// How long a transaction waits for the transaction lock before `.block`/timeout (75).
+        public var timeout: Duration
+
+        public init(format: String? = nil, locking: LockingMode = .auto, cache: CacheMode = .writeback,
+                    timeout: Duration = .seconds(10)) {
+            self.format = format
+            self.locking = locking
+            self.cache = cache
+            self.timeout = timeout
+        }
+
+        func openOptions(writable: Bool, inactive: Bool = false) -> OpenOptions {
+            OpenOptions(format: format, writable: writable, forceShare: !writable, locking: locking, cache: cache, inactive: inactive)
+        }
+    }
+
+    nonisolated(unsafe) static let formats: [any BlockFormat.Type] = [Qcow2Format.self, RawFormat.self]
+
+    public let path: String
+    public let options: Options
+    let lockFile: LockedImageFile
+
+    struct State {
+        var role: Role
+        /// The writer's image (active), or the destination's (inactive).
+        var image: BlockImage?
+        /// The writer's view: valid while it is active, since no one else can commit.
+        var view: StoreView?
+        var credential: StateCredential?
+        /// Keys opened for a key header, kept so stretching a passphrase happens once.
+        var keys: (header: KeyHeader, storeID: [UInt8], keys: StoreKeys?)?
+        var closed = false
+    }
+
+    let state: Mutex<State>
+
+    private init(path: String, options: Options, lockFile: LockedImageFile, state: State) {
+        self.path = path
+        self.options = options
+        self.lockFile = lockFile
+        self.state = Mutex(state)
+    }
+
+    /// Opens the store of the image at `path` in `role`, with `credential` for encrypted state.
+    /// A writer waits (up to the timeout) for commits in flight to end before it opens the image.
+    public static func open(_ path: String, role: Role, credential: StateCredential? = nil,
+                            options: Options = Options()) throws(StateError) -> StateStore {
+        let lockFile: LockedImageFile
+        do throws(LockingError) {
+            lockFile = try LockedImageFile(path: path, writable: role != .reader, mode: options.locking)
+        } catch {
+            throw StateError(error)
+        }
+        let store = StateStore(path: path, options: options, lockFile: lockFile, state: State(role: role, credential: credential))
+        switch role {
+        case .reader:
+            break
+        case .inactive:
+            let image = try blockCall { () throws(BlockError) in
+                try BlockImage.open(path, options: options.openOptions(writable: true, inactive: true), formats: formats)
+            }
+            store.state.withLock { $0.image = image }
+        case .writer:
+            try store.holding(.exclusive) { () throws(StateError) in try store.openWriterImage() }
+        }
+        return store
+    }
+
+    /// Runs `body` with a writer that holds the exclusive transaction lock from before it opens
+    /// the image until after it closes it: one-shot commands (`blk state put`), which then
+    /// queue behind each other instead of failing on the permission locks.
+    public static func withWriter<Result>(_ path: String, credential: StateCredential? = nil, options: Options = Options(),
+                                          _ body: (StateStore) throws(StateError) -> Result) throws(StateError) -> Result {
+        let lockFile: LockedImageFile
+        do throws(LockingError) {
+            lockFile = try LockedImageFile(path: path, writable: true, mode: options.locking)
+        } catch {
+            throw StateError(error)
+        }
+        let store = StateStore(path: path, options: options, lockFile: lockFile, state: State(role: .writer, credential: credential))
+        return try store.holding(.exclusive) { () throws(StateError) in
+            try store.openWriterImage()
+            let result = try body(store)
+            try store.close()
+            return result
+        }
+    }
+
+    private func openWriterImage() throws(StateError) {
+        let image = try blockCall { () throws(BlockError) in
+            try BlockImage.open(path, options: options.openOptions(writable: true), formats: Self.formats)
+        }
+        state.withLock {
+            $0.image = image
+            $0.view = nil
+        }
+    }
+
+    public var role: Role { state.withLock { $0.role } }
+
+    /// Warnings of the image open (a probed raw image, locking fallbacks).
+    public var warnings: [String] {
+        (lockFile.locks.decision.warnings + (state.withLock { $0.image?.warnings } ?? [])).uniqued()
+    }
+
+    /// Flushes and closes the image; the store can do nothing more.
+    public func close() throws(StateError) {
+        let image = state.withLock { state -> BlockImage? in
+            state.closed = true
+            defer { state.image = nil }
+            return state.image
+        }
+        if let image { try blockCall { () throws(BlockError) in try image.close() } }
+    }
+
+    // MARK: the migration hand-over
+
+    /// Gives the image up for a migration destination: flush, drop the permission locks. Commits
+    /// are refused until `activate`.
+    public func inactivate() throws(StateError) {
+        try state.withLock { (state) throws(StateError) in
+            guard state.role == .writer, let image = state.image else { return }
+            try blockCall { () throws(BlockError) in try image.inactivate() }
+            state.role = .inactive
+            state.view = nil
+        }
+    }
+
+    /// Takes the image over as its writer: reopens it (nothing the source wrote is seen through a
+    /// stale cache), then takes the permission locks — QEMU's words, and still inactive, if the
+    /// source has not let go.
+    public func activate() throws(StateError) {
+        try state.withLock { (state) throws(StateError) in
+            guard state.role == .inactive else { return }
+            let image = try blockCall { () throws(BlockError) in
+                let fresh = try BlockImage.open(path, options: options.openOptions(writable: true, inactive: true), formats: Self.formats)
+                try fresh.activate()
+                return fresh
+            }
+            state.image = image
+            state.view = nil
+            state.role = .writer
+        }
+    }
+
+    // MARK: transactions
+
+    private var deadline: LockDeadline { .after(options.timeout) }
+
+    /// Runs `body` holding the transaction lock of `kind` (counted: nests within itself).
+    func holding<Result>(_ kind: LockKind, _ body: () throws(StateError) -> Result) throws(StateError) -> Result {
+        let lock = lockFile.locks.transaction
+        do throws(LockingError) {
+            try lock.acquire(kind, deadline: deadline)
+        } catch {
+            throw StateError(error)
+        }
+        defer { try? lock.release(kind) }
+        return try body()
+    }
+
+    /// The same, waiting for the lock without blocking a task thread; cancelling the task ends
+    /// the wait at once.
+    func holding<Result: Sendable>(_ kind: LockKind, _ body: @Sendable () throws(StateError) -> Result) async throws(StateError) -> Result {
+        let lock = lockFile.locks.transaction
+        do throws(LockingError) {
+            try await lock.acquire(kind, deadline: deadline)
+        } catch {
+            throw StateError(error)
+        }
+        defer { try? lock.release(kind) }
+        return try body()
+    }
+
+    /// A read transaction: the shared lock, then the writer's own view, or a fresh image's.
+    func reading<Result>(_ body: (StoreView, BlockImage, inout State) throws(StateError) -> Result) throws(StateError) -> Result {
+        try holding(.shared) { () throws(StateError) in
+            try state.withLock { (state) throws(StateError) -> Result in
+                guard !state.closed else { throw StateError(.invalidRequest, "the state store of '\(path)' is closed") }
+                if state.role == .writer, let image = state.image {
+                    let view: StoreView
+                    if let cached = state.view { view = cached } else { view = try StoreView.load(image, path: path) }
+                    state.view = view
+                    return try body(view, image, &state)
+                }
+                let image = try blockCall { () throws(BlockError) in
+                    try BlockImage.open(path, options: options.openOptions(writable: false), formats: Self.formats)
+                }
+                defer { try? image.close() }
+                return try body(try StoreView.load(image, path: path), image, &state)
+            }
+        }
+    }
+
+    /// A commit: the exclusive lock and the writer's view, which `body` updates as it commits.
+    /// `replacing`: a store that cannot be read is taken as empty (init --force).
+    func committing<Result>(replacing: Bool = false,
+                            _ body: (inout StoreView, BlockImage, inout State) throws(StateError) -> Result) throws(StateError) -> Result {
+        try holding(.exclusive) { () throws(StateError) in
+            try state.withLock { (state) throws(StateError) -> Result in
+                guard !state.closed else { throw StateError(.invalidRequest, "the state store of '\(path)' is closed") }
+                guard state.role == .writer, let image = state.image else {
+                    throw StateError(.inactive, state.role == .inactive
+                        ? "'\(path)' is inactive (migration hand-over): activate it before committing"
+                        : "the state store of '\(path)' was opened for reading")
+                }
+                var view: StoreView
+                if replacing {
+                    view = (try? StoreView.load(image, path: path)) ?? StoreView()
+                } else {
+                    if let cached = state.view { view = cached } else { view = try StoreView.load(image, path: path) }
+                }
+                do throws(StateError) {
+                    let result = try body(&view, image, &state)
+                    state.view = view
+                    return result
+                } catch {
+                    // What is on disk is the truth again: an update may have stopped halfway.
+                    state.view = nil
+                    throw error
+                }
+            }
+        }
+    }
+
+    /// The keys that open `directory` with the store's credential (one of the three key errors
+    /// otherwise), remembered for the next transaction.
+    func keys(for directory: StateDirectory, superblock: Superblock, state: inout State) throws(StateError) -> StoreKeys? {
+        if let cached = state.keys, cached.header == directory.keyHeader, cached.storeID == superblock.storeID {
+            return cached.keys
+        }
+        let keys = try directory.keyHeader.open(storeID: superblock.storeID, with: state.credential)
+        state.keys = (directory.keyHeader, superblock.storeID, keys)
+        return keys
+    }
+}
+
+extension Array where Element: Hashable {
+    func uniqued() -> [Element] {
+        var seen = Set<Element>()
+        return filter { seen.insert($0).inserted }
+    }
+}

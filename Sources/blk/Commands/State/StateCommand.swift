@@ -1,0 +1,137 @@
+// `blk state …`: the device-state store (interface.md §4, docs/state.md). The subcommands parse,
+// call DeviceState.StateStore, print, and exit with interface.md's codes.
+import ArgumentParser
+import BlockLayer
+import BlockLocking
+import DeviceState
+import Foundation
+
+struct StateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "state",
+        abstract: "Named blobs of a device's persistent state inside an image: atomic, checksummed, optionally encrypted.",
+        subcommands: [StateInitCommand.self, StatePutCommand.self, StateGetCommand.self, StateListCommand.self,
+                      StateRemoveCommand.self, StateVerifyCommand.self, StateRekeyCommand.self]
+    )
+}
+
+extension KeyDerivationName: ExpressibleByArgument {}
+
+enum KeyDerivationName: String, CaseIterable {
+    case scrypt
+    case pbkdf2
+
+    var derivation: KeyDerivation { self == .scrypt ? .scrypt() : .pbkdf2 }
+}
+
+/// Options every state command shares.
+struct StateOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "The image format (raw, qcow2); probed from the image when not given.")
+    var format: String?
+
+    @Option(help: "auto: lock when OFD locks work; on: always; off: never.")
+    var locking: LockingMode = .auto
+
+    @Option(help: "Wait up to SEC seconds for the transaction lock (decimals allowed).")
+    var timeout: Double = 10
+
+    @Flag(help: "Print JSON on stdout.")
+    var json = false
+
+    func validate() throws {
+        guard timeout >= 0 && timeout.isFinite else { throw ValidationError("--timeout takes a number of seconds ≥ 0") }
+    }
+
+    var storeOptions: StateStore.Options {
+        StateStore.Options(format: format, locking: locking, timeout: .nanoseconds(Int64(timeout * 1e9)))
+    }
+}
+
+/// KEY of interface.md §4: a key file or a passphrase file, never the key itself.
+struct KeyOptions: ParsableArguments {
+    @Option(help: "A file holding the key: 32 raw bytes or 64 hex digits.")
+    var keyFile: String?
+
+    @Option(help: "A file holding a passphrase (stretched with the salt the store keeps).")
+    var passphraseFile: String?
+
+    @Option(help: "How a new passphrase is stretched: scrypt (default) or pbkdf2.")
+    var kdf: KeyDerivationName = .scrypt
+
+    func validate() throws {
+        if keyFile != nil && passphraseFile != nil { throw ValidationError("--key-file and --passphrase-file exclude each other") }
+    }
+
+    func credential() throws(StateError) -> StateCredential? {
+        if let keyFile { return try .keyFile(atPath: keyFile) }
+        if let passphraseFile { return try .passphraseFile(atPath: passphraseFile, derivation: kdf.derivation) }
+        return nil
+    }
+}
+
+extension StateError {
+    var exitStatus: Int32 {
+        switch code {
+        case .keyRequired, .keyNotNeeded, .wrongKey: ExitStatus.keyProblem
+        case .corrupt, .notAStore: ExitStatus.dataError
+        case .unsupported: ExitStatus.unsupported
+        case .notFound: ExitStatus.notFound
+        case .invalidRequest: ExitStatus.usage
+        case .noRoom: ExitStatus.ioError
+        case .block: block?.exitStatus ?? ExitStatus.failure
+        default: ExitStatus.failure
+        }
+    }
+}
+
+func report(_ error: StateError, json: Bool) -> ExitCode {
+    if let block = error.block { return report(block, json: json) }
+    printError(error.description)
+    if json { printJSON(ErrorJSON(error: .init(kind: error.code.name, message: error.message, holders: []))) }
+    return ExitCode(error.exitStatus)
+}
+
+/// Runs a state operation, turning its error into the report and exit code.
+func stateCall<Value>(json: Bool, _ body: () throws(StateError) -> Value) throws -> Value {
+    do throws(StateError) {
+        return try body()
+    } catch {
+        throw report(error, json: json)
+    }
+}
+
+/// A blob name from the command line, refused (exit 64) when it cannot name a blob. Arguments
+/// arrive decoded with invalid UTF-8 repaired, so the raw bytes are looked at to tell.
+func checkedBlobName(_ name: String, json: Bool) throws -> String {
+    let raw = (0..<Int(CommandLine.argc)).compactMap { CommandLine.unsafeArgv[$0] }
+    for argument in raw {
+        let bytes = Array(UnsafeBufferPointer(start: UnsafeRawPointer(argument).assumingMemoryBound(to: UInt8.self), count: strlen(argument)))
+        if String(decoding: bytes, as: UTF8.self) == name && String(validating: bytes, as: UTF8.self) == nil {
+            throw report(StateError(.invalidRequest, "a blob name must be valid UTF-8"), json: json)
+        }
+    }
+    if let why = StateDirectory.validName(name) { throw report(StateError(.invalidRequest, why), json: json) }
+    return name
+}
+
+/// Reads FILE, or stdin for "-" or none.
+func readInput(_ path: String?) throws -> [UInt8] {
+    if path == nil || path == "-" { return Array(FileHandle.standardInput.readDataToEndOfFile()) }
+    guard let data = FileManager.default.contents(atPath: path!) else {
+        throw report(StateError(.notFound, "Could not read '\(path!)'"), json: false)
+    }
+    return Array(data)
+}
+
+/// Writes FILE (replacing it whole, durably), or stdout for "-" or none.
+func writeOutput(_ bytes: [UInt8], to path: String?) throws {
+    if path == nil || path == "-" {
+        FileHandle.standardOutput.write(Data(bytes))
+        return
+    }
+    do {
+        try Data(bytes).write(to: URL(fileURLWithPath: path!), options: .atomic)
+    } catch {
+        throw report(StateError(.invalidRequest, "Could not write '\(path!)': \(error.localizedDescription)"), json: false)
+    }
+}
