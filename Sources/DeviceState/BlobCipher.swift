@@ -1,45 +1,81 @@
-// BlobCipher: AES-256-GCM over one blob. A fresh random 96-bit nonce per write; the store's id,
-// the generation the blob was written in and its name are the associated data, so a blob copied
-// to another name, another store, or back from an older generation fails to open.
+// BlobCipher: AES-256-GCM over one blob, in segments of 64 KiB. Each segment has a fresh random
+// 96-bit nonce and its own tag; the store's id, the generation the blob was written in, the
+// segment's index and count, and the blob's name are its associated data — so a blob copied to
+// another name or store, brought back from an older generation, or with segments reordered or
+// cut off fails to open.
 //
-// Stored form: nonce (12 bytes) ‖ ciphertext ‖ tag (16 bytes).
+// Why segments: swift-crypto's one-shot seal allocates its output as one buffer; past glibc's
+// mmap threshold (128 KiB) that is fresh pages every time, and a 256 KiB seal measured 580 µs
+// (median) against 160 µs as four 64 KiB ones.
+//
+// Stored form: per segment, nonce (12 bytes) ‖ ciphertext ‖ tag (16 bytes).
 import Crypto
 
 enum BlobCipher {
-    static let overhead = 12 + 16
+    static let segmentBytes = 64 << 10
+    static let segmentOverhead = 12 + 16
 
-    static func associatedData(storeID: [UInt8], generation: UInt64, name: String) -> [UInt8] {
+    static func segmentCount(plainByteCount: Int) -> Int { max(1, (plainByteCount + segmentBytes - 1) / segmentBytes) }
+
+    static func storedByteCount(plainByteCount: Int) -> Int {
+        plainByteCount + segmentCount(plainByteCount: plainByteCount) * segmentOverhead
+    }
+
+    static func associatedData(storeID: [UInt8], generation: UInt64, segment: Int, of count: Int, name: String) -> [UInt8] {
         var writer = FieldWriter()
         writer.append(storeID)
         writer.append(generation)
+        writer.append(UInt32(segment))
+        writer.append(UInt32(count))
         writer.append(Array(name.utf8))
         return writer.bytes
     }
 
-    /// Seals `plaintext` into `stored` (exactly `plaintext.count + overhead` bytes).
-    static func seal(_ plaintext: UnsafeRawBufferPointer, key: SymmetricKey, associatedData: [UInt8],
+    /// Seals `plaintext` into `stored` (exactly `storedByteCount(plaintext.count)` bytes).
+    static func seal(_ plaintext: UnsafeRawBufferPointer, key: SymmetricKey, storeID: [UInt8], generation: UInt64, name: String,
                      into stored: UnsafeMutableRawBufferPointer) throws(StateError) {
-        let box: AES.GCM.SealedBox
-        do {
-            box = try AES.GCM.seal(plaintext, using: key, nonce: AES.GCM.Nonce(), authenticating: associatedData)
-        } catch {
-            throw StateError(.invalidRequest, "encryption failed: \(error)")
+        let count = segmentCount(plainByteCount: plaintext.count)
+        var output = 0
+        for segment in 0..<count {
+            let start = segment * segmentBytes
+            let piece = UnsafeRawBufferPointer(rebasing: plaintext[start..<min(plaintext.count, start + segmentBytes)])
+            let associatedData = associatedData(storeID: storeID, generation: generation, segment: segment, of: count, name: name)
+            let box: AES.GCM.SealedBox
+            do {
+                box = try AES.GCM.seal(piece, using: key, nonce: AES.GCM.Nonce(), authenticating: associatedData)
+            } catch {
+                throw StateError(.invalidRequest, "encryption failed: \(error)")
+            }
+            // A sealed box made by `seal` keeps the combined form: no copy to get it.
+            guard let combined = box.combined, combined.count == piece.count + segmentOverhead else {
+                throw StateError(.invalidRequest, "AES-GCM gave \(box.combined?.count ?? 0) bytes for \(piece.count)")
+            }
+            combined.withUnsafeBytes {
+                UnsafeMutableRawBufferPointer(rebasing: stored[output..<output + combined.count]).copyMemory(from: $0)
+            }
+            output += combined.count
         }
-        // A sealed box made by `seal` keeps the combined form: no copy to get it.
-        guard let combined = box.combined, combined.count == stored.count else {
-            throw StateError(.invalidRequest, "AES-GCM gave \(box.combined?.count ?? 0) bytes, not \(stored.count)")
-        }
-        combined.withUnsafeBytes { stored.copyMemory(from: $0) }
     }
 
     /// The plaintext, or `.corrupt` when authentication fails: the key was checked before, so a
     /// failure here means the stored bytes changed.
-    static func open(_ stored: [UInt8], key: SymmetricKey, associatedData: [UInt8], name: String) throws(StateError) -> [UInt8] {
-        do {
-            let box = try AES.GCM.SealedBox(combined: stored)
-            return Array(try AES.GCM.open(box, using: key, authenticating: associatedData))
-        } catch {
-            throw StateError(.corrupt, "blob '\(name)' fails authentication: its stored bytes were changed (the key is right)")
+    static func open(_ stored: [UInt8], key: SymmetricKey, storeID: [UInt8], generation: UInt64, name: String,
+                     plainByteCount: Int) throws(StateError) -> [UInt8] {
+        let count = segmentCount(plainByteCount: plainByteCount)
+        var plaintext: [UInt8] = []
+        plaintext.reserveCapacity(plainByteCount)
+        var input = 0
+        for segment in 0..<count {
+            let pieceBytes = min(segmentBytes, plainByteCount - segment * segmentBytes) + segmentOverhead
+            let associatedData = associatedData(storeID: storeID, generation: generation, segment: segment, of: count, name: name)
+            do {
+                let box = try AES.GCM.SealedBox(combined: stored[input..<input + pieceBytes])
+                plaintext += try AES.GCM.open(box, using: key, authenticating: associatedData)
+            } catch {
+                throw StateError(.corrupt, "blob '\(name)' fails authentication in segment \(segment): its stored bytes were changed (the key is right)")
+            }
+            input += pieceBytes
         }
+        return plaintext
     }
 }

@@ -120,10 +120,11 @@ public struct StateDirectory: Sendable, Hashable {
             }
             let blob = BlobRecord(name: name, byteOffset: try reader.uint64(), storedByteCount: try reader.uint64(),
                                   byteCount: try reader.uint64(), generation: try reader.uint64(), checksum: try reader.uint32())
-            let encryptedOverhead = UInt64(keyProtection == .none ? 0 : BlobCipher.overhead)
             guard blob.byteOffset >= superblock.dataStart, blob.byteOffset % UInt64(Superblock.blockSize) == 0,
                   blob.storedByteCount <= superblock.storeSize, blob.extentEnd <= superblock.storeSize,
-                  blob.storedByteCount == blob.byteCount + encryptedOverhead, blob.generation <= generation else {
+                  blob.storedByteCount == (keyProtection == .none ? blob.byteCount
+                                           : UInt64(BlobCipher.storedByteCount(plainByteCount: Int(blob.byteCount)))),
+                  blob.generation <= generation else {
                 throw StateError(.corrupt, "\(what): blob '\(name)' has an impossible extent (\(blob.storedByteCount) bytes at \(blob.byteOffset))")
             }
             blobs.append(blob)

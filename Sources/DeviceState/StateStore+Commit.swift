@@ -135,16 +135,15 @@ extension StateStore {
     /// The stored form is built once, in the block-aligned buffer that is written.
     private func writeCopy(of name: String, _ bytes: [UInt8], generation: UInt64, keys: StoreKeys?, storeID: [UInt8],
                            allocator: inout ExtentAllocator, image: BlockImage) throws(StateError) -> BlobRecord {
-        let storedCount = bytes.count + (keys == nil ? 0 : BlobCipher.overhead)
+        let storedCount = keys == nil ? bytes.count : BlobCipher.storedByteCount(plainByteCount: bytes.count)
         let offset = try allocator.allocate(UInt64(storedCount), for: name)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(ExtentAllocator.roundUp(UInt64(max(storedCount, 1)))),
                                                             alignment: Superblock.blockSize)
         defer { buffer.deallocate() }
         let stored = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<storedCount])
         if let keys {
-            let associatedData = BlobCipher.associatedData(storeID: storeID, generation: generation, name: name)
             try withBytes(bytes) { (plaintext) throws(StateError) in
-                try BlobCipher.seal(plaintext, key: keys.blobKey, associatedData: associatedData, into: stored)
+                try BlobCipher.seal(plaintext, key: keys.blobKey, storeID: storeID, generation: generation, name: name, into: stored)
             }
         } else {
             bytes.withUnsafeBytes { stored.copyMemory(from: $0) }

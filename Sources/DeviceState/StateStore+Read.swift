@@ -85,7 +85,7 @@ extension StateStore {
             throw StateError(.corrupt, "blob '\(blob.name)' fails its checksum: its stored bytes are damaged")
         }
         guard let keys else { return stored }
-        let associatedData = BlobCipher.associatedData(storeID: storeID, generation: blob.generation, name: blob.name)
-        return try BlobCipher.open(stored, key: keys.blobKey, associatedData: associatedData, name: blob.name)
+        return try BlobCipher.open(stored, key: keys.blobKey, storeID: storeID, generation: blob.generation, name: blob.name,
+                                   plainByteCount: Int(blob.byteCount))
     }
 }
