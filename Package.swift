@@ -64,6 +64,7 @@ let package = Package(
                 "DeviceState",
                 "BlockLocking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),

@@ -28,6 +28,8 @@ public struct StateError: Error, Sendable, CustomStringConvertible {
         public static let invalidRequest = Code("invalid-request")
         /// The blob does not fit beside the live data.
         public static let noRoom = Code("no-room")
+        /// Something else holds what is needed (a running swtpm on its folder); retrying may succeed.
+        public static let busy = Code("busy")
         /// The image is open inactive (migration hand-over): activate it first.
         public static let inactive = Code("inactive")
         /// The block layer failed; `block` says how (lock conflicts and timeouts included).

@@ -73,8 +73,17 @@ extension StateStore {
     /// first, protected by the store's credential.
     @discardableResult
     public func put(_ name: String, _ bytes: [UInt8]) throws(StateError) -> BlobRecord {
-        if let why = StateDirectory.validName(name) { throw StateError(.invalidRequest, why) }
-        return try committing { (view, image, state) throws(StateError) -> BlobRecord in
+        try put([(name, bytes)])[0]
+    }
+
+    /// Replaces (or adds) several blobs in one commit: all or none of them.
+    @discardableResult
+    public func put(_ blobs: [(name: String, bytes: [UInt8])]) throws(StateError) -> [BlobRecord] {
+        for blob in blobs {
+            if let why = StateDirectory.validName(blob.name) { throw StateError(.invalidRequest, why) }
+        }
+        guard Set(blobs.map(\.name)).count == blobs.count else { throw StateError(.invalidRequest, "a commit names a blob twice") }
+        return try committing { (view, image, state) throws(StateError) -> [BlobRecord] in
             if view.superblock == nil { view = try layOut(image, state: &state, checkingEmpty: true) }
             guard let superblock = view.superblock, let current = view.directory else {
                 throw StateError(.corrupt, "the state store of '\(path)' has no directory")
@@ -82,16 +91,19 @@ extension StateStore {
             let keys = try self.keys(for: current, superblock: superblock, state: &state)
             var allocator = ExtentAllocator(superblock: superblock, live: current.blobs)
             let generation = current.generation + 1
-            let record = try writeCopy(of: name, bytes, generation: generation, keys: keys, storeID: superblock.storeID,
-                                       allocator: &allocator, image: image)
+            var records: [BlobRecord] = []
+            for blob in blobs {
+                records.append(try writeCopy(of: blob.name, blob.bytes, generation: generation, keys: keys,
+                                             storeID: superblock.storeID, allocator: &allocator, image: image))
+            }
             try flush(image)
             var next = current
             next.generation = generation
-            next.blobs.removeAll { $0.name == name }
-            next.blobs.append(record)
+            next.blobs.removeAll { blob in records.contains { $0.name == blob.name } }
+            next.blobs.append(contentsOf: records)
             next.blobs.sort { $0.name < $1.name }
             try publish(next, view: &view, image: image)
-            return record
+            return records
         }
     }
 

@@ -36,6 +36,19 @@ extension StateStore {
         }
     }
 
+    /// Every blob, verified, read in one transaction: one generation, whole.
+    public func getAll() throws(StateError) -> [(name: String, bytes: [UInt8])] {
+        try reading { (view, image, state) throws(StateError) in
+            guard let superblock = view.superblock, let directory = view.directory else { return [] }
+            let keys = try keys(for: directory, superblock: superblock, state: &state)
+            var blobs: [(name: String, bytes: [UInt8])] = []
+            for blob in directory.blobs {
+                blobs.append((blob.name, try readBlob(blob, keys: keys, storeID: superblock.storeID, image: image)))
+            }
+            return blobs
+        }
+    }
+
     public func list() throws(StateError) -> StateListing {
         try reading { (view, _, _) throws(StateError) in
             StateListing(generation: view.directory?.generation, protection: view.directory?.keyHeader.protection ?? .none,

@@ -11,7 +11,8 @@ struct StateCommand: ParsableCommand {
         commandName: "state",
         abstract: "Named blobs of a device's persistent state inside an image: atomic, checksummed, optionally encrypted.",
         subcommands: [StateInitCommand.self, StatePutCommand.self, StateGetCommand.self, StateListCommand.self,
-                      StateRemoveCommand.self, StateVerifyCommand.self, StateRekeyCommand.self]
+                      StateRemoveCommand.self, StateVerifyCommand.self, StateRekeyCommand.self,
+                      StateImportCommand.self, StateExportCommand.self]
     )
 }
 
@@ -78,6 +79,7 @@ extension StateError {
         case .notFound: ExitStatus.notFound
         case .invalidRequest: ExitStatus.usage
         case .noRoom: ExitStatus.ioError
+        case .busy: ExitStatus.tryAgain
         case .block: block?.exitStatus ?? ExitStatus.failure
         default: ExitStatus.failure
         }
