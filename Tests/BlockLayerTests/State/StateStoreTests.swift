@@ -199,4 +199,34 @@ struct StateStoreTests {
         try handle.seek(toOffset: UInt64(offset))
         try handle.write(contentsOf: bytes)
     }
+
+    @Test("CRC32C: the check value of \"123456789\", and long blobs (the three-stream path) against a bitwise reference")
+    func checksums() throws {
+        let image = try scratch.rawImage(bytes: 2 << 20)
+        func storedChecksum(_ bytes: [UInt8]) throws -> String? {
+            let put = try blk("state", "put", "--json", image, "blob", try file("blob", bytes))
+            let json = try JSONSerialization.jsonObject(with: Data(put.stdout.utf8)) as? [[String: Any]]
+            return json?.first?["crc32c"] as? String
+        }
+        #expect(try storedChecksum(Array("123456789".utf8)) == "e3069283", "RFC 3720's check value")
+        for count in [1, 7, 4096 * 3 - 1, 4096 * 3, 4096 * 3 + 5, 100_003] {
+            let bytes = randomBytes(count)
+            var crc: UInt32 = 0xffff_ffff
+            for byte in bytes {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+            }
+            #expect(try storedChecksum(bytes) == String(format: "%08x", ~crc), "\(count) bytes")
+        }
+    }
+
+    @Test("blk bench state runs and reports each commit beside its baseline")
+    func bench() throws {
+        let ran = try run(blkPath, ["bench", "state", "--rounds", "3", "--json", "--dir", scratch.directory], within: 120)
+        #expect(ran.status == 0, "\(ran)")
+        let json = try JSONSerialization.jsonObject(with: Data(ran.stdout.utf8)) as? [String: Any]
+        #expect((json?["baseline-microseconds"] as? Double ?? 0) > 0)
+        #expect((json?["commit-microseconds"] as? [String: Double])?.count == 6)
+        #expect((json?["crc-gigabytes-per-second"] as? Double ?? 0) > 0)
+    }
 }

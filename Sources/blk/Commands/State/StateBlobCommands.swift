@@ -25,7 +25,7 @@ struct StatePutCommand: ParsableCommand {
                 return try store.put(name, bytes)
             }
         }
-        if options.json { printJSON(BlobJSON(record)) }
+        if options.json { printJSON([BlobJSON(record)]) }
     }
 }
 
