@@ -14,14 +14,22 @@
 //   32  4  scrypt p
 //   36  32 salt
 //   68  32 key-check value
-//   100    entries, each: name length (2), name (UTF-8), extent offset (8), stored length (8),
-//          plain length (8), generation written (8), CRC32C of the stored bytes (4)
+//   100    entries, each: name length (2), name (UTF-8), placement (1: 0 extent, 1 inline),
+//          stored length (8), plain length (8), generation written (8), CRC32C of the stored
+//          bytes (4), then the extent's offset (8), or the stored bytes themselves (inline)
 //   end-4  CRC32C of bytes 0 ..< used length − 4
+//
+// Inline blobs: a small blob (stored ≤ 32 KiB, while the slot keeps 8 KiB free for entries) is
+// kept in the directory slot itself. Its copy and the directory that names it are then one
+// checksummed write, so such a commit needs one flush, not two; a torn slot is damage to that
+// slot, which the other slot has always survived.
 
 public struct BlobRecord: Sendable, Hashable {
     public var name: String
-    /// Where the stored bytes are, in the disk.
-    public var byteOffset: UInt64
+    /// Where the stored bytes are, in the disk; nil for a blob kept inline in the directory.
+    public var byteOffset: UInt64?
+    /// The stored bytes of an inline blob.
+    var inlineBytes: [UInt8]?
     /// The stored bytes: the plaintext, or nonce ‖ ciphertext ‖ tag.
     public var storedByteCount: UInt64
     /// The blob's own length.
@@ -30,7 +38,11 @@ public struct BlobRecord: Sendable, Hashable {
     public var generation: UInt64
     public var checksum: UInt32
 
-    var extentEnd: UInt64 { byteOffset + storedByteCount }
+    /// The blocks of its extent, nil when inline.
+    var extent: Range<UInt64>? { byteOffset.map { $0..<$0 + storedByteCount } }
+
+    /// Bytes its entry takes in a directory slot.
+    var entryByteCount: Int { 2 + name.utf8.count + 1 + 28 + (inlineBytes?.count ?? 8) }
 }
 
 public struct StateDirectory: Sendable, Hashable {
@@ -42,6 +54,17 @@ public struct StateDirectory: Sendable, Hashable {
     static let magic = Array("BLKSTDIR".utf8)
     static let headerLength = 100
     public static let maximumNameBytes = 255
+    static let inlineLimit = 32 << 10
+    static let entryReserve = 8 << 10
+
+    var encodedByteCount: Int { Self.headerLength + blobs.reduce(0) { $0 + $1.entryByteCount } + 4 }
+
+    /// Whether a blob of `storedByteCount` bytes named `name` may be kept inline beside these
+    /// entries in a slot of `slotSize` bytes.
+    func canInline(_ storedByteCount: Int, name: String, slotSize: Int) -> Bool {
+        storedByteCount <= Self.inlineLimit
+            && encodedByteCount + 2 + name.utf8.count + 29 + storedByteCount <= slotSize - Self.entryReserve
+    }
 
     public func blob(named name: String) -> BlobRecord? { blobs.first { $0.name == name } }
 
@@ -49,8 +72,7 @@ public struct StateDirectory: Sendable, Hashable {
         var writer = FieldWriter()
         writer.append(Self.magic)
         writer.append(generation)
-        let length = Self.headerLength + blobs.reduce(0) { $0 + 2 + $1.name.utf8.count + 36 } + 4
-        writer.append(UInt32(length))
+        writer.append(UInt32(encodedByteCount))
         writer.append(UInt32(blobs.count))
         switch keyHeader.protection {
         case .none:
@@ -67,11 +89,12 @@ public struct StateDirectory: Sendable, Hashable {
         for blob in blobs {
             writer.append(UInt16(blob.name.utf8.count))
             writer.append(Array(blob.name.utf8))
-            writer.append(blob.byteOffset)
+            writer.append(UInt8(blob.inlineBytes == nil ? 0 : 1))
             writer.append(blob.storedByteCount)
             writer.append(blob.byteCount)
             writer.append(blob.generation)
             writer.append(blob.checksum)
+            if let inline = blob.inlineBytes { writer.append(inline) } else { writer.append(blob.byteOffset ?? 0) }
         }
         writer.append(CRC32C.checksum(writer.bytes))
         return writer.bytes
@@ -118,14 +141,27 @@ public struct StateDirectory: Sendable, Hashable {
             guard let name = String(validating: try reader.bytes(nameLength), as: UTF8.self), validName(name) == nil else {
                 throw StateError(.corrupt, "\(what) holds an invalid blob name")
             }
-            let blob = BlobRecord(name: name, byteOffset: try reader.uint64(), storedByteCount: try reader.uint64(),
+            let placement = try reader.uint8()
+            var blob = BlobRecord(name: name, byteOffset: nil, storedByteCount: try reader.uint64(),
                                   byteCount: try reader.uint64(), generation: try reader.uint64(), checksum: try reader.uint32())
-            guard blob.byteOffset >= superblock.dataStart, blob.byteOffset % UInt64(Superblock.blockSize) == 0,
-                  blob.storedByteCount <= superblock.storeSize, blob.extentEnd <= superblock.storeSize,
+            switch placement {
+            case 0: blob.byteOffset = try reader.uint64()
+            case 1:
+                guard blob.storedByteCount <= UInt64(inlineLimit) else {
+                    throw StateError(.corrupt, "\(what): inline blob '\(name)' claims \(blob.storedByteCount) bytes")
+                }
+                blob.inlineBytes = try reader.bytes(Int(blob.storedByteCount))
+            default: throw StateError(.corrupt, "\(what): blob '\(name)' has an unknown placement \(placement)")
+            }
+            let extentFits = blob.extent.map { extent in
+                extent.lowerBound >= superblock.dataStart && extent.lowerBound % UInt64(Superblock.blockSize) == 0
+                    && blob.storedByteCount <= superblock.storeSize && extent.upperBound <= superblock.storeSize
+            } ?? true
+            guard extentFits,
                   blob.storedByteCount == (keyProtection == .none ? blob.byteCount
                                            : UInt64(BlobCipher.storedByteCount(plainByteCount: Int(blob.byteCount)))),
                   blob.generation <= generation else {
-                throw StateError(.corrupt, "\(what): blob '\(name)' has an impossible extent (\(blob.storedByteCount) bytes at \(blob.byteOffset))")
+                throw StateError(.corrupt, "\(what): blob '\(name)' has an impossible extent (\(blob.storedByteCount) bytes at \(blob.byteOffset ?? 0))")
             }
             blobs.append(blob)
         }
@@ -134,8 +170,8 @@ public struct StateDirectory: Sendable, Hashable {
         for (left, right) in zip(byName, byName.dropFirst()) where left.name == right.name {
             throw StateError(.corrupt, "\(what) names blob '\(left.name)' twice")
         }
-        let byOffset = blobs.sorted { $0.byteOffset < $1.byteOffset }
-        for (left, right) in zip(byOffset, byOffset.dropFirst()) where left.extentEnd > right.byteOffset {
+        let byOffset = blobs.filter { $0.extent != nil }.sorted { $0.extent!.lowerBound < $1.extent!.lowerBound }
+        for (left, right) in zip(byOffset, byOffset.dropFirst()) where left.extent!.upperBound > right.extent!.lowerBound {
             throw StateError(.corrupt, "\(what): blobs '\(left.name)' and '\(right.name)' overlap")
         }
         return StateDirectory(generation: generation, keyHeader: KeyHeader(protection: keyProtection, salt: salt, keyCheck: keyCheck), blobs: byName)

@@ -13,7 +13,7 @@ struct ExtentAllocator {
     init(superblock: Superblock, live blobs: [BlobRecord]) {
         dataStart = superblock.dataStart
         dataEnd = superblock.storeSize
-        used = blobs.map { $0.byteOffset..<Self.roundUp($0.extentEnd) }.sorted { $0.lowerBound < $1.lowerBound }
+        used = blobs.compactMap { $0.extent.map { $0.lowerBound..<Self.roundUp($0.upperBound) } }.sorted { $0.lowerBound < $1.lowerBound }
     }
 
     static func roundUp(_ value: UInt64) -> UInt64 {

@@ -11,8 +11,8 @@
 //
 // Two flushes, so that a directory on disk never points at bytes that may not be there: any
 // checksum failure is then damage, reported as such, never a torn commit silently rolled back
-// (for a TPM, a silent rollback would undo its anti-hammering counters). A remove writes no
-// blob and needs only step 3–4.
+// (for a TPM, a silent rollback would undo its anti-hammering counters). Small blobs kept inline
+// in the directory (Directory.swift) and removes write no extent: steps 3–4 only, one flush.
 import BlockLayer
 import Crypto
 
@@ -90,17 +90,18 @@ extension StateStore {
             }
             let keys = try self.keys(for: current, superblock: superblock, state: &state)
             var allocator = ExtentAllocator(superblock: superblock, live: current.blobs)
-            let generation = current.generation + 1
+            var next = current
+            next.generation = current.generation + 1
+            next.blobs.removeAll { old in blobs.contains { $0.name == old.name } }
             var records: [BlobRecord] = []
             for blob in blobs {
-                records.append(try writeCopy(of: blob.name, blob.bytes, generation: generation, keys: keys,
-                                             storeID: superblock.storeID, allocator: &allocator, image: image))
+                let record = try writeCopy(of: blob.name, blob.bytes, beside: next, keys: keys, superblock: superblock,
+                                           allocator: &allocator, image: image)
+                records.append(record)
+                next.blobs.append(record)
             }
-            try flush(image)
-            var next = current
-            next.generation = generation
-            next.blobs.removeAll { blob in records.contains { $0.name == blob.name } }
-            next.blobs.append(contentsOf: records)
+            // Inline copies travel with the directory: only extents need their own flush.
+            if records.contains(where: { $0.inlineBytes == nil }) { try flush(image) }
             next.blobs.sort { $0.name < $1.name }
             try publish(next, view: &view, image: image)
             return records
@@ -129,42 +130,47 @@ extension StateStore {
             let oldKeys = try self.keys(for: current, superblock: superblock, state: &state)
             let (header, newKeys) = try KeyHeader.protecting(storeID: superblock.storeID, with: newCredential)
             var allocator = ExtentAllocator(superblock: superblock, live: current.blobs)
-            let generation = current.generation + 1
-            var next = StateDirectory(generation: generation, keyHeader: header, blobs: [])
+            var next = StateDirectory(generation: current.generation + 1, keyHeader: header, blobs: [])
             for blob in current.blobs {
                 let plaintext = try readBlob(blob, keys: oldKeys, storeID: superblock.storeID, image: image)
-                next.blobs.append(try writeCopy(of: blob.name, plaintext, generation: generation, keys: newKeys,
-                                                storeID: superblock.storeID, allocator: &allocator, image: image))
+                next.blobs.append(try writeCopy(of: blob.name, plaintext, beside: next, keys: newKeys, superblock: superblock,
+                                                allocator: &allocator, image: image))
             }
-            try flush(image)
+            if next.blobs.contains(where: { $0.inlineBytes == nil }) { try flush(image) }
             try publish(next, view: &view, image: image)
             state.credential = newCredential
             state.keys = (header, superblock.storeID, newKeys)
         }
     }
 
-    /// Seals (when encrypted) and writes one blob copy where no live blob is; not yet durable.
-    /// The stored form is built once, in the block-aligned buffer that is written.
-    private func writeCopy(of name: String, _ bytes: [UInt8], generation: UInt64, keys: StoreKeys?, storeID: [UInt8],
-                           allocator: inout ExtentAllocator, image: BlockImage) throws(StateError) -> BlobRecord {
+    /// Seals (when encrypted) one blob copy for `directory` (generation and entries so far) and
+    /// keeps it inline when it is small and the slot has room, or writes it where no live blob
+    /// is (not yet durable). The stored form is built once, in the block-aligned buffer written.
+    private func writeCopy(of name: String, _ bytes: [UInt8], beside directory: StateDirectory, keys: StoreKeys?,
+                           superblock: Superblock, allocator: inout ExtentAllocator, image: BlockImage) throws(StateError) -> BlobRecord {
         let storedCount = keys == nil ? bytes.count : BlobCipher.storedByteCount(plainByteCount: bytes.count)
-        let offset = try allocator.allocate(UInt64(storedCount), for: name)
+        let inline = directory.canInline(storedCount, name: name, slotSize: superblock.slotSize)
+        let offset = inline ? nil : try allocator.allocate(UInt64(storedCount), for: name)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(ExtentAllocator.roundUp(UInt64(max(storedCount, 1)))),
                                                             alignment: Superblock.blockSize)
         defer { buffer.deallocate() }
         let stored = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<storedCount])
+        UnsafeMutableRawBufferPointer(rebasing: buffer[storedCount...]).initializeMemory(as: UInt8.self, repeating: 0)
         if let keys {
             try withBytes(bytes) { (plaintext) throws(StateError) in
-                try BlobCipher.seal(plaintext, key: keys.blobKey, storeID: storeID, generation: generation, name: name, into: stored)
+                try BlobCipher.seal(plaintext, key: keys.blobKey, storeID: superblock.storeID, generation: directory.generation,
+                                    name: name, into: stored)
             }
         } else {
             bytes.withUnsafeBytes { stored.copyMemory(from: $0) }
         }
-        UnsafeMutableRawBufferPointer(rebasing: buffer[storedCount...]).initializeMemory(as: UInt8.self, repeating: 0)
-        let checksum = CRC32C.checksum(UnsafeRawBufferPointer(stored))
-        try blockCall { () throws(BlockError) in try image.write(at: Int64(offset), from: UnsafeRawBufferPointer(buffer)) }
-        return BlobRecord(name: name, byteOffset: offset, storedByteCount: UInt64(storedCount), byteCount: UInt64(bytes.count),
-                          generation: generation, checksum: checksum)
+        if let offset {
+            try blockCall { () throws(BlockError) in try image.write(at: Int64(offset), from: UnsafeRawBufferPointer(buffer)) }
+        }
+        var record = BlobRecord(name: name, byteOffset: offset, storedByteCount: UInt64(storedCount), byteCount: UInt64(bytes.count),
+                                generation: directory.generation, checksum: CRC32C.checksum(UnsafeRawBufferPointer(stored)))
+        if offset == nil { record.inlineBytes = Array(stored) }
+        return record
     }
 
     /// Steps 3 and 4: the directory to the other slot, flush.

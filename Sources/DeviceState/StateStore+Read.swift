@@ -93,7 +93,12 @@ extension StateStore {
     }
 
     func readBlob(_ blob: BlobRecord, keys: StoreKeys?, storeID: [UInt8], image: BlockImage) throws(StateError) -> [UInt8] {
-        let stored = try readBytes(image, at: Int64(blob.byteOffset), count: Int(blob.storedByteCount))
+        let stored: [UInt8]
+        if let inline = blob.inlineBytes {
+            stored = inline
+        } else {
+            stored = try readBytes(image, at: Int64(blob.byteOffset ?? 0), count: Int(blob.storedByteCount))
+        }
         guard CRC32C.checksum(stored) == blob.checksum else {
             throw StateError(.corrupt, "blob '\(blob.name)' fails its checksum: its stored bytes are damaged")
         }

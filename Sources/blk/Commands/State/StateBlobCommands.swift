@@ -76,8 +76,8 @@ struct BlobJSON: Encodable {
     var storedSize: UInt64
     var generation: UInt64
     var crc32c: String
-    /// Where the stored bytes start in the disk.
-    var offset: UInt64
+    /// Where the stored bytes start in the disk; nil when kept inline in the directory.
+    var offset: UInt64?
 
     init(_ record: BlobRecord) {
         name = record.name
