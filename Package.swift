@@ -76,7 +76,7 @@ let package = Package(
         .executableTarget(name: "blk-state-fixture", dependencies: ["DeviceState"]),
         .testTarget(
             name: "BlockLayerTests",
-            dependencies: ["BlockLayer", "BlockLocking"]
+            dependencies: ["BlockLayer", "BlockLocking", "DeviceState"]
         ),
     ],
     swiftLanguageModes: [.v6]

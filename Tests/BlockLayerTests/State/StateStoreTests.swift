@@ -165,6 +165,14 @@ struct StateStoreTests {
         // The next commit rewrites the damaged slot; both are whole again.
         expect(try blk("state", "put", image, "permall", blob), status: 0)
         #expect(!(try blk("state", "list", "--json", image).stdout.contains("damaged")))
+        // Damage to the older slot: the newer one serves, as it would anyway, with a warning.
+        let whole = try JSONSerialization.jsonObject(with: Data(try blk("state", "list", "--json", image).stdout.utf8)) as? [String: Any]
+        let older = (whole?["slots"] as? [String])?.firstIndex(of: "generation 2") ?? 0
+        try flipByte(in: image, at: 4096 + older * 65536 + 30)
+        let newerServes = try blk("state", "list", "--json", image)
+        expect(newerServes, status: 0, saying: "fails its checksum")
+        #expect(newerServes.stdout.contains("\"generation\" : 3"), "\(newerServes)")
+        expect(try blk("state", "put", image, "permall", blob), status: 0)
 
         // Both slots damaged: corrupt, nothing served.
         try flipByte(in: image, at: 4096 + 30)
