@@ -19,7 +19,7 @@ struct StateAsyncTests {
         let holder = try LineProcess(blkPath, ["hold", "--shared", image, "--", "/bin/sh", "-c", "echo held; read line"])
         #expect(try holder.nextLine() == "held")
         let waiting = Task { try await store.put("permall", [4, 5, 6]) }
-        #expect(try eventually { try hasKernelWaiter(on: image) }, "the put waits in the kernel")
+        #expect(try await waitsInKernel(image), "the put waits in the kernel")
         waiting.cancel()
         let outcome = await waiting.result
         guard case .failure(let error as StateError) = outcome else { Issue.record("the put was not cancelled: \(outcome)"); return }
@@ -28,7 +28,7 @@ struct StateAsyncTests {
 
         // The same wait, not cancelled, ends when the holder lets go; a reader sees the commit.
         let committing = Task { try await store.put("permall", [7, 8, 9]) }
-        #expect(try eventually { try hasKernelWaiter(on: image) })
+        #expect(try await waitsInKernel(image))
         try holder.finish()
         _ = try await committing.value
         let reader = try StateStore.open(image, role: .reader)
@@ -36,5 +36,16 @@ struct StateAsyncTests {
         let verified = try await reader.verify()
         #expect(verified.blobCount == 1 && verified.generation == 3, "init, then two commits")
         try store.close()
+    }
+
+    /// Polls /proc/locks with async sleeps: a blocking poll would hold one of the few threads
+    /// that run tasks (two on a 2-core machine), and the task under test might never start.
+    func waitsInKernel(_ image: String) async throws -> Bool {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            if try hasKernelWaiter(on: image) { return true }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return try hasKernelWaiter(on: image)
     }
 }
