@@ -6,10 +6,11 @@
 // = 10), flags (2), total length of the file (4). Flags: 0x1 encrypted, 0x8 with a 256-bit key.
 // Then tag-length-value records: tag (2), length (4), value.
 //   unencrypted  TAG_DATA (1): libtpms's blob — no checksum of any kind;
-//   encrypted    TAG_ENCRYPTED_DATA (2): AES-CBC (128 or 256 by the key's length, PKCS#7
-//                padding) of libtpms's blob; TAG_HMAC (3): HMAC-SHA256 with the same key over
-//                ciphertext ‖ IV record; TAG_IVEC_ENCRYPTED_DATA (6): as many random bytes as the
-//                key has, of which CBC uses the first 16.
+//   encrypted    TAG_ENCRYPTED_DATA (2): AES-CBC (128 or 256 by the key's length) of libtpms's
+//                blob, padded PKCS#7-style to a multiple of the *key* length (32 bytes for
+//                AES-256, not the 16 of the cipher's block); TAG_HMAC (3): HMAC-SHA256 with the
+//                same key over ciphertext ‖ IV record; TAG_IVEC_ENCRYPTED_DATA (6): as many random
+//                bytes as the key has, of which CBC uses the first 16.
 // The blob a device state store keeps is libtpms's blob itself: the store brings the checksum,
 // the encryption and the atomic, durable commits that swtpm's files lack.
 import Crypto
@@ -59,11 +60,18 @@ public enum SwtpmStateFile {
         guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: ciphertext + ivec, using: key) else {
             throw StateError(.wrongKey, "wrong swtpm key for '\(path)' (or the file is damaged: swtpm's HMAC cannot tell)")
         }
+        let padded: [UInt8]
         do {
-            return Array(try AES._CBC.decrypt(ciphertext, using: key, iv: try AES._CBC.IV(ivBytes: ivec.prefix(16))))
+            padded = Array(try AES._CBC.decrypt(ciphertext, using: key, iv: try AES._CBC.IV(ivBytes: ivec.prefix(16)), noPadding: true))
         } catch {
             throw StateError(.corrupt, "'\(path)' passes swtpm's HMAC but does not decrypt: \(error)")
         }
+        // swtpm's own check: the last byte n is 1…key length, and the last n bytes are all n.
+        guard let pad = padded.last, (1...keyBytes).contains(Int(pad)), padded.count >= Int(pad),
+              padded.suffix(Int(pad)).allSatisfy({ $0 == pad }) else {
+            throw StateError(.corrupt, "'\(path)' passes swtpm's HMAC but its padding is wrong")
+        }
+        return Array(padded.dropLast(Int(pad)))
     }
 
     /// The bytes of a state file holding `blob`, encrypted with `key` (as swtpm's `--key`) or not.
@@ -72,10 +80,13 @@ public enum SwtpmStateFile {
         var flags: UInt16 = 0
         if let key {
             flags = flagEncrypted | (key.bitCount == 256 ? flag256BitKey : 0)
-            let ivec = (0..<key.bitCount / 8).map { _ in UInt8.random(in: 0...255) }
+            let keyBytes = key.bitCount / 8
+            let ivec = (0..<keyBytes).map { _ in UInt8.random(in: 0...255) }
+            let pad = keyBytes - blob.count % keyBytes
+            let padded = blob + [UInt8](repeating: UInt8(pad), count: pad)
             let ciphertext: [UInt8]
             do {
-                ciphertext = Array(try AES._CBC.encrypt(blob, using: key, iv: try AES._CBC.IV(ivBytes: ivec.prefix(16))))
+                ciphertext = Array(try AES._CBC.encrypt(padded, using: key, iv: try AES._CBC.IV(ivBytes: ivec.prefix(16)), noPadding: true))
             } catch {
                 throw StateError(.invalidRequest, "AES-CBC encryption failed: \(error)")
             }
@@ -100,12 +111,14 @@ public enum SwtpmStateFile {
         return file.bytes
     }
 
-    /// A swtpm key file (`--key file=F,format=hex|binary`): 16 or 32 raw bytes, or 32 or 64 hex digits.
+    /// A swtpm key file (`--key file=F,format=hex|binary`): 16 or 32 raw bytes, or 32 or 64 hex
+    /// digits (after an optional `0x`, as swtpm allows).
     public static func key(fromFile path: String) throws(StateError) -> SymmetricKey {
         let contents = try SecretBytes.contents(ofFile: path)
         let key: SymmetricKey? = contents.withUnsafeBytes { bytes in
             if bytes.count == 16 || bytes.count == 32 { return SymmetricKey(data: bytes) }
-            let text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            var text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            if text.hasPrefix("0x") || text.hasPrefix("0X") { text.removeFirst(2) }
             guard text.count == 32 || text.count == 64 else { return nil }
             var decoded: [UInt8] = []
             var index = text.startIndex
