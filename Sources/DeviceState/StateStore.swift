@@ -79,13 +79,8 @@ public final class StateStore: Sendable {
     /// A writer waits (up to the timeout) for commits in flight to end before it opens the image.
     public static func open(_ path: String, role: Role, credential: StateCredential? = nil,
                             options: Options = Options()) throws(StateError) -> StateStore {
-        let lockFile: LockedImageFile
-        do throws(LockingError) {
-            lockFile = try LockedImageFile(path: path, writable: role != .reader, mode: options.locking)
-        } catch {
-            throw StateError(error)
-        }
-        let store = StateStore(path: path, options: options, lockFile: lockFile, state: State(role: role, credential: credential))
+        let store = StateStore(path: path, options: options, lockFile: try lockFile(path, writable: role != .reader, options),
+                               state: State(role: role, credential: credential))
         switch role {
         case .reader:
             break
@@ -105,18 +100,22 @@ public final class StateStore: Sendable {
     /// queue behind each other instead of failing on the permission locks.
     public static func withWriter<Result>(_ path: String, credential: StateCredential? = nil, options: Options = Options(),
                                           _ body: (StateStore) throws(StateError) -> Result) throws(StateError) -> Result {
-        let lockFile: LockedImageFile
-        do throws(LockingError) {
-            lockFile = try LockedImageFile(path: path, writable: true, mode: options.locking)
-        } catch {
-            throw StateError(error)
-        }
-        let store = StateStore(path: path, options: options, lockFile: lockFile, state: State(role: .writer, credential: credential))
+        let store = StateStore(path: path, options: options, lockFile: try lockFile(path, writable: true, options),
+                               state: State(role: .writer, credential: credential))
         return try store.holding(.exclusive) { () throws(StateError) in
             try store.openWriterImage()
             let result = try body(store)
             try store.close()
             return result
+        }
+    }
+
+    /// The store's own descriptor for the transaction lock (writable for the exclusive kind).
+    private static func lockFile(_ path: String, writable: Bool, _ options: Options) throws(StateError) -> LockedImageFile {
+        do throws(LockingError) {
+            return try LockedImageFile(path: path, writable: writable, mode: options.locking)
+        } catch {
+            throw StateError(error)
         }
     }
 

@@ -7,7 +7,7 @@ struct StatePutCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "put",
         abstract: "Replace blob NAME atomically with FILE (or stdin); an all-zero disk gets a store first.",
-        discussion: "Waits up to --timeout for a commit in progress elsewhere, then commits with two flushes."
+        discussion: "Waits up to --timeout for a commit in progress elsewhere, then commits: one flush for a blob small enough to keep in the directory (stored ≤ 32 KiB), two otherwise."
     )
 
     @OptionGroup var options: StateOptions
