@@ -80,7 +80,11 @@ struct StateConcurrencyTests {
         let refused = try run(blkPath, ["state", "put", "--timeout", "0.2", image, "late", payload])
         #expect(refused.status == 75, "\(refused)")
         #expect(refused.stderr.contains("held by pid \(again.pid)"), "\(refused)")
+        // A verify does not see a commit half done: it waits for the shared lock, here in vain.
+        let busy = try run(blkPath, ["state", "verify", "--timeout", "0.2", image])
+        #expect(busy.status == 75 && busy.stderr.contains("timed out waiting for the shared transaction lock"), "\(busy)")
         try again.finish()
+        #expect(try run(blkPath, ["state", "verify", image]).status == 0)
     }
 
     @Test("kill -9 of a writer mid-commit, many times: every blob is a committed version", arguments: ["raw", "qcow2"])
