@@ -61,10 +61,8 @@ extension StateStore {
     /// damage.
     public func verify() throws(StateError) -> StateVerification {
         try reading { (view, image, state) throws(StateError) in
+            // No state yet: nothing to check, with or without a key (the first commit will use it).
             guard let superblock = view.superblock, let directory = view.directory else {
-                if state.credential != nil {
-                    throw StateError(.keyNotNeeded, "a key was given but the state is not encrypted ('\(path)' holds no state yet)")
-                }
                 return StateVerification(generation: nil, encrypted: false, blobCount: 0, byteCount: 0, warnings: [])
             }
             let keys = try keys(for: directory, superblock: superblock, state: &state)
