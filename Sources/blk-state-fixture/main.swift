@@ -9,6 +9,8 @@
 //                             then "ok done"
 //   get NAME                → ok SEED           (the blob checked against its own seed)
 //   verify                  → ok GENERATION BLOBS
+//   increment PATH COUNT    → "incremented VALUE" per increment of the decimal blob "counter",
+//                             each a one-shot writer (lock, open, read, commit, close), then "ok done"
 //   inactivate · activate · close → ok
 // Failures answer "err CODE MESSAGE", newlines in MESSAGE written as "\n".
 import DeviceState
@@ -71,6 +73,19 @@ while let line = readLine() {
         case "get" where words.count == 2:
             let bytes = try store!.get(words[1])
             if let seed = Payload.seed(of: bytes) { reply("ok \(seed)") } else { reply("err torn blob '\(words[1])' is no version") }
+        case "increment" where words.count == 3:
+            for _ in 0..<Int(words[2])! {
+                let value = try StateStore.withWriter(words[1], options: .init(timeout: .seconds(60))) { (store) throws(StateError) -> Int in
+                    var current = 0
+                    do throws(StateError) {
+                        current = Int(String(decoding: try store.get("counter"), as: UTF8.self))!
+                    } catch where error.code == .notFound {}
+                    try store.put("counter", Array(String(current + 1).utf8))
+                    return current + 1
+                }
+                reply("incremented \(value)")
+            }
+            reply("ok done")
         case "verify":
             let result = try store!.verify()
             reply("ok \(result.generation ?? 0) \(result.blobCount)")
