@@ -34,17 +34,21 @@ public final class StateStore: Sendable {
         public var cache: CacheMode
         /// How long a transaction waits for the transaction lock before `.block`/timeout (75).
         public var timeout: Duration
+        /// Faults injected under the format node of every image the store opens (tests).
+        public var faults: [FaultRule]
 
         public init(format: String? = nil, locking: LockingMode = .auto, cache: CacheMode = .writeback,
-                    timeout: Duration = .seconds(10)) {
+                    timeout: Duration = .seconds(10), faults: [FaultRule] = []) {
             self.format = format
             self.locking = locking
             self.cache = cache
             self.timeout = timeout
+            self.faults = faults
         }
 
         func openOptions(writable: Bool, inactive: Bool = false) -> OpenOptions {
-            OpenOptions(format: format, writable: writable, forceShare: !writable, locking: locking, cache: cache, inactive: inactive)
+            OpenOptions(format: format, writable: writable, forceShare: !writable, locking: locking, cache: cache,
+                        inactive: inactive, faults: faults)
         }
     }
 

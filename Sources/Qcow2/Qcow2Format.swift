@@ -28,6 +28,7 @@ public enum Qcow2Format: BlockFormat {
             var options = context.options
             options.format = header.backingFormat
             options.writable = false
+            options.faults = []
             backing = try BlockImage.open(path, backingOf: context, options: options)
         }
         let driver = try Qcow2Driver(header: header, file: file, backing: backing, writable: context.options.writable,

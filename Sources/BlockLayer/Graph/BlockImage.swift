@@ -42,7 +42,10 @@ public final class BlockImage: Sendable {
             throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
         }
         let fileDriver = try FileDriver(path: path, writable: options.writable, locking: options.locking, cache: options.cache)
-        let fileNode = BlockNode(driver: fileDriver)
+        var fileNode = BlockNode(driver: fileDriver)
+        if !options.faults.isEmpty {
+            fileNode = BlockNode(driver: FaultInjectionDriver(file: fileNode, rules: options.faults), children: [(.file, fileNode)])
+        }
         var warnings = fileDriver.locks.decision.warnings
         let identity: FileIdentity
         switch LockHolderScan.identity(of: fileDriver.locks.descriptor) {

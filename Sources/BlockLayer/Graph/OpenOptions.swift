@@ -17,13 +17,15 @@ public struct OpenOptions: Sendable, Hashable {
     public var repairing: Bool
     /// Memory for a format's metadata caches (QEMU's cache-size); nil: the format's default.
     public var metadataCacheBytes: Int?
+    /// Faults to inject between the format node and its file (FaultInjectionDriver); tests only.
+    public var faults: [FaultRule]
     /// The raw format's window into its file.
     public var rawByteOffset: Int64
     public var rawWindowSize: Int64?
 
     public init(format: String? = nil, writable: Bool = false, forceShare: Bool = false, locking: LockingMode = .auto,
                 cache: CacheMode = .writeback, inactive: Bool = false, repairing: Bool = false, metadataCacheBytes: Int? = nil,
-                rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
+                faults: [FaultRule] = [], rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
         self.format = format
         self.writable = writable
         self.forceShare = forceShare
@@ -32,6 +34,7 @@ public struct OpenOptions: Sendable, Hashable {
         self.inactive = inactive
         self.repairing = repairing
         self.metadataCacheBytes = metadataCacheBytes
+        self.faults = faults
         self.rawByteOffset = rawByteOffset
         self.rawWindowSize = rawWindowSize
     }

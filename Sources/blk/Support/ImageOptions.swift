@@ -11,6 +11,10 @@ extension LockingMode: ExpressibleByArgument {}
 extension CacheMode: ExpressibleByArgument {}
 extension Preallocation: ExpressibleByArgument {}
 
+extension FaultRule: ExpressibleByArgument {
+    public init?(argument: String) { self.init(parsing: argument) }
+}
+
 struct ImageOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "The image format (raw, qcow2); probed from the image when not given.")
     var format: String?
@@ -30,9 +34,13 @@ struct ImageOptions: ParsableArguments {
     @Option(help: "Memory for qcow2 metadata (L2 tables and refcount blocks), e.g. 1M; default 4M.")
     var cacheSize: ByteCount?
 
+    @Option(help: ArgumentHelp("Make a request fail, for testing error paths: OP:N[:eio|enospc][:always], OP read, write or flush (repeatable).",
+                               valueName: "rule"))
+    var injectFault: [FaultRule] = []
+
     func openOptions(writable: Bool) -> OpenOptions {
         OpenOptions(format: format, writable: writable && !readOnly, forceShare: forceShare,
-                    locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) })
+                    locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) }, faults: injectFault)
     }
 
     /// Opens `path`, printing the open's warnings; `writable` is what the command would like

@@ -39,12 +39,16 @@ struct StateOptions: ParsableArguments {
     @Flag(help: "Print JSON on stdout.")
     var json = false
 
+    @Option(help: ArgumentHelp("Make a request fail, for testing error paths: OP:N[:eio|enospc][:always], OP read, write or flush (repeatable).",
+                               valueName: "rule"))
+    var injectFault: [FaultRule] = []
+
     func validate() throws {
         guard timeout >= 0 && timeout.isFinite else { throw ValidationError("--timeout takes a number of seconds ≥ 0") }
     }
 
     var storeOptions: StateStore.Options {
-        StateStore.Options(format: format, locking: locking, timeout: .nanoseconds(Int64(timeout * 1e9)))
+        StateStore.Options(format: format, locking: locking, timeout: .nanoseconds(Int64(timeout * 1e9)), faults: injectFault)
     }
 }
 
