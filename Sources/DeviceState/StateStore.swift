@@ -36,19 +36,22 @@ public final class StateStore: Sendable {
         public var timeout: Duration
         /// Faults injected under the format node of every image the store opens (tests).
         public var faults: [FaultRule]
+        /// A journal of every write and flush of the store's read-write opens (tests).
+        public var writeJournalPath: String?
 
         public init(format: String? = nil, locking: LockingMode = .auto, cache: CacheMode = .writeback,
-                    timeout: Duration = .seconds(10), faults: [FaultRule] = []) {
+                    timeout: Duration = .seconds(10), faults: [FaultRule] = [], writeJournalPath: String? = nil) {
             self.format = format
             self.locking = locking
             self.cache = cache
             self.timeout = timeout
             self.faults = faults
+            self.writeJournalPath = writeJournalPath
         }
 
         func openOptions(writable: Bool, inactive: Bool = false) -> OpenOptions {
             OpenOptions(format: format, writable: writable, forceShare: !writable, locking: locking, cache: cache,
-                        inactive: inactive, faults: faults)
+                        inactive: inactive, faults: faults, writeJournalPath: writeJournalPath)
         }
     }
 

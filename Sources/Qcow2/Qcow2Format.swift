@@ -29,6 +29,7 @@ public enum Qcow2Format: BlockFormat {
             options.format = header.backingFormat
             options.writable = false
             options.faults = []
+            options.writeJournalPath = nil
             backing = try BlockImage.open(path, backingOf: context, options: options)
         }
         let driver = try Qcow2Driver(header: header, file: file, backing: backing, writable: context.options.writable,

@@ -43,6 +43,9 @@ public final class BlockImage: Sendable {
         }
         let fileDriver = try FileDriver(path: path, writable: options.writable, locking: options.locking, cache: options.cache)
         var fileNode = BlockNode(driver: fileDriver)
+        if let journalPath = options.writeJournalPath, options.writable {
+            fileNode = BlockNode(driver: try WriteJournalDriver(file: fileNode, journalPath: journalPath), children: [(.file, fileNode)])
+        }
         if !options.faults.isEmpty {
             fileNode = BlockNode(driver: FaultInjectionDriver(file: fileNode, rules: options.faults), children: [(.file, fileNode)])
         }

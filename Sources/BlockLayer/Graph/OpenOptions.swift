@@ -19,13 +19,16 @@ public struct OpenOptions: Sendable, Hashable {
     public var metadataCacheBytes: Int?
     /// Faults to inject between the format node and its file (FaultInjectionDriver); tests only.
     public var faults: [FaultRule]
+    /// A file to which every write and flush under the format node is appended
+    /// (WriteJournalDriver); tests rebuild crash states from it.
+    public var writeJournalPath: String?
     /// The raw format's window into its file.
     public var rawByteOffset: Int64
     public var rawWindowSize: Int64?
 
     public init(format: String? = nil, writable: Bool = false, forceShare: Bool = false, locking: LockingMode = .auto,
                 cache: CacheMode = .writeback, inactive: Bool = false, repairing: Bool = false, metadataCacheBytes: Int? = nil,
-                faults: [FaultRule] = [], rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
+                faults: [FaultRule] = [], writeJournalPath: String? = nil, rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
         self.format = format
         self.writable = writable
         self.forceShare = forceShare
@@ -35,6 +38,7 @@ public struct OpenOptions: Sendable, Hashable {
         self.repairing = repairing
         self.metadataCacheBytes = metadataCacheBytes
         self.faults = faults
+        self.writeJournalPath = writeJournalPath
         self.rawByteOffset = rawByteOffset
         self.rawWindowSize = rawWindowSize
     }

@@ -43,12 +43,16 @@ struct StateOptions: ParsableArguments {
                                valueName: "rule"))
     var injectFault: [FaultRule] = []
 
+    @Option(help: ArgumentHelp("Append every write and flush to FILE, for crash-state tests.", valueName: "file"))
+    var recordWrites: String?
+
     func validate() throws {
         guard timeout >= 0 && timeout.isFinite else { throw ValidationError("--timeout takes a number of seconds ≥ 0") }
     }
 
     var storeOptions: StateStore.Options {
-        StateStore.Options(format: format, locking: locking, timeout: .nanoseconds(Int64(timeout * 1e9)), faults: injectFault)
+        StateStore.Options(format: format, locking: locking, timeout: .nanoseconds(Int64(timeout * 1e9)), faults: injectFault,
+                           writeJournalPath: recordWrites)
     }
 }
 
