@@ -58,7 +58,7 @@ struct StateConcurrencyTests {
     func concurrentPuts() throws {
         let image = try scratch.qcow2Image(size: "8M")
         let payload = scratch.directory + "/payload"
-        FileManager.default.createFile(atPath: payload, contents: Data((0..<100_000).map { _ in UInt8.random(in: 0...255) }))
+        try scratch.write(payload, Data((0..<100_000).map { _ in UInt8.random(in: 0...255) }))
         // One put holds the transaction lock (via blk hold) while others start and must wait.
         let holder = try LineProcess(blkPath, ["hold", image, "--", "/bin/sh", "-c", "echo held; read line"])
         #expect(try holder.nextLine() == "held")
@@ -91,7 +91,7 @@ struct StateConcurrencyTests {
     func killedWriters(format: String) throws {
         let image = format == "raw" ? try scratch.rawImage(bytes: 4 << 20) : try scratch.qcow2Image(size: "4M")
         let key = scratch.directory + "/key"
-        FileManager.default.createFile(atPath: key, contents: Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
+        try scratch.write(key, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
         let reader = try stateFixture()
         #expect(try reader.request("open \(image) reader \(key)") == "ok")
         for round in 0..<12 {

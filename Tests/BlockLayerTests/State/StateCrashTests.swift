@@ -82,22 +82,22 @@ struct StateCrashTests {
     func commits(format: String) throws {
         let image = format == "raw" ? try scratch.rawImage(bytes: 2 << 20) : try scratch.qcow2Image(size: "2M")
         let key = scratch.directory + "/key"
-        FileManager.default.createFile(atPath: key, contents: Data((0..<32).map { UInt8(truncatingIfNeeded: $0 &* 13) }))
-        func file(_ data: Data) -> String {
+        try scratch.write(key, Data((0..<32).map { UInt8(truncatingIfNeeded: $0 &* 13) }))
+        func file(_ data: Data) throws -> String {
             let path = scratch.directory + "/input-\(UUID().uuidString)"
-            FileManager.default.createFile(atPath: path, contents: data)
+            try scratch.write(path, data)
             return path
         }
         var current: [String: Data] = ["permall": blob(1, 70_000), "volatile": blob(2, 3000)]
         for (name, bytes) in current.sorted(by: { $0.key < $1.key }) {
-            #expect(try blk("state", "put", "-f", format, image, name, file(bytes)).status == 0)
+            #expect(try blk("state", "put", "-f", format, image, name, try file(bytes)).status == 0)
         }
         var encrypted = false
         // Each operation: its label, its command, the blobs it writes, the blob it removes.
         let operations: [(String, [String], [String: Data], String?)] = [
-            ("replace an extent blob", ["put", "permall", file(blob(3, 70_000))], ["permall": blob(3, 70_000)], nil),
-            ("replace an inline blob", ["put", "volatile", file(blob(4, 3000))], ["volatile": blob(4, 3000)], nil),
-            ("add a blob", ["put", "savestate", file(blob(5, 40_000))], ["savestate": blob(5, 40_000)], nil),
+            ("replace an extent blob", ["put", "permall", try file(blob(3, 70_000))], ["permall": blob(3, 70_000)], nil),
+            ("replace an inline blob", ["put", "volatile", try file(blob(4, 3000))], ["volatile": blob(4, 3000)], nil),
+            ("add a blob", ["put", "savestate", try file(blob(5, 40_000))], ["savestate": blob(5, 40_000)], nil),
             ("remove a blob", ["remove", "volatile"], [:], "volatile"),
             ("rekey: encrypt", ["rekey", "--new-key-file", key], [:], nil),
         ]
@@ -105,7 +105,7 @@ struct StateCrashTests {
         for (label, arguments, changes, removed) in operations {
             let base = try Data(contentsOf: URL(fileURLWithPath: image))
             let journal = scratch.directory + "/journal"
-            _ = FileManager.default.createFile(atPath: journal, contents: nil)
+            try scratch.write(journal, Data())
             let ran = try run(blkPath, ["state", arguments[0], "-f", format, "--record-writes", journal]
                               + (encrypted ? ["--key-file", key] : []) + [image] + arguments.dropFirst())
             #expect(ran.status == 0, "\(label): \(ran)")

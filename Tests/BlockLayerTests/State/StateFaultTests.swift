@@ -15,7 +15,7 @@ struct StateFaultTests {
         let image = format == "raw" ? try scratch.rawImage(bytes: 2 << 20) : try scratch.qcow2Image(size: "2M")
         let blobPath = scratch.directory + "/blob"
         func version(_ seed: Int) -> [UInt8] { (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ seed) } }
-        FileManager.default.createFile(atPath: blobPath, contents: Data(version(0)))
+        try scratch.write(blobPath, Data(version(0)))
         #expect(try blk("state", "put", "-f", format, image, "permall", blobPath).status == 0)
         var current = version(0)
         var seed = 1
@@ -24,7 +24,7 @@ struct StateFaultTests {
             for step in 1...16 {
                 let next = version(seed)
                 seed += 1
-                FileManager.default.createFile(atPath: blobPath, contents: Data(next))
+                try scratch.write(blobPath, Data(next))
                 let fault = "\(operation):\(step)" + (step.isMultiple(of: 2) ? ":enospc" : "")
                 let put = try blk("state", "put", "-f", format, "--inject-fault", fault, image, "permall", blobPath)
                 let read = try run(blkPath, ["state", "get", "-f", format, image, "permall", scratch.directory + "/out"])

@@ -15,10 +15,10 @@ struct StateHostileTests {
     func flippedBytes() throws {
         let image = try scratch.rawImage(bytes: 1 << 20)
         let key = scratch.directory + "/key"
-        FileManager.default.createFile(atPath: key, contents: Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
+        try scratch.write(key, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
         for (name, size) in [("permall", 3000), ("volatile", 9000), ("savestate", 70_000), ("permall", 3100)] {
             let blob = scratch.directory + "/blob"
-            FileManager.default.createFile(atPath: blob, contents: Data((0..<size).map { _ in UInt8.random(in: 0...255) }))
+            try scratch.write(blob, Data((0..<size).map { _ in UInt8.random(in: 0...255) }))
             #expect(try blk("state", "put", "--key-file", key, image, name, blob).status == 0)
         }
         let original = try Data(contentsOf: URL(fileURLWithPath: image))

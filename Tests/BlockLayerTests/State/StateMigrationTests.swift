@@ -23,8 +23,8 @@ struct StateMigrationTests {
         let image = format == "raw" ? try scratch.rawImage(bytes: 4 << 20) : try scratch.qcow2Image(size: "8M")
         let key = scratch.directory + "/key"
         let wrongKey = scratch.directory + "/wrong"
-        FileManager.default.createFile(atPath: key, contents: Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
-        FileManager.default.createFile(atPath: wrongKey, contents: Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
+        try scratch.write(key, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
+        try scratch.write(wrongKey, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
 
         let source = try stateFixture()
         #expect(try source.request("open \(image) writer \(key)") == "ok")

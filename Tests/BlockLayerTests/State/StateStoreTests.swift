@@ -11,7 +11,7 @@ struct StateStoreTests {
 
     func file(_ name: String, _ bytes: [UInt8]) throws -> String {
         let path = scratch.directory + "/" + name
-        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else { throw TestFailure("create \(path)") }
+        try scratch.write(path, Data(bytes))
         return path
     }
 

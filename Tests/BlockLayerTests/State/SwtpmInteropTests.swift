@@ -84,10 +84,10 @@ struct SwtpmInteropTests {
         let swtpmKey = scratch.directory + "/swtpm.key"
         let wrongSwtpmKey = scratch.directory + "/wrong.key"
         let hex = { (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined() + "\n" }
-        FileManager.default.createFile(atPath: swtpmKey, contents: Data(hex().utf8))
-        FileManager.default.createFile(atPath: wrongSwtpmKey, contents: Data(hex().utf8))
+        try scratch.write(swtpmKey, Data(hex().utf8))
+        try scratch.write(wrongSwtpmKey, Data(hex().utf8))
         let storeKey = scratch.directory + "/store.key"
-        FileManager.default.createFile(atPath: storeKey, contents: Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
+        try scratch.write(storeKey, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
         let made = try run("/usr/bin/swtpm_setup", ["--tpm2", "--tpmstate", source, "--keyfile", swtpmKey, "--cipher", "aes-256-cbc",
                                                     "--overwrite"], within: 120)
         #expect(made.status == 0, "\(made)")

@@ -24,6 +24,11 @@ final class Scratch {
         return path
     }
 
+    /// Writes a test's input file, or throws.
+    func write(_ path: String, _ contents: Data) throws {
+        guard FileManager.default.createFile(atPath: path, contents: contents) else { throw TestFailure("create \(path)") }
+    }
+
     /// A qcow2 image made by the real qemu-img.
     func qcow2Image(_ name: String = "disk.qcow2", size: String = "64M") throws -> String {
         let path = directory + "/" + name
