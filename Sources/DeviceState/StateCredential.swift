@@ -61,11 +61,6 @@ public struct StateCredential: Sendable {
         guard trimmed.count > 0 else { throw StateError(.wrongKey, "the passphrase file '\(path)' is empty") }
         return try .passphrase(trimmed, derivation: derivation)
     }
-
-    var isPassphrase: Bool {
-        if case .passphrase = material { return true }
-        return false
-    }
 }
 
 private func hexValue(_ digit: UInt8) -> UInt8? {
