@@ -172,11 +172,24 @@ extension Qcow2Driver {
               || !state.dirtyRefcountBlocks.isEmpty else { return }
         try writeRefcountBlocks(&state)
         try file.driver.flush()
-        if !state.pendingRefcountTable.isEmpty {
-            for (index, block) in state.pendingRefcountTable {
-                try writeBigEndian(block, at: state.refcountTableOffset + UInt64(index) * 8)
+        // New refcount table entries, in dependency order: a new block's own refcount may sit in
+        // another new block, and an entry that became durable before that block's entry would
+        // make a referenced cluster with no reachable refcount — corruption, where a crash may
+        // only leak. So entries whose refcount holder is already reachable (or themselves) go
+        // first, then a flush, then the ones that depended on them. (Found by Qcow2CrashTests.)
+        let perBlock = refcountWidth.entriesPerBlock(clusterSize: header.clusterSize)
+        var pending = state.pendingRefcountTable
+        while !pending.isEmpty {
+            var round = pending.filter { index, block in
+                let holder = Int(block / UInt64(header.clusterSize) / perBlock)
+                return holder == index || pending[holder] == nil
             }
-            state.pendingRefcountTable = [:]
+            if round.isEmpty { round = pending }
+            for (index, block) in round.sorted(by: { $0.key < $1.key }) {
+                try writeBigEndian(block, at: state.refcountTableOffset + UInt64(index) * 8)
+                state.pendingRefcountTable[index] = nil
+            }
+            pending = pending.filter { round[$0.key] == nil }
             try file.driver.flush()
         }
         for (offset, table) in dirty {

@@ -38,9 +38,13 @@ struct ImageOptions: ParsableArguments {
                                valueName: "rule"))
     var injectFault: [FaultRule] = []
 
+    @Option(help: ArgumentHelp("Append every write and flush under the format node to FILE, for crash-state tests.", valueName: "file"))
+    var recordWrites: String?
+
     func openOptions(writable: Bool) -> OpenOptions {
         OpenOptions(format: format, writable: writable && !readOnly, forceShare: forceShare,
-                    locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) }, faults: injectFault)
+                    locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) }, faults: injectFault,
+                    writeJournalPath: recordWrites)
     }
 
     /// Opens `path`, printing the open's warnings; `writable` is what the command would like
