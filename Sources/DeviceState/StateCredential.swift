@@ -32,16 +32,7 @@ public struct StateCredential: Sendable {
             var digits = bytes.count
             while digits > 0 && (bytes[digits - 1] == 0x0a || bytes[digits - 1] == 0x0d) { digits -= 1 }
             guard digits == 64 else { return nil }
-            let decoded = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 16)
-            defer {
-                decoded.initializeMemory(as: UInt8.self, repeating: 0)
-                decoded.deallocate()
-            }
-            for index in 0..<32 {
-                guard let high = hexValue(bytes[2 * index]), let low = hexValue(bytes[2 * index + 1]) else { return nil }
-                decoded[index] = high << 4 | low
-            }
-            return SymmetricKey(data: UnsafeRawBufferPointer(decoded))
+            return hexKey(UnsafeRawBufferPointer(rebasing: bytes[0..<digits]))
         }
         guard let key else {
             throw StateError(.wrongKey, "the key file '\(path)' holds \(contents.count) bytes; a key file holds 32 raw bytes or 64 hex digits")
@@ -61,6 +52,22 @@ public struct StateCredential: Sendable {
         guard trimmed.count > 0 else { throw StateError(.wrongKey, "the passphrase file '\(path)' is empty") }
         return try .passphrase(trimmed, derivation: derivation)
     }
+}
+
+/// The key `digits` (hex, upper or lower case) spell, decoded in memory that is zeroed after; nil
+/// for anything but hex digits in pairs.
+func hexKey(_ digits: UnsafeRawBufferPointer) -> SymmetricKey? {
+    guard digits.count.isMultiple(of: 2) else { return nil }
+    let decoded = UnsafeMutableRawBufferPointer.allocate(byteCount: max(digits.count / 2, 1), alignment: 16)
+    defer {
+        decoded.initializeMemory(as: UInt8.self, repeating: 0)
+        decoded.deallocate()
+    }
+    for index in 0..<digits.count / 2 {
+        guard let high = hexValue(digits[2 * index]), let low = hexValue(digits[2 * index + 1]) else { return nil }
+        decoded[index] = high << 4 | low
+    }
+    return SymmetricKey(data: UnsafeRawBufferPointer(rebasing: decoded[0..<digits.count / 2]))
 }
 
 private func hexValue(_ digit: UInt8) -> UInt8? {

@@ -41,7 +41,9 @@ struct StoreView: Sendable {
                       length >= StateDirectory.headerLength + 4, length <= superblock.slotSize else {
                     throw StateError(.corrupt, "directory slot \(slotNames[slot]) is damaged: no directory")
                 }
-                let bytes = length <= first.count ? Array(first[0..<length]) : try readBytes(image, at: offset, count: length)
+                // The first block is in hand: read only the rest of a longer directory.
+                let bytes = length <= first.count ? Array(first[0..<length])
+                    : first + (try readBytes(image, at: offset + Int64(first.count), count: length - first.count))
                 let directory = try StateDirectory.parse(bytes, slot: slotNames[slot], superblock: superblock)
                 view.slots[slot] = .valid(generation: directory.generation)
                 if directory.generation > best?.directory.generation ?? 0 { best = (slot, directory) }

@@ -117,19 +117,14 @@ public enum SwtpmStateFile {
         let contents = try SecretBytes.contents(ofFile: path)
         let key: SymmetricKey? = contents.withUnsafeBytes { bytes in
             if bytes.count == 16 || bytes.count == 32 { return SymmetricKey(data: bytes) }
-            var text = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            if text.hasPrefix("0x") || text.hasPrefix("0X") { text.removeFirst(2) }
-            guard text.count == 32 || text.count == 64 else { return nil }
-            var decoded: [UInt8] = []
-            var index = text.startIndex
-            while index < text.endIndex {
-                let next = text.index(index, offsetBy: 2)
-                guard let byte = UInt8(text[index..<next], radix: 16) else { return nil }
-                decoded.append(byte)
-                index = next
-            }
-            defer { decoded.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0) } }
-            return SymmetricKey(data: decoded)
+            // Whitespace around, and an optional 0x, as swtpm allows.
+            var start = 0, end = bytes.count
+            let whitespace: Set<UInt8> = [0x20, 0x09, 0x0a, 0x0d]
+            while start < end && whitespace.contains(bytes[start]) { start += 1 }
+            while end > start && whitespace.contains(bytes[end - 1]) { end -= 1 }
+            if end - start >= 2 && bytes[start] == 0x30 && (bytes[start + 1] == 0x78 || bytes[start + 1] == 0x58) { start += 2 }
+            guard end - start == 32 || end - start == 64 else { return nil }
+            return hexKey(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
         }
         guard let key else {
             throw StateError(.wrongKey, "the swtpm key file '\(path)' holds \(contents.count) bytes; it holds 16 or 32 raw bytes, or 32 or 64 hex digits")

@@ -11,22 +11,16 @@ struct StateConcurrencyTests {
 
     init() throws { scratch = try Scratch() }
 
-    func stateFixture() throws -> LineProcess {
-        let fixture = try LineProcess(stateFixturePath, [])
-        let greeting = try fixture.nextLine()
-        guard greeting == "ready" else { throw TestFailure("state fixture said \(greeting)") }
-        return fixture
-    }
-
     @Test("a writer commits in a loop; reader processes read and verify beside it", arguments: ["raw", "qcow2"])
     func readersBesideWriter(format: String) throws {
         let image = format == "raw" ? try scratch.rawImage(bytes: 4 << 20) : try scratch.qcow2Image(size: "4M")
-        let writer = try stateFixture()
+        let writer = try LineProcess.stateFixture()
         #expect(try writer.request("open \(image) writer") == "ok")
         #expect(try writer.request("put permall 40000 0").hasPrefix("ok"))
-        let readers = try (0..<2).map { _ in try stateFixture() }
+        let readers = try (0..<2).map { _ in try LineProcess.stateFixture() }
         for reader in readers { #expect(try reader.request("open \(image) reader") == "ok") }
-        let commits = 300
+        // Enough commits that the readers, each a process, get their turns even on a loaded machine.
+        let commits = 3000
         writer.send("loop permall 40000 \(commits)")
         var lastSeen: [UInt64] = [0, 0]
         var reads = 0, verifies = 0
@@ -92,10 +86,10 @@ struct StateConcurrencyTests {
         let image = format == "raw" ? try scratch.rawImage(bytes: 4 << 20) : try scratch.qcow2Image(size: "4M")
         let key = scratch.directory + "/key"
         try scratch.write(key, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
-        let reader = try stateFixture()
+        let reader = try LineProcess.stateFixture()
         #expect(try reader.request("open \(image) reader \(key)") == "ok")
         for round in 0..<12 {
-            let writer = try stateFixture()
+            let writer = try LineProcess.stateFixture()
             #expect(try writer.request("open \(image) writer \(key)") == "ok")
             writer.send("loop permall \(30_000 + round * 7919) 0")
             // Let it commit a random number of times, then kill it wherever it is.

@@ -11,13 +11,6 @@ struct StateMigrationTests {
 
     init() throws { scratch = try Scratch() }
 
-    func stateFixture() throws -> LineProcess {
-        let fixture = try LineProcess(stateFixturePath, [])
-        let greeting = try fixture.nextLine()
-        guard greeting == "ready" else { throw TestFailure("state fixture said \(greeting)") }
-        return fixture
-    }
-
     @Test("source commits, destination verifies early, then inactivate / activate", arguments: ["raw", "qcow2"])
     func handOver(format: String) throws {
         let image = format == "raw" ? try scratch.rawImage(bytes: 4 << 20) : try scratch.qcow2Image(size: "8M")
@@ -26,13 +19,13 @@ struct StateMigrationTests {
         try scratch.write(key, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
         try scratch.write(wrongKey, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
 
-        let source = try stateFixture()
+        let source = try LineProcess.stateFixture()
         #expect(try source.request("open \(image) writer \(key)") == "ok")
         #expect(try source.request("put volatile 3000 1").hasPrefix("ok"))
         source.send("loop permall 60000 400")
 
         // Early checks while the source commits: right key (the destination, and the CLI), wrong key.
-        let destination = try stateFixture()
+        let destination = try LineProcess.stateFixture()
         #expect(try destination.request("open \(image) inactive \(key)") == "ok")
         var sourceDone = false
         var checksDuringCommits = 0

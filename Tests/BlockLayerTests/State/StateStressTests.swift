@@ -19,11 +19,7 @@ struct StateStressTests {
         let image = try scratch.qcow2Image(size: "4M")
         let incrementsEach = 25
         var workers: [LineProcess] = []
-        for _ in 0..<8 {
-            let worker = try LineProcess(stateFixturePath, [])
-            #expect(try worker.nextLine() == "ready")
-            workers.append(worker)
-        }
+        for _ in 0..<8 { workers.append(try LineProcess.stateFixture()) }
         for worker in workers { worker.send("increment \(image) \(incrementsEach)") }
         var acknowledged: [[Int]] = Array(repeating: [], count: workers.count)
         var finished = Set<Int>(), killed = Set<Int>()

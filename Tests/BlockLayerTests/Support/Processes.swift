@@ -203,6 +203,14 @@ final class LineProcess: @unchecked Sendable {
         return fixture
     }
 
+    /// A state fixture (blk-state-fixture), once it has said "ready".
+    static func stateFixture() throws -> LineProcess {
+        let fixture = try LineProcess(stateFixturePath, [])
+        let greeting = try fixture.nextLine()
+        guard greeting == "ready" else { throw TestFailure("state fixture said \(greeting)") }
+        return fixture
+    }
+
     var pid: Int32 { child.pid }
 
     /// What the process wrote to stderr; complete once it has exited.
