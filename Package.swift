@@ -56,9 +56,12 @@ let package = Package(
                 .product(name: "CryptoExtras", package: "swift-crypto"),
             ]
         ),
+        // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
+        .target(name: "BlockIOScript", dependencies: ["BlockLocking"]),
         .executableTarget(
             name: "blk",
             dependencies: [
+                "BlockIOScript",
                 "BlockLayer",
                 "Qcow2",
                 "DeviceState",
@@ -81,3 +84,16 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// libFuzzer targets (Fuzz/, run by Scripts/fuzz): only in builds that ask for them, since they
+// link only with -sanitize=fuzzer.
+if Context.environment["BLK_FUZZ"] != nil {
+    package.targets += [
+        .target(name: "FuzzSupport", path: "Fuzz/Support"),
+        .executableTarget(name: "fuzz-qcow2", dependencies: ["FuzzSupport", "BlockLayer", "BlockLocking", "Qcow2"],
+                          path: "Fuzz/qcow2"),
+        .executableTarget(name: "fuzz-state", dependencies: ["FuzzSupport", "DeviceState", .product(name: "Crypto", package: "swift-crypto")],
+                          path: "Fuzz/state"),
+        .executableTarget(name: "fuzz-io-script", dependencies: ["FuzzSupport", "BlockIOScript"], path: "Fuzz/io-script"),
+    ]
+}

@@ -129,9 +129,12 @@ public struct StateDirectory: Sendable, Hashable {
         switch (protection[0], protection[1]) {
         case (0, 0): keyProtection = .none
         case (1, 0): keyProtection = .key
-        case (2, 1) where first >= 1: keyProtection = .passphrase(.pbkdf2SHA256(iterations: first))
-        case (2, 2) where (1...30).contains(protection[3]) && (1...1024).contains(first) && (1...64).contains(second):
-            keyProtection = .passphrase(.scrypt(log2Rounds: protection[3], blockSize: first, parallelism: second))
+        case (2, 1), (2, 2):
+            let derivation = protection[1] == 1 ? KeyDerivation.pbkdf2SHA256(iterations: first)
+                : .scrypt(log2Rounds: protection[3], blockSize: first, parallelism: second)
+            // The cost comes from the image: unbounded, a crafted one would make the open hang.
+            guard derivation.isWithinBounds else { throw StateError(.corrupt, "\(what) asks for passphrase stretching beyond blk's bounds") }
+            keyProtection = .passphrase(derivation)
         default:
             throw StateError(.corrupt, "\(what) names an unknown protection (\(protection[0]), \(protection[1]))")
         }

@@ -19,6 +19,21 @@ public enum KeyDerivation: Sendable, Hashable {
     /// OWASP's 2023 figure for PBKDF2-HMAC-SHA256.
     public static let pbkdf2 = KeyDerivation.pbkdf2SHA256(iterations: 600_000)
 
+    /// The costs a store may ask for: 16 times PBKDF2's default, 64 times scrypt's N·r·p (a few
+    /// seconds here). The cost is read from the image, so without a bound a crafted image could
+    /// make every open compute for hours (found while writing the state-store fuzz target).
+    static let maximumPBKDF2Iterations: UInt32 = 10_000_000
+    static let maximumScryptWork: UInt64 = 1 << 24
+
+    var isWithinBounds: Bool {
+        switch self {
+        case .pbkdf2SHA256(let iterations): (1...Self.maximumPBKDF2Iterations).contains(iterations)
+        case .scrypt(let log2Rounds, let blockSize, let parallelism):
+            (1...30).contains(log2Rounds) && (1...1024).contains(blockSize) && (1...64).contains(parallelism)
+                && (UInt64(1) << log2Rounds) * UInt64(blockSize) * UInt64(parallelism) <= Self.maximumScryptWork
+        }
+    }
+
     var name: String {
         switch self {
         case .pbkdf2SHA256: "pbkdf2-sha256"
@@ -74,6 +89,9 @@ public struct KeyHeader: Sendable, Hashable {
             master = key
             header = KeyHeader(protection: .key, salt: zeroes, keyCheck: zeroes)
         case .passphrase(let passphrase):
+            guard credential.derivation.isWithinBounds else {
+                throw StateError(.invalidRequest, "\(credential.derivation.name) costs above \(KeyDerivation.maximumPBKDF2Iterations) PBKDF2 iterations or 2^24 scrypt N·r·p would make the store unopenable")
+            }
             let salt = (0..<32).map { _ in UInt8.random(in: 0...255) }
             master = try credential.derivation.derive(passphrase, salt: salt)
             header = KeyHeader(protection: .passphrase(credential.derivation), salt: salt, keyCheck: zeroes)

@@ -42,15 +42,17 @@ extension StateStore {
                                     storeID: (0..<16).map { _ in UInt8.random(in: 0...255) })
         let (header, keys) = try KeyHeader.protecting(storeID: superblock.storeID, with: state.credential)
         let directory = StateDirectory(generation: 1, keyHeader: header, blobs: [])
-        try withBytes(directory.encoded()) { (bytes) throws(StateError) in
-            try writeBlocks(image, at: superblock.slotOffsets[0], bytes)
+        try image.during(.storeInit) { () throws(StateError) in
+            try withBytes(directory.encoded()) { (bytes) throws(StateError) in
+                try writeBlocks(image, at: superblock.slotOffsets[0], bytes)
+            }
+            try withBytes([UInt8](repeating: 0, count: Superblock.blockSize)) { (bytes) throws(StateError) in
+                try writeBlocks(image, at: superblock.slotOffsets[1], bytes)
+            }
+            try flush(image)
+            try withBytes(superblock.encoded()) { (bytes) throws(StateError) in try writeBlocks(image, at: 0, bytes) }
+            try flush(image)
         }
-        try withBytes([UInt8](repeating: 0, count: Superblock.blockSize)) { (bytes) throws(StateError) in
-            try writeBlocks(image, at: superblock.slotOffsets[1], bytes)
-        }
-        try flush(image)
-        try withBytes(superblock.encoded()) { (bytes) throws(StateError) in try writeBlocks(image, at: 0, bytes) }
-        try flush(image)
         state.keys = (header, superblock.storeID, keys)
         return StoreView(superblock: superblock, directory: directory, currentSlot: 0, slots: [.valid(generation: 1), .empty])
     }
@@ -101,7 +103,7 @@ extension StateStore {
                 next.blobs.append(record)
             }
             // Inline copies travel with the directory: only extents need their own flush.
-            if records.contains(where: { $0.inlineBytes == nil }) { try flush(image) }
+            if records.contains(where: { $0.inlineBytes == nil }) { try image.during(.blobWrite) { () throws(StateError) in try flush(image) } }
             next.blobs.sort { $0.name < $1.name }
             try publish(next, view: &view, image: image)
             return records
@@ -136,7 +138,7 @@ extension StateStore {
                 next.blobs.append(try writeCopy(of: blob.name, plaintext, beside: next, keys: newKeys, superblock: superblock,
                                                 allocator: &allocator, image: image))
             }
-            if next.blobs.contains(where: { $0.inlineBytes == nil }) { try flush(image) }
+            if next.blobs.contains(where: { $0.inlineBytes == nil }) { try image.during(.blobWrite) { () throws(StateError) in try flush(image) } }
             try publish(next, view: &view, image: image)
             state.credential = newCredential
             state.keys = (header, superblock.storeID, newKeys)
@@ -165,7 +167,9 @@ extension StateStore {
             bytes.withUnsafeBytes { stored.copyMemory(from: $0) }
         }
         if let offset {
-            try blockCall { () throws(BlockError) in try image.write(at: Int64(offset), from: UnsafeRawBufferPointer(buffer)) }
+            try blockCall { () throws(BlockError) in
+                try image.during(.blobWrite) { () throws(BlockError) in try image.write(at: Int64(offset), from: UnsafeRawBufferPointer(buffer)) }
+            }
         }
         var record = BlobRecord(name: name, byteOffset: offset, storedByteCount: UInt64(storedCount), byteCount: UInt64(bytes.count),
                                 generation: directory.generation, checksum: CRC32C.checksum(UnsafeRawBufferPointer(stored)))
@@ -181,8 +185,10 @@ extension StateStore {
             throw StateError(.noRoom, "the directory would need \(encoded.count) bytes; a slot holds \(superblock.slotSize) (fewer or shorter names)")
         }
         let slot = 1 - view.currentSlot
-        try withBytes(encoded) { (bytes) throws(StateError) in try writeBlocks(image, at: superblock.slotOffsets[slot], bytes) }
-        try flush(image)
+        try image.during(.directoryPublish) { () throws(StateError) in
+            try withBytes(encoded) { (bytes) throws(StateError) in try writeBlocks(image, at: superblock.slotOffsets[slot], bytes) }
+            try flush(image)
+        }
         view.directory = directory
         view.currentSlot = slot
         view.slots[slot] = .valid(generation: directory.generation)

@@ -94,8 +94,10 @@ extension Qcow2Driver {
         if try analyse(state).corruptionCount == 0 {
             let features = try incompatibleFeaturesOnDisk()
             if header.version >= 3 && features & (Qcow2Header.dirtyBit | Qcow2Header.corruptBit) != 0 {
-                try writeBigEndian(features & ~(Qcow2Header.dirtyBit | Qcow2Header.corruptBit), at: 72)
-                try file.driver.flush()
+                try file.during(.headerUpdate) { () throws(BlockError) in
+                    try writeBigEndian(features & ~(Qcow2Header.dirtyBit | Qcow2Header.corruptBit), at: 72)
+                    try file.driver.flush()
+                }
             }
             dirtyBitCleared.store(true, ordering: .releasing)
             corruptionMarked.store(false, ordering: .releasing)

@@ -48,7 +48,7 @@ extension Qcow2Driver {
         try writer.withLock { (state) throws(BlockError) in
             try prepareForWriting(&state)
             let hostOffset = try allocateBytes(compressed.count, &state)
-            try writeBytes(compressed, at: hostOffset)
+            try file.during(.compressedWrite) { () throws(BlockError) in try writeBytes(compressed, at: hostOffset) }
             let offsetBits = UInt64(62 - (Int(header.clusterBits) - 8))
             let additionalSectors = (hostOffset + UInt64(compressed.count) - 1) / 512 - hostOffset / 512
             try publish(Self.compressedBit | additionalSectors << offsetBits | hostOffset, forGuestCluster: cluster, &state)

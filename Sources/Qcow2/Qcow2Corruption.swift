@@ -13,8 +13,10 @@ extension Qcow2Driver {
             return BlockError(.corrupt, "qcow2: \(message)")
         }
         do throws(BlockError) {
-            try writeBigEndian(try incompatibleFeaturesOnDisk() | Qcow2Header.corruptBit, at: 72)
-            try file.driver.flush()
+            try file.during(.headerUpdate) { () throws(BlockError) in
+                try writeBigEndian(try incompatibleFeaturesOnDisk() | Qcow2Header.corruptBit, at: 72)
+                try file.driver.flush()
+            }
         } catch {
             return BlockError(.corrupt, "qcow2: \(message); marking the image as corrupt failed too: \(error.message)")
         }

@@ -234,6 +234,9 @@ public final class Qcow2Driver: BlockDriver {
 
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }
 
+    public func eventBegan(_ event: BlockEvent) { file.driver.eventBegan(event) }
+    public func eventEnded(_ event: BlockEvent) { file.driver.eventEnded(event) }
+
     /// QEMU's bdrv_default_perms_for_storage: the metadata must not change under us, so write
     /// and resize are never shared — unless the user forced sharing (-U).
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest {

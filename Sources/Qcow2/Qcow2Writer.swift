@@ -119,10 +119,14 @@ extension Qcow2Driver {
         }
         switch plan {
         case .inPlace(let hostOffset, let count):
-            try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
+            try file.during(.dataWrite) { () throws(BlockError) in
+                try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
+            }
             return count
         case .newClusters(let hostOffset, let count):
-            try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
+            try file.during(.dataWrite) { () throws(BlockError) in
+                try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
+            }
             try writer.withLock { (state) throws(BlockError) in
                 for index in 0..<count {
                     let host = hostOffset + UInt64(index * clusterSize)
@@ -146,12 +150,16 @@ extension Qcow2Driver {
             defer { content.deallocate() }
             try read(at: Int64(cluster) * Int64(header.clusterSize), into: content)
             UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
-            try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
+            try file.during(.copyOnWrite) { () throws(BlockError) in
+                try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
+            }
             try publish(dataCluster | Self.copiedBit, forGuestCluster: cluster, &state)
             try writeBackIfCacheIsFull(&state)
             return nil
         }
-        if let inPlace { try file.driver.write(at: Int64(inPlace), from: bytes) }
+        if let inPlace {
+            try file.during(.dataWrite) { () throws(BlockError) in try file.driver.write(at: Int64(inPlace), from: bytes) }
+        }
     }
 
     /// Writes back the metadata and trims what the file was grown ahead by, so that after a
@@ -170,48 +178,58 @@ extension Qcow2Driver {
         let dirty = cache.withLock { cache in cache.dirty.map { ($0, cache.table(at: $0)!) } }
         guard !dirty.isEmpty || !state.pendingL1.isEmpty || !state.pendingReleases.isEmpty
               || !state.dirtyRefcountBlocks.isEmpty else { return }
-        try writeRefcountBlocks(&state)
-        try file.driver.flush()
+        try file.during(.refblockUpdate) { () throws(BlockError) in
+            try writeRefcountBlocks(&state)
+            try file.driver.flush()
+        }
         // New refcount table entries, in dependency order: a new block's own refcount may sit in
         // another new block, and an entry that became durable before that block's entry would
         // make a referenced cluster with no reachable refcount — corruption, where a crash may
         // only leak. So entries whose refcount holder is already reachable (or themselves) go
         // first, then a flush, then the ones that depended on them. (Found by Qcow2CrashTests.)
         let perBlock = refcountWidth.entriesPerBlock(clusterSize: header.clusterSize)
-        var pending = state.pendingRefcountTable
-        while !pending.isEmpty {
-            var round = pending.filter { index, block in
-                let holder = Int(block / UInt64(header.clusterSize) / perBlock)
-                return holder == index || pending[holder] == nil
+        try file.during(.reftableUpdate) { () throws(BlockError) in
+            var pending = state.pendingRefcountTable
+            while !pending.isEmpty {
+                var round = pending.filter { index, block in
+                    let holder = Int(block / UInt64(header.clusterSize) / perBlock)
+                    return holder == index || pending[holder] == nil
+                }
+                if round.isEmpty { round = pending }
+                for (index, block) in round.sorted(by: { $0.key < $1.key }) {
+                    try writeBigEndian(block, at: state.refcountTableOffset + UInt64(index) * 8)
+                    state.pendingRefcountTable[index] = nil
+                }
+                pending = pending.filter { round[$0.key] == nil }
+                try file.driver.flush()
             }
-            if round.isEmpty { round = pending }
-            for (index, block) in round.sorted(by: { $0.key < $1.key }) {
-                try writeBigEndian(block, at: state.refcountTableOffset + UInt64(index) * 8)
-                state.pendingRefcountTable[index] = nil
-            }
-            pending = pending.filter { round[$0.key] == nil }
-            try file.driver.flush()
         }
-        for (offset, table) in dirty {
-            var bytes = [UInt8](repeating: 0, count: header.clusterSize)
-            for (index, entry) in table.enumerated() where entry != 0 { bytes.setBigEndian(entry, at: index * 8) }
-            try writeBytes(bytes, at: offset)
-            cache.withLock { $0.markClean(offset) }
+        try file.during(.l2Update) { () throws(BlockError) in
+            for (offset, table) in dirty {
+                var bytes = [UInt8](repeating: 0, count: header.clusterSize)
+                for (index, entry) in table.enumerated() where entry != 0 { bytes.setBigEndian(entry, at: index * 8) }
+                try writeBytes(bytes, at: offset)
+                cache.withLock { $0.markClean(offset) }
+            }
         }
         if !state.pendingL1.isEmpty {
-            try file.driver.flush()
-            for (index, entry) in state.pendingL1 { try writeBigEndian(entry, at: state.l1TableOffset + UInt64(index) * 8) }
-            state.pendingL1 = [:]
+            try file.during(.l1Update) { () throws(BlockError) in
+                try file.driver.flush()
+                for (index, entry) in state.pendingL1 { try writeBigEndian(entry, at: state.l1TableOffset + UInt64(index) * 8) }
+                state.pendingL1 = [:]
+            }
         }
         if !state.pendingReleases.isEmpty {
-            try file.driver.flush()
-            // Each release leaves the list as it is applied: after an error, none is applied twice
-            // (one not applied is a leak).
-            while let cluster = state.pendingReleases.popLast() {
-                let count = try refcount(ofCluster: cluster, &state)
-                if count > 0 { try setRefcount(ofCluster: cluster, to: count - 1, &state) }
+            try file.during(.clusterFree) { () throws(BlockError) in
+                try file.driver.flush()
+                // Each release leaves the list as it is applied: after an error, none is applied
+                // twice (one not applied is a leak).
+                while let cluster = state.pendingReleases.popLast() {
+                    let count = try refcount(ofCluster: cluster, &state)
+                    if count > 0 { try setRefcount(ofCluster: cluster, to: count - 1, &state) }
+                }
+                try writeRefcountBlocks(&state)
             }
-            try writeRefcountBlocks(&state)
         }
         try file.driver.flush()
     }
@@ -239,8 +257,10 @@ extension Qcow2Driver {
         if let failure = state.failure { throw failure }
         guard state.refcountTable == nil else { return }
         if header.autoclearFeatures != 0 && !state.autoclearCleared {
-            try writeBigEndian(UInt64(0), at: 88)
-            try file.driver.flush()
+            try file.during(.headerUpdate) { () throws(BlockError) in
+                try writeBigEndian(UInt64(0), at: 88)
+                try file.driver.flush()
+            }
             state.autoclearCleared = true
         }
         try loadRefcountTable(&state)

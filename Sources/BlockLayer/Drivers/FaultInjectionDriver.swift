@@ -1,8 +1,8 @@
 // FaultInjectionDriver: QEMU's blkdebug in miniature — a node between a format node and its
 // file that makes chosen requests fail with a chosen errno, so tests can prove that every failed
-// step of an operation surfaces as an error and leaves the image openable. Rules count requests
-// of one kind (reads, writes, flushes) through this node: "the 3rd write fails with ENOSPC",
-// once or from then on.
+// step of an operation surfaces as an error and leaves the image openable. A rule picks the
+// Nth read, write or flush among those it matches — all of that kind, those made during a named
+// step (BlockEvent), or those touching a byte range of the file — once or from then on.
 import BlockLocking
 import Synchronization
 import SystemPackage
@@ -12,25 +12,48 @@ public struct FaultRule: Sendable, Hashable, CustomStringConvertible {
         case read, write, flush
     }
 
+    /// Which requests of the operation the rule counts.
+    public enum Scope: Sendable, Hashable {
+        case every
+        /// Those made while the step is in progress.
+        case event(BlockEvent)
+        /// Reads and writes touching any byte of the file in the range.
+        case bytes(ClosedRange<Int64>)
+    }
+
     public var operation: Operation
-    /// Which request of that kind fails, counting from 1.
+    public var scope: Scope
+    /// Which matching request fails, counting from 1.
     public var occurrence: Int
     public var errno: Errno
-    /// Every request from the `occurrence`th on fails, not just that one.
+    /// Every matching request from the `occurrence`th on fails, not just that one.
     public var always: Bool
 
-    public init(_ operation: Operation, occurrence: Int, errno: Errno = .ioError, always: Bool = false) {
+    public init(_ operation: Operation, _ scope: Scope = .every, occurrence: Int, errno: Errno = .ioError, always: Bool = false) {
         self.operation = operation
+        self.scope = scope
         self.occurrence = occurrence
         self.errno = errno
         self.always = always
     }
 
-    /// `OP:N[:eio|enospc][:always]`, as `--inject-fault` takes it.
+    /// `OP[@EVENT|@FIRST-LAST]:N[:eio|enospc][:always]`, as `--inject-fault` takes it:
+    /// `write:3`, `write@l2_update:1:enospc`, `read@0-511:1:always`.
     public init?(parsing text: String) {
-        let parts = text.lowercased().split(separator: ":").map(String.init)
-        guard parts.count >= 2, let operation = Operation(rawValue: parts[0]), let occurrence = Int(parts[1]), occurrence >= 1 else {
-            return nil
+        let parts = text.lowercased().split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count >= 2, let occurrence = Int(parts[1]), occurrence >= 1 else { return nil }
+        let operationAndScope = parts[0].split(separator: "@", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        guard let operation = Operation(rawValue: operationAndScope[0]) else { return nil }
+        var scope = Scope.every
+        if operationAndScope.count == 2 {
+            if let event = BlockEvent(rawValue: operationAndScope[1]) {
+                scope = .event(event)
+            } else {
+                let bounds = operationAndScope[1].split(separator: "-", omittingEmptySubsequences: false)
+                guard operation != .flush, bounds.count == 2, let first = Int64(bounds[0]), let last = Int64(bounds[1]),
+                      first >= 0, first <= last else { return nil }
+                scope = .bytes(first...last)
+            }
         }
         var errno = Errno.ioError
         var always = false
@@ -42,11 +65,25 @@ public struct FaultRule: Sendable, Hashable, CustomStringConvertible {
             default: return nil
             }
         }
-        self.init(operation, occurrence: occurrence, errno: errno, always: always)
+        self.init(operation, scope, occurrence: occurrence, errno: errno, always: always)
     }
 
     public var description: String {
-        "\(operation.rawValue):\(occurrence):\(errno == .noSpace ? "enospc" : "eio")\(always ? ":always" : "")"
+        let scopeText = switch scope {
+        case .every: ""
+        case .event(let event): "@\(event.rawValue)"
+        case .bytes(let range): "@\(range.lowerBound)-\(range.upperBound)"
+        }
+        return "\(operation.rawValue)\(scopeText):\(occurrence):\(errno == .noSpace ? "enospc" : "eio")\(always ? ":always" : "")"
+    }
+
+    func matches(_ request: FaultRule.Operation, bytes: ClosedRange<Int64>?, during events: [BlockEvent]) -> Bool {
+        guard request == operation else { return false }
+        switch scope {
+        case .every: return true
+        case .event(let event): return events.contains(event)
+        case .bytes(let range): return bytes.map(range.overlaps) ?? false
+        }
     }
 }
 
@@ -54,45 +91,74 @@ public final class FaultInjectionDriver: BlockDriver {
     public let formatName = "blkdebug"
     public let file: BlockNode
     public let rules: [FaultRule]
-    private let counts = Mutex<[FaultRule.Operation: Int]>([:])
+
+    private struct Tally {
+        /// Requests each rule has matched so far.
+        var matched: [Int]
+        /// Steps in progress (nested: a qcow2 L2 update inside a state-store blob write).
+        var events: [BlockEvent] = []
+    }
+
+    private let tally: Mutex<Tally>
 
     public init(file: BlockNode, rules: [FaultRule]) {
         self.file = file
         self.rules = rules
+        tally = Mutex(Tally(matched: Array(repeating: 0, count: rules.count)))
     }
 
-    /// Counts the request and throws the failure a rule asks for.
-    private func check(_ operation: FaultRule.Operation, _ what: @autoclosure () -> String) throws(BlockError) {
-        let number = counts.withLock { counts in
-            counts[operation, default: 0] += 1
-            return counts[operation]!
-        }
-        for rule in rules where rule.operation == operation {
-            if number == rule.occurrence || (rule.always && number > rule.occurrence) {
-                throw BlockError.systemCall(SystemCallError("injected \(operation.rawValue) #\(number)", rule.errno), what())
+    /// Counts the request against every rule it matches and throws the failure one asks for.
+    private func check(_ operation: FaultRule.Operation, bytes: ClosedRange<Int64>?, _ what: @autoclosure () -> String) throws(BlockError) {
+        let failing = tally.withLock { tally -> FaultRule? in
+            var failing: FaultRule?
+            for (index, rule) in rules.enumerated() where rule.matches(operation, bytes: bytes, during: tally.events) {
+                tally.matched[index] += 1
+                if tally.matched[index] == rule.occurrence || (rule.always && tally.matched[index] > rule.occurrence) {
+                    failing = failing ?? rule
+                }
             }
+            return failing
         }
+        if let failing {
+            throw BlockError.systemCall(SystemCallError("injected by \(failing)", failing.errno), what())
+        }
+    }
+
+    private static func range(_ byteOffset: Int64, _ count: Int64) -> ClosedRange<Int64>? {
+        count > 0 ? byteOffset...byteOffset + count - 1 : nil
+    }
+
+    public func eventBegan(_ event: BlockEvent) {
+        tally.withLock { $0.events.append(event) }
+        file.driver.eventBegan(event)
+    }
+
+    public func eventEnded(_ event: BlockEvent) {
+        tally.withLock { tally in
+            if let index = tally.events.lastIndex(of: event) { tally.events.remove(at: index) }
+        }
+        file.driver.eventEnded(event)
     }
 
     public func length() throws(BlockError) -> Int64 { try file.driver.length() }
 
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
-        try check(.read, "read of \(buffer.count) bytes at \(byteOffset)")
+        try check(.read, bytes: Self.range(byteOffset, Int64(buffer.count)), "read of \(buffer.count) bytes at \(byteOffset)")
         try file.driver.read(at: byteOffset, into: buffer)
     }
 
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
-        try check(.write, "write of \(buffer.count) bytes at \(byteOffset)")
+        try check(.write, bytes: Self.range(byteOffset, Int64(buffer.count)), "write of \(buffer.count) bytes at \(byteOffset)")
         try file.driver.write(at: byteOffset, from: buffer)
     }
 
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
-        try check(.write, "zero write of \(byteCount) bytes at \(byteOffset)")
+        try check(.write, bytes: Self.range(byteOffset, byteCount), "zero write of \(byteCount) bytes at \(byteOffset)")
         try file.driver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
     }
 
     public func flush() throws(BlockError) {
-        try check(.flush, "flush")
+        try check(.flush, bytes: nil, "flush")
         try file.driver.flush()
     }
 

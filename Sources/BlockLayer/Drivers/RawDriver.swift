@@ -51,4 +51,7 @@ public final class RawDriver: BlockDriver {
     }
 
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }
+
+    public func eventBegan(_ event: BlockEvent) { file.driver.eventBegan(event) }
+    public func eventEnded(_ event: BlockEvent) { file.driver.eventEnded(event) }
 }

@@ -79,4 +79,7 @@ public final class WriteJournalDriver: BlockDriver {
     }
 
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }
+
+    public func eventBegan(_ event: BlockEvent) { file.driver.eventBegan(event) }
+    public func eventEnded(_ event: BlockEvent) { file.driver.eventEnded(event) }
 }

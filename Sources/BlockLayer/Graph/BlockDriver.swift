@@ -58,6 +58,11 @@ public protocol BlockDriver: AnyObject, Sendable {
 
     /// The transaction lock of the storage, for protocol drivers that have one.
     var transactionLock: TransactionLock? { get }
+
+    /// The requests that follow, until `eventEnded`, belong to `event` (BlockEvent.swift).
+    /// Drivers with a file pass it down; the fault-injection driver matches rules on it.
+    func eventBegan(_ event: BlockEvent)
+    func eventEnded(_ event: BlockEvent)
 }
 
 extension BlockDriver {
@@ -66,4 +71,6 @@ extension BlockDriver {
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool { false }
     public func reopen(writable: Bool) throws(BlockError) {}
     public var transactionLock: TransactionLock? { nil }
+    public func eventBegan(_ event: BlockEvent) {}
+    public func eventEnded(_ event: BlockEvent) {}
 }

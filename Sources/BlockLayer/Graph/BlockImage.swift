@@ -159,6 +159,11 @@ public final class BlockImage: Sendable {
         try root.driver.flush()
     }
 
+    /// Runs `body` with its requests marked as part of `event`, for fault rules (BlockEvent.swift).
+    public func during<Result, Failure: Error>(_ event: BlockEvent, _ body: () throws(Failure) -> Result) throws(Failure) -> Result {
+        try root.during(event, body)
+    }
+
     /// Bytes the image occupies on disk.
     public func allocatedBytes() throws(BlockError) -> Int64? { try root.protocolNode.driver.allocatedBytes() }
 

@@ -1,18 +1,20 @@
 // `blk io`: I/O commands on one open image, in order, like qemu-io. A failing command is
 // reported and the next one still runs; the exit status is 1 if any failed (as qemu-io).
 import ArgumentParser
+import BlockIOScript
 import BlockLayer
 import BlockLocking
 import Foundation
 import Glibc
+import Qcow2
 
 struct IOCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "io",
         abstract: "Run qemu-io-like commands on one open image.",
         discussion: """
-            Commands: read [-P BYTE] OFF LEN · write [-P BYTE] [-z] OFF LEN · flush · sleep MS · \
-            lock shared|exclusive · unlock. With -P, read verifies every byte. lock waits up to \
+            Commands: read [-P BYTE] OFF LEN · write [-P BYTE] [-z | -c] OFF LEN · flush · sleep MS · \
+            lock shared|exclusive · unlock. With -P, read verifies every byte; write -c stores whole qcow2 clusters compressed. lock waits up to \
             --timeout seconds for the transaction lock; unlock releases the latest lock.
             """
     )
@@ -43,7 +45,36 @@ struct IOCommand: ParsableCommand {
                 printFailure(step, error)
             }
         }
+        // Closing writes back the metadata of the writes above (qcow2): a failure there means
+        // they are not reachable, which must not end as success.
+        do throws(BlockError) {
+            try opened.close()
+        } catch {
+            failed = true
+            printError("close failed: \(error.description)")
+        }
         if failed { throw ExitCode(ExitStatus.failure) }
+    }
+
+    /// qemu-io's `write -c`: whole clusters (or the image's last, shorter one), each compressed.
+    private func writeCompressed(_ pattern: UInt8, at offset: Int64, _ count: Int64, on image: BlockImage) throws(BlockError) {
+        guard let qcow2 = image.root.driver as? Qcow2Driver else {
+            throw BlockError(.unsupported, "compressed writes need a qcow2 image")
+        }
+        let clusterSize = Int64(qcow2.header.clusterSize)
+        let length = try image.length()
+        guard offset % clusterSize == 0, count % clusterSize == 0 || offset + count == length, offset + count <= length else {
+            throw BlockError(.invalidRequest, "a compressed write covers whole clusters of \(clusterSize) bytes inside the image")
+        }
+        let buffer = try Self.buffer(clusterSize)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: pattern)
+        var cluster = offset
+        while cluster < offset + count {
+            let bytes = Int(min(clusterSize, offset + count - cluster))
+            try qcow2.writeCompressed(cluster: UInt64(cluster / clusterSize), from: UnsafeRawBufferPointer(rebasing: buffer[0..<bytes]))
+            cluster += clusterSize
+        }
     }
 
     /// Runs one step; false when it ran but its check failed (a pattern mismatch, already printed).
@@ -60,15 +91,18 @@ struct IOCommand: ParsableCommand {
                 return false
             }
             report("read", count, offset, since: started)
-        case .write(let offset, let count, let pattern, let zeroes):
+        case .write(let offset, let count, let kind):
             let started = currentMonotonicNanoseconds()
-            if zeroes {
+            switch kind {
+            case .zeroes:
                 try image.writeZeroes(at: offset, byteCount: count)
-            } else {
+            case .pattern(let pattern):
                 let buffer = try Self.buffer(count)
                 defer { buffer.deallocate() }
                 buffer.initializeMemory(as: UInt8.self, repeating: pattern)
                 try image.write(at: offset, from: UnsafeRawBufferPointer(buffer))
+            case .compressed(let pattern):
+                try writeCompressed(pattern, at: offset, count, on: image)
             }
             report("wrote", count, offset, since: started)
         case .flush:

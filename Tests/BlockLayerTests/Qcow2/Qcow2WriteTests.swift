@@ -63,6 +63,22 @@ struct Qcow2WriteTests {
                     "-c", "read -P 0x73 1M 64k", compressed])
     }
 
+    @Test("write -c stores compressed clusters QEMU reads and counts; misaligned ones are refused")
+    func compressedWrites() throws {
+        let image = try scratch.qcow2Image(size: "1G")
+        let wrote = try blk("io", image, "-c", "write -c -P 0x61 0 192k", "-c", "write -c -P 0x62 64k 64k", "-c", "write -c -P 0x63 512M 64k")
+        #expect(wrote.status == 0, "\(wrote)")
+        let checked = try run("/usr/bin/qemu-img", ["check", image])
+        #expect(checked.status == 0 && checked.stdout.contains("100.00% compressed clusters"), "\(checked)")
+        try qemuIO(["-f", "qcow2", "-r", "-c", "read -P 0x61 0 64k", "-c", "read -P 0x62 64k 64k", "-c", "read -P 0x61 128k 64k",
+                    "-c", "read -P 0x63 512M 64k", image])
+        let misaligned = try blk("io", image, "-c", "write -c 4k 64k")
+        #expect(misaligned.status == 1 && misaligned.stderr.contains("whole clusters"), "\(misaligned)")
+        let raw = try scratch.rawImage()
+        let onRaw = try blk("io", "-f", "raw", raw, "-c", "write -c 0 64k")
+        #expect(onRaw.status == 1 && onRaw.stderr.contains("need a qcow2 image"), "\(onRaw)")
+    }
+
     @Test("unknown autoclear bits are cleared before the first write")
     func autoclear() throws {
         let image = try scratch.qcow2Image(size: "8M")

@@ -51,11 +51,12 @@ struct StateCrashTests {
             #expect(ran.status == 0, "\(label): \(ran)")
             var after = current.merging(changes) { $1 }
             if let removed { after[removed] = nil }
-            let states = CrashStates.enumerate(base: base, journal: try Data(contentsOf: URL(fileURLWithPath: journal)))
+            let states = CrashStates(base: base, journal: try Data(contentsOf: URL(fileURLWithPath: journal)))
             #expect(states.count >= 4, "\(label): \(states.count) states")
             let probe = scratch.directory + "/crashed.img"
-            for (stateLabel, state) in states {
-                try state.write(to: URL(fileURLWithPath: probe))
+            for state in states.states {
+                let stateLabel = state.label
+                try states.image(state).write(to: URL(fileURLWithPath: probe))
                 for name in Set(current.keys).union(after.keys).sorted() {
                     let out = scratch.directory + "/out"
                     try? FileManager.default.removeItem(atPath: out)

@@ -2,6 +2,7 @@
 // and the blobs of an encrypted store, and truncated images, end in a clear verdict — intact
 // (the other slot serves), damaged (65) or a newer format (69) — never a crash, a hang, a key
 // error for damage, or a write to the image.
+import DeviceState
 import Foundation
 import Testing
 
@@ -49,5 +50,29 @@ struct StateHostileTests {
             #expect([65, 0].contains(verified.status), "truncated to \(length): \(verified)")
             if length >= 4096 { #expect(verified.status == 65, "truncated to \(length): \(verified)") }
         }
+    }
+
+    /// The stretching cost is read from the image; a crafted one (checksum recomputed) must be
+    /// refused as damage at once, not make the open compute for hours.
+    @Test("a directory asking for absurd passphrase stretching is refused at once", arguments: [
+        (protection: [UInt8]([2, 1, 0, 0]), first: UInt32(4_000_000_000), second: UInt32(0)),
+        (protection: [UInt8]([2, 2, 0, 30]), first: UInt32(1024), second: UInt32(64)),
+    ])
+    func absurdStretching(protection: [UInt8], first: UInt32, second: UInt32) throws {
+        let image = try scratch.rawImage(bytes: 1 << 20)
+        let passphrase = scratch.directory + "/passphrase"
+        try scratch.write(passphrase, Data("correct horse".utf8))
+        #expect(try blk("state", "init", "--passphrase-file", passphrase, "--kdf", "pbkdf2", "-f", "raw", image).status == 0)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: image)))
+        let slot = 4096
+        func put(_ value: UInt32, at offset: Int) { for index in 0..<4 { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (24 - 8 * index)) } }
+        bytes.replaceSubrange(slot + 24..<slot + 28, with: protection)
+        put(first, at: slot + 28)
+        put(second, at: slot + 32)
+        let used = bytes[slot + 16..<slot + 20].reduce(0) { $0 << 8 | Int($1) }
+        put(CRC32C.checksum(Array(bytes[slot..<slot + used - 4])), at: slot + used - 4)
+        try Data(bytes).write(to: URL(fileURLWithPath: image))
+        let verified = try run(blkPath, ["state", "verify", "-f", "raw", "--passphrase-file", passphrase, image], within: 20)
+        #expect(verified.status == 65 && verified.stderr.contains("beyond blk's bounds"), "\(verified)")
     }
 }

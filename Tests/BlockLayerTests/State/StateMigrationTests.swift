@@ -26,7 +26,8 @@ struct StateMigrationTests {
 
         // Early checks while the source commits: right key (the destination, and the CLI), wrong key.
         let destination = try LineProcess.stateFixture()
-        #expect(try destination.request("open \(image) inactive \(key)") == "ok")
+        let opened = try destination.request("open \(image) inactive \(key)")
+        try #require(opened == "ok", "the destination's inactive open: \(opened)")
         var sourceDone = false
         var checksDuringCommits = 0
         while !sourceDone {

@@ -52,3 +52,8 @@ func kernelLocks(on path: String) throws -> [LockRecord] {
 func hasKernelWaiter(on path: String, byte: Int64 = LockByte.transaction) throws -> Bool {
     try kernelLocks(on: path).contains { $0.isWaiting && $0.covers(byte: byte) }
 }
+
+/// BLK_SOAK=1: the long runs — every crash state, longer stress — for a machine with time.
+enum Soak {
+    static let enabled = ProcessInfo.processInfo.environment["BLK_SOAK"].map { !$0.isEmpty && $0 != "0" } ?? false
+}

@@ -39,7 +39,7 @@ struct StateOptions: ParsableArguments {
     @Flag(help: "Print JSON on stdout.")
     var json = false
 
-    @Option(help: ArgumentHelp("Make a request fail, for testing error paths: OP:N[:eio|enospc][:always], OP read, write or flush (repeatable).",
+    @Option(help: ArgumentHelp("Make a request fail, for testing error paths: OP[@EVENT|@FIRST-LAST]:N[:eio|enospc][:always] — the Nth read, write or flush (during a step such as l2_update, or touching those file bytes) fails (repeatable; docs/block-layer.md).",
                                valueName: "rule"))
     var injectFault: [FaultRule] = []
 
