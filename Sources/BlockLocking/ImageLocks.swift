@@ -11,11 +11,15 @@ public final class ImageLocks: Sendable {
     public let transaction: TransactionLock
     private let permissions: Mutex<PermissionLocks?>
 
-    /// Decides how to lock (see LockingMode) and takes no lock yet.
-    public init(descriptor: FileDescriptor, path: String, mode: LockingMode) throws(LockingError) {
+    /// The mount the image lives on, when /proc says.
+    public let mount: MountInfo?
+
+    /// Decides how to lock (see LockingMode) for an open that may write or not, and takes no lock yet.
+    public init(descriptor: FileDescriptor, path: String, mode: LockingMode, writable: Bool) throws(LockingError) {
         self.descriptor = descriptor
         self.path = path
-        decision = try LockingDecision.decide(mode, descriptor: descriptor, path: path)
+        mount = MountInfo.of(descriptor)
+        decision = try LockingDecision.decide(mode, descriptor: descriptor, path: path, writable: writable, mount: mount)
         let locker = decision.flavor.map { ByteLocker(descriptor: descriptor, flavor: $0) }
         permissions = Mutex(locker.map { PermissionLocks(locker: $0, path: path) })
         transaction = TransactionLock(locker: locker, path: path)
@@ -46,7 +50,7 @@ public final class LockedImageFile: Sendable {
     public init(path: String, writable: Bool, mode: LockingMode = .auto) throws(LockingError) {
         let descriptor = try Self.openDescriptor(path, writable: writable)
         do {
-            locks = try ImageLocks(descriptor: descriptor, path: path, mode: mode)
+            locks = try ImageLocks(descriptor: descriptor, path: path, mode: mode, writable: writable)
         } catch {
             try? descriptor.close()
             throw error

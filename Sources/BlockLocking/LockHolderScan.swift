@@ -31,26 +31,10 @@ public struct LockHolderScan: Sendable {
     public static func identity(of descriptor: FileDescriptor) -> Result<FileIdentity, SystemCallError> {
         var status = stat()
         return valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }).map { _ in
-            let (major, minor) = superblockDevice(of: descriptor)
+            let (major, minor) = MountInfo.of(descriptor).map { ($0.deviceMajor, $0.deviceMinor) }
                 ?? (blk_dev_major(UInt64(status.st_dev)), blk_dev_minor(UInt64(status.st_dev)))
             return FileIdentity(deviceMajor: major, deviceMinor: minor, inode: UInt64(status.st_ino))
         }
-    }
-
-    /// The "major:minor" field of the descriptor's mount in /proc/self/mountinfo.
-    static func superblockDevice(of descriptor: FileDescriptor) -> (UInt32, UInt32)? {
-        guard let fdinfo = readProcFile("/proc/self/fdinfo/\(descriptor.rawValue)"),
-              let mountLine = fdinfo.split(separator: "\n").first(where: { $0.hasPrefix("mnt_id:") }),
-              let mountID = mountLine.split(whereSeparator: { $0 == "\t" || $0 == " " }).last,
-              let mountinfo = readProcFile("/proc/self/mountinfo") else { return nil }
-        for line in mountinfo.split(separator: "\n") {
-            let fields = line.split(separator: " ", maxSplits: 3)
-            guard fields.count >= 3, fields[0] == mountID else { continue }
-            let device = fields[2].split(separator: ":")
-            guard device.count == 2, let major = UInt32(device[0]), let minor = UInt32(device[1]) else { return nil }
-            return (major, minor)
-        }
-        return nil
     }
 
     /// The result of one scan: holders of granted locks, and how many requests wait.

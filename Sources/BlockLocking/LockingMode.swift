@@ -5,6 +5,10 @@
 //   auto  OFD locks                  no locks (as QEMU)              warning, no permission locks
 //   on    OFD locks                  POSIX locks, QEMU's warning     error: unsupported (exit 69)
 //   off   no locks                   no locks                        no locks
+//
+// And where the locks would not reach other hosts (MountInfo: NFS with nolock or local_lock):
+// auto warns; on warns for a read-only open and refuses a read-write one (exit 69), since the
+// caller asked for protection that cannot be given.
 import CLinuxLocking
 import SystemPackage
 
@@ -20,9 +24,23 @@ public struct LockingDecision: Sendable, Hashable {
     public var warnings: [String]
 
     /// Decides by probing the descriptor itself with F_OFD_GETLK: EINVAL means the kernel does
-    /// not know the command; ENOLCK or EOPNOTSUPP mean this file system will not lock.
-    public static func decide(_ mode: LockingMode, descriptor: FileDescriptor, path: String) throws(LockingError) -> LockingDecision {
+    /// not know the command; ENOLCK or EOPNOTSUPP mean this file system will not lock. Then, for
+    /// locks that work, whether they reach other hosts (`mount`: the descriptor's, when known).
+    public static func decide(_ mode: LockingMode, descriptor: FileDescriptor, path: String, writable: Bool,
+                              mount: MountInfo?) throws(LockingError) -> LockingDecision {
         if mode == .off { return LockingDecision(flavor: nil, warnings: []) }
+        var decision = try probe(mode, descriptor: descriptor, path: path)
+        if decision.flavor != nil, let why = mount?.locksStayOnThisHost {
+            if mode == .on && writable {
+                throw LockingError(.unsupported, "locks on \(path) would not reach other hosts (\(why)), so --locking on cannot protect a read-write open; remount with locking, or give --locking auto to accept it",
+                                   path: path)
+            }
+            decision.warnings.append("locks on \(path) do not reach other hosts (\(why)): a process on another host sharing this storage is not kept out")
+        }
+        return decision
+    }
+
+    private static func probe(_ mode: LockingMode, descriptor: FileDescriptor, path: String) throws(LockingError) -> LockingDecision {
         let probe = ByteLocker(descriptor: descriptor, flavor: .openFileDescription).probe(byte: LockByte.transaction, for: .exclusive)
         guard case .failure(let failure) = probe else { return LockingDecision(flavor: .openFileDescription, warnings: []) }
         switch (failure.errno, mode) {

@@ -57,7 +57,7 @@ public final class FileDriver: BlockDriver {
             throw BlockError(error)
         }
         do throws(LockingError) {
-            locks = try ImageLocks(descriptor: lockDescriptor, path: path, mode: locking)
+            locks = try ImageLocks(descriptor: lockDescriptor, path: path, mode: locking, writable: writable)
         } catch {
             try? lockDescriptor.close()
             throw BlockError(error)
@@ -184,7 +184,7 @@ public final class FileDriver: BlockDriver {
             let descriptor = self.descriptor
             if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor.rawValue) }) {
                 flushFailure = failure
-                throw BlockError.systemCall(failure, "flush of '\(path)'")
+                throw storageFailure(failure, "flush of '\(path)'")
             }
         }
     }
@@ -238,6 +238,10 @@ public final class FileDriver: BlockDriver {
 
     // MARK: positional I/O
 
+    private func storageFailure(_ failure: SystemCallError, _ what: String) -> BlockError {
+        BlockError.storageFailure(failure, what, lockedOn: locks.decision.flavor == nil ? nil : locks.mount)
+    }
+
     private func readFully(_ descriptor: FileDescriptor, at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer,
                            allowShort: Bool = false) throws(BlockError) {
         var done = 0
@@ -253,7 +257,7 @@ public final class FileDriver: BlockDriver {
             case .success(let count):
                 done += Int(count)
             case .failure(let failure):
-                throw BlockError.systemCall(failure, "read at \(byteOffset + Int64(done)) of '\(path)'")
+                throw storageFailure(failure, "read at \(byteOffset + Int64(done)) of '\(path)'")
             }
         }
     }
@@ -268,7 +272,7 @@ public final class FileDriver: BlockDriver {
             case .success:
                 throw BlockError(.ioError, "write at \(byteOffset + Int64(done)) of '\(path)' made no progress")
             case .failure(let failure):
-                throw BlockError.systemCall(failure, "write at \(byteOffset + Int64(done)) of '\(path)'")
+                throw storageFailure(failure, "write at \(byteOffset + Int64(done)) of '\(path)'")
             }
         }
     }

@@ -28,6 +28,8 @@ public struct BlockError: Error, Sendable, CustomStringConvertible {
         public static let corrupt = Code("corrupt")
         /// A read or write failed, or the image changed under us (shrank, vanished).
         public static let ioError = Code("io-error")
+        /// A lock this process held is gone (NFS: an EIO after locking); writes must stop.
+        public static let lockLost = Code("lock-lost")
     }
 
     public var code: Code
@@ -64,6 +66,15 @@ public struct BlockError: Error, Sendable, CustomStringConvertible {
     /// The message and, for lock conflicts, the holders, one per line.
     public var description: String {
         ([message] + (locking?.holders ?? []).map { "held by \($0.summary)" }).joined(separator: "\n")
+    }
+
+    /// An I/O failure on a file this process holds locks on. On NFS, EIO after a lock is how the
+    /// client says the lock was lost (an NFSv4 lease that expired, an NLM lock not reclaimed after
+    /// a server restart): another host may have the image now, which "I/O error" does not say.
+    public static func storageFailure(_ failure: SystemCallError, _ what: String, lockedOn mount: MountInfo?) -> BlockError {
+        guard failure.errno == .ioError, let mount, mount.isNFS else { return systemCall(failure, what) }
+        return BlockError(.lockLost, "\(what): \(failure.errno); on NFS (\(mount.source)) this means the image's lock was lost — the server restarted or the lease expired — and another host may hold the image now: stop writing and reopen it",
+                          cause: failure)
     }
 
     static func systemCall(_ failure: SystemCallError, _ what: String, file: String = #fileID, line: Int = #line) -> BlockError {

@@ -48,7 +48,7 @@ struct HandoffPeerCommand: ParsableCommand {
 
     func run() throws {
         let descriptor = try FileDescriptor.open(image, .readWrite, options: [.closeOnExec])
-        let locks = try ImageLocks(descriptor: descriptor, path: image, mode: .on)
+        let locks = try ImageLocks(descriptor: descriptor, path: image, mode: .on, writable: true)
         var command: UInt8 = 0
         while read(STDIN_FILENO, &command, 1) == 1 {
             var acquiredAt: Int64

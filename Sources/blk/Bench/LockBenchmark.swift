@@ -36,7 +36,7 @@ struct LockBenchmark {
             throw LockingError(.ioError, "could not create \(path)", path: path)
         }
         defer { unlink(path) }
-        let ours = try ImageLocks(descriptor: try open(path), path: path, mode: .on)
+        let ours = try ImageLocks(descriptor: try open(path), path: path, mode: .on, writable: true)
         let raw = try open(path)
         defer { try? ours.descriptor.close(); try? raw.close() }
 
@@ -86,7 +86,7 @@ struct LockBenchmark {
         let oursPeer = try HandoffPeer(path: path, mode: .ours)
         let rawPeer = try HandoffPeer(path: path, mode: .raw)
         defer { oursPeer.stop(); rawPeer.stop() }
-        let holder = try ImageLocks(descriptor: try open(path), path: path, mode: .on)
+        let holder = try ImageLocks(descriptor: try open(path), path: path, mode: .on, writable: true)
         let rawHolder = try open(path)
         defer { try? holder.descriptor.close(); try? rawHolder.close() }
         let scan = LockHolderScan(file: try LockHolderScan.identity(of: rawHolder).get())

@@ -24,7 +24,7 @@ extension BlockError {
         case .notFound: ExitStatus.notFound
         case .corrupt: ExitStatus.dataError
         case .invalidRequest: ExitStatus.usage
-        case .ioError, .noSpace: ExitStatus.ioError
+        case .ioError, .noSpace, .lockLost: ExitStatus.ioError
         default: ExitStatus.failure
         }
     }

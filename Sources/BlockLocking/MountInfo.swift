@@ -1,0 +1,73 @@
+// MountInfo: one line of /proc/self/mountinfo (proc(5)), and what it means for locks. OFD and
+// POSIX locks on a kernel NFS mount become NLM or NFSv4 locks that other hosts see — unless the
+// mount says `nolock` or `local_lock=all|posix`, where the client keeps them to itself and they
+// protect nothing across hosts, silently. The parser is pure, so tests can feed it any mount table.
+import SystemPackage
+
+public struct MountInfo: Sendable, Hashable {
+    public var mountID: Int
+    public var deviceMajor: UInt32
+    public var deviceMinor: UInt32
+    public var mountPoint: String
+    public var fileSystemType: String
+    public var source: String
+    /// Per-mount options (`rw,relatime`) and the file system's own (`vers=3,…,nolock,…`).
+    public var mountOptions: [String]
+    public var superOptions: [String]
+
+    /// Every well-formed line of a mountinfo text; others are skipped.
+    public static func parse(_ text: String) -> [MountInfo] {
+        text.split(separator: "\n").compactMap(parseLine)
+    }
+
+    // 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+    // (1)(2)(3)  (4)   (5)   (6)       (7…)     (8)(9)   (10)      (11)
+    private static func parseLine(_ line: Substring) -> MountInfo? {
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        guard let separator = fields.firstIndex(of: "-"), separator >= 6, fields.count >= separator + 3,
+              let mountID = Int(fields[0]) else { return nil }
+        let device = fields[2].split(separator: ":")
+        guard device.count == 2, let major = UInt32(device[0]), let minor = UInt32(device[1]) else { return nil }
+        return MountInfo(mountID: mountID, deviceMajor: major, deviceMinor: minor, mountPoint: unescape(fields[4]),
+                         fileSystemType: String(fields[separator + 1]), source: unescape(fields[separator + 2]),
+                         mountOptions: fields[5].split(separator: ",").map(String.init),
+                         superOptions: fields.count > separator + 3 ? fields[separator + 3].split(separator: ",").map(String.init) : [])
+    }
+
+    /// The kernel writes space, tab, newline and backslash in paths as octal escapes (`\040`).
+    private static func unescape(_ field: Substring) -> String {
+        var bytes: [UInt8] = []
+        var rest = Array(field.utf8)[...]
+        while let byte = rest.popFirst() {
+            if byte == UInt8(ascii: "\\"), rest.count >= 3, let value = UInt8(String(decoding: rest.prefix(3), as: UTF8.self), radix: 8) {
+                bytes.append(value)
+                rest = rest.dropFirst(3)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The mount a descriptor's file lives on, found by the mount id in its fdinfo.
+    public static func of(_ descriptor: FileDescriptor) -> MountInfo? {
+        guard let fdinfo = readProcFile("/proc/self/fdinfo/\(descriptor.rawValue)"),
+              let mountLine = fdinfo.split(separator: "\n").first(where: { $0.hasPrefix("mnt_id:") }),
+              let mountID = mountLine.split(whereSeparator: { $0 == "\t" || $0 == " " }).last.flatMap({ Int($0) }),
+              let mountinfo = readProcFile("/proc/self/mountinfo") else { return nil }
+        return parse(mountinfo).first { $0.mountID == mountID }
+    }
+
+    public var isNFS: Bool { fileSystemType == "nfs" || fileSystemType == "nfs4" }
+
+    /// Why locks taken on this mount stay on this host, or nil when they reach the others that
+    /// share the storage (or the storage is this host's alone).
+    public var locksStayOnThisHost: String? {
+        guard isNFS else { return nil }
+        if superOptions.contains("nolock") { return "\(fileSystemType) mount \(mountPoint) (\(source)) has nolock" }
+        if let local = superOptions.first(where: { $0 == "local_lock=all" || $0 == "local_lock=posix" }) {
+            return "\(fileSystemType) mount \(mountPoint) (\(source)) has \(local)"
+        }
+        return nil
+    }
+}
