@@ -29,9 +29,14 @@ public struct LockHolderScan: Sendable {
     /// has a device of its own), so the device comes from the descriptor's mount in
     /// /proc/self/mountinfo, and from fstat(2) only when that cannot be read.
     public static func identity(of descriptor: FileDescriptor) -> Result<FileIdentity, SystemCallError> {
+        identity(of: descriptor, on: MountInfo.of(descriptor))
+    }
+
+    /// The same, for a descriptor whose mount is already known (ImageLocks reads it at open).
+    public static func identity(of descriptor: FileDescriptor, on mount: MountInfo?) -> Result<FileIdentity, SystemCallError> {
         var status = stat()
         return valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }).map { _ in
-            let (major, minor) = MountInfo.of(descriptor).map { ($0.deviceMajor, $0.deviceMinor) }
+            let (major, minor) = mount.map { ($0.deviceMajor, $0.deviceMinor) }
                 ?? (blk_dev_major(UInt64(status.st_dev)), blk_dev_minor(UInt64(status.st_dev)))
             return FileIdentity(deviceMajor: major, deviceMinor: minor, inode: UInt64(status.st_ino))
         }

@@ -51,7 +51,7 @@ public final class BlockImage: Sendable {
         }
         var warnings = fileDriver.locks.decision.warnings
         let identity: FileIdentity
-        switch LockHolderScan.identity(of: fileDriver.locks.descriptor) {
+        switch LockHolderScan.identity(of: fileDriver.locks.descriptor, on: fileDriver.locks.mount) {
         case .success(let found): identity = found
         case .failure(let failure): throw BlockError.systemCall(failure, "Could not stat '\(path)'")
         }
