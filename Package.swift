@@ -1,6 +1,6 @@
 // swift-tools-version:6.0
 // BlockLayer: a block layer for VM images that many processes and hosts can share safely.
-// Modules in dependency order: CLinuxLocking (C shim) → BlockLocking → BlockLayer (with the
+// Modules in dependency order: CLinuxLocking and CSanlock (C shims) → BlockLocking → BlockLayer (with the
 // CLinuxIO shim) → Qcow2 (with zlib) → DeviceState (with the CChecksum shim and swift-crypto)
 // → blk (CLI).
 import PackageDescription
@@ -18,10 +18,14 @@ let package = Package(
     ],
     targets: [
         .target(name: "CLinuxLocking"),
+        // sanlock's client ABI, loaded with dlopen: the package builds where sanlock is absent.
+        .target(name: "CSanlock"),
         .target(
             name: "BlockLocking",
             dependencies: [
                 "CLinuxLocking",
+                "CSanlock",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
@@ -66,6 +70,7 @@ let package = Package(
                 "Qcow2",
                 "DeviceState",
                 "BlockLocking",
+                "CSanlock", // the lease benchmark's baseline calls sanlock's C API directly
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),

@@ -8,21 +8,41 @@ public final class ImageLocks: Sendable {
     public let descriptor: FileDescriptor
     public let path: String
     public let decision: LockingDecision
+    public let mode: LockingMode
     public let transaction: TransactionLock
     private let permissions: Mutex<PermissionLocks?>
 
     /// The mount the image lives on, when /proc says.
     public let mount: MountInfo?
 
-    /// Decides how to lock (see LockingMode) for an open that may write or not, and takes no lock yet.
-    public init(descriptor: FileDescriptor, path: String, mode: LockingMode, writable: Bool) throws(LockingError) {
+    /// The image's lease on shared storage, which follows the permission locks: exclusive while
+    /// write or resize is held, shared while anything else is, none otherwise.
+    public let lease: ImageLease?
+
+    /// Decides how to lock (see LockingMode) for an open that may write or not, and takes no lock
+    /// yet. The lease does not depend on the locking mode: where leases are used, OFD locks often
+    /// reach no other host anyway (a SAN LUN, NFS mounted nolock).
+    public init(descriptor: FileDescriptor, path: String, mode: LockingMode, writable: Bool,
+                lease policy: LeasePolicy = .none) throws(LockingError) {
         self.descriptor = descriptor
         self.path = path
+        self.mode = mode
         mount = MountInfo.of(descriptor)
         decision = try LockingDecision.decide(mode, descriptor: descriptor, path: path, writable: writable, mount: mount)
         let locker = decision.flavor.map { ByteLocker(descriptor: descriptor, flavor: $0) }
         permissions = Mutex(locker.map { PermissionLocks(locker: $0, path: path) })
         transaction = TransactionLock(locker: locker, path: path)
+        if let settings = try policy.resolved() {
+            lease = ImageLease(engine: SanlockEngine(settings: settings), image: try SanlockEngine.leasedImage(path: path))
+        } else {
+            lease = nil
+        }
+    }
+
+    /// What opening read-write would have checked, for a read-only open reopened read-write.
+    public func checkWritable() throws(LockingError) {
+        guard decision.flavor != nil else { return }
+        try LockingDecision.refuseUnreachedWriter(mode, path: path, mount: mount)
     }
 
     /// The permissions whose bytes are locked now.
@@ -30,10 +50,19 @@ public final class ImageLocks: Sendable {
         permissions.withLock { $0?.locked ?? .none }
     }
 
-    /// Takes, changes or (with `.none`) gives up the permission locks; on failure the old ones stay.
+    /// Takes, changes or (with `.none`) gives up the permission locks and the lease; on failure
+    /// the old ones stay. The local locks go first: a local conflict is found without asking the
+    /// storage.
     public func setPermissions(_ request: PermissionRequest) throws(LockingError) {
         try permissions.withLock { (locks) throws(LockingError) in
+            let before = locks?.locked ?? .none
             try locks?.change(to: request)
+            do throws(LockingError) {
+                try lease?.set(LeaseMode(for: request.held))
+            } catch {
+                try? locks?.change(to: before)
+                throw error
+            }
         }
     }
 }
@@ -47,10 +76,10 @@ public final class LockedImageFile: Sendable {
     /// Opens `path` (O_CLOEXEC, so no child process inherits the locks) without locking it.
     /// `writable` is needed for an exclusive transaction lock: the kernel grants write locks only
     /// through descriptors open for writing.
-    public init(path: String, writable: Bool, mode: LockingMode = .auto) throws(LockingError) {
+    public init(path: String, writable: Bool, mode: LockingMode = .auto, lease: LeasePolicy = .none) throws(LockingError) {
         let descriptor = try Self.openDescriptor(path, writable: writable)
         do {
-            locks = try ImageLocks(descriptor: descriptor, path: path, mode: mode, writable: writable)
+            locks = try ImageLocks(descriptor: descriptor, path: path, mode: mode, writable: writable, lease: lease)
         } catch {
             try? descriptor.close()
             throw error

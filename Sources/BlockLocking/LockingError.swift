@@ -24,6 +24,11 @@ public struct LockingError: Error, Sendable, CustomStringConvertible {
         public static let invalidRequest = Code("invalid-request")
         /// Any other failure of a system call.
         public static let ioError = Code("io-error")
+        /// A lease was asked for and its engine cannot grant any: the library or daemon is
+        /// missing, this host has not joined the lockspace, the lease storage is unreachable.
+        public static let leaseUnavailable = Code("lease-unavailable")
+        /// A lock or lease this process held was taken from it; writes must stop.
+        public static let lockLost = Code("lock-lost")
     }
 
     public var code: Code
@@ -32,14 +37,17 @@ public struct LockingError: Error, Sendable, CustomStringConvertible {
     public var path: String?
     /// Who holds the lock that was in the way, where this host can tell.
     public var holders: [LockHolder]
+    /// The hosts holding the lease that was in the way.
+    public var leaseOwners: [LeaseOwner]
     public var cause: SystemCallError?
     public var file: String
     public var line: Int
 
     public init(
-        _ code: Code, _ message: String, path: String? = nil, holders: [LockHolder] = [],
+        _ code: Code, _ message: String, path: String? = nil, holders: [LockHolder] = [], leaseOwners: [LeaseOwner] = [],
         cause: SystemCallError? = nil, file: String = #fileID, line: Int = #line
     ) {
+        self.leaseOwners = leaseOwners
         self.code = code
         self.message = message
         self.path = path
@@ -51,7 +59,13 @@ public struct LockingError: Error, Sendable, CustomStringConvertible {
 
     /// The message, then one line per holder ("held by pid 4121 (qemu-system-x86): holds write").
     public var description: String {
-        ([message] + holders.map { "held by \($0.summary)" }).joined(separator: "\n")
+        ([message] + holderLines).joined(separator: "\n")
+    }
+
+    /// One line per holder process: "held by pid 4121 (qemu-system-x86): holds write". (Lease
+    /// owners are named in the message itself.)
+    public var holderLines: [String] {
+        holders.map { "held by \($0.summary)" }
     }
 
     /// The description with the failed call and the throwing location, for debugging.

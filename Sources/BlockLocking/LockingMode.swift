@@ -31,13 +31,18 @@ public struct LockingDecision: Sendable, Hashable {
         if mode == .off { return LockingDecision(flavor: nil, warnings: []) }
         var decision = try probe(mode, descriptor: descriptor, path: path)
         if decision.flavor != nil, let why = mount?.locksStayOnThisHost {
-            if mode == .on && writable {
-                throw LockingError(.unsupported, "locks on \(path) would not reach other hosts (\(why)), so --locking on cannot protect a read-write open; remount with locking, or give --locking auto to accept it",
-                                   path: path)
-            }
+            if writable { try refuseUnreachedWriter(mode, path: path, mount: mount) }
             decision.warnings.append("locks on \(path) do not reach other hosts (\(why)): a process on another host sharing this storage is not kept out")
         }
         return decision
+    }
+
+    /// Under `--locking on`, a read-write open (or a reopen to read-write) of an image whose locks
+    /// stay on this host is refused: the promise "on" makes cannot be kept.
+    public static func refuseUnreachedWriter(_ mode: LockingMode, path: String, mount: MountInfo?) throws(LockingError) {
+        guard mode == .on, let why = mount?.locksStayOnThisHost else { return }
+        throw LockingError(.unsupported, "locks on \(path) would not reach other hosts (\(why)), so --locking on cannot protect a read-write open; remount with locking, or give --locking auto to accept it",
+                           path: path)
     }
 
     private static func probe(_ mode: LockingMode, descriptor: FileDescriptor, path: String) throws(LockingError) -> LockingDecision {

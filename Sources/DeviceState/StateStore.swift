@@ -38,9 +38,13 @@ public final class StateStore: Sendable {
         public var faults: [FaultRule]
         /// A journal of every write and flush of the store's read-write opens (tests).
         public var writeJournalPath: String?
+        /// The image's lease on shared storage for the writer (readers force-share and take none).
+        public var lease: LeasePolicy
 
         public init(format: String? = nil, locking: LockingMode = .auto, cache: CacheMode = .writeback,
-                    timeout: Duration = .seconds(10), faults: [FaultRule] = [], writeJournalPath: String? = nil) {
+                    timeout: Duration = .seconds(10), faults: [FaultRule] = [], writeJournalPath: String? = nil,
+                    lease: LeasePolicy = .configured) {
+            self.lease = lease
             self.format = format
             self.locking = locking
             self.cache = cache
@@ -51,7 +55,7 @@ public final class StateStore: Sendable {
 
         func openOptions(writable: Bool, inactive: Bool = false) -> OpenOptions {
             OpenOptions(format: format, writable: writable, forceShare: !writable, locking: locking, cache: cache,
-                        inactive: inactive, faults: faults, writeJournalPath: writeJournalPath)
+                        inactive: inactive, faults: faults, writeJournalPath: writeJournalPath, lease: lease)
         }
     }
 

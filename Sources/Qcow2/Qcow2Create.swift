@@ -14,7 +14,8 @@ extension Qcow2Format {
     /// left to the file's holes; `falloc`: reserved; `full`: written with zeroes).
     public static func create(at path: String, virtualSize: Int64, clusterSize: Int = 65536,
                               backingFile: String? = nil, backingFormat: String? = nil,
-                              preallocation: Preallocation = .off, locking: LockingMode = .auto) throws(BlockError) {
+                              preallocation: Preallocation = .off, locking: LockingMode = .auto,
+                              lease: LeasePolicy = .none) throws(BlockError) {
         guard clusterSize.nonzeroBitCount == 1, (512...(2 << 20)).contains(clusterSize) else {
             throw BlockError(.invalidRequest, "Cluster size must be a power of two between 512 and 2048k")
         }
@@ -29,7 +30,7 @@ extension Qcow2Format {
         }
         let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize), preallocated: preallocation != .off)
 
-        let file = try createImageFile(at: path, byteCount: Int64(layout.fileBytes), locking: locking)
+        let file = try createImageFile(at: path, byteCount: Int64(layout.fileBytes), locking: locking, lease: lease)
         let descriptor = file.descriptor.rawValue
         func write(_ bytes: [UInt8], at offset: UInt64) throws(BlockError) {
             var written = 0

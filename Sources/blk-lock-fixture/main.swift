@@ -11,9 +11,11 @@
 //   cancel                            → ok          (cancels the async lock's task)
 //   unlock HANDLE KIND · close HANDLE · status HANDLE → ok [KIND DEPTH]
 // Whole images through the block layer (handles of their own):
-//   image PATH ro|rw [inactive]       → ok HANDLE
+//   image PATH ro|rw [inactive] [auto|on|off] → ok HANDLE
 //   reopen HANDLE ro|rw · activate HANDLE · inactivate HANDLE → ok
 //   read HANDLE OFFSET LENGTH         → ok
+//   write HANDLE OFFSET LENGTH BYTE   → ok          (LENGTH bytes of BYTE, then a flush)
+//   lease HANDLE                      → ok none|shared|exclusive [lost]
 // Failures answer "err CODE MESSAGE" with newlines in MESSAGE written as "\n".
 import BlockLayer
 import BlockLocking
@@ -61,7 +63,8 @@ func blockCommand(_ words: ArraySlice<Substring>) -> String? {
         switch (words.first, handle) {
         case ("image", _) where words.count >= 3:
             let path = String(words[words.startIndex + 1])
-            let options = OpenOptions(writable: words[words.startIndex + 2] == "rw", inactive: words.last == "inactive")
+            let locking = words.dropFirst(3).compactMap { LockingMode(rawValue: String($0)) }.first ?? .auto
+            let options = OpenOptions(writable: words[words.startIndex + 2] == "rw", locking: locking, inactive: words.contains("inactive"))
             blockImages[nextHandle] = try BlockImage.open(path, options: options, formats: [Qcow2Format.self, RawFormat.self])
             defer { nextHandle += 1 }
             return "ok \(nextHandle)"
@@ -76,6 +79,17 @@ func blockCommand(_ words: ArraySlice<Substring>) -> String? {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
             defer { buffer.deallocate() }
             try image.read(at: offset, into: buffer)
+        case ("write", let image?) where words.count == 5:
+            guard let offset = Int64(words[words.startIndex + 2]), let count = Int(words[words.startIndex + 3]),
+                  let byte = UInt8(words[words.startIndex + 4]) else { return "err usage" }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
+            defer { buffer.deallocate() }
+            buffer.initializeMemory(as: UInt8.self, repeating: byte)
+            try image.write(at: offset, from: UnsafeRawBufferPointer(buffer))
+            try image.flush()
+        case ("lease", let image?):
+            let lease = (image.root.protocolNode.driver as? FileDriver)?.locks.lease
+            return "ok \(lease?.mode.map { "\($0)" } ?? "none")\(lease?.loss != nil ? " lost" : "")"
         default:
             return nil
         }

@@ -3,7 +3,8 @@
 // sides of a migration hand-over. What one process does to itself proves nothing about others.
 //
 // Protocol: one command per line on stdin, one answer per line on stdout ("ready" first).
-//   open PATH writer|reader|inactive [KEYFILE]  → ok
+//   open PATH writer|reader|inactive [KEYFILE] [locking=off]  → ok  (locking=off: no OFD locks,
+//                             as on a host that does not share this one's kernel; leases still apply)
 //   put NAME SIZE SEED      → ok GENERATION     (the blob is Payload(seed, size))
 //   loop NAME SIZE COUNT    → "committed SEED" after each commit (seeds 1…; COUNT 0: for ever),
 //                             then "ok done"
@@ -13,6 +14,7 @@
 //                             each a one-shot writer (lock, open, read, commit, close), then "ok done"
 //   inactivate · activate · close → ok
 // Failures answer "err CODE MESSAGE", newlines in MESSAGE written as "\n".
+import BlockLocking
 import DeviceState
 import Glibc
 
@@ -60,8 +62,10 @@ while let line = readLine() {
         switch command {
         case "open" where words.count >= 3:
             let role: StateStore.Role = words[2] == "writer" ? .writer : words[2] == "inactive" ? .inactive : .reader
-            let credential = words.count > 3 ? try StateCredential.keyFile(atPath: words[3]) : nil
-            store = try StateStore.open(words[1], role: role, credential: credential, options: .init(timeout: .seconds(20)))
+            let locking: LockingMode = words.contains("locking=off") ? .off : .auto
+            let rest = words.dropFirst(3).filter { $0 != "locking=off" }
+            let credential = try rest.first.map { (path) throws(StateError) in try StateCredential.keyFile(atPath: path) }
+            store = try StateStore.open(words[1], role: role, credential: credential, options: .init(locking: locking, timeout: .seconds(20)))
             reply("ok")
         case "put" where words.count == 4:
             let record = try store!.put(words[1], Payload.make(seed: UInt64(words[3])!, size: Int(words[2])!))

@@ -47,7 +47,8 @@ public final class FileDriver: BlockDriver {
 
     private var descriptor: FileDescriptor { FileDescriptor(rawValue: descriptorNumber.load(ordering: .acquiring)) }
 
-    public init(path: String, writable: Bool, locking: LockingMode, cache: CacheMode = .writeback) throws(BlockError) {
+    public init(path: String, writable: Bool, locking: LockingMode, cache: CacheMode = .writeback,
+                lease: LeasePolicy = .none) throws(BlockError) {
         self.path = path
         self.cache = cache
         let lockDescriptor: FileDescriptor
@@ -57,7 +58,7 @@ public final class FileDriver: BlockDriver {
             throw BlockError(error)
         }
         do throws(LockingError) {
-            locks = try ImageLocks(descriptor: lockDescriptor, path: path, mode: locking, writable: writable)
+            locks = try ImageLocks(descriptor: lockDescriptor, path: path, mode: locking, writable: writable, lease: lease)
         } catch {
             try? lockDescriptor.close()
             throw BlockError(error)
@@ -225,14 +226,20 @@ public final class FileDriver: BlockDriver {
     /// their own descriptor, are not touched. No request may be in flight.
     public func reopen(writable: Bool) throws(BlockError) {
         guard writableFlag.load(ordering: .acquiring) != writable else { return }
+        if writable {
+            do throws(LockingError) { try locks.checkWritable() } catch { throw BlockError(error) }
+        }
         let opened = try Self.openIO(path, writable: writable, cache: cache)
         let old = descriptorNumber.exchange(opened.rawValue, ordering: .acquiringAndReleasing)
         writableFlag.store(writable, ordering: .releasing)
         try? FileDescriptor(rawValue: old).close()
     }
 
+    /// The descriptor to write through — unless the image's lease was taken away, after which
+    /// nothing more may reach it (the fence).
     private func writableDescriptor() throws(BlockError) -> FileDescriptor {
         guard writableFlag.load(ordering: .acquiring) else { throw BlockError(.readOnly, "'\(path)' is open read-only") }
+        if let loss = locks.lease?.loss { throw BlockError(loss) }
         return descriptor
     }
 

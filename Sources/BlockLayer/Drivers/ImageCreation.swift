@@ -44,17 +44,19 @@ extension LockedImageFile {
     }
 }
 
-/// Creates `path` if needed, locks it against every other open, and empties it to `byteCount`
-/// zero bytes (sparse where the file system allows). The returned file holds the locks until
-/// the caller has written the format's metadata and lets it go.
-public func createImageFile(at path: String, byteCount: Int64, locking: LockingMode) throws(BlockError) -> LockedImageFile {
+/// Creates `path` if needed, locks it against every other open (and, with leases configured,
+/// every other host), and empties it to `byteCount` zero bytes (sparse where the file system
+/// allows). The returned file holds the locks until the caller has written the format's metadata
+/// and lets it go.
+public func createImageFile(at path: String, byteCount: Int64, locking: LockingMode,
+                            lease: LeasePolicy = .none) throws(BlockError) -> LockedImageFile {
     switch valueOrErrno("open", { Glibc.open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644) }) {
     case .success(let descriptor): close(descriptor)
     case .failure(let failure): throw BlockError.systemCall(failure, "Could not create '\(path)'")
     }
     let file: LockedImageFile
     do throws(LockingError) {
-        file = try LockedImageFile(path: path, writable: true, mode: locking)
+        file = try LockedImageFile(path: path, writable: true, mode: locking, lease: lease)
         try file.locks.setPermissions(PermissionRequest(held: .all, unshared: .all))
     } catch {
         throw BlockError(error)
@@ -72,9 +74,9 @@ extension RawDriver {
     /// Creates (or replaces) `path` as a raw image of `byteCount` zero bytes, allocated as
     /// `preallocation` asks (sparse by default).
     public static func create(at path: String, byteCount: Int64, preallocation: Preallocation = .off,
-                              locking: LockingMode = .auto) throws(BlockError) {
+                              locking: LockingMode = .auto, lease: LeasePolicy = .none) throws(BlockError) {
         guard preallocation != .metadata else { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
-        let file = try createImageFile(at: path, byteCount: byteCount, locking: locking)
+        let file = try createImageFile(at: path, byteCount: byteCount, locking: locking, lease: lease)
         try file.preallocate(0..<byteCount, preallocation, path: path)
     }
 }

@@ -28,8 +28,12 @@ public struct BlockError: Error, Sendable, CustomStringConvertible {
         public static let corrupt = Code("corrupt")
         /// A read or write failed, or the image changed under us (shrank, vanished).
         public static let ioError = Code("io-error")
-        /// A lock this process held is gone (NFS: an EIO after locking); writes must stop.
+        /// A lock this process held is gone (NFS: an EIO after locking; a revoked sanlock lease);
+        /// writes must stop.
         public static let lockLost = Code("lock-lost")
+        /// A lease on shared storage was asked for and cannot be had: no sanlock library or
+        /// daemon, lockspace not joined, lease storage unreachable.
+        public static let leaseUnavailable = Code("lease-unavailable")
     }
 
     public var code: Code
@@ -58,6 +62,8 @@ public struct BlockError: Error, Sendable, CustomStringConvertible {
         case .unsupported: .unsupported
         case .notFound: .notFound
         case .invalidRequest: .invalidRequest
+        case .lockLost: .lockLost
+        case .leaseUnavailable: .leaseUnavailable
         default: .ioError
         }
         self.init(code, locking.message, locking: locking, cause: locking.cause, file: file, line: line)
@@ -65,7 +71,7 @@ public struct BlockError: Error, Sendable, CustomStringConvertible {
 
     /// The message and, for lock conflicts, the holders, one per line.
     public var description: String {
-        ([message] + (locking?.holders ?? []).map { "held by \($0.summary)" }).joined(separator: "\n")
+        ([message] + (locking?.holderLines ?? [])).joined(separator: "\n")
     }
 
     /// An I/O failure on a file this process holds locks on. On NFS, EIO after a lock is how the

@@ -41,7 +41,8 @@ public final class BlockImage: Sendable {
         if options.forceShare && options.writable {
             throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
         }
-        let fileDriver = try FileDriver(path: path, writable: options.writable, locking: options.locking, cache: options.cache)
+        let fileDriver = try FileDriver(path: path, writable: options.writable, locking: options.locking, cache: options.cache,
+                                        lease: options.forceShare ? .none : options.lease) // -U reads beside writers
         var fileNode = BlockNode(driver: fileDriver)
         if let journalPath = options.writeJournalPath, options.writable {
             fileNode = BlockNode(driver: try WriteJournalDriver(file: fileNode, journalPath: journalPath), children: [(.file, fileNode)])

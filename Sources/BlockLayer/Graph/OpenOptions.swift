@@ -22,13 +22,18 @@ public struct OpenOptions: Sendable, Hashable {
     /// A file to which every write and flush under the format node is appended
     /// (WriteJournalDriver); tests rebuild crash states from it.
     public var writeJournalPath: String?
+    /// Whether the image file takes a lease on shared storage (sanlock) beside its OFD locks:
+    /// by default whatever this host is configured with (LeaseSettings.configured).
+    public var lease: LeasePolicy
     /// The raw format's window into its file.
     public var rawByteOffset: Int64
     public var rawWindowSize: Int64?
 
     public init(format: String? = nil, writable: Bool = false, forceShare: Bool = false, locking: LockingMode = .auto,
                 cache: CacheMode = .writeback, inactive: Bool = false, repairing: Bool = false, metadataCacheBytes: Int? = nil,
-                faults: [FaultRule] = [], writeJournalPath: String? = nil, rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
+                faults: [FaultRule] = [], writeJournalPath: String? = nil, lease: LeasePolicy = .configured,
+                rawByteOffset: Int64 = 0, rawWindowSize: Int64? = nil) {
+        self.lease = lease
         self.format = format
         self.writable = writable
         self.forceShare = forceShare

@@ -23,6 +23,7 @@ struct CheckCommand: ParsableCommand {
     @Flag(name: [.customShort("U"), .customLong("force-share")], help: "Check without keeping others from writing (QEMU's -U).")
     var forceShare = false
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.") var locking: LockingMode = .auto
+    @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
     @Option(name: .short, help: "Repair: leaks (lower leaked refcounts) or all (also raise refcounts that are too low and set COPIED flags right).")
     var r: Repair?
     @Flag(help: "Print JSON on stdout.") var json = false
@@ -44,7 +45,8 @@ struct CheckCommand: ParsableCommand {
     }
 
     func run() throws {
-        let options = OpenOptions(format: format, writable: r != nil, forceShare: forceShare, locking: locking, repairing: r != nil)
+        let options = OpenOptions(format: format, writable: r != nil, forceShare: forceShare, locking: locking, repairing: r != nil,
+                                  lease: leases.policy)
         let opened = try openImage(image, options, json: json)
         guard let qcow2 = opened.root.driver as? Qcow2Driver else {
             printError("This image format does not support checks")

@@ -80,13 +80,15 @@ struct ConvertCommand: ParsableCommand {
     /// The new image, `length` bytes of zeroes, opened read-write (with its locks) for the copy.
     private func createOutput(_ path: String, length: Int64) throws(BlockError) -> BlockImage {
         if outputFormat == "qcow2" {
-            try Qcow2Format.create(at: path, virtualSize: length, clusterSize: Int(clusterSize.value), locking: imageOptions.locking)
+            try Qcow2Format.create(at: path, virtualSize: length, clusterSize: Int(clusterSize.value), locking: imageOptions.locking,
+                                   lease: imageOptions.leases.policy)
         } else {
-            try RawDriver.create(at: path, byteCount: length, locking: imageOptions.locking)
+            try RawDriver.create(at: path, byteCount: length, locking: imageOptions.locking, lease: imageOptions.leases.policy)
         }
         return try BlockImage.open(path, options: OpenOptions(format: outputFormat, writable: true, locking: imageOptions.locking,
                                                               cache: outputCache == .writeback ? .unsafe : outputCache,
-                                                              metadataCacheBytes: imageOptions.cacheSize.map { Int($0.value) }),
+                                                              metadataCacheBytes: imageOptions.cacheSize.map { Int($0.value) },
+                                                              lease: imageOptions.leases.policy),
                                     formats: blkFormats)
     }
 }

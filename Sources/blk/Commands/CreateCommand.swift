@@ -18,6 +18,7 @@ struct CreateCommand: ParsableCommand {
     @Option(help: "off (sparse); metadata (qcow2: every cluster mapped, the data left sparse); falloc (blocks reserved); full (zeroes written).")
     var preallocation: Preallocation = .off
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.") var locking: LockingMode = .auto
+    @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The image file to create.") var image: String
     @Argument(help: "Its virtual size, with K/M/G/T suffixes.") var size: ByteCount?
@@ -33,7 +34,8 @@ struct CreateCommand: ParsableCommand {
             case "raw":
                 if preallocation == .metadata { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
                 print("Formatting '\(image)', fmt=raw size=\(size!.value)" + (preallocation == .off ? "" : " preallocation=\(preallocation)"))
-                try RawDriver.create(at: image, byteCount: size!.value, preallocation: preallocation, locking: locking)
+                try RawDriver.create(at: image, byteCount: size!.value, preallocation: preallocation, locking: locking,
+                                     lease: leases.policy)
             case "qcow2":
                 let (virtualSize, backingFormat) = try sizeAndBackingFormat()
                 var line = "Formatting '\(image)', fmt=qcow2 cluster_size=\(clusterSize.value)"
@@ -43,7 +45,7 @@ struct CreateCommand: ParsableCommand {
                 print(line + " size=\(virtualSize)")
                 try Qcow2Format.create(at: image, virtualSize: virtualSize, clusterSize: Int(clusterSize.value),
                                        backingFile: backing, backingFormat: backingFormat, preallocation: preallocation,
-                                       locking: locking)
+                                       locking: locking, lease: leases.policy)
             default:
                 throw BlockError(.unsupported, "Unknown file format '\(format)'")
             }

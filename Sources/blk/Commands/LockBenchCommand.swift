@@ -6,13 +6,16 @@ import Foundation
 struct LockBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lock",
-        abstract: "Lock and unlock, nested acquire, permission open and hand-over, each beside raw fcntl calls."
+        abstract: "Lock and unlock, nested acquire, permission open and hand-over, each beside raw fcntl calls.",
+        discussion: "With a lease area configured (see blk lease), also sanlock lease acquire and release beside sanlock's C API."
     )
 
     @Flag(help: "Print JSON on stdout.") var json = false
     @Option(help: "Iterations per round of the in-process measurements.") var iterations = 20_000
     @Option(help: "Hand-overs measured, ours and raw each.") var handoffs = 2_000
     @Option(help: "Folder for the benchmark's image (its file system is what is measured).") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
+    @OptionGroup(title: "Leases across hosts") var leaseConfig: LeaseConfigOptions
+    @Option(help: "Lease acquire/release pairs measured, ours and the C API's each (with a lease area configured).") var leaseRounds = 40
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
 
     func validate() throws {
@@ -22,13 +25,17 @@ struct LockBenchCommand: ParsableCommand {
     func run() throws {
         let benchmark = LockBenchmark(directory: dir, iterations: iterations, handoffs: handoffs, progress: Progress(forced: p))
         let results: LockBenchmark.Results
+        var leases: LeaseBenchmark.Results?
         do {
             results = try benchmark.run()
+            if let settings = try leaseConfig.settings() {
+                leases = try LeaseBenchmark(settings: settings, directory: dir, rounds: leaseRounds).run()
+            }
         } catch let error as LockingError {
             throw report(error, json: json)
         }
         if json {
-            printJSON(results)
+            printJSON(LockBenchJSON(locks: results, leases: leases))
             return
         }
         let rows: [(String, Double, Double?, String, String)] = [
@@ -46,7 +53,28 @@ struct LockBenchCommand: ParsableCommand {
             print(name.padding(18) + String(format: "%.2f %@", ours, unit).padding(14) + baselineText.padding(14)
                   + ratio.padding(9) + target)
         }
+        guard let leases else { return }
+        print("sanlock lease (lockspace \(leases.lockspace)), median of \(leaseRounds), beside sanlock's C API:")
+        for (name, ours, baseline) in [("lease acquire", leases.acquireMedianMs, leases.baselineAcquireMedianMs),
+                                       ("lease release", leases.releaseMedianMs, leases.baselineReleaseMedianMs)] {
+            print(name.padding(18) + String(format: "%.2f ms", ours).padding(14) + String(format: "%.2f ms", baseline).padding(14)
+                  + String(format: "%.2f×", ours / baseline).padding(9) + "≤ 1.1×")
+        }
     }
+}
+
+/// The JSON of `blk bench lock`: the lock figures, and the lease figures when measured.
+struct LockBenchJSON: Encodable {
+    var locks: LockBenchmark.Results
+    var leases: LeaseBenchmark.Results?
+
+    func encode(to encoder: any Encoder) throws {
+        try locks.encode(to: encoder)
+        var container = encoder.container(keyedBy: Key.self)
+        try container.encodeIfPresent(leases, forKey: .leases)
+    }
+
+    enum Key: String, CodingKey { case leases }
 }
 
 extension String {

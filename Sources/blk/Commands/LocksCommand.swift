@@ -5,21 +5,26 @@ import BlockLocking
 struct LocksCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "locks",
-        abstract: "Show every lock on an image: QEMU permissions, the transaction lock, and who holds them."
+        abstract: "Show every lock on an image: QEMU permissions, the transaction lock, and who holds them.",
+        discussion: "With a lease area configured (see blk lease), also the hosts holding the image's sanlock lease."
     )
 
     @Flag(help: "Print JSON on stdout.") var json = false
     @Argument(help: "The image file.") var image: String
+    @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
 
     func run() throws {
         do throws(LockingError) {
             // Locking off: this open must take no lock, or it would report itself.
             let file = try LockedImageFile(path: image, writable: false, mode: .off)
             let report = try LockReport.inspect(descriptor: file.descriptor, path: image)
+            let lease = try LeaseReport.inspect(image, settings: try leases.settings())
             if json {
-                printJSON(LocksJSON(report))
+                var output = LocksJSON(report)
+                output.lease = lease.map(LeaseJSON.init)
+                printJSON(output)
             } else {
-                print(report.text, terminator: "")
+                print(report.text + (lease.map { $0.text + "\n" } ?? ""), terminator: "")
             }
         } catch {
             throw report(error, json: json)
@@ -51,7 +56,37 @@ extension LockReport {
     }
 }
 
+/// The image's lease on shared storage, when a lease area is configured.
+struct LeaseReport {
+    var engine: SanlockEngine
+    var owners: [LeaseOwner]
+
+    static func inspect(_ path: String, settings: LeaseSettings?) throws(LockingError) -> LeaseReport? {
+        guard let settings else { return nil }
+        let engine = SanlockEngine(settings: settings)
+        return LeaseReport(engine: engine, owners: try engine.owners(of: try SanlockEngine.leasedImage(path: path)))
+    }
+
+    var text: String {
+        let heading = "lease (sanlock lockspace \(engine.settings.lockspace)): "
+        return heading + (owners.isEmpty ? "free" : "held by " + owners.map(\.description).joined(separator: "; "))
+    }
+}
+
+struct LeaseJSON: Encodable {
+    var lockspace: String
+    var leaseDir: String
+    var owners: [LeaseOwnerJSON]
+
+    init(_ report: LeaseReport) {
+        lockspace = report.engine.settings.lockspace
+        leaseDir = report.engine.settings.location
+        owners = report.owners.map(LeaseOwnerJSON.init)
+    }
+}
+
 struct LocksJSON: Encodable {
+    var lease: LeaseJSON?
     var image: String
     var permissionsHeld: [String]
     var permissionsNotShared: [String]

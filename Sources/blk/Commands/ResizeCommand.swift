@@ -9,6 +9,7 @@ struct ResizeCommand: ParsableCommand {
 
     @Option(name: .shortAndLong, help: "The image format; probed from the image when not given.") var format: String?
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.") var locking: LockingMode = .auto
+    @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The image file.") var image: String
     @Argument(help: "The new size, or +SIZE to grow by SIZE; K/M/G/T suffixes.") var size: String
@@ -18,7 +19,7 @@ struct ResizeCommand: ParsableCommand {
         guard let amount = ByteCount.parse(growth ? String(size.dropFirst()) : size) else {
             throw ValidationError("Invalid image size specified: \(size)")
         }
-        let opened = try openImage(image, OpenOptions(format: format, writable: true, locking: locking), json: json)
+        let opened = try openImage(image, OpenOptions(format: format, writable: true, locking: locking, lease: leases.policy), json: json)
         do throws(BlockError) {
             let current = try opened.length()
             let (target, overflow) = growth ? current.addingReportingOverflow(amount) : (amount, false)

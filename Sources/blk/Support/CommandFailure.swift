@@ -20,7 +20,7 @@ extension BlockError {
     var exitStatus: Int32 {
         switch code {
         case .conflict, .timedOut: ExitStatus.tryAgain
-        case .unsupported: ExitStatus.unsupported
+        case .unsupported, .leaseUnavailable: ExitStatus.unsupported
         case .notFound: ExitStatus.notFound
         case .corrupt: ExitStatus.dataError
         case .invalidRequest: ExitStatus.usage
@@ -35,7 +35,9 @@ func report(_ error: BlockError, json: Bool) -> ExitCode {
     printError(error.description)
     if json {
         let holders = (error.locking?.holders ?? []).map(HolderJSON.init)
-        printJSON(ErrorJSON(error: .init(kind: error.code.name, message: error.message, holders: holders)))
+        let owners = (error.locking?.leaseOwners ?? []).map(LeaseOwnerJSON.init)
+        printJSON(ErrorJSON(error: .init(kind: error.code.name, message: error.message, holders: holders,
+                                         leaseOwners: owners.isEmpty ? nil : owners)))
     }
     return ExitCode(error.exitStatus)
 }
@@ -57,6 +59,7 @@ struct ErrorJSON: Encodable {
         var kind: String
         var message: String
         var holders: [HolderJSON]
+        var leaseOwners: [LeaseOwnerJSON]?
     }
     var error: Body
 }

@@ -41,10 +41,12 @@ struct ImageOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Append every write and flush under the format node to FILE, for crash-state tests.", valueName: "file"))
     var recordWrites: String?
 
+    @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
+
     func openOptions(writable: Bool) -> OpenOptions {
         OpenOptions(format: format, writable: writable && !readOnly, forceShare: forceShare,
                     locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) }, faults: injectFault,
-                    writeJournalPath: recordWrites)
+                    writeJournalPath: recordWrites, lease: leases.policy)
     }
 
     /// Opens `path`, printing the open's warnings; `writable` is what the command would like

@@ -10,6 +10,22 @@ func printJSON(_ value: some Encodable) {
     FileHandle.standardOutput.write(data + Data("\n".utf8))
 }
 
+struct LeaseOwnerJSON: Encodable {
+    var hostId: UInt64
+    var hostName: String?
+    var generation: UInt64
+    var mode: String?
+    var hostState: String?
+
+    init(_ owner: LeaseOwner) {
+        hostId = owner.hostID
+        hostName = owner.hostName
+        generation = owner.generation
+        mode = owner.mode?.rawValue
+        hostState = owner.hostState
+    }
+}
+
 struct HolderJSON: Encodable {
     var pid: Int32?
     var program: String?

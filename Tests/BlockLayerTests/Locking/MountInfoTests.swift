@@ -62,6 +62,10 @@ struct MountInfoTests {
         }
         let readOnly = try LockingDecision.decide(.on, descriptor: descriptor, path: path, writable: false, mount: nolock)
         #expect(readOnly.flavor == .openFileDescription && readOnly.warnings.count == 1)
+        // Reopening that read-only open read-write (ImageLocks.checkWritable) asks the same question.
+        #expect(throws: LockingError.self) { try LockingDecision.refuseUnreachedWriter(.on, path: path, mount: nolock) }
+        try LockingDecision.refuseUnreachedWriter(.auto, path: path, mount: nolock)
+        try LockingDecision.refuseUnreachedWriter(.on, path: path, mount: local)
         #expect(try LockingDecision.decide(.off, descriptor: descriptor, path: path, writable: true, mount: nolock).warnings.isEmpty)
         #expect(try LockingDecision.decide(.on, descriptor: descriptor, path: path, writable: true, mount: local).warnings.isEmpty)
     }

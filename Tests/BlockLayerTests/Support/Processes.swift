@@ -44,6 +44,9 @@ final class Spawned: @unchecked Sendable {
         // inherit these pipes between pipe() and FD_CLOEXEC (Glibc does not export pipe2).
         spawnLock.lock()
         defer { spawnLock.unlock() }
+        // A child that died (a fenced writer SIGKILLed by sanlock) must not take the tests with
+        // it when they write to its stdin: EPIPE, not SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
         var inputPipe: [Int32] = [-1, -1], outputPipe: [Int32] = [-1, -1], errorPipe: [Int32] = [-1, -1]
         guard makePipe(&outputPipe), makePipe(&errorPipe) else { throw TestFailure("pipe") }
         var actions = posix_spawn_file_actions_t()

@@ -50,9 +50,11 @@ struct StateOptions: ParsableArguments {
         guard timeout >= 0 && timeout.isFinite else { throw ValidationError("--timeout takes a number of seconds ≥ 0") }
     }
 
+    @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
+
     var storeOptions: StateStore.Options {
         StateStore.Options(format: format, locking: locking, timeout: .nanoseconds(Int64(timeout * 1e9)), faults: injectFault,
-                           writeJournalPath: recordWrites)
+                           writeJournalPath: recordWrites, lease: leases.policy)
     }
 }
 
