@@ -33,7 +33,9 @@ public final class ImageLocks: Sendable {
         permissions = Mutex(locker.map { PermissionLocks(locker: $0, path: path) })
         transaction = TransactionLock(locker: locker, path: path)
         if let settings = try policy.resolved() {
-            lease = ImageLease(engine: SanlockEngine(settings: settings), image: try SanlockEngine.leasedImage(path: path))
+            var image = try SanlockEngine.leasedImage(path: path)
+            image.descriptor = descriptor.rawValue // synced by a fence before the lease goes
+            lease = ImageLease(engine: SanlockEngine(settings: settings), image: image)
         } else {
             lease = nil
         }

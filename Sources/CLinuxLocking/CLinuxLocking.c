@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -78,3 +79,30 @@ int blk_wake_timer_delete(long timer_id) { return timer_delete((timer_t)(intptr_
 
 unsigned int blk_dev_major(unsigned long long device) { return major(device); }
 unsigned int blk_dev_minor(unsigned long long device) { return minor(device); }
+
+int blk_o_direct_flag(void) { return O_DIRECT; }
+
+int blk_pass_credentials(int socket) {
+    int on = 1;
+    return setsockopt(socket, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
+}
+
+long blk_receive_with_sender(int socket, void *buffer, unsigned long length, long long *uid) {
+    struct iovec part = { .iov_base = buffer, .iov_len = length };
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(struct ucred))];
+    } control;
+    struct msghdr message = { .msg_iov = &part, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control };
+    ssize_t count = recvmsg(socket, &message, 0);
+    *uid = -1;
+    if (count < 0) return -1;
+    for (struct cmsghdr *entry = CMSG_FIRSTHDR(&message); entry; entry = CMSG_NXTHDR(&message, entry)) {
+        if (entry->cmsg_level == SOL_SOCKET && entry->cmsg_type == SCM_CREDENTIALS) {
+            struct ucred credentials;
+            memcpy(&credentials, CMSG_DATA(entry), sizeof credentials);
+            *uid = credentials.uid;
+        }
+    }
+    return count;
+}

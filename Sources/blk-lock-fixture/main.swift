@@ -15,6 +15,7 @@
 //   reopen HANDLE ro|rw · activate HANDLE · inactivate HANDLE → ok
 //   read HANDLE OFFSET LENGTH         → ok
 //   write HANDLE OFFSET LENGTH BYTE   → ok          (LENGTH bytes of BYTE, then a flush)
+//   flush HANDLE                      → ok
 //   lease HANDLE                      → ok none|shared|exclusive [lost]
 // Failures answer "err CODE MESSAGE" with newlines in MESSAGE written as "\n".
 import BlockLayer
@@ -86,6 +87,8 @@ func blockCommand(_ words: ArraySlice<Substring>) -> String? {
             defer { buffer.deallocate() }
             buffer.initializeMemory(as: UInt8.self, repeating: byte)
             try image.write(at: offset, from: UnsafeRawBufferPointer(buffer))
+            try image.flush()
+        case ("flush", let image?):
             try image.flush()
         case ("lease", let image?):
             let lease = (image.root.protocolNode.driver as? FileDriver)?.locks.lease

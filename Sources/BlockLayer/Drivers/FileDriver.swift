@@ -127,7 +127,22 @@ public final class FileDriver: BlockDriver {
         try readFully(descriptor, at: byteOffset, into: buffer)
     }
 
+    /// Runs a request that changes the file under the image's lease, if it has one: refused once
+    /// the lease is lost, and waited for by the fence before the lease goes (nothing more reaches
+    /// the image after).
+    private func leased<Result>(_ request: () throws(BlockError) -> Result) throws(BlockError) -> Result {
+        guard let lease = locks.lease else { return try request() }
+        let admitted: Bool
+        do throws(LockingError) { admitted = try lease.beginWrite() } catch { throw BlockError(error) }
+        defer { if admitted { lease.endWrite() } }
+        return try request()
+    }
+
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
+        try leased { () throws(BlockError) in try unleasedWrite(at: byteOffset, from: buffer) }
+    }
+
+    private func unleasedWrite(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
         let descriptor = try writableDescriptor()
         if cache == .none && !Self.isAligned(byteOffset, buffer.count, buffer.baseAddress) {
             let lengthBefore = try length()
@@ -153,6 +168,10 @@ public final class FileDriver: BlockDriver {
     }
 
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
+        try leased { () throws(BlockError) in try unleasedWriteZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap) }
+    }
+
+    private func unleasedWriteZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
         let descriptor = try writableDescriptor()
         let mode = blk_FALLOC_FL_KEEP_SIZE | (mayUnmap ? blk_FALLOC_FL_PUNCH_HOLE : blk_FALLOC_FL_ZERO_RANGE)
         switch valueOrErrno("fallocate", { blk_fallocate(descriptor.rawValue, Int32(mode), byteOffset, byteCount) }) {
@@ -170,12 +189,16 @@ public final class FileDriver: BlockDriver {
         var done: Int64 = 0
         while done < byteCount {
             let count = Int(min(Int64(chunk), byteCount - done))
-            try write(at: byteOffset + done, from: UnsafeRawBufferPointer(rebasing: zeroes[0..<count]))
+            try unleasedWrite(at: byteOffset + done, from: UnsafeRawBufferPointer(rebasing: zeroes[0..<count]))
             done += Int64(count)
         }
     }
 
     public func flush() throws(BlockError) {
+        try leased { () throws(BlockError) in try unleasedFlush() }
+    }
+
+    private func unleasedFlush() throws(BlockError) {
         try flushFailure.withLock { (flushFailure) throws(BlockError) in
             if let failure = flushFailure {
                 throw BlockError(.ioError, "flush of '\(path)' failed before (\(failure.errno)); data written since may be lost, so no later flush can succeed",
@@ -191,6 +214,10 @@ public final class FileDriver: BlockDriver {
     }
 
     public func truncate(to byteCount: Int64) throws(BlockError) {
+        try leased { () throws(BlockError) in try unleasedTruncate(to: byteCount) }
+    }
+
+    private func unleasedTruncate(to byteCount: Int64) throws(BlockError) {
         let descriptor = try writableDescriptor()
         if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor.rawValue, off_t(byteCount)) }) {
             throw BlockError.systemCall(failure, "resize '\(path)' to \(byteCount) bytes")
@@ -235,11 +262,8 @@ public final class FileDriver: BlockDriver {
         try? FileDescriptor(rawValue: old).close()
     }
 
-    /// The descriptor to write through — unless the image's lease was taken away, after which
-    /// nothing more may reach it (the fence).
     private func writableDescriptor() throws(BlockError) -> FileDescriptor {
         guard writableFlag.load(ordering: .acquiring) else { throw BlockError(.readOnly, "'\(path)' is open read-only") }
-        if let loss = locks.lease?.loss { throw BlockError(loss) }
         return descriptor
     }
 

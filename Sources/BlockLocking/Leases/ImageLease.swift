@@ -1,12 +1,16 @@
 // ImageLease: one open image's lease from a lease engine, following the open's permissions —
 // taken with the permission locks, changed on reopen, given back on close and on the migration
-// source's inactivate.
+// source's inactivate. Once the engine has taken it away, this open never takes it again: its
+// caches may hold what another host has since overwritten, so only a new open may write.
 import Synchronization
 
 public final class ImageLease: Sendable {
     public let engine: any LeaseEngine
     public let image: LeasedImage
     private let held = Mutex<LeaseMode?>(nil)
+    /// Whether a lease is held, read on every write without taking `held`'s lock.
+    private let isHeld = Atomic<Bool>(false)
+    private let lostError = Mutex<LockingError?>(nil)
 
     public init(engine: any LeaseEngine, image: LeasedImage) {
         self.engine = engine
@@ -20,22 +24,38 @@ public final class ImageLease: Sendable {
     /// The mode held now; nil when none.
     public var mode: LeaseMode? { held.withLock { $0 } }
 
-    /// Takes, changes or (nil) gives back the lease; on failure the old mode stays.
+    /// Takes, changes or (nil) gives back the lease; on failure the old mode stays. A lease once
+    /// lost is not taken again.
     public func set(_ mode: LeaseMode?) throws(LockingError) {
         try held.withLock { (held) throws(LockingError) in
             guard held != mode else { return }
             if let mode {
+                if let lost = lostError.withLock({ $0 }) ?? engine.loss { throw lost }
                 try engine.acquire(image, mode, holding: held)
             } else {
+                if held != nil, let lost = engine.loss { lostError.withLock { $0 = $0 ?? lost } }
                 try engine.release(image)
             }
             held = mode
+            isHeld.store(mode != nil, ordering: .releasing)
         }
     }
 
-    /// Why no write may be issued under this lease any more: the engine took it away.
+    /// Why no write may be issued under this lease any more.
     public var loss: LockingError? {
-        guard mode != nil else { return nil }
-        return engine.loss
+        if let lost = lostError.withLock({ $0 }) { return lost }
+        return mode != nil ? engine.loss : nil
+    }
+
+    /// Admits one write to the leased file: false when no lease is held (the write runs
+    /// unguarded), true when the engine admitted it (call `endWrite` after), or the loss.
+    public func beginWrite() throws(LockingError) -> Bool {
+        guard isHeld.load(ordering: .acquiring) else { return false }
+        try engine.beginWrite()
+        return true
+    }
+
+    public func endWrite() {
+        engine.endWrite()
     }
 }

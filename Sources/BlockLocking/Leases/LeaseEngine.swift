@@ -18,7 +18,14 @@ public protocol LeaseEngine: Sendable {
     /// Who holds the lease on `image` now, from the lease storage.
     func owners(of image: LeasedImage) throws(LockingError) -> [LeaseOwner]
 
-    /// Set when this process's leases were taken from it (the engine fenced it): from then on no
-    /// write may reach an image whose lease came from this engine.
+    /// Set when the leases this engine granted were taken away (the engine fenced the process):
+    /// from then on no write may reach an image whose lease came from this engine.
     var loss: LockingError? { get }
+
+    /// Admits one write to an image leased through this engine, or throws the loss (`.lockLost`).
+    /// The engine's fence waits for every admitted write to end before it gives the leases up.
+    func beginWrite() throws(LockingError)
+
+    /// Ends a write `beginWrite` admitted.
+    func endWrite()
 }

@@ -3,6 +3,7 @@
 // failing that, the name comes from the host's delta lease — the leader record in sector
 // host_id-1 of the lockspace, whose resource_name field holds what the host's daemon announces
 // (sanlock daemon -e NAME).
+import CLinuxLocking
 import Glibc
 import SystemPackage
 
@@ -62,7 +63,7 @@ struct LeaseHostNames {
     /// host wrote it.
     private func readSector(_ offset: Int64) -> [UInt8]? {
         let path = settings.lockspacePath
-        var descriptor = open(path, O_RDONLY | O_CLOEXEC | 0o40000 /* O_DIRECT */)
+        var descriptor = open(path, O_RDONLY | O_CLOEXEC | blk_o_direct_flag())
         if descriptor < 0 { descriptor = open(path, O_RDONLY | O_CLOEXEC) }
         guard descriptor >= 0 else { return nil }
         defer { close(descriptor) }

@@ -37,9 +37,11 @@ public struct LeaseSettings: Sendable, Hashable {
         case area
     }
 
-    public var layout: Layout {
+    /// nil when `location` cannot be reached (errno says why).
+    public var layout: Layout? {
         var status = stat()
-        return stat(location, &status) == 0 && (status.st_mode & S_IFMT) == S_IFDIR ? .directory : .area
+        guard stat(location, &status) == 0 else { return nil }
+        return (status.st_mode & S_IFMT) == S_IFDIR ? .directory : .area
     }
 
     /// The lockspace's own storage: a file in the folder, or the area itself (at offset 0).

@@ -6,9 +6,13 @@ public struct LeasedImage: Sendable, Hashable {
     public var path: String
     /// The engine's name for its lease (≤ 47 bytes for sanlock).
     public var resourceName: String
+    /// A descriptor of this open of the image (-1: none): a fenced holder syncs it before giving
+    /// the lease up, so what was written under the lease is on the storage before the lease is.
+    public var descriptor: Int32
 
-    public init(path: String, resourceName: String) {
+    public init(path: String, resourceName: String, descriptor: Int32 = -1) {
         self.path = path
         self.resourceName = resourceName
+        self.descriptor = descriptor
     }
 }

@@ -43,6 +43,14 @@ public final class SanlockEngine: LeaseEngine {
 
     public var loss: LockingError? { registration.withLock { $0?.loss } }
 
+    public func beginWrite() throws(LockingError) {
+        try registration.withLock { $0 }?.beginWrite()
+    }
+
+    public func endWrite() {
+        registration.withLock { $0 }?.endWrite()
+    }
+
     /// Tells process `pid` that sanlock revoked its leases: it stops writing and gives them back.
     public static func fence(pid: Int32, reason: String) throws(LockingError) {
         try SanlockRegistration.sendFence(to: pid, reason: reason)
@@ -64,7 +72,7 @@ public final class SanlockEngine: LeaseEngine {
     public func release(_ image: LeasedImage) throws(LockingError) {
         guard let client = registration.withLock({ $0 }), client.loss == nil,
               var resource = try self.resource(image, mode: .exclusive, create: false) else { return }
-        let result = client.drop(&resource, key: holdKey(image))
+        let result = client.drop(&resource, key: holdKey(image), descriptor: image.descriptor)
         if result < 0 && !SanlockLibrary.isDaemonMissing(result) {
             throw LockingError(.ioError, "Could not release the lease on '\(image.path)' (\(description)): \(SanlockLibrary.words(result))", path: image.path)
         }
@@ -98,6 +106,10 @@ public final class SanlockEngine: LeaseEngine {
         guard var resource = try self.resource(image, mode: .exclusive, create: false) else {
             throw LockingError(.notFound, "'\(image.path)' has no lease in \(description)", path: image.path)
         }
+        // sanlock passes requests to an exclusive holder only: a shared lease has no one to ask.
+        if let owner = try owners(of: image).first, owner.mode == .shared {
+            throw LockingError(.invalidRequest, "the lease on \(image.path) is held shared (by \(owner) and maybe others): sanlock can revoke only an exclusive holder", path: image.path)
+        }
         var result = blk_sanlock_read_resource(&resource, 0)
         guard result >= 0 else { throw unavailable(result, doing: "read", image) }
         // A request names a lease version above the one held.
@@ -117,9 +129,10 @@ public final class SanlockEngine: LeaseEngine {
 
     // MARK: resources
 
-    /// One resource of one lockspace, as this process's holds are counted.
+    /// One resource of one lockspace, as sanlock tells resources apart (and this process's holds
+    /// are counted): not by where the lease lives, which two opens may spell differently.
     private func holdKey(_ image: LeasedImage) -> String {
-        settings.location + "\0" + settings.lockspace + "\0" + image.resourceName
+        settings.lockspace + "\0" + image.resourceName
     }
 
     private func resource(_ image: LeasedImage, mode: LeaseMode, create: Bool) throws(LockingError) -> blk_sanlk_resource? {
@@ -143,12 +156,15 @@ public final class SanlockEngine: LeaseEngine {
 
     /// Where the image's lease is; nil when it was never made and `create` is false.
     func location(of image: LeasedImage, create: Bool) throws(LockingError) -> Location? {
-        let key = holdKey(image)
+        let key = settings.location + "\0" + holdKey(image)
         if let known = Self.knownLocations.withLock({ $0[key] }) { return known }
         let found: Location?
         switch settings.layout {
         case .directory: found = try fileLocation(of: image, create: create)
         case .area: found = try indexedLocation(of: image, create: create)
+        case nil:
+            throw LockingError(.leaseUnavailable, "Could not use the lease folder '\(settings.location)' for \(image.path): \(Errno.current); is the shared storage mounted?",
+                               path: image.path)
         }
         if let found { Self.knownLocations.withLock { $0[key] = found } }
         return found
@@ -158,7 +174,8 @@ public final class SanlockEngine: LeaseEngine {
         let path = settings.location + "/" + settings.lockspace + "." + image.resourceName.dropFirst(4) + ".lease"
         if access(path, F_OK) == 0 { return Location(path: path, offset: 0) }
         guard create else { return nil }
-        let temporary = settings.location + "/." + settings.lockspace + "." + image.resourceName + ".\(getpid()).new"
+        // Hosts share the folder and may share pids: the name must be this attempt's alone.
+        let temporary = settings.location + "/." + settings.lockspace + "." + image.resourceName + ".\(UInt64.random(in: 0...UInt64.max)).new"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else {
             throw LockingError(.leaseUnavailable, "Could not make the lease file for '\(image.path)' in '\(settings.location)': \(Errno.current)", path: image.path)
@@ -220,7 +237,9 @@ public final class SanlockEngine: LeaseEngine {
     private func refusal(_ result: Int32, image: LeasedImage, mode: LeaseMode) -> LockingError {
         let sanlockConflicts: [Int] = [BLK_SANLK_ACQUIRE_IDLIVE, BLK_SANLK_ACQUIRE_OWNED, BLK_SANLK_ACQUIRE_OTHER,
                                        BLK_SANLK_ACQUIRE_SHRETRY, BLK_SANLK_ACQUIRE_OWNED_RETRY]
-        let conflicts = sanlockConflicts.map { Int32($0) } + [-EAGAIN, -EBUSY]
+        // EEXIST: another client on this host holds it (an open with --locking off, or whose
+        // OFD locks allowed it).
+        let conflicts = sanlockConflicts.map { Int32($0) } + [-EAGAIN, -EBUSY, -EEXIST]
         guard conflicts.contains(result) else { return unavailable(result, doing: "acquire", image) }
         var owners = (try? self.owners(of: image)) ?? []
         let hosts = (try? SanlockLockspace(settings: settings).hosts()) ?? []

@@ -24,8 +24,9 @@ public struct SanlockLockspace: Sendable {
 
     /// Lays out the lockspace: in a lease folder, the lockspace file (made when missing); on a
     /// lease device, the lockspace at offset 0 and an empty resource index after it. Through this
-    /// host's daemon; no host may be using the lockspace.
-    public func initialize(ioTimeout: UInt32?) throws(LockingError) {
+    /// host's daemon. A lockspace already there is refused unless `force`: writing it again fails
+    /// every host that joined it, and on a device forgets where every lease is.
+    public func initialize(ioTimeout: UInt32?, force: Bool) throws(LockingError) {
         try SanlockLibrary.load()
         var status = stat()
         guard stat(settings.location, &status) == 0 else {
@@ -33,6 +34,10 @@ public struct SanlockLockspace: Sendable {
         }
         if settings.layout == .directory { try makeLockspaceFileIfMissing() }
         var lockspace = descriptor(hostID: 0)
+        var existingTimeout: UInt32 = 0
+        if !force && blk_sanlock_read_lockspace(&lockspace, 0, &existingTimeout) >= 0 {
+            throw LockingError(.conflict, "lockspace '\(settings.lockspace)' already exists in \(settings.lockspacePath) (io timeout \(existingTimeout) s): hosts join it with blk lease join; init --force rewrites it, failing every host in it")
+        }
         var result = blk_sanlock_write_lockspace(&lockspace, 0, 0, ioTimeout ?? 0)
         guard result >= 0 else { throw failure(result, "write lockspace '\(settings.lockspace)' to '\(settings.lockspacePath)'") }
         guard settings.layout == .area else { return }
@@ -62,7 +67,7 @@ public struct SanlockLockspace: Sendable {
     }
 
     /// Leaves the lockspace. Refused while a process on this host holds a lease in it, unless
-    /// `force`: then sanlock SIGKILLs those processes first (it does not run their kill path).
+    /// `force`: then sanlock ends those processes first (SIGKILL, as sanlock 3.8 does on removal).
     public func leave(hostID: UInt64, force: Bool) throws(LockingError) {
         try SanlockLibrary.load()
         var lockspace = descriptor(hostID: hostID)

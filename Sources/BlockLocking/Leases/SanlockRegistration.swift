@@ -2,12 +2,15 @@
 // is acquired through, and the fence that stops writes when sanlock takes the leases away.
 //
 // sanlock (without a hardware watchdog) revokes a lease by killing its holder: when the host's
-// lockspace fails or is removed it runs the client's kill path, and SIGKILLs if that does not
-// end the pid's hold. Our kill path is `blk lease fence PID`, which tells the registration's
-// watcher over an abstract Unix socket named after the pid; the watcher marks every lease of this
-// process lost before anything else — writes check that mark — and then closes the registration,
-// which is how sanlock learns the pid holds nothing any more. If the daemon itself goes away, the
-// registration socket hangs up and the watcher fences the same way.
+// lockspace fails, or another host asks for the lease, it runs the client's kill path, and
+// SIGKILLs if that does not end the pid's hold. Our kill path is `blk lease fence PID`, which
+// tells the registration's watcher over an abstract Unix socket named after the pid (only root or
+// this process's user are heard). If the daemon itself goes away, the registration hangs up.
+// Either way the watcher fences: it marks the leases lost, so no new write starts; waits for the
+// writes already under way; syncs every leased file, so what was written under the lease is on
+// the storage before the lease is; and only then closes the registration, which is how sanlock
+// learns the pid holds nothing.
+import CLinuxLocking
 import CSanlock
 import Glibc
 import Synchronization
@@ -15,17 +18,33 @@ import SystemPackage
 
 final class SanlockRegistration: Sendable {
     /// The connection leases are acquired on (socket -1 once closed by the fence), and what this
-    /// process holds through it. Leases are counted as the seed counted its lock calls: sanlock
+    /// process holds through it. Holds are counted as the seed counted its lock calls: sanlock
     /// grants a resource once per client, so a second open of an image in this process (two
     /// overlays over one backing file) shares the first's lease, and the last release gives it back.
     private let connection: Mutex<Connection>
 
     struct Connection {
         var socket: Int32
-        var holds: [String: (mode: LeaseMode, count: Int)] = [:]
+        var holds: [String: Hold] = [:]
     }
+
+    struct Hold {
+        var mode: LeaseMode
+        var count: Int
+        /// Descriptors of the leased file, synced by the fence before the lease goes.
+        var descriptors: [Int32]
+    }
+
+    /// sanlock keeps at most this many resources per client (SANLK_MAX_RESOURCES).
+    static let maximumLeases = 8
+
     private let lost = Atomic<Bool>(false)
     private let lossError = Mutex<LockingError?>(nil)
+    /// Writes between beginWrite and endWrite: the fence waits for them before giving leases up.
+    private let writesInFlight = Atomic<Int>(0)
+
+    /// "blk[4121]": what sanlock's status shows as the owner of a lease this process holds.
+    private let ownerName = "\(readProcFile("/proc/self/comm").map { String($0.prefix { $0 != "\n" }) } ?? "pid")[\(getpid())]"
 
     private static let current = Mutex<SanlockRegistration?>(nil)
 
@@ -42,20 +61,25 @@ final class SanlockRegistration: Sendable {
     }
 
     private init() throws(LockingError) {
+        // Before registering: a failed kill path setup must not leave a registration behind.
+        let fence = try Self.bindFenceSocket()
         let socket = blk_sanlock_register()
         guard socket >= 0 else {
+            close(fence)
             throw SanlockLibrary.daemonUnreachable(socket, doing: "register with sanlock")
         }
-        // No child process may inherit the registration: sanlock would count it as ours.
+        // No child process may inherit the registration: sanlock would count it as ours. (A child
+        // forked between register and this line would; sanlock offers no close-on-exec register.)
         _ = fcntl(socket, F_SETFD, FD_CLOEXEC)
         connection = Mutex(Connection(socket: socket))
-        let fence = Self.bindFenceSocket()
-        if fence >= 0, let helper = Self.fenceHelper {
-            // The pid goes in the arguments: sanlock appends it (SANLK_KILLPATH_PID) only on some paths.
-            var arguments = Array("lease fence \(getpid())".utf8CString)
-            _ = blk_sanlock_killpath(socket, 0, helper, &arguments)
+        do throws(LockingError) {
+            try Self.setKillPath(socket)
+            try startWatcher(socket: socket, fence: fence)
+        } catch {
+            close(socket)
+            close(fence)
+            throw error
         }
-        startWatcher(socket: socket, fence: fence)
     }
 
     /// Takes the resource `key` in `mode` for one more open of this process, or (`converting`)
@@ -66,34 +90,44 @@ final class SanlockRegistration: Sendable {
             if let loss { throw loss }
             if let existing = connection.holds[key] {
                 if existing.mode == mode {
-                    if !converting { connection.holds[key]!.count += 1 }
+                    if !converting {
+                        connection.holds[key]!.count += 1
+                        connection.holds[key]!.descriptors.append(image.descriptor)
+                    }
                     return 0
                 }
                 guard converting, existing.count == 1 else {
                     throw LockingError(.conflict, "Failed to get lease on \(image.path): another open of this process holds it \(existing.mode)",
                                        path: image.path)
                 }
-                let result = blk_sanlock_convert(connection.socket, -1, 0, &resource)
+                // No waiting for a failed co-owner's lease to expire: answered at once, like acquire.
+                let result = blk_sanlock_convert(connection.socket, -1, UInt32(BLK_SANLK_ACQUIRE_OWNER_NOWAIT), &resource)
                 if result == 0 { connection.holds[key]!.mode = mode }
                 return result
+            }
+            guard connection.holds.count < Self.maximumLeases else {
+                throw LockingError(.leaseUnavailable, "Could not get the lease on \(image.path): sanlock grants one process at most \(Self.maximumLeases) leases, and this process holds \(Self.maximumLeases) (a backing chain counts each file)",
+                                   path: image.path)
             }
             var options = blk_sanlk_options()
             SanlockLibrary.copy(ownerName, into: &options.owner_name)
             // No waiting for a failed owner's lease to expire (8 × io_timeout + 60 s): a conflict
             // is answered at once, as every lock conflict is, and the caller may retry.
             let result = blk_sanlock_acquire(connection.socket, -1, UInt32(BLK_SANLK_ACQUIRE_OWNER_NOWAIT), &resource, &options)
-            if result == 0 { connection.holds[key] = (mode, 1) }
+            if result == 0 { connection.holds[key] = Hold(mode: mode, count: 1, descriptors: [image.descriptor]) }
             return result
         }
     }
 
     /// Gives up one open's hold on `key`; the last one releases the lease. 0, or sanlock's
     /// negative result; nothing to do once fenced (sanlock released everything then).
-    func drop(_ resource: inout blk_sanlk_resource, key: String) -> Int32 {
+    func drop(_ resource: inout blk_sanlk_resource, key: String, descriptor: Int32) -> Int32 {
         connection.withLock { connection -> Int32 in
-            guard loss == nil, let existing = connection.holds[key] else { return 0 }
+            guard loss == nil, var existing = connection.holds[key] else { return 0 }
             if existing.count > 1 {
-                connection.holds[key]!.count -= 1
+                existing.count -= 1
+                if let index = existing.descriptors.firstIndex(of: descriptor) { existing.descriptors.remove(at: index) }
+                connection.holds[key] = existing
                 return 0
             }
             connection.holds[key] = nil
@@ -101,28 +135,47 @@ final class SanlockRegistration: Sendable {
         }
     }
 
-    /// "blk[4121]": what sanlock's status shows as the owner of a lease this process holds.
-    /// (A registration belongs to one process: a forked child registers anew, so the pid holds.)
-    private let ownerName = "\(readProcFile("/proc/self/comm").map { String($0.prefix { $0 != "\n" }) } ?? "pid")[\(getpid())]"
-
     var loss: LockingError? {
         guard lost.load(ordering: .acquiring) else { return nil }
         return lossError.withLock { $0 }
     }
 
-    /// Marks every lease of this process lost — first, so no write slips through — then closes
-    /// the registration so that sanlock releases what the pid held.
+    /// Admits one write to a leased file, unless the leases are lost. Counted before the check,
+    /// so the fence, which marks first and counts after, either refuses a write or waits for it.
+    func beginWrite() throws(LockingError) {
+        writesInFlight.add(1, ordering: .sequentiallyConsistent)
+        if lost.load(ordering: .sequentiallyConsistent) {
+            writesInFlight.subtract(1, ordering: .sequentiallyConsistent)
+            throw loss ?? LockingError(.lockLost, "this process's sanlock leases are lost")
+        }
+    }
+
+    func endWrite() {
+        writesInFlight.subtract(1, ordering: .sequentiallyConsistent)
+    }
+
+    /// Stops every write, lets the ones under way finish and reach the storage, then gives the
+    /// leases up by closing the registration.
     private func fence(_ error: LockingError) {
         lossError.withLock { if $0 == nil { $0 = error } }
-        lost.store(true, ordering: .releasing)
+        lost.store(true, ordering: .sequentiallyConsistent)
+        // A write holds no lock the fence needs, so this ends; the bound is for a hung storage,
+        // where sanlock's own escalation (SIGKILL) takes over.
+        let deadline = currentMonotonicNanoseconds() + 30_000_000_000
+        while writesInFlight.load(ordering: .sequentiallyConsistent) > 0 && currentMonotonicNanoseconds() < deadline {
+            usleep(1000)
+        }
         connection.withLock { connection in
+            for hold in connection.holds.values {
+                for descriptor in hold.descriptors where descriptor >= 0 { _ = fdatasync(descriptor) }
+            }
             if connection.socket >= 0 { close(connection.socket) }
             connection.socket = -1
             connection.holds = [:]
         }
     }
 
-    // MARK: the watcher
+    // MARK: the kill path and the watcher
 
     private static var fenceSocketName: String { "blocklayer-lease-fence.\(getpid())" }
 
@@ -139,17 +192,34 @@ final class SanlockRegistration: Sendable {
         return access(candidate, X_OK) == 0 ? candidate : nil
     }
 
-    /// An abstract datagram socket the kill path writes to; -1 if it cannot be had.
-    private static func bindFenceSocket() -> Int32 {
+    /// Has sanlock run `HELPER lease fence PID` instead of killing this process. sanlock keeps
+    /// at most 127 bytes of path and of arguments; a helper it would cut is refused here.
+    private static func setKillPath(_ socket: Int32) throws(LockingError) {
+        guard let helper = fenceHelper else { return }
+        guard helper.utf8.count < 128 else {
+            throw LockingError(.leaseUnavailable, "the lease fence helper's path '\(helper)' is longer than sanlock's 127 bytes: install blk in a shorter path or set BLK_LEASE_FENCE_HELPER")
+        }
+        // The pid is in the arguments rather than appended by sanlock (SANLK_KILLPATH_PID): the
+        // kill path sanlock runs for another host's request arrived here without it.
+        var arguments = Array("lease fence \(getpid())".utf8CString)
+        let result = blk_sanlock_killpath(socket, 0, helper, &arguments)
+        guard result >= 0 else {
+            throw LockingError(.leaseUnavailable, "Could not give sanlock its kill path (\(helper)): \(SanlockLibrary.words(result))")
+        }
+    }
+
+    /// The abstract datagram socket the kill path writes to.
+    private static func bindFenceSocket() throws(LockingError) -> Int32 {
         let fence = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fence >= 0 else { return -1 }
+        guard fence >= 0 else { throw LockingError(.leaseUnavailable, "Could not make the lease fence socket: \(Errno.current)") }
         var address = abstractAddress(fenceSocketName)
         let bound = withUnsafePointer(to: &address.address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fence, $0, address.length) }
         }
-        if bound != 0 {
+        guard bound == 0, blk_pass_credentials(fence) == 0 else {
+            let error = Errno.current
             close(fence)
-            return -1
+            throw LockingError(.leaseUnavailable, "Could not listen for sanlock's kill path on @\(fenceSocketName): \(error)")
         }
         return fence
     }
@@ -157,13 +227,12 @@ final class SanlockRegistration: Sendable {
     static func abstractAddress(_ name: String) -> (address: sockaddr_un, length: socklen_t) {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(name.utf8)
+        let bytes = Array(name.utf8.prefix(106))
         withUnsafeMutableBytes(of: &address.sun_path) { path in
             path[0] = 0 // abstract: no file, gone with the process
-            for (index, byte) in bytes.prefix(path.count - 1).enumerated() { path[index + 1] = byte }
+            for (index, byte) in bytes.enumerated() { path[index + 1] = byte }
         }
-        let length = MemoryLayout<sa_family_t>.size + 1 + min(bytes.count, 106)
-        return (address, socklen_t(length))
+        return (address, socklen_t(MemoryLayout<sa_family_t>.size + 1 + bytes.count))
     }
 
     /// Tells the process `pid` to fence itself (what `blk lease fence` does for sanlock).
@@ -181,7 +250,7 @@ final class SanlockRegistration: Sendable {
         }
     }
 
-    private func startWatcher(socket: Int32, fence: Int32) {
+    private func startWatcher(socket: Int32, fence: Int32) throws(LockingError) {
         let watcher = Watcher(registration: self, socket: socket, fence: fence)
         var thread = pthread_t()
         let context = Unmanaged.passRetained(watcher).toOpaque()
@@ -190,11 +259,11 @@ final class SanlockRegistration: Sendable {
             watcher.run()
             return nil
         }, context)
-        if started == 0 {
-            pthread_detach(thread)
-        } else {
+        guard started == 0 else {
             Unmanaged<Watcher>.fromOpaque(context).release()
+            throw LockingError(.leaseUnavailable, "Could not start the lease watcher thread: \(Errno(rawValue: started))")
         }
+        pthread_detach(thread)
     }
 
     /// Blocks in poll on the registration and the fence socket; ends once it has fenced.
@@ -213,29 +282,39 @@ final class SanlockRegistration: Sendable {
         static let readHangUp: Int16 = 0x2000
 
         func run() {
-            defer { if fence >= 0 { close(fence) } }
-            // Only a hang-up on the registration: acquire and release read their replies from it.
+            // Only a hang-up on the registration: acquire and release read their replies from it,
+            // and a poll that asks for no input is not woken by them.
             let hangUp = Int16(POLLHUP) | Int16(POLLERR) | Self.readHangUp
             var descriptors = [pollfd(fd: socket, events: Self.readHangUp, revents: 0),
                                pollfd(fd: fence, events: Int16(POLLIN), revents: 0)]
-            while true {
-                let ready = poll(&descriptors, nfds_t(fence >= 0 ? 2 : 1), -1)
-                if ready < 0 {
+            let reason: LockingError
+            watching: while true {
+                if poll(&descriptors, 2, -1) < 0 {
                     if Errno.current == .interrupted { continue }
-                    return
+                    // Nothing would watch any more: fence rather than write unguarded.
+                    reason = LockingError(.lockLost, "the lease watcher failed (poll: \(Errno.current)); no more writes are issued")
+                    break watching
                 }
-                if fence >= 0 && descriptors[1].revents & Int16(POLLIN) != 0 {
+                if descriptors[1].revents & Int16(POLLIN) != 0 {
                     var buffer = [UInt8](repeating: 0, count: 256)
-                    let count = recv(fence, &buffer, buffer.count, 0)
-                    let reason = count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : "sanlock ran the kill path"
-                    registration.fence(LockingError(.lockLost, "this host's sanlock lease was revoked (\(reason)): the lockspace failed or was removed, and another host may take the image; no more writes are issued"))
-                    return
+                    var sender: Int64 = -1
+                    let count = blk_receive_with_sender(fence, &buffer, UInt(buffer.count), &sender)
+                    // Anyone on the host can send to an abstract socket; only root (sanlock) and
+                    // this process's own user may fence it.
+                    guard count >= 0, sender == 0 || sender == Int64(getuid()) else { continue }
+                    let text = count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : "sanlock ran the kill path"
+                    reason = LockingError(.lockLost, "this host's sanlock lease was revoked (\(text)): the lockspace failed or another host asked for the image; no more writes are issued")
+                    break watching
                 }
                 if descriptors[0].revents & hangUp != 0 {
-                    registration.fence(LockingError(.lockLost, "the sanlock daemon went away, and with it this process's leases: another host may take the image; no more writes are issued"))
-                    return
+                    reason = LockingError(.lockLost, "the sanlock daemon went away, and with it this process's leases: another host may take the image; no more writes are issued")
+                    break watching
                 }
             }
+            // The name is free before the registration is marked lost, so a new registration
+            // (made only after that) can listen on it.
+            close(fence)
+            registration.fence(reason)
         }
     }
 }

@@ -45,6 +45,16 @@ int blk_wake_timer_arm(long timer, long long deadline_ns, long long interval_ns)
 /// Deletes a timer made by blk_wake_timer_create.
 int blk_wake_timer_delete(long timer);
 
+/// O_DIRECT, whose value differs between architectures and which Glibc hides behind _GNU_SOURCE.
+int blk_o_direct_flag(void);
+
+/// Makes `socket` (AF_UNIX) attach its senders' credentials to what it receives (SO_PASSCRED).
+int blk_pass_credentials(int socket);
+
+/// recv(2) on a socket with SO_PASSCRED: up to `length` bytes into `buffer`, and the sender's uid
+/// in `uid` (-1 when the kernel attached none). Returns the byte count, or -1 with errno.
+long blk_receive_with_sender(int socket, void *buffer, unsigned long length, long long *uid);
+
 /// Major and minor numbers of a dev_t, as /proc/locks prints them.
 unsigned int blk_dev_major(unsigned long long device);
 unsigned int blk_dev_minor(unsigned long long device);

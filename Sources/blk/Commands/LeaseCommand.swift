@@ -1,4 +1,4 @@
-// `blk lease init|join|leave|status|fence`: the sanlock lockspace image leases live in. The
+// `blk lease init|join|leave|status|revoke|fence`: the sanlock lockspace image leases live in. The
 // settings come from the options, else BLK_LEASE_* in the environment, else the config file.
 import ArgumentParser
 import BlockLocking
@@ -55,11 +55,12 @@ struct LeaseInitCommand: ParsableCommand {
         abstract: "Create the lockspace in the lease folder (once, from any host; no host may be using it).")
     @OptionGroup var options: LeaseOptions
     @Option(help: ArgumentHelp("Lease renewal I/O timeout in seconds (sanlock's default 10).", valueName: "sec")) var ioTimeout: UInt32?
+    @Flag(help: "Rewrite a lockspace that exists: every host in it fails, every lease holder is fenced.") var force = false
 
     func run() throws {
         let settings = try options.settings()
         try options.run { () throws(LockingError) in
-            try SanlockLockspace(settings: settings).initialize(ioTimeout: ioTimeout ?? settings.ioTimeout)
+            try SanlockLockspace(settings: settings).initialize(ioTimeout: ioTimeout ?? settings.ioTimeout, force: force)
         }
         if options.json { printJSON(["lease-dir": settings.location, "lockspace": settings.lockspace]) }
         else { print("lockspace \(settings.lockspace) written to \(settings.lockspacePath)") }

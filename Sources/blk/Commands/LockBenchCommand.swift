@@ -15,7 +15,7 @@ struct LockBenchCommand: ParsableCommand {
     @Option(help: "Hand-overs measured, ours and raw each.") var handoffs = 2_000
     @Option(help: "Folder for the benchmark's image (its file system is what is measured).") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
     @OptionGroup(title: "Leases across hosts") var leaseConfig: LeaseConfigOptions
-    @Option(help: "Lease acquire/release pairs measured, ours and the C API's each (with a lease area configured).") var leaseRounds = 40
+    @Option(help: "Lease acquire/release pairs measured, ours and the C API's each (with a lease area configured).") var leaseRounds = 100
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
 
     func validate() throws {

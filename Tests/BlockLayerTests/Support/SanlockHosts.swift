@@ -31,7 +31,9 @@ final class SanlockHosts {
 
     /// Starts `count` daemons, lays out the lease area and joins every host (in parallel: a join
     /// takes about 2 × ioTimeout + 1 s).
-    init(count: Int = 2, ioTimeout: Int = 1, layout: Layout = .folder) throws {
+    /// ioTimeout 2: a loaded 2-core machine can delay one renewal I/O past 1 s, and a host whose
+    /// renewals fail is fenced.
+    init(count: Int = 2, ioTimeout: Int = 2, layout: Layout = .folder) throws {
         scratch = try Scratch()
         self.count = count
         self.ioTimeout = ioTimeout
