@@ -44,26 +44,28 @@ struct L2TableCache {
     mutating func lookup(l1Index index: Int, entryIndex: Int) -> (l2Offset: UInt64, entry: UInt64?) {
         let l2Offset = (l1.indices.contains(index) ? l1[index] : 0) & 0x00ff_ffff_ffff_fe00
         guard l2Offset != 0 else { return (0, nil) }
-        return (l2Offset, cached(l2Offset)?.entries[entryIndex])
+        // Through the stored reference, not a returned one: every read would otherwise retain
+        // and release the table, an atomic on a line all reader threads share.
+        guard touchCached(l2Offset) else { return (l2Offset, nil) }
+        return (l2Offset, lastTable.unsafelyUnwrapped.entries[entryIndex])
     }
 
-    private mutating func cached(_ offset: UInt64) -> Table? {
-        let table: Table
-        if offset == lastOffset, let last = lastTable {
-            table = last
-        } else {
-            guard let found = tables[offset] else { return nil }
-            table = found
+    /// Makes the table at `offset` the last used (and counts the use) if it is cached.
+    private mutating func touchCached(_ offset: UInt64) -> Bool {
+        if offset != lastOffset || lastTable == nil {
+            guard let found = tables[offset] else { return false }
             lastOffset = offset
             lastTable = found
         }
-        // Hits on the table used last write nothing: the cache line stays shared between the
-        // cores reading through it.
-        if table.lastUse != clock {
+        if lastTable.unsafelyUnwrapped.lastUse != clock {
             clock += 1
-            table.lastUse = clock
+            lastTable.unsafelyUnwrapped.lastUse = clock
         }
-        return table
+        return true
+    }
+
+    private mutating func cached(_ offset: UInt64) -> Table? {
+        touchCached(offset) ? lastTable : nil
     }
 
     mutating func table(at offset: UInt64) -> [UInt64]? { cached(offset)?.entries }

@@ -16,6 +16,9 @@ public final class Qcow2Driver: BlockDriver {
     public let formatName = "qcow2"
     public let header: Qcow2Header
     public let file: BlockNode
+    /// `file.driver`, one load from self: reached through `file` the compiler retains and
+    /// releases the driver on every request, an atomic on a line every reader thread shares.
+    let fileDriver: any BlockDriver
     /// The image reads fall through to, kept open (with its own locks) while this one is.
     public let backing: BlockImage?
     let forceShare: Bool
@@ -43,6 +46,7 @@ public final class Qcow2Driver: BlockDriver {
         openedForRepair = repairing
         self.header = header
         self.file = file
+        fileDriver = file.driver
         self.backing = backing
         self.forceShare = forceShare
         self.writable = Atomic(writable)
@@ -158,11 +162,11 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     private func readHost(at hostOffset: UInt64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
-        let fileLength = UInt64(try file.driver.length())
+        let fileLength = UInt64(try fileDriver.length())
         guard hostOffset + UInt64(target.count) <= fileLength else {
             throw signalCorruption("data cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file (\(fileLength) bytes)")
         }
-        try file.driver.read(at: Int64(hostOffset), into: target)
+        try fileDriver.read(at: Int64(hostOffset), into: target)
     }
 
     private func inflateCluster(hostOffset: UInt64, byteCount: Int, into cluster: UnsafeMutableRawBufferPointer) throws(BlockError) {

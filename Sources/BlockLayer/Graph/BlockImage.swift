@@ -10,6 +10,9 @@ import Synchronization
 public final class BlockImage: Sendable {
     public let path: String
     public let root: BlockNode
+    /// `root.driver`, one load from self: reached through `root` the compiler retains and
+    /// releases the driver on every request, an atomic on a line every thread shares.
+    private let rootDriver: any BlockDriver
     public let format: String
     /// The format was guessed from the image's first bytes (no -f).
     public let formatWasProbed: Bool
@@ -93,6 +96,7 @@ public final class BlockImage: Sendable {
     private init(path: String, root: BlockNode, format: String, probed: Bool, warnings: [String], options: OpenOptions) {
         self.path = path
         self.root = root
+        rootDriver = root.driver
         self.format = format
         self.formatWasProbed = probed
         self.warnings = warnings
@@ -113,11 +117,11 @@ public final class BlockImage: Sendable {
     // MARK: I/O
 
     /// The virtual size: the bytes a guest sees.
-    public func length() throws(BlockError) -> Int64 { try root.driver.length() }
+    public func length() throws(BlockError) -> Int64 { try rootDriver.length() }
 
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
         try checkRange(byteOffset, Int64(buffer.count))
-        try root.driver.read(at: byteOffset, into: buffer)
+        try rootDriver.read(at: byteOffset, into: buffer)
     }
 
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
@@ -126,13 +130,13 @@ public final class BlockImage: Sendable {
         if formatWasProbed && format == "raw" && byteOffset < 512 {
             try refuseProbeChange(at: byteOffset, buffer)
         }
-        try root.driver.write(at: byteOffset, from: buffer)
+        try rootDriver.write(at: byteOffset, from: buffer)
     }
 
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool = false) throws(BlockError) {
         try checkWritable()
         try checkRange(byteOffset, byteCount)
-        try root.driver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
+        try rootDriver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
     }
 
     /// Grows the image to `byteCount` bytes. Resizing needs QEMU's "resize" permission, which a
@@ -151,13 +155,13 @@ public final class BlockImage: Sendable {
     /// Whether the range is known to read as zeroes without reading it (see BlockDriver).
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
         try checkRange(byteOffset, byteCount)
-        return try root.driver.readsAsZeroes(at: byteOffset, byteCount: byteCount)
+        return try rootDriver.readsAsZeroes(at: byteOffset, byteCount: byteCount)
     }
 
     /// Makes completed writes durable. Format drivers flush their file themselves, after their
     /// own metadata (see BlockDriver), so one call at the top reaches the storage once.
     public func flush() throws(BlockError) {
-        try root.driver.flush()
+        try rootDriver.flush()
     }
 
     /// Runs `body` with its requests marked as part of `event`, for fault rules (BlockEvent.swift).
