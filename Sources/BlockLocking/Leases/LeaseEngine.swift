@@ -4,7 +4,7 @@
 
 /// One engine's view of the leases of this process.
 public protocol LeaseEngine: Sendable {
-    /// The engine and where its leases live, for messages: "sanlock lockspace vms on /srv/leases".
+    /// The engine and where its leases live, for messages: "sanlock lockspace 'vms' in '/srv/leases'".
     var description: String { get }
 
     /// Takes the lease on `image` in `mode`, or changes the mode of the lease this process already
