@@ -84,7 +84,7 @@ let package = Package(
         .executableTarget(name: "blk-state-fixture", dependencies: ["DeviceState"]),
         .testTarget(
             name: "BlockLayerTests",
-            dependencies: ["BlockLayer", "BlockLocking", "DeviceState"]
+            dependencies: ["BlockLayer", "BlockLocking", "DeviceState", "Qcow2"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -20,12 +20,14 @@ public struct SystemCallError: Error, Sendable, Hashable, CustomStringConvertibl
 
 extension Errno {
     /// The errno the calling thread was left with by the last failed C call.
-    static var current: Errno { Errno(rawValue: Glibc.errno) }
+    @usableFromInline static var current: Errno { Errno(rawValue: Glibc.errno) }
 }
 
 /// Runs a C call that returns -1 and sets errno on failure, retrying it while it fails with EINTR
-/// when `retryOnInterrupt` is set.
-@inline(__always)
+/// when `retryOnInterrupt` is set. Inlinable: every read and write of every driver goes through
+/// it, and unspecialized across the module boundary it instantiated `Result`'s metadata through
+/// the runtime's locked cache on each call — shared state every I/O thread touched.
+@inlinable
 public func valueOrErrno<Value: FixedWidthInteger>(
     _ name: StaticString, retryOnInterrupt: Bool = true, _ call: () -> Value
 ) -> Result<Value, SystemCallError> {

@@ -1,30 +1,33 @@
-// L2TableCache: the active L1 table, and recently used L2 tables, decoded, bounded by a byte
-// budget so memory stays flat however large the image (QEMU's l2-cache-size). Both live behind
-// one lock, so a lookup costs one lock, not two. The least recently used goes first — but never
-// a dirty table (changed in memory, not yet on disk): the writer writes those back, in order,
-// before they may go (Qcow2Writer.swift).
+// L2TableCache: the active L1 table, and recently used L2 tables, bounded by a byte budget so
+// memory stays flat however large the image (QEMU's l2-cache-size). Both live behind one lock,
+// so a lookup that needs the lock costs one, not two. The least recently used goes first — but
+// never a dirty table (changed in memory, not yet on disk): the writer writes those back, in
+// order, before they may go (Qcow2Writer.swift).
 //
-// A hit is one hash lookup — none at all when it is the table the last lookup used, which is
-// what sequential and nearby requests hit — and a counter; the entry is read in place, the
-// table is not copied. The search for the oldest table happens only when one must go.
+// Reads of cached tables do not take the lock at all: the cache keeps an L2ReadIndex current
+// with every change it makes, and the tables' entries live in that index's buffers, changed in
+// place. A lookup under the lock is for what the index cannot answer: a table not cached, or a
+// change under way.
+import Synchronization
 
 struct L2TableCache {
-    /// One cached table; a class so a hit updates its age and reads its entry in place.
+    /// One cached table; a class so its age changes in place.
     final class Table {
-        var entries: [UInt64]
+        let entries: UnsafeMutablePointer<Atomic<UInt64>>
         var lastUse: UInt64
 
-        init(_ entries: [UInt64], lastUse: UInt64) {
+        init(_ entries: UnsafeMutablePointer<Atomic<UInt64>>, lastUse: UInt64) {
             self.entries = entries
             self.lastUse = lastUse
         }
     }
 
-    /// The active L1 table; the writer changes entries when it allocates L2 tables.
-    var l1: [UInt64]
+    /// The active L1 table; changed through `setL1Entry` and `growL1`, which keep the index current.
+    private(set) var l1: [UInt64]
+    /// For each L2 table offset, the L1 indices pointing at it: one, except in a corrupt image.
+    /// (Indices without a table are not listed: the index is told so directly.)
+    private var l1Indices: [UInt64: [Int]] = [:]
     private var tables: [UInt64: Table] = [:]
-    private var lastOffset: UInt64 = 0
-    private var lastTable: Table?
     private var clock: UInt64 = 0
     private(set) var dirty: Set<UInt64> = []
     /// Counts the writer's changes to tables. A reader that read a table from disk inserts it
@@ -32,62 +35,59 @@ struct L2TableCache {
     /// (and maybe wrote back and evicted) while the read was under way.
     private(set) var generation: UInt64 = 0
     let capacity: Int
+    let readIndex: L2ReadIndex
 
     /// `budgetBytes` of tables of `clusterSize` bytes each; at least four.
     init(l1: [UInt64], budgetBytes: Int, clusterSize: Int) {
         self.l1 = l1
         capacity = max(4, budgetBytes / clusterSize)
+        readIndex = L2ReadIndex(l1Count: l1.count, entryCount: clusterSize / 8)
+        readIndex.change {
+            for index in l1.indices {
+                let offset = Self.tableOffset(l1[index])
+                if offset != 0 { l1Indices[offset, default: []].append(index) }
+                publish(index)
+            }
+        }
     }
+
+    private static func tableOffset(_ l1Entry: UInt64) -> UInt64 { l1Entry & 0x00ff_ffff_ffff_fe00 }
 
     /// The L2 table offset for L1 index `index` (0: no table), and the entry at `entryIndex` if
     /// that table is cached.
     mutating func lookup(l1Index index: Int, entryIndex: Int) -> (l2Offset: UInt64, entry: UInt64?) {
-        let l2Offset = (l1.indices.contains(index) ? l1[index] : 0) & 0x00ff_ffff_ffff_fe00
+        let l2Offset = l1.indices.contains(index) ? Self.tableOffset(l1[index]) : 0
         guard l2Offset != 0 else { return (0, nil) }
-        // Through the stored reference, not a returned one: every read would otherwise retain
-        // and release the table, an atomic on a line all reader threads share.
-        guard touchCached(l2Offset) else { return (l2Offset, nil) }
-        return (l2Offset, lastTable.unsafelyUnwrapped.entries[entryIndex])
+        return (l2Offset, entry(entryIndex, ofTableAt: l2Offset))
     }
 
-    /// Makes the table at `offset` the last used (and counts the use) if it is cached.
-    private mutating func touchCached(_ offset: UInt64) -> Bool {
-        if offset != lastOffset || lastTable == nil {
-            guard let found = tables[offset] else { return false }
-            lastOffset = offset
-            lastTable = found
-        }
-        if lastTable.unsafelyUnwrapped.lastUse != clock {
+    /// Entry `index` of the table at `offset`, if it is cached.
+    mutating func entry(_ index: Int, ofTableAt offset: UInt64) -> UInt64? {
+        guard let table = touch(offset) else { return nil }
+        return table.entries[index].load(ordering: .relaxed)
+    }
+
+    /// A copy of the table at `offset`, if it is cached.
+    mutating func table(at offset: UInt64) -> [UInt64]? {
+        guard let table = touch(offset) else { return nil }
+        return (0..<readIndex.entryCount).map { table.entries[$0].load(ordering: .relaxed) }
+    }
+
+    /// The table at `offset`, made the most recently used.
+    private mutating func touch(_ offset: UInt64) -> Table? {
+        guard let table = tables[offset] else { return nil }
+        if table.lastUse != clock {
             clock += 1
-            lastTable.unsafelyUnwrapped.lastUse = clock
+            table.lastUse = clock
         }
-        return true
+        return table
     }
 
-    private mutating func cached(_ offset: UInt64) -> Table? {
-        touchCached(offset) ? lastTable : nil
-    }
-
-    mutating func table(at offset: UInt64) -> [UInt64]? { cached(offset)?.entries }
-
-    /// A table read from disk while `generation` was `readAt`: the cached one if there is one
-    /// (it may be newer), this one if nothing changed since, nil if the read must be redone.
-    mutating func insertRead(_ entries: [UInt64], at offset: UInt64, readAt: UInt64) -> [UInt64]? {
-        if let cached = table(at: offset) { return cached }
-        guard generation == readAt else { return nil }
+    /// A table read from disk while `generation` was `readAt`: stored unless one is cached
+    /// already (it may be newer) or the writer changed tables since (the caller reads again).
+    mutating func insertRead(_ entries: [UInt64], at offset: UInt64, readAt: UInt64) {
+        guard tables[offset] == nil, generation == readAt else { return }
         insert(entries, at: offset)
-        return entries
-    }
-
-    private mutating func insert(_ entries: [UInt64], at offset: UInt64) {
-        clock += 1
-        if let existing = tables[offset] {
-            existing.entries = entries
-            existing.lastUse = clock
-        } else {
-            tables[offset] = Table(entries, lastUse: clock)
-        }
-        evictCleanTables()
     }
 
     /// Stores a table the writer changed; it stays until `markClean`.
@@ -97,22 +97,38 @@ struct L2TableCache {
         insert(entries, at: offset)
     }
 
-    /// Changes one entry of a cached table in place (no copy of the table) and marks it dirty;
-    /// false when the table is not cached.
+    /// Changes one entry of a cached table in place and marks it dirty; false when the table
+    /// is not cached.
     mutating func setEntry(_ value: UInt64, at index: Int, ofTableAt offset: UInt64) -> Bool {
         guard let table = tables[offset] else { return false }
         generation += 1
-        table.entries[index] = value
+        readIndex.change { table.entries[index].store(value, ordering: .relaxed) }
         dirty.insert(offset)
         return true
     }
 
-    private func oldestCleanTable() -> UInt64? {
-        var oldest: (offset: UInt64, lastUse: UInt64)?
-        for (offset, table) in tables where !dirty.contains(offset) && table.lastUse < (oldest?.lastUse ?? .max) {
-            oldest = (offset, table.lastUse)
+    mutating func setL1Entry(_ entry: UInt64, at index: Int) {
+        readIndex.change {
+            let old = Self.tableOffset(l1[index])
+            l1Indices[old]?.removeAll { $0 == index }
+            if l1Indices[old]?.isEmpty == true { l1Indices[old] = nil }
+            l1[index] = entry
+            let offset = Self.tableOffset(entry)
+            if offset != 0 { l1Indices[offset, default: []].append(index) }
+            publish(index)
         }
-        return oldest?.offset
+    }
+
+    /// Makes the L1 table `count` entries long, the new ones without a table.
+    mutating func growL1(to count: Int) {
+        guard count > l1.count else { return }
+        readIndex.change {
+            readIndex.resize(to: count)
+            for index in l1.count..<count {
+                l1.append(0)
+                publish(index)
+            }
+        }
     }
 
     mutating func markClean(_ offset: UInt64) {
@@ -121,13 +137,47 @@ struct L2TableCache {
         evictCleanTables()
     }
 
-    private mutating func evictCleanTables() {
-        while tables.count > capacity, let victim = oldestCleanTable() {
-            tables[victim] = nil
-            if victim == lastOffset {
-                lastOffset = 0
-                lastTable = nil
+    private mutating func insert(_ entries: [UInt64], at offset: UInt64) {
+        clock += 1
+        if let existing = tables[offset] {
+            readIndex.change { readIndex.fill(existing.entries, with: entries) }
+            existing.lastUse = clock
+        } else {
+            readIndex.change {
+                tables[offset] = Table(readIndex.makeTable(entries), lastUse: clock)
+                l1Indices[offset]?.forEach { publish($0) }
             }
         }
+        evictCleanTables()
+    }
+
+    /// Points the index's slot for L1 index `index` at what the L1 entry says. Inside `change`.
+    private func publish(_ index: Int) {
+        let offset = Self.tableOffset(l1[index])
+        if offset == 0 {
+            readIndex.setSlot(index, to: L2ReadIndex.noTable)
+        } else {
+            readIndex.setSlot(index, to: tables[offset].map { UInt(bitPattern: $0.entries) } ?? 0)
+        }
+    }
+
+    private mutating func evictCleanTables() {
+        guard tables.count > capacity else { return }
+        // Tables readers used without the lock since the last round count as used now.
+        clock += 1
+        for table in tables.values where readIndex.takeUsedMark(table.entries) { table.lastUse = clock }
+        while tables.count > capacity, let victim = oldestCleanTable() {
+            let table = tables.removeValue(forKey: victim).unsafelyUnwrapped
+            readIndex.change { l1Indices[victim]?.forEach { readIndex.setSlot($0, to: 0) } }
+            readIndex.recycle(table.entries)
+        }
+    }
+
+    private func oldestCleanTable() -> UInt64? {
+        var oldest: (offset: UInt64, lastUse: UInt64)?
+        for (offset, table) in tables where !dirty.contains(offset) && table.lastUse < (oldest?.lastUse ?? .max) {
+            oldest = (offset, table.lastUse)
+        }
+        return oldest?.offset
     }
 }

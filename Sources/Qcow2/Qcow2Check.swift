@@ -110,7 +110,7 @@ extension Qcow2Driver {
             ? error.entry & ~Self.copiedBit : error.entry | Self.copiedBit
         guard let table = error.l2TableOffset else {
             state.pendingL1[error.index] = fixed
-            cache.withLock { $0.l1[error.index] = fixed }
+            cache.withLock { $0.setL1Entry(fixed, at: error.index) }
             return
         }
         if !cache.withLock({ $0.setEntry(fixed, at: error.index, ofTableAt: table) }) {

@@ -26,6 +26,9 @@ public final class Qcow2Driver: BlockDriver {
     let virtualSize: Atomic<Int64>
     /// The L1 table and the cached L2 tables.
     let cache: Mutex<L2TableCache>
+    /// The cache's lock-free view for reads: a `let` of our own, so a read reaches it without
+    /// the lock or a retain.
+    let readIndex: L2ReadIndex
     /// How many refcount blocks the writer keeps in memory before it writes them back.
     let refcountBlockCapacity: Int
     /// Allocation state, and the lock that makes allocating writes one at a time.
@@ -52,7 +55,9 @@ public final class Qcow2Driver: BlockDriver {
         self.writable = Atomic(writable)
         let raw = try Self.readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8)
         let l1 = raw.bigEndianEntries
-        cache = Mutex(L2TableCache(l1: l1, budgetBytes: cacheBytes / 5 * 4, clusterSize: header.clusterSize))
+        let l2Cache = L2TableCache(l1: l1, budgetBytes: cacheBytes / 5 * 4, clusterSize: header.clusterSize)
+        readIndex = l2Cache.readIndex
+        cache = Mutex(l2Cache)
         refcountBlockCapacity = max(4, cacheBytes / 5 / header.clusterSize)
         writer = Mutex(Qcow2WriterState(l1TableOffset: header.l1TableOffset, refcountTableOffset: header.refcountTableOffset,
                                          refcountTableClusters: UInt64(header.refcountTableClusters)))
@@ -84,11 +89,15 @@ public final class Qcow2Driver: BlockDriver {
 
     func mapping(ofGuestCluster cluster: UInt64) throws(BlockError) -> ClusterMapping {
         let l2Entries = UInt64(header.l2Entries)
+        let l1Index = Int(cluster / l2Entries)
         let l2Index = Int(cluster % l2Entries)
-        let (l2Offset, cached) = cache.withLock { $0.lookup(l1Index: Int(cluster / l2Entries), entryIndex: l2Index) }
+        if let entry = readIndex.entry(l1Index: l1Index, entryIndex: l2Index) {
+            return try checkedMapping(ofEntry: entry, cluster: cluster)
+        }
+        let (l2Offset, cached) = cache.withLock { $0.lookup(l1Index: l1Index, entryIndex: l2Index) }
         guard l2Offset != 0 else { return .unallocated }
         let entry: UInt64
-        if let cached { entry = cached } else { entry = try l2Table(at: l2Offset)[l2Index] }
+        if let cached { entry = cached } else { entry = try l2Entry(l2Index, ofTableAt: l2Offset) }
         return try checkedMapping(ofEntry: entry, cluster: cluster)
     }
 
@@ -110,21 +119,35 @@ public final class Qcow2Driver: BlockDriver {
         return .data(hostOffset: hostOffset)
     }
 
+    /// Entry `index` of the L2 table at `offset`, read from disk into the cache if need be.
+    func l2Entry(_ index: Int, ofTableAt offset: UInt64) throws(BlockError) -> UInt64 {
+        while true {
+            if let entry = cache.withLock({ $0.entry(index, ofTableAt: offset) }) { return entry }
+            try loadL2Table(at: offset)
+        }
+    }
+
+    /// A copy of the L2 table at `offset`, read from disk into the cache if need be.
     func l2Table(at offset: UInt64) throws(BlockError) -> [UInt64] {
         while true {
-            let (cached, generation) = cache.withLock { ($0.table(at: offset), $0.generation) }
-            if let cached { return cached }
-            guard offset % UInt64(header.clusterSize) == 0 else {
-                throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) unaligned")
-            }
-            let fileLength = try file.driver.length()
-            guard offset >= UInt64(header.clusterSize), offset + UInt64(header.clusterSize) <= UInt64(fileLength) else {
-                throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
-            }
-            let raw = try Self.readBytes(file, at: offset, count: header.clusterSize)
-            let table = raw.bigEndianEntries
-            if let current = cache.withLock({ $0.insertRead(table, at: offset, readAt: generation) }) { return current }
+            if let table = cache.withLock({ $0.table(at: offset) }) { return table }
+            try loadL2Table(at: offset)
         }
+    }
+
+    /// Reads the L2 table at `offset` into the cache — unless the writer changed tables while
+    /// it was read, when the caller (which loops) finds it missing and reads it again.
+    private func loadL2Table(at offset: UInt64) throws(BlockError) {
+        let generation = cache.withLock { $0.generation }
+        guard offset % UInt64(header.clusterSize) == 0 else {
+            throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) unaligned")
+        }
+        let fileLength = try file.driver.length()
+        guard offset >= UInt64(header.clusterSize), offset + UInt64(header.clusterSize) <= UInt64(fileLength) else {
+            throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
+        }
+        let table = try Self.readBytes(file, at: offset, count: header.clusterSize).bigEndianEntries
+        cache.withLock { $0.insertRead(table, at: offset, readAt: generation) }
     }
 
     /// Splits a request into its pieces, one per guest cluster: the cluster, the offset inside

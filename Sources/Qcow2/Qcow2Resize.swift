@@ -45,7 +45,7 @@ extension Qcow2Driver {
                     state.pendingReleases += Array(state.l1TableOffset / clusterSize..<state.l1TableOffset / clusterSize + max(oldClusters, 1))
                 }
                 state.l1TableOffset = newOffset
-                cache.withLock { $0.l1 = oldL1 + [UInt64](repeating: 0, count: Int(needed) - oldL1.count) }
+                cache.withLock { $0.growL1(to: Int(needed)) }
                 try writeBackMetadata(&state)
             } else {
                 headerFields.setBigEndian(UInt32(oldL1.count), at: 12)

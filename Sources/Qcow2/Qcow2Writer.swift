@@ -276,7 +276,7 @@ extension Qcow2Driver {
         let l1Index = Int(cluster / l2Entries)
         let l1Entry = cache.withLock { $0.l1.indices.contains(l1Index) ? $0.l1[l1Index] : 0 }
         let l2Offset = l1Entry & Self.offsetMask
-        let entry = l2Offset == 0 ? 0 : try l2Table(at: l2Offset)[Int(cluster % l2Entries)]
+        let entry = l2Offset == 0 ? 0 : try l2Entry(Int(cluster % l2Entries), ofTableAt: l2Offset)
         let mapping = try checkedMapping(ofEntry: entry, cluster: cluster)
         return (entry, mapping, l1Entry & Self.copiedBit != 0 && entry & Self.copiedBit != 0)
     }
@@ -299,7 +299,7 @@ extension Qcow2Driver {
             let table = try allocateClusters(1, &state)
             cache.withLock { $0.insertDirty(entries, at: table) }
             state.pendingL1[l1Index] = table | Self.copiedBit
-            cache.withLock { $0.l1[l1Index] = table | Self.copiedBit }
+            cache.withLock { $0.setL1Entry(table | Self.copiedBit, at: l1Index) }
             if l2Offset != 0 { state.pendingReleases.append(l2Offset / clusterSize) }
         } else if !cache.withLock({ $0.setEntry(newEntry, at: l2Index, ofTableAt: l2Offset) }) {
             var entries = try l2Table(at: l2Offset)

@@ -1,0 +1,119 @@
+// Reads racing an allocating writer in one process: reads of cached L2 tables take no lock
+// (L2ReadIndex), so this is where a stale or misplaced table would show — as a cluster with
+// another cluster's bytes. The metadata cache holds four tables of the image's 48, so tables are
+// evicted and their buffers reused all the while, and a resize midway replaces the L1 table.
+import BlockLayer
+import Foundation
+import Qcow2
+import Synchronization
+import Testing
+
+@Suite("qcow2 reads racing writes")
+struct Qcow2ConcurrencyTests {
+    static let clusterSize = 4096
+    let scratch: Scratch
+
+    init() throws { scratch = try Scratch() }
+
+    /// Guest cluster `cluster` as the writer writes it: its number, then a byte it determines.
+    static func contents(ofCluster cluster: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: UInt8(cluster % 251 + 1), count: clusterSize)
+        withUnsafeBytes(of: UInt64(cluster).littleEndian) { bytes.replaceSubrange(0..<8, with: $0) }
+        return bytes
+    }
+
+    /// What a read of `cluster` may return: zeroes before the writer reached it, its bytes after.
+    static func check(_ buffer: UnsafeRawBufferPointer, cluster: Int) -> String? {
+        if contents(ofCluster: cluster).withUnsafeBytes({ same($0, buffer) }) || same(zeroes, buffer) { return nil }
+        let found = UInt64(littleEndian: buffer.loadUnaligned(as: UInt64.self))
+        return "cluster \(cluster) read back bytes of cluster \(found) (first byte after its number \(buffer[8]))"
+    }
+
+    /// memcmp: element-wise comparison in a debug build is what would take the test's time.
+    static func same(_ one: UnsafeRawBufferPointer, _ other: UnsafeRawBufferPointer) -> Bool {
+        one.count == other.count && memcmp(one.baseAddress!, other.baseAddress!, one.count) == 0
+    }
+
+    nonisolated(unsafe) static let zeroes = UnsafeRawBufferPointer(start: calloc(clusterSize, 1)!, count: clusterSize)
+
+    @Test("readers on two threads see every cluster empty or whole, through evictions and an L1 growth")
+    func readersRacingWriter() throws {
+        let path = scratch.directory + "/race.qcow2"
+        let firstSize: Int64 = 64 << 20, grownSize: Int64 = 96 << 20
+        try Qcow2Format.create(at: path, virtualSize: firstSize, clusterSize: Self.clusterSize)
+        // 20 KiB of metadata cache: four L2 tables (of 2 MiB of guest data each). Flushes do
+        // nothing (cache=unsafe): the race is in memory, and the writer writes back often.
+        let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, cache: .unsafe,
+                                                                   metadataCacheBytes: 20 << 10),
+                                        formats: [Qcow2Format.self])
+        let clusters = Int(grownSize) / Self.clusterSize
+        // Every 8th cluster, in an order that jumps between L2 tables.
+        let order = stride(from: 0, to: clusters, by: 8).shuffled()
+        var written = Set<Int>()
+        let done = Atomic(false)
+        let latest = Atomic(0)
+        let reads = Atomic(0)
+        let failures = Mutex<[String]>([])
+
+        let readers = DispatchGroup()
+        for _ in 1...2 {
+            readers.enter()
+            Thread.detachNewThread {
+                defer { readers.leave() }
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.clusterSize, alignment: 4096)
+                defer { buffer.deallocate() }
+                while !done.load(ordering: .acquiring) {
+                    let length = (try? image.length()) ?? firstSize
+                    // Half the reads near the cluster just written, in a table the writer keeps
+                    // cached and changes; half anywhere, in tables being read in and evicted.
+                    let near = latest.load(ordering: .relaxed) + Int.random(in: -64...64)
+                    let cluster = Bool.random() && near >= 0 && near < Int(length) / Self.clusterSize
+                        ? near : Int.random(in: 0..<Int(length) / Self.clusterSize)
+                    do {
+                        try image.read(at: Int64(cluster * Self.clusterSize), into: buffer)
+                    } catch {
+                        failures.withLock { $0.append("read of cluster \(cluster): \(error)") }
+                        return
+                    }
+                    if let failure = Self.check(UnsafeRawBufferPointer(buffer), cluster: cluster) {
+                        failures.withLock { $0.append(failure) }
+                        return
+                    }
+                    reads.add(1, ordering: .relaxed)
+                }
+            }
+        }
+        for (number, cluster) in order.enumerated() {
+            if number == order.count / 2 { try image.resize(to: grownSize) }
+            if Int64(cluster * Self.clusterSize) >= (try image.length()) { continue }
+            let bytes = Self.contents(ofCluster: cluster)
+            try bytes.withUnsafeBytes { (bytes) throws -> Void in try image.write(at: Int64(cluster * Self.clusterSize), from: bytes) }
+            written.insert(cluster)
+            latest.store(cluster, ordering: .relaxed)
+            if failures.withLock({ !$0.isEmpty }) { break }
+        }
+        done.store(true, ordering: .releasing)
+        readers.wait()
+        #expect(failures.withLock { $0 } == [])
+        #expect(reads.load(ordering: .relaxed) > 0)
+        try image.close()
+
+        let checked = try run("/usr/bin/qemu-img", ["check", path])
+        #expect(checked.status == 0, "\(checked)")
+        // Every cluster as QEMU reads it: what blk wrote where it wrote, zeroes elsewhere.
+        let converted = scratch.directory + "/race.raw"
+        #expect(try run("/usr/bin/qemu-img", ["convert", "-f", "qcow2", "-O", "raw", path, converted]).status == 0)
+        let raw = try Data(contentsOf: URL(fileURLWithPath: converted))
+        #expect(raw.count == Int(grownSize))
+        var wrong: [Int] = []
+        raw.withUnsafeBytes { raw in
+            for cluster in 0..<min(clusters, raw.count / Self.clusterSize) {
+                let bytes = UnsafeRawBufferPointer(rebasing: raw[cluster * Self.clusterSize..<(cluster + 1) * Self.clusterSize])
+                let right = written.contains(cluster)
+                    ? Self.contents(ofCluster: cluster).withUnsafeBytes { Self.same($0, bytes) } : Self.same(Self.zeroes, bytes)
+                if !right { wrong.append(cluster) }
+            }
+        }
+        #expect(wrong.isEmpty, "clusters QEMU reads wrongly: \(wrong.prefix(10))")
+    }
+}
