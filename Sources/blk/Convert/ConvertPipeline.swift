@@ -81,27 +81,35 @@ final class ConvertPipeline: Sendable {
         }
     }
 
-    /// Reads a chunk and says what to write of it; a chunk that reads as zeroes is not even read.
+    /// Reads a chunk and says what to write of it. Holes are found a probe (a megabyte) at a
+    /// time, and what reads as zeroes is not even read: the new image reads as zeroes already,
+    /// and writing zeroes would only fill its holes.
     private func prepare(_ chunk: UnsafeMutableRawBufferPointer, at offset: Int64) throws(BlockError) -> [Piece] {
-        // The new image reads as zeroes already: writing zeroes would only fill its holes.
-        if try input.readsAsZeroes(at: offset, byteCount: Int64(chunk.count)) { return [] }
-        try input.read(at: offset, into: chunk)
         var pieces: [Piece] = []
-        for start in stride(from: 0, to: chunk.count, by: pieceBytes) {
-            let range = start..<min(start + pieceBytes, chunk.count)
-            let piece = UnsafeRawBufferPointer(rebasing: chunk[range])
-            if Self.isZero(piece) { continue }
-            if let compressor {
-                pieces.append(.compressed(cluster: UInt64((offset + Int64(start)) / Int64(pieceBytes)), range: range,
-                                          stream: try compressor.compress(piece)))
-            } else if case .copy(let run) = pieces.last, run.upperBound == start {
-                pieces[pieces.count - 1] = .copy(run.lowerBound..<range.upperBound) // runs go out as one write
-            } else {
-                pieces.append(.copy(range))
+        let probeBytes = max(Self.probeBytes, pieceBytes)
+        for probeStart in stride(from: 0, to: chunk.count, by: probeBytes) {
+            let probe = probeStart..<min(probeStart + probeBytes, chunk.count)
+            if try input.readsAsZeroes(at: offset + Int64(probe.lowerBound), byteCount: Int64(probe.count)) { continue }
+            try input.read(at: offset + Int64(probe.lowerBound), into: UnsafeMutableRawBufferPointer(rebasing: chunk[probe]))
+            for start in stride(from: probe.lowerBound, to: probe.upperBound, by: pieceBytes) {
+                let range = start..<min(start + pieceBytes, probe.upperBound)
+                let piece = UnsafeRawBufferPointer(rebasing: chunk[range])
+                if Self.isZero(piece) { continue }
+                if let compressor {
+                    pieces.append(.compressed(cluster: UInt64((offset + Int64(start)) / Int64(pieceBytes)), range: range,
+                                              stream: try compressor.compress(piece)))
+                } else if case .copy(let run) = pieces.last, run.upperBound == start {
+                    pieces[pieces.count - 1] = .copy(run.lowerBound..<range.upperBound) // runs go out as one write
+                } else {
+                    pieces.append(.copy(range))
+                }
             }
         }
         return pieces
     }
+
+    /// How much of a chunk one hole probe covers (at least a piece).
+    static let probeBytes = 1 << 20
 
     private func store(_ pieces: [Piece], of chunk: UnsafeRawBufferPointer, at offset: Int64) throws(BlockError) {
         for piece in pieces {
