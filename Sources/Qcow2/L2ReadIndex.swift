@@ -81,6 +81,7 @@ final class L2ReadIndex: @unchecked Sendable {
     /// Runs `body`, which changes what readers may see, with the count odd.
     func change<Result>(_ body: () -> Result) -> Result {
         let count = sequence.load(ordering: .relaxed)
+        assert(count & 1 == 0, "changes do not nest: the inner one would end the outer one's odd count")
         sequence.store(count &+ 1, ordering: .relaxed)
         // Orders the odd count before the changes' stores, for a reader that sees any of them.
         atomicMemoryFence(ordering: .releasing)

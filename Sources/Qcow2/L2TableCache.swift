@@ -53,12 +53,12 @@ struct L2TableCache {
 
     private static func tableOffset(_ l1Entry: UInt64) -> UInt64 { l1Entry & 0x00ff_ffff_ffff_fe00 }
 
-    /// The L2 table offset for L1 index `index` (0: no table), and the entry at `entryIndex` if
-    /// that table is cached.
-    mutating func lookup(l1Index index: Int, entryIndex: Int) -> (l2Offset: UInt64, entry: UInt64?) {
+    /// The L2 table offset for L1 index `index` (0: no table), the entry at `entryIndex` if that
+    /// table is cached, and the generation they were seen at (for reading the table if not).
+    mutating func lookup(l1Index index: Int, entryIndex: Int) -> (l2Offset: UInt64, entry: UInt64?, generation: UInt64) {
         let l2Offset = l1.indices.contains(index) ? Self.tableOffset(l1[index]) : 0
-        guard l2Offset != 0 else { return (0, nil) }
-        return (l2Offset, entry(entryIndex, ofTableAt: l2Offset))
+        guard l2Offset != 0 else { return (0, nil, generation) }
+        return (l2Offset, entry(entryIndex, ofTableAt: l2Offset), generation)
     }
 
     /// Entry `index` of the table at `offset`, if it is cached.
@@ -83,11 +83,16 @@ struct L2TableCache {
         return table
     }
 
-    /// A table read from disk while `generation` was `readAt`: stored unless one is cached
-    /// already (it may be newer) or the writer changed tables since (the caller reads again).
-    mutating func insertRead(_ entries: [UInt64], at offset: UInt64, readAt: UInt64) {
-        guard tables[offset] == nil, generation == readAt else { return }
+    /// A table read from disk while `generation` was `readAt`: the cached one if there is one
+    /// (it may be newer), this one, stored, if nothing changed since, nil if the writer changed
+    /// tables meanwhile (the caller looks again: the table may have moved, its clusters reused).
+    /// The caller uses what it gets even when the table is evicted at once — when every other
+    /// table is dirty, the one just read is the only one that may go.
+    mutating func insertRead(_ entries: [UInt64], at offset: UInt64, readAt: UInt64) -> [UInt64]? {
+        if let cached = table(at: offset) { return cached }
+        guard generation == readAt else { return nil }
         insert(entries, at: offset)
+        return entries
     }
 
     /// Stores a table the writer changed; it stays until `markClean`.
@@ -148,7 +153,7 @@ struct L2TableCache {
                 l1Indices[offset]?.forEach { publish($0) }
             }
         }
-        evictCleanTables()
+        evictCleanTables(sparing: offset)
     }
 
     /// Points the index's slot for L1 index `index` at what the L1 entry says. Inside `change`.
@@ -161,21 +166,22 @@ struct L2TableCache {
         }
     }
 
-    private mutating func evictCleanTables() {
+    /// Evicts the least recently used clean tables down to capacity — never `spared`, the table
+    /// just stored: readers that marked every other table would make it the oldest.
+    private mutating func evictCleanTables(sparing spared: UInt64? = nil) {
         guard tables.count > capacity else { return }
         // Tables readers used without the lock since the last round count as used now.
-        clock += 1
         for table in tables.values where readIndex.takeUsedMark(table.entries) { table.lastUse = clock }
-        while tables.count > capacity, let victim = oldestCleanTable() {
+        while tables.count > capacity, let victim = oldestCleanTable(sparing: spared) {
             let table = tables.removeValue(forKey: victim).unsafelyUnwrapped
             readIndex.change { l1Indices[victim]?.forEach { readIndex.setSlot($0, to: 0) } }
             readIndex.recycle(table.entries)
         }
     }
 
-    private func oldestCleanTable() -> UInt64? {
+    private func oldestCleanTable(sparing spared: UInt64?) -> UInt64? {
         var oldest: (offset: UInt64, lastUse: UInt64)?
-        for (offset, table) in tables where !dirty.contains(offset) && table.lastUse < (oldest?.lastUse ?? .max) {
+        for (offset, table) in tables where offset != spared && !dirty.contains(offset) && table.lastUse < (oldest?.lastUse ?? .max) {
             oldest = (offset, table.lastUse)
         }
         return oldest?.offset

@@ -94,11 +94,16 @@ public final class Qcow2Driver: BlockDriver {
         if let entry = readIndex.entry(l1Index: l1Index, entryIndex: l2Index) {
             return try checkedMapping(ofEntry: entry, cluster: cluster)
         }
-        let (l2Offset, cached) = cache.withLock { $0.lookup(l1Index: l1Index, entryIndex: l2Index) }
-        guard l2Offset != 0 else { return .unallocated }
-        let entry: UInt64
-        if let cached { entry = cached } else { entry = try l2Entry(l2Index, ofTableAt: l2Offset) }
-        return try checkedMapping(ofEntry: entry, cluster: cluster)
+        while true {
+            // The L1 entry and the generation in one look: a table read from disk is kept only
+            // if the writer changed nothing since — it may have moved the table meanwhile.
+            let (l2Offset, cached, generation) = cache.withLock { $0.lookup(l1Index: l1Index, entryIndex: l2Index) }
+            guard l2Offset != 0 else { return .unallocated }
+            if let cached { return try checkedMapping(ofEntry: cached, cluster: cluster) }
+            if let table = try loadL2Table(at: l2Offset, readAt: generation) {
+                return try checkedMapping(ofEntry: table[l2Index], cluster: cluster)
+            }
+        }
     }
 
     /// What one L2 entry says about its guest cluster.
@@ -119,26 +124,29 @@ public final class Qcow2Driver: BlockDriver {
         return .data(hostOffset: hostOffset)
     }
 
-    /// Entry `index` of the L2 table at `offset`, read from disk into the cache if need be.
+    /// Entry `index` of the L2 table at `offset`, read from disk into the cache if need be. For
+    /// the writer, under its lock: nothing moves the table meanwhile.
     func l2Entry(_ index: Int, ofTableAt offset: UInt64) throws(BlockError) -> UInt64 {
         while true {
-            if let entry = cache.withLock({ $0.entry(index, ofTableAt: offset) }) { return entry }
-            try loadL2Table(at: offset)
+            let (entry, generation) = cache.withLock { ($0.entry(index, ofTableAt: offset), $0.generation) }
+            if let entry { return entry }
+            if let table = try loadL2Table(at: offset, readAt: generation) { return table[index] }
         }
     }
 
-    /// A copy of the L2 table at `offset`, read from disk into the cache if need be.
+    /// A copy of the L2 table at `offset`, read from disk into the cache if need be; for the
+    /// writer, as `l2Entry`.
     func l2Table(at offset: UInt64) throws(BlockError) -> [UInt64] {
         while true {
-            if let table = cache.withLock({ $0.table(at: offset) }) { return table }
-            try loadL2Table(at: offset)
+            let (table, generation) = cache.withLock { ($0.table(at: offset), $0.generation) }
+            if let table { return table }
+            if let table = try loadL2Table(at: offset, readAt: generation) { return table }
         }
     }
 
-    /// Reads the L2 table at `offset` into the cache — unless the writer changed tables while
-    /// it was read, when the caller (which loops) finds it missing and reads it again.
-    private func loadL2Table(at offset: UInt64) throws(BlockError) {
-        let generation = cache.withLock { $0.generation }
+    /// The L2 table at `offset`, read from disk into the cache: nil when the writer changed
+    /// tables since `generation` (the caller looks again).
+    private func loadL2Table(at offset: UInt64, readAt generation: UInt64) throws(BlockError) -> [UInt64]? {
         guard offset % UInt64(header.clusterSize) == 0 else {
             throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) unaligned")
         }
@@ -147,7 +155,7 @@ public final class Qcow2Driver: BlockDriver {
             throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
         }
         let table = try Self.readBytes(file, at: offset, count: header.clusterSize).bigEndianEntries
-        cache.withLock { $0.insertRead(table, at: offset, readAt: generation) }
+        return cache.withLock { $0.insertRead(table, at: offset, readAt: generation) }
     }
 
     /// Splits a request into its pieces, one per guest cluster: the cluster, the offset inside

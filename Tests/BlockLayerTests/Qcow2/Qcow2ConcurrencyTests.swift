@@ -1,6 +1,6 @@
 // Reads racing an allocating writer in one process: reads of cached L2 tables take no lock
 // (L2ReadIndex), so this is where a stale or misplaced table would show — as a cluster with
-// another cluster's bytes. The metadata cache holds four tables of the image's 48, so tables are
+// another cluster's bytes, or a cluster read as zeroes after its write returned. The metadata cache holds four tables of the image's 48, so tables are
 // evicted and their buffers reused all the while, and a resize midway replaces the L1 table.
 import BlockLayer
 import Foundation
@@ -22,11 +22,12 @@ struct Qcow2ConcurrencyTests {
         return bytes
     }
 
-    /// What a read of `cluster` may return: zeroes before the writer reached it, its bytes after.
-    static func check(_ buffer: UnsafeRawBufferPointer, cluster: Int) -> String? {
-        if contents(ofCluster: cluster).withUnsafeBytes({ same($0, buffer) }) || same(zeroes, buffer) { return nil }
+    /// What a read of `cluster` may return: its bytes once its write returned; zeroes or its
+    /// bytes while the write may be under way or not yet begun.
+    static func check(_ buffer: UnsafeRawBufferPointer, cluster: Int, written: Bool) -> String? {
+        if contents(ofCluster: cluster).withUnsafeBytes({ same($0, buffer) }) || !written && same(zeroes, buffer) { return nil }
         let found = UInt64(littleEndian: buffer.loadUnaligned(as: UInt64.self))
-        return "cluster \(cluster) read back bytes of cluster \(found) (first byte after its number \(buffer[8]))"
+        return "cluster \(cluster)\(written ? ", written before the read," : "") read back bytes of cluster \(found) (first byte after its number \(buffer[8]))"
     }
 
     /// memcmp: element-wise comparison in a debug build is what would take the test's time.
@@ -49,7 +50,8 @@ struct Qcow2ConcurrencyTests {
         let clusters = Int(grownSize) / Self.clusterSize
         // Every 8th cluster, in an order that jumps between L2 tables.
         let order = stride(from: 0, to: clusters, by: 8).shuffled()
-        var written = Set<Int>()
+        // The clusters whose writes have returned, in order: a read of one must find its bytes.
+        let written = Mutex<[Int]>([])
         let done = Atomic(false)
         let latest = Atomic(0)
         let reads = Atomic(0)
@@ -62,40 +64,52 @@ struct Qcow2ConcurrencyTests {
                 defer { readers.leave() }
                 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.clusterSize, alignment: 4096)
                 defer { buffer.deallocate() }
-                while !done.load(ordering: .acquiring) {
-                    let length = (try? image.length()) ?? firstSize
-                    // Half the reads near the cluster just written, in a table the writer keeps
-                    // cached and changes; half anywhere, in tables being read in and evicted.
-                    let near = latest.load(ordering: .relaxed) + Int.random(in: -64...64)
-                    let cluster = Bool.random() && near >= 0 && near < Int(length) / Self.clusterSize
-                        ? near : Int.random(in: 0..<Int(length) / Self.clusterSize)
+                repeat {
+                    let clusters = Int((try? image.length()) ?? firstSize) / Self.clusterSize
+                    // A third of the reads of clusters already written, a third near the one just
+                    // written (in a table the writer keeps cached and changes), a third anywhere
+                    // (in tables being read in and evicted).
+                    var cluster = Int.random(in: 0..<clusters), mustHaveData = false
+                    switch Int.random(in: 0..<3) {
+                    case 0:
+                        if let finished = written.withLock({ $0.randomElement() }) { (cluster, mustHaveData) = (finished, true) }
+                    case 1:
+                        let near = latest.load(ordering: .relaxed) + Int.random(in: -64...64)
+                        if (0..<clusters).contains(near) { cluster = near }
+                    default:
+                        break
+                    }
                     do {
                         try image.read(at: Int64(cluster * Self.clusterSize), into: buffer)
                     } catch {
                         failures.withLock { $0.append("read of cluster \(cluster): \(error)") }
                         return
                     }
-                    if let failure = Self.check(UnsafeRawBufferPointer(buffer), cluster: cluster) {
+                    if let failure = Self.check(UnsafeRawBufferPointer(buffer), cluster: cluster, written: mustHaveData) {
                         failures.withLock { $0.append(failure) }
                         return
                     }
                     reads.add(1, ordering: .relaxed)
-                }
+                } while !done.load(ordering: .acquiring)
             }
         }
-        for (number, cluster) in order.enumerated() {
-            if number == order.count / 2 { try image.resize(to: grownSize) }
-            if Int64(cluster * Self.clusterSize) >= (try image.length()) { continue }
-            let bytes = Self.contents(ofCluster: cluster)
-            try bytes.withUnsafeBytes { (bytes) throws -> Void in try image.write(at: Int64(cluster * Self.clusterSize), from: bytes) }
-            written.insert(cluster)
-            latest.store(cluster, ordering: .relaxed)
-            if failures.withLock({ !$0.isEmpty }) { break }
+        do {
+            defer {
+                done.store(true, ordering: .releasing)
+                #expect(readers.wait(timeout: .now() + 300) == .success, "the readers did not finish")
+            }
+            for (number, cluster) in order.enumerated() {
+                if number == order.count / 2 { try image.resize(to: grownSize) }
+                if Int64(cluster * Self.clusterSize) >= (try image.length()) { continue }
+                let bytes = Self.contents(ofCluster: cluster)
+                try bytes.withUnsafeBytes { (bytes) throws -> Void in try image.write(at: Int64(cluster * Self.clusterSize), from: bytes) }
+                written.withLock { $0.append(cluster) }
+                latest.store(cluster, ordering: .relaxed)
+                if failures.withLock({ !$0.isEmpty }) { break }
+            }
         }
-        done.store(true, ordering: .releasing)
-        readers.wait()
         #expect(failures.withLock { $0 } == [])
-        #expect(reads.load(ordering: .relaxed) > 0)
+        #expect(reads.load(ordering: .relaxed) >= 2)
         try image.close()
 
         let checked = try run("/usr/bin/qemu-img", ["check", path])
@@ -105,11 +119,12 @@ struct Qcow2ConcurrencyTests {
         #expect(try run("/usr/bin/qemu-img", ["convert", "-f", "qcow2", "-O", "raw", path, converted]).status == 0)
         let raw = try Data(contentsOf: URL(fileURLWithPath: converted))
         #expect(raw.count == Int(grownSize))
+        let writtenSet = Set(written.withLock { $0 })
         var wrong: [Int] = []
         raw.withUnsafeBytes { raw in
             for cluster in 0..<min(clusters, raw.count / Self.clusterSize) {
                 let bytes = UnsafeRawBufferPointer(rebasing: raw[cluster * Self.clusterSize..<(cluster + 1) * Self.clusterSize])
-                let right = written.contains(cluster)
+                let right = writtenSet.contains(cluster)
                     ? Self.contents(ofCluster: cluster).withUnsafeBytes { Self.same($0, bytes) } : Self.same(Self.zeroes, bytes)
                 if !right { wrong.append(cluster) }
             }
