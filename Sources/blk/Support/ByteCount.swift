@@ -14,6 +14,14 @@ struct ByteCount: ExpressibleByArgument, Hashable {
     }
 
     static func parse(_ text: String) -> Int64? { parseByteCount(text) }
+
+    /// A default as help shows it, in the syntax the option takes: "64k", "1G", "4096".
+    var defaultValueDescription: String {
+        for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "k")] where value != 0 && value % (1 << shift) == 0 {
+            return "\(value >> shift)\(suffix)"
+        }
+        return "\(value)"
+    }
 }
 
 /// qemu-img's human size: three significant digits and a binary unit ("1 MiB", "1.46 GiB").
