@@ -51,7 +51,7 @@ struct L2TableCache {
         }
     }
 
-    private static func tableOffset(_ l1Entry: UInt64) -> UInt64 { l1Entry & 0x00ff_ffff_ffff_fe00 }
+    private static func tableOffset(_ l1Entry: UInt64) -> UInt64 { l1Entry & Qcow2Driver.offsetMask }
 
     /// The L2 table offset for L1 index `index` (0: no table), the entry at `entryIndex` if that
     /// table is cached, and the generation they were seen at (for reading the table if not).
