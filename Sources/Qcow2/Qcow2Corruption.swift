@@ -8,7 +8,7 @@ import BlockLayer
 extension Qcow2Driver {
     /// The error to throw for `message`, after marking the image corrupt if this open may write.
     func signalCorruption(_ message: String) -> BlockError {
-        guard writable.load(ordering: .acquiring), header.version >= 3,
+        guard writable.load(ordering: .acquiring), holdsWrite.load(ordering: .acquiring), header.version >= 3,
               corruptionMarked.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
             return BlockError(.corrupt, "qcow2: \(message)")
         }

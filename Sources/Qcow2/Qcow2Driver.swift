@@ -33,8 +33,11 @@ public final class Qcow2Driver: BlockDriver {
     let refcountBlockCapacity: Int
     /// Allocation state, and the lock that makes allocating writes one at a time.
     let writer: Mutex<Qcow2WriterState>
-    /// Whether this open may write (it changes with reopen): only then is corruption marked.
+    /// Whether this open may write (it changes with reopen).
     let writable: Atomic<Bool>
+    /// Whether a parent holds write permission: an inactive migration destination is writable
+    /// but holds none while its source writes, and writes nothing, not even the corrupt bit.
+    let holdsWrite = Atomic(false)
     let corruptionMarked = Atomic(false)
     let dirtyBitCleared = Atomic(false)
     /// Opened by `check -r`: a dirty image waits for the check's repair instead of its own.
@@ -150,12 +153,21 @@ public final class Qcow2Driver: BlockDriver {
         guard offset % UInt64(header.clusterSize) == 0 else {
             throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) unaligned")
         }
-        let fileLength = try file.driver.length()
-        guard offset >= UInt64(header.clusterSize), offset + UInt64(header.clusterSize) <= UInt64(fileLength) else {
+        let fileLength = try fileLength(covering: offset + UInt64(header.clusterSize))
+        guard offset >= UInt64(header.clusterSize), offset + UInt64(header.clusterSize) <= fileLength else {
             throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
         }
         let table = try Self.readBytes(file, at: offset, count: header.clusterSize).bigEndianEntries
         return cache.withLock { $0.insertRead(table, at: offset, readAt: generation) }
+    }
+
+    /// The image file's length, looked up again when `end` is past what this open last saw:
+    /// a writer in another process (beside a reader sharing write, or a migration source beside
+    /// its inactive destination) may have allocated there since, and a cluster it allocated
+    /// is not corruption.
+    private func fileLength(covering end: UInt64) throws(BlockError) -> UInt64 {
+        let seen = UInt64(try fileDriver.length())
+        return seen >= end ? seen : UInt64(try fileDriver.refreshedLength())
     }
 
     /// Splits a request into its pieces, one per guest cluster: the cluster, the offset inside
@@ -193,7 +205,7 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     private func readHost(at hostOffset: UInt64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
-        let fileLength = UInt64(try fileDriver.length())
+        let fileLength = try fileLength(covering: hostOffset + UInt64(target.count))
         guard hostOffset + UInt64(target.count) <= fileLength else {
             throw signalCorruption("data cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file (\(fileLength) bytes)")
         }
@@ -201,7 +213,7 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     private func inflateCluster(hostOffset: UInt64, byteCount: Int, into cluster: UnsafeMutableRawBufferPointer) throws(BlockError) {
-        let fileLength = UInt64(try file.driver.length())
+        let fileLength = try fileLength(covering: hostOffset + UInt64(byteCount))
         guard hostOffset < fileLength else {
             throw signalCorruption("compressed cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file")
         }
@@ -268,6 +280,10 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }
+
+    public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {
+        holdsWrite.store(request.held.contains(.write), ordering: .releasing)
+    }
 
     public func eventBegan(_ event: BlockEvent) { file.driver.eventBegan(event) }
     public func eventEnded(_ event: BlockEvent) { file.driver.eventEnded(event) }

@@ -14,9 +14,10 @@ public enum Qcow2Format: BlockFormat {
     public static func matches(header: [UInt8]) -> Bool { header.starts(with: FormatProbe.qcow2Magic) }
 
     public static func open(file: BlockNode, context: FormatOpenContext) throws(BlockError) -> BlockNode {
-        let fileLength = try file.driver.length()
-        let headerBytes = try Qcow2Driver.readBytes(file, at: 0, count: Int(min(fileLength, 2 << 20)))
-        let header = try Qcow2Header.parse(headerBytes, fileLength: fileLength)
+        let headerBytes = try readHeaderCluster(file, fileLength: try file.driver.length())
+        // The length now, after the header: a writer beside us grows the file before it points
+        // the header at a table there.
+        let header = try Qcow2Header.parse(headerBytes, fileLength: try file.driver.refreshedLength())
         if header.incompatibleFeatures & Qcow2Header.corruptBit != 0 && context.options.writable
             && !context.options.repairing {
             throw BlockError(.corrupt, "qcow2: Image is corrupt; cannot be opened read/write")
@@ -36,5 +37,17 @@ public enum Qcow2Format: BlockFormat {
                                      repairing: context.options.repairing, forceShare: context.options.forceShare,
                                      cacheBytes: context.options.metadataCacheBytes ?? defaultCacheBytes)
         return BlockNode(driver: driver, children: [(.file, file)])
+    }
+
+    /// The first cluster, where the header and its extensions are (all of a smaller file), and
+    /// not a byte past it: a writer beside us may be trimming the file's growth ahead while we
+    /// open it, under a length read a moment ago, but it never trims into the first cluster.
+    private static func readHeaderCluster(_ file: BlockNode, fileLength: Int64) throws(BlockError) -> [UInt8] {
+        let start = try Qcow2Driver.readBytes(file, at: 0, count: Int(min(fileLength, 512)))
+        guard start.count >= 24 else { return start }
+        let clusterBits = start.bigEndian(UInt32.self, at: 20)
+        // A size the parser refuses needs no more bytes for it to say so.
+        guard (9...21).contains(clusterBits), fileLength > 512 else { return start }
+        return try Qcow2Driver.readBytes(file, at: 0, count: Int(min(fileLength, Int64(1) << clusterBits)))
     }
 }

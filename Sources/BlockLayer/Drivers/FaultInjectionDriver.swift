@@ -141,6 +141,7 @@ public final class FaultInjectionDriver: BlockDriver {
     }
 
     public func length() throws(BlockError) -> Int64 { try file.driver.length() }
+    public func refreshedLength() throws(BlockError) -> Int64 { try file.driver.refreshedLength() }
 
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
         try check(.read, bytes: Self.range(byteOffset, Int64(buffer.count)), "read of \(buffer.count) bytes at \(byteOffset)")

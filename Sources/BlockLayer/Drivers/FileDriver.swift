@@ -115,6 +115,18 @@ public final class FileDriver: BlockDriver {
 
     public func length() throws(BlockError) -> Int64 { cachedLength.load(ordering: .relaxed) }
 
+    public func refreshedLength() throws(BlockError) -> Int64 {
+        let seen = cachedLength.load(ordering: .relaxed)
+        let now = try Self.size(of: descriptor, path: path)
+        if now > seen {
+            cachedLength.max(now, ordering: .relaxed)
+        } else if now < seen {
+            // Only if no request of ours grew the file since: fstat may predate that write.
+            _ = cachedLength.compareExchange(expected: seen, desired: now, ordering: .relaxed)
+        }
+        return now
+    }
+
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
         let descriptor = self.descriptor
         if cache == .none && !Self.isAligned(byteOffset, buffer.count, buffer.baseAddress) {

@@ -49,6 +49,7 @@ public final class WriteJournalDriver: BlockDriver {
     }
 
     public func length() throws(BlockError) -> Int64 { try file.driver.length() }
+    public func refreshedLength() throws(BlockError) -> Int64 { try file.driver.refreshedLength() }
 
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
         try file.driver.read(at: byteOffset, into: buffer)

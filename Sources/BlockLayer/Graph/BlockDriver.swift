@@ -25,6 +25,11 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// The bytes this node exposes to its parents.
     func length() throws(BlockError) -> Int64
 
+    /// The length as the storage has it now. `length()` may be what this open last saw, and
+    /// another process may have changed it since: a writer beside a reader that shares write,
+    /// or a migration source beside its inactive destination.
+    func refreshedLength() throws(BlockError) -> Int64
+
     /// Fills `buffer` with the bytes at `byteOffset`.
     func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError)
 
@@ -66,6 +71,7 @@ public protocol BlockDriver: AnyObject, Sendable {
 }
 
 extension BlockDriver {
+    public func refreshedLength() throws(BlockError) -> Int64 { try length() }
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest { parentsNeed }
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {}
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool { false }

@@ -131,4 +131,67 @@ struct Qcow2ConcurrencyTests {
         }
         #expect(wrong.isEmpty, "clusters QEMU reads wrongly: \(wrong.prefix(10))")
     }
+
+    /// One cluster's worth of `byte`, written at guest cluster `cluster`.
+    static func fill(_ image: BlockImage, cluster: Int, with byte: UInt8) throws {
+        try [UInt8](repeating: byte, count: 65536).withUnsafeBytes { bytes throws in
+            try image.write(at: Int64(cluster) << 16, from: bytes)
+        }
+    }
+
+    // As a migration destination beside its source: the writer allocates past the end of the
+    // file as the inactive open first saw it, and the clusters it allocated are data, not
+    // corruption — which an inactive open must not mark on its source's image in any case.
+    @Test("an inactive open reads clusters its writer allocated after it opened")
+    func inactiveReaderBesideWriter() throws {
+        let path = scratch.directory + "/shared.qcow2"
+        try Qcow2Format.create(at: path, virtualSize: 64 << 20, clusterSize: 65536)
+        let writer = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true), formats: [Qcow2Format.self])
+        try Self.fill(writer, cluster: 0, with: 1)
+        try writer.flush()
+        let destination = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, inactive: true),
+                                              formats: [Qcow2Format.self])
+        let lengthAtOpen = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
+        for cluster in 1...4 { try Self.fill(writer, cluster: cluster, with: UInt8(cluster + 1)) }
+        try writer.flush()
+        #expect(try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int > lengthAtOpen,
+                "the writer allocated past the file's end as the destination opened it")
+
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 4096)
+        defer { buffer.deallocate() }
+        for cluster in 0...4 {
+            try destination.read(at: Int64(cluster) << 16, into: buffer)
+            #expect(buffer.allSatisfy { $0 == UInt8(cluster + 1) }, "cluster \(cluster)")
+        }
+        try destination.close()
+        try writer.close()
+        let checked = try run("/usr/bin/qemu-img", ["check", path])
+        #expect(checked.status == 0, "\(checked)")
+    }
+
+    @Test("an inactive open that meets corruption fails the read and writes nothing")
+    func inactiveReaderMarksNothing() throws {
+        let path = scratch.directory + "/hostile.qcow2"
+        try Qcow2Format.create(at: path, virtualSize: 64 << 20, clusterSize: 65536)
+        let writer = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true), formats: [Qcow2Format.self])
+        try Self.fill(writer, cluster: 0, with: 1)
+        let l1Offset = (writer.root.driver as! Qcow2Driver).header.l1TableOffset
+        try writer.close()
+        // Guest cluster 0's L2 entry, sent a terabyte past the end of the file.
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        try handle.seek(toOffset: l1Offset)
+        let l2Offset = try handle.read(upToCount: 8)!.reduce(UInt64(0)) { $0 << 8 | UInt64($1) } & 0x00ff_ffff_ffff_fe00
+        try handle.seek(toOffset: l2Offset)
+        try handle.write(contentsOf: withUnsafeBytes(of: (UInt64(1) << 63 | UInt64(1) << 40).bigEndian) { Data($0) })
+        try handle.close()
+        let before = try Data(contentsOf: URL(fileURLWithPath: path))
+
+        let destination = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, inactive: true),
+                                              formats: [Qcow2Format.self])
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 4096)
+        defer { buffer.deallocate() }
+        #expect(throws: BlockError.self) { try destination.read(at: 0, into: buffer) }
+        try destination.close()
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before, "the inactive open changed the image")
+    }
 }

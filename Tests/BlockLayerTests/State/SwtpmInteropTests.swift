@@ -22,8 +22,18 @@ struct SwtpmInteropTests {
                                                      "--ctrl", "type=unixio,path=\(control)",
                                                      "--server", "type=unixio,path=\(control).server",
                                                      "--flags", "startup-clear"] + extra, stdinPipe: false)
-            guard eventually(within: 20, { FileManager.default.fileExists(atPath: control) }) else {
-                throw TestFailure("swtpm did not open its control socket")
+            // Listening, not only bound: between the two a connection is refused.
+            guard eventually(within: 20, { Self.isListening(control) }) else {
+                throw TestFailure("swtpm did not listen on its control socket")
+            }
+        }
+
+        /// Whether a Unix socket listens at `path`, from /proc/net/unix (flag __SO_ACCEPTCON).
+        static func isListening(_ path: String) -> Bool {
+            guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return false }
+            return table.split(separator: "\n").contains { line in
+                let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+                return fields.count >= 8 && fields[3] == "00010000" && fields[7] == path
             }
         }
 
