@@ -60,7 +60,10 @@ public struct LockHolderScan: Sendable {
         var unreadable = 0
         let ownPID = getpid()
 
-        for pid in processIDs() {
+        // This process first: when its own locks are all there are (an open that asks who else
+        // holds the image, and nobody does), no other process's descriptors need reading.
+        for pid in [ownPID] + processIDs().filter({ $0 != ownPID }) {
+            if pid != ownPID && !unattributed.values.contains(where: { $0 > 0 }) { break }
             guard let descriptors = listDirectory("/proc/\(pid)/fdinfo") else {
                 unreadable += 1
                 continue

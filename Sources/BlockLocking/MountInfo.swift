@@ -55,7 +55,9 @@ public struct MountInfo: Sendable, Hashable {
               let mountLine = fdinfo.split(separator: "\n").first(where: { $0.hasPrefix("mnt_id:") }),
               let mountID = mountLine.split(whereSeparator: { $0 == "\t" || $0 == " " }).last.flatMap({ Int($0) }),
               let mountinfo = readProcFile("/proc/self/mountinfo") else { return nil }
-        return parse(mountinfo).first { $0.mountID == mountID }
+        // Only the one line is parsed: a container host's table runs to thousands of mounts.
+        let prefix = "\(mountID) "
+        return mountinfo.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap(parseLine)
     }
 
     public var isNFS: Bool { fileSystemType == "nfs" || fileSystemType == "nfs4" }
