@@ -62,8 +62,14 @@ public struct LockHolderScan: Sendable {
 
         // This process first: when its own locks are all there are (an open that asks who else
         // holds the image, and nobody does), no other process's descriptors need reading.
+        var mayStopEarly = true
         for pid in [ownPID] + processIDs().filter({ $0 != ownPID }) {
-            if pid != ownPID && !unattributed.values.contains(where: { $0 > 0 }) { break }
+            if pid != ownPID, mayStopEarly, !unattributed.values.contains(where: { $0 > 0 }) {
+                // Only if /proc/locks still says what it said: a lock a thread here took since,
+                // like one another process holds, would have been counted against that one.
+                if LockRecord.records(in: readProcFile("/proc/locks") ?? "", on: file) == everything { break }
+                mayStopEarly = false
+            }
             guard let descriptors = listDirectory("/proc/\(pid)/fdinfo") else {
                 unreadable += 1
                 continue

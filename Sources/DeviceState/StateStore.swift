@@ -177,9 +177,19 @@ public final class StateStore: Sendable {
         try state.withLock { (state) throws(StateError) in
             guard state.role == .inactive else { return }
             let image = try blockCall { () throws(BlockError) in
-                let fresh = try BlockImage.open(path, options: options.openOptions(writable: true, inactive: true), formats: Self.formats)
-                try fresh.activate()
-                return fresh
+                // A source that inactivated between this open and its activation wrote its last
+                // metadata after the open read it (activation says `stale`): it holds nothing
+                // now, so the next open reads what it left.
+                var attempts = 0
+                while true {
+                    let fresh = try BlockImage.open(path, options: options.openOptions(writable: true, inactive: true), formats: Self.formats)
+                    do throws(BlockError) {
+                        try fresh.activate()
+                        return fresh
+                    } catch where error.code == .stale && attempts < 2 {
+                        attempts += 1
+                    }
+                }
             }
             state.image = image
             state.view = nil

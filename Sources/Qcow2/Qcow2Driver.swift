@@ -14,6 +14,7 @@ import Synchronization
 
 public final class Qcow2Driver: BlockDriver {
     public let formatName = "qcow2"
+    public var cachesMetadata: Bool { true }
     public let header: Qcow2Header
     public let file: BlockNode
     /// `file.driver`, one load from self: reached through `file` the compiler retains and

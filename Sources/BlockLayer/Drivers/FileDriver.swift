@@ -105,6 +105,28 @@ public final class FileDriver: BlockDriver {
         }
     }
 
+    /// What changes when anyone writes or truncates the file: its size and its change and
+    /// modification times (fine-grained once they have been looked at, as here).
+    public struct ChangeStamp: Equatable, Sendable {
+        var size: Int64
+        var modified: timespec
+        var changed: timespec
+
+        public static func == (one: Self, other: Self) -> Bool {
+            one.size == other.size && one.modified.tv_sec == other.modified.tv_sec && one.modified.tv_nsec == other.modified.tv_nsec
+                && one.changed.tv_sec == other.changed.tv_sec && one.changed.tv_nsec == other.changed.tv_nsec
+        }
+    }
+
+    public func changeStamp() throws(BlockError) -> ChangeStamp {
+        var status = stat()
+        let descriptor = self.descriptor
+        if case .failure(let failure) = valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }) {
+            throw BlockError.systemCall(failure, "Could not stat '\(path)'")
+        }
+        return ChangeStamp(size: Int64(status.st_size), modified: status.st_mtim, changed: status.st_ctim)
+    }
+
     private static func size(of descriptor: FileDescriptor, path: String) throws(BlockError) -> Int64 {
         var status = stat()
         if case .failure(let failure) = valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }) {

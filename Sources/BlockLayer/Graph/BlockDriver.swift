@@ -64,6 +64,10 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// The transaction lock of the storage, for protocol drivers that have one.
     var transactionLock: TransactionLock? { get }
 
+    /// Whether the driver keeps what it read of the image's metadata (qcow2's tables): such an
+    /// open cannot take over an image another process changed while it was inactive.
+    var cachesMetadata: Bool { get }
+
     /// The requests that follow, until `eventEnded`, belong to `event` (BlockEvent.swift).
     /// Drivers with a file pass it down; the fault-injection driver matches rules on it.
     func eventBegan(_ event: BlockEvent)
@@ -77,6 +81,7 @@ extension BlockDriver {
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool { false }
     public func reopen(writable: Bool) throws(BlockError) {}
     public var transactionLock: TransactionLock? { nil }
+    public var cachesMetadata: Bool { false }
     public func eventBegan(_ event: BlockEvent) {}
     public func eventEnded(_ event: BlockEvent) {}
 }

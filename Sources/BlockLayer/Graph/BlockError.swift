@@ -31,6 +31,9 @@ public struct BlockError: Error, Sendable, CustomStringConvertible {
         /// A lock this process held is gone (NFS: an EIO after locking; a revoked sanlock lease);
         /// writes must stop.
         public static let lockLost = Code("lock-lost")
+        /// Another process changed the image while this open was inactive, and the format's
+        /// metadata cached here is out of date: open the image again.
+        public static let stale = Code("stale")
         /// A lease on shared storage was asked for and cannot be had: no sanlock library or
         /// daemon, lockspace not joined, lease storage unreachable.
         public static let leaseUnavailable = Code("lease-unavailable")

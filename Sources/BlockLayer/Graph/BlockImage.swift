@@ -24,6 +24,9 @@ public final class BlockImage: Sendable {
     // hand-over, which no request may overlap.
     private let writableFlag: Atomic<Bool>
     private let activeFlag: Atomic<Bool>
+    /// The image file as it was when this open went inactive: if it changed by the time the
+    /// open is activated, another process wrote it meanwhile.
+    private let inactiveSince: Mutex<FileDriver.ChangeStamp?>
 
     /// Opens `path`: the file node, then the format node on top (built by the first of
     /// `formats` that matches, or the one `options.format` names), then (unless inactive) the
@@ -80,7 +83,8 @@ public final class BlockImage: Sendable {
         if probed && format == "raw" && options.writable {
             warnings.append("Image format was not specified for '\(path)' and probing guessed raw; writes to block 0 that would make it look like another format are refused. Specify -f raw to remove the restriction.")
         }
-        let image = BlockImage(path: path, root: root, format: format, probed: probed, warnings: warnings, options: options)
+        let image = BlockImage(path: path, root: root, format: format, probed: probed, warnings: warnings, options: options,
+                               inactiveSince: options.inactive ? try fileDriver.changeStamp() : nil)
         if !options.inactive {
             do throws(BlockError) {
                 try root.setNeeds(options.userRequest, of: ObjectIdentifier(image))
@@ -93,7 +97,9 @@ public final class BlockImage: Sendable {
         return image
     }
 
-    private init(path: String, root: BlockNode, format: String, probed: Bool, warnings: [String], options: OpenOptions) {
+    private init(path: String, root: BlockNode, format: String, probed: Bool, warnings: [String], options: OpenOptions,
+                 inactiveSince: FileDriver.ChangeStamp?) {
+        self.inactiveSince = Mutex(inactiveSince)
         self.path = path
         self.root = root
         rootDriver = root.driver
@@ -145,10 +151,11 @@ public final class BlockImage: Sendable {
     public func resize(to byteCount: Int64) throws(BlockError) {
         try checkWritable()
         guard byteCount >= 0 else { throw BlockError(.invalidRequest, "Invalid image size specified") }
-        var request = options.userRequest
+        let usual = currentRequest
+        var request = usual
         request.held.insert(.resize)
         try root.setNeeds(request, of: ObjectIdentifier(self))
-        defer { try? root.setNeeds(options.userRequest, of: ObjectIdentifier(self)) }
+        defer { try? root.setNeeds(usual, of: ObjectIdentifier(self)) }
         try root.driver.truncate(to: byteCount)
     }
 
@@ -176,6 +183,13 @@ public final class BlockImage: Sendable {
     public var transactionLock: TransactionLock {
         // The protocol node is a FileDriver, which always has one.
         root.protocolNode.driver.transactionLock!
+    }
+
+    /// What this open asks of its nodes while active: as opened, but writable as it is now.
+    private var currentRequest: PermissionRequest {
+        var current = options
+        current.writable = isWritable
+        return current.userRequest
     }
 
     public var isWritable: Bool { writableFlag.load(ordering: .acquiring) }
@@ -213,12 +227,15 @@ public final class BlockImage: Sendable {
 
     /// Switches between read-only and read-write, keeping the locks continuous: the new
     /// permissions are taken before the old are given up, and a refusal (QEMU's words) leaves
-    /// the image as it was.
+    /// the image as it was. Going read-only writes back what is cached first, while this open
+    /// still holds write (QEMU's reopen flushes in its prepare step, too).
     public func reopen(writable: Bool) throws(BlockError) {
         guard writable != isWritable else { return }
         if writable && options.forceShare {
             throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
         }
+        if !writable && isActive { try flush() }
+        let before = currentRequest
         var reopened = options
         reopened.writable = writable
         if isActive { try root.setNeeds(reopened.userRequest, of: ObjectIdentifier(self)) }
@@ -226,7 +243,7 @@ public final class BlockImage: Sendable {
             for node in root.subtree { try node.driver.reopen(writable: writable) }
         } catch {
             for node in root.subtree { try? node.driver.reopen(writable: !writable) }
-            if isActive { try? root.setNeeds(options.userRequest, of: ObjectIdentifier(self)) }
+            if isActive { try? root.setNeeds(before, of: ObjectIdentifier(self)) }
             throw error
         }
         writableFlag.store(writable, ordering: .releasing)
@@ -243,16 +260,35 @@ public final class BlockImage: Sendable {
         guard isActive else { return }
         try flush()
         try root.setNeeds(.none, of: ObjectIdentifier(self))
+        let stamp = try? fileDriver.changeStamp()
+        inactiveSince.withLock { $0 = stamp }
         activeFlag.store(false, ordering: .releasing)
     }
 
     /// Takes the image over: the permission locks of this open, or QEMU's words if another
-    /// process still holds what they protect.
+    /// process still holds what they protect. A format that caches metadata (qcow2) is refused
+    /// (`stale`) if the image changed while this open was inactive: its tables here would be out
+    /// of date, and the first allocation would hand out clusters the other process used. QEMU
+    /// reloads them (invalidate-cache); here the caller opens the image again and activates that.
     public func activate() throws(BlockError) {
         guard !isActive else { return }
-        var current = options
-        current.writable = isWritable
-        try root.setNeeds(current.userRequest, of: ObjectIdentifier(self))
+        try root.setNeeds(currentRequest, of: ObjectIdentifier(self))
+        // With the locks held, no other writer can change the file after this look.
+        if root.subtree.contains(where: { $0.driver.cachesMetadata }) {
+            let since = inactiveSince.withLock { $0 }
+            let now: FileDriver.ChangeStamp?
+            do throws(BlockError) { now = try fileDriver.changeStamp() } catch {
+                try? root.setNeeds(.none, of: ObjectIdentifier(self))
+                throw error
+            }
+            guard let since, since == now else {
+                try? root.setNeeds(.none, of: ObjectIdentifier(self))
+                throw BlockError(.stale, "'\(path)' changed while this open was inactive (another process wrote it): open it again to take it over")
+            }
+        }
         activeFlag.store(true, ordering: .releasing)
     }
+
+    /// The protocol driver under the format (and any test wrappers).
+    private var fileDriver: FileDriver { root.protocolNode.driver as! FileDriver }
 }

@@ -19,7 +19,7 @@ enum ExitStatus {
 extension BlockError {
     var exitStatus: Int32 {
         switch code {
-        case .conflict, .timedOut: ExitStatus.tryAgain
+        case .conflict, .timedOut, .stale: ExitStatus.tryAgain
         case .unsupported, .leaseUnavailable: ExitStatus.unsupported
         case .notFound: ExitStatus.notFound
         case .corrupt: ExitStatus.dataError

@@ -50,6 +50,31 @@ struct BlockImageTests {
         #expect(try source.request("activate 0").hasPrefix("err conflict"), "the source cannot take it back")
     }
 
+    @Test("a qcow2 destination the source wrote past is refused activation as stale; a new open takes over; raw is not refused")
+    func staleActivation() throws {
+        let qcow2 = try scratch.qcow2Image(size: "16M")
+        let source = try LineProcess.fixture(), destination = try LineProcess.fixture()
+        for path in [qcow2, image] {
+            #expect(try source.request("image \(path) rw") == "ok \(path == qcow2 ? 0 : 1)")
+            #expect(try destination.request("image \(path) rw inactive") == "ok \(path == qcow2 ? 0 : 1)")
+        }
+        // The source allocates clusters the destination's cached tables know nothing of.
+        #expect(try source.request("write 0 1048576 65536 7") == "ok")
+        #expect(try source.request("write 1 1048576 65536 7") == "ok")
+        #expect(try source.request("inactivate 0") == "ok")
+        #expect(try source.request("inactivate 1") == "ok")
+        let stale = try destination.request("activate 0")
+        #expect(stale == "err stale '\(qcow2)' changed while this open was inactive (another process wrote it): open it again to take it over", "\(stale)")
+        #expect(try kernelLocks(on: qcow2).isEmpty, "a refused activation keeps no lock")
+        #expect(try destination.request("activate 1") == "ok", "raw caches nothing: the source's writes are read from the file")
+        #expect(try destination.request("image \(qcow2) rw inactive") == "ok 2")
+        #expect(try destination.request("activate 2") == "ok")
+        #expect(try destination.request("write 2 2097152 65536 9") == "ok")
+        #expect(try destination.request("close 2") == "ok")
+        let checked = try run("/usr/bin/qemu-img", ["check", qcow2])
+        #expect(checked.status == 0, "\(checked)")
+    }
+
     @Test("an image that shrinks while open fails the read instead of inventing zeroes")
     func shrinkWhileOpen() throws {
         let process = try LineProcess.fixture()
