@@ -78,13 +78,15 @@ public final class BlockImage: Sendable {
                 ? "'\(path)' is a qcow2 image, and this program was built without the qcow2 driver"
                 : "Unknown driver '\(format)'")
         }
+        // Before the format reads its metadata: a write after this look is one it may have missed.
+        let inactiveSince = options.inactive ? try fileDriver.changeStamp() : nil
         let context = FormatOpenContext(path: path, options: options, formats: formats, chain: chain + [identity])
         let root = try driver.open(file: fileNode, context: context)
         if probed && format == "raw" && options.writable {
             warnings.append("Image format was not specified for '\(path)' and probing guessed raw; writes to block 0 that would make it look like another format are refused. Specify -f raw to remove the restriction.")
         }
         let image = BlockImage(path: path, root: root, format: format, probed: probed, warnings: warnings, options: options,
-                               inactiveSince: options.inactive ? try fileDriver.changeStamp() : nil)
+                               inactiveSince: inactiveSince)
         if !options.inactive {
             do throws(BlockError) {
                 try root.setNeeds(options.userRequest, of: ObjectIdentifier(image))
@@ -259,8 +261,9 @@ public final class BlockImage: Sendable {
     public func inactivate() throws(BlockError) {
         guard isActive else { return }
         try flush()
-        try root.setNeeds(.none, of: ObjectIdentifier(self))
+        // While this open still holds write: nobody else has changed the file since the flush.
         let stamp = try? fileDriver.changeStamp()
+        try root.setNeeds(.none, of: ObjectIdentifier(self))
         inactiveSince.withLock { $0 = stamp }
         activeFlag.store(false, ordering: .releasing)
     }
@@ -276,7 +279,7 @@ public final class BlockImage: Sendable {
         // With the locks held, no other writer can change the file after this look.
         if root.subtree.contains(where: { $0.driver.cachesMetadata }) {
             let since = inactiveSince.withLock { $0 }
-            let now: FileDriver.ChangeStamp?
+            let now: FileDriver.ChangeStamp
             do throws(BlockError) { now = try fileDriver.changeStamp() } catch {
                 try? root.setNeeds(.none, of: ObjectIdentifier(self))
                 throw error
