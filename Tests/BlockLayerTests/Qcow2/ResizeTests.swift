@@ -1,6 +1,8 @@
 // `blk resize`: growing qcow2 images (within the L1 table, and past it, which moves the table)
 // and raw ones; qemu-img check stays clean, old data stays, new space reads as zeroes.
+import BlockLayer
 import Foundation
+import Qcow2
 import Testing
 
 @Suite("blk resize")
@@ -22,6 +24,18 @@ struct ResizeTests {
         let tail = expectedBytes - 65536
         try qemuIO(["-f", "qcow2", "-c", "read -P 3 0 512k", "-c", "read -P 0 \(tail) 64k",
                     "-c", "write -P 4 \(tail) 64k", "-c", "read -P 4 \(tail) 64k", image])
+        #expect(try run("/usr/bin/qemu-img", ["check", image]).status == 0)
+    }
+
+    @Test("an open reopened read-write still holds write after a resize")
+    func resizeAfterReopen() throws {
+        let image = try scratch.qcow2Image(size: "1M")
+        let opened = try BlockImage.open(image, options: OpenOptions(format: "qcow2"), formats: [Qcow2Format.self])
+        try opened.reopen(writable: true)
+        try opened.resize(to: 2 << 20)
+        #expect(try kernelLocks(on: image).contains { $0.covers(byte: 101) }, "write (byte 101) is still held")
+        try [UInt8](repeating: 5, count: 4096).withUnsafeBytes { bytes throws in try opened.write(at: (2 << 20) - 4096, from: bytes) }
+        try opened.close()
         #expect(try run("/usr/bin/qemu-img", ["check", image]).status == 0)
     }
 
