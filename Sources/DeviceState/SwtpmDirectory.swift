@@ -6,7 +6,7 @@
 // each file is written to a temporary name, fsync'd, renamed over, and the folder fsync'd, so a
 // crash leaves every file old or new, never empty.
 import Crypto
-import Foundation
+import FoundationEssentials
 import Glibc
 
 public struct SwtpmDirectory: Sendable {
@@ -38,14 +38,14 @@ public struct SwtpmDirectory: Sendable {
     /// Writes a state file per blob (encrypted with `key` as swtpm's `--key` does, or not) and
     /// removes the state files of blobs not given, so swtpm never starts from a stale one.
     public func write(_ blobs: [(name: String, bytes: [UInt8])], key: SymmetricKey?) throws(StateError) {
-        var isFolder: ObjCBool = false
+        var isFolder = false
         if !FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) {
             do {
                 try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
             } catch {
-                throw StateError(.invalidRequest, "Could not create '\(path)': \(error.localizedDescription)")
+                throw StateError(.invalidRequest, "Could not create '\(path)': \(error)")
             }
-        } else if !isFolder.boolValue {
+        } else if !isFolder {
             throw StateError(.invalidRequest, "'\(path)' is not a folder")
         }
         try withSwtpmLock(exclusive: true) { () throws(StateError) in
@@ -120,6 +120,6 @@ public struct SwtpmDirectory: Sendable {
     }
 
     private func programName(_ pid: Int32) -> String {
-        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"
+        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.split(separator: "\n").first.map(String.init) ?? "unknown"
     }
 }

@@ -15,7 +15,7 @@
 // the encryption and the atomic, durable commits that swtpm's files lack.
 import Crypto
 import CryptoExtras
-import Foundation
+import FoundationEssentials
 
 public enum SwtpmStateFile {
     static let tagData: UInt16 = 1

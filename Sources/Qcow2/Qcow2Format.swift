@@ -1,7 +1,7 @@
 // Qcow2Format: qcow2 as a `BlockFormat` — recognised by its magic, opened by reading and
 // checking the header, then the L1 table, then the backing chain.
 import BlockLayer
-import Foundation
+import FoundationEssentials
 
 public enum Qcow2Format: BlockFormat {
     public static let formatName = "qcow2"

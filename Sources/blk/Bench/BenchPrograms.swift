@@ -1,5 +1,5 @@
 // BenchPrograms: the programs the benchmarks run beside blk in the same run.
-import Foundation
+import FoundationEssentials
 
 enum BenchPrograms {
     /// qemu-img, the baseline of `bench io` and `bench convert`; nil when qemu-utils is missing.
@@ -8,5 +8,5 @@ enum BenchPrograms {
     }
 
     /// This blk executable, for benchmarks that run it as a process of its own.
-    static var blk: URL { URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath() }
+    static var blk: String { URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path }
 }

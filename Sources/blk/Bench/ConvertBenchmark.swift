@@ -6,7 +6,7 @@
 // -t writeback) and unflushed (qemu-img's default, -t unsafe, blk's -t unsafe).
 import BlockLayer
 import BlockLocking
-import Foundation
+import FoundationEssentials
 import Glibc
 
 struct ConvertBenchmark {
@@ -42,11 +42,11 @@ struct ConvertBenchmark {
             var ours: [Double] = [], theirs: [Double] = []
             for round in 0..<rounds {
                 progress.update(Double(number * rounds + round) / Double(scenarios.count * rounds), name)
-                if round.isMultiple(of: 2) { ours.append(try time(BenchPrograms.blk.path, ["convert", "-f", "raw"] + arguments + [source, output])) }
+                if round.isMultiple(of: 2) { ours.append(try time(BenchPrograms.blk, ["convert", "-f", "raw"] + arguments + [source, output])) }
                 if let qemuImg = BenchPrograms.qemuImg {
                     theirs.append(try time(qemuImg, ["convert", "-f", "raw"] + arguments + [source, output]))
                 }
-                if !round.isMultiple(of: 2) { ours.append(try time(BenchPrograms.blk.path, ["convert", "-f", "raw"] + arguments + [source, output])) }
+                if !round.isMultiple(of: 2) { ours.append(try time(BenchPrograms.blk, ["convert", "-f", "raw"] + arguments + [source, output])) }
             }
             let qemuSeconds = theirs.isEmpty ? nil : theirs.best
             results.append(Scenario(scenario: "\(name), \(humanSize(sourceBytes)) (half data)", blkSeconds: ours.best,
@@ -59,22 +59,17 @@ struct ConvertBenchmark {
     /// Wall time of one run of `executable`, which must succeed; the output is removed after.
     private func time(_ executable: String, _ arguments: [String]) throws(BlockError) -> Double {
         unlink(output)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        let errors = Pipe()
-        process.standardError = errors
         let started = currentMonotonicNanoseconds()
+        let process: BenchProcess
         do {
-            try process.run()
+            process = try BenchProcess(executable, arguments, stdout: .null, stderr: .pipe)
         } catch {
-            throw BlockError(.ioError, "could not run \(executable): \(error)")
+            throw BlockError(.ioError, error.description)
         }
-        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        let text = String(decoding: readToEnd(process.errors!), as: UTF8.self)
+        let status = process.wait()
         let seconds = Double(currentMonotonicNanoseconds() - started) / 1e9
-        guard process.terminationStatus == 0 else { throw BlockError(.ioError, "\(executable) \(arguments) failed: \(text)") }
+        guard status == 0 else { throw BlockError(.ioError, "\(executable) \(arguments) failed: \(text)") }
         return seconds
     }
 

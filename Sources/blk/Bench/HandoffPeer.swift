@@ -4,38 +4,39 @@
 import ArgumentParser
 import BlockLocking
 import CLinuxLocking
-import Foundation
+import FoundationEssentials
 import Glibc
 import SystemPackage
 
 final class HandoffPeer {
     enum Mode: String, ExpressibleByArgument { case ours, raw }
 
-    private let process = Process()
-    private let input = Pipe()
-    private let output = Pipe()
+    private let process: BenchProcess
 
     init(path: String, mode: Mode) throws {
-        process.executableURL = BenchPrograms.blk
-        process.arguments = ["bench", "handoff-peer", "--mode", mode.rawValue, path]
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
+        process = try BenchProcess(BenchPrograms.blk, ["bench", "handoff-peer", "--mode", mode.rawValue, path],
+                                   stdin: .pipe, stdout: .pipe)
     }
 
     var isRunning: Bool { process.isRunning }
 
-    func startWaiting() { input.fileHandleForWriting.write(Data("g".utf8)) }
+    func startWaiting() { writeAll(process.input!, "g".utf8) }
 
     func acquiredAt() throws -> Int64 {
-        let data = output.fileHandleForReading.readData(ofLength: 8)
-        guard data.count == 8 else { throw LockingError(.ioError, "the hand-over peer process stopped") }
-        return data.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }
+        var acquiredAt: Int64 = 0
+        var done = 0
+        while done < 8 {
+            let count = withUnsafeMutableBytes(of: &acquiredAt) { read(process.output!, $0.baseAddress! + done, 8 - done) }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { throw LockingError(.ioError, "the hand-over peer process stopped") }
+            done += count
+        }
+        return acquiredAt
     }
 
     func stop() {
-        try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
+        process.closeInput()
+        process.wait()
     }
 }
 

@@ -6,7 +6,8 @@
 // fails in both.
 import BlockLayer
 import BlockLocking
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 import Qcow2
 import Synchronization
@@ -88,7 +89,7 @@ enum IOBenchmark {
         let workers = DispatchGroup()
         for _ in 0..<threads {
             workers.enter()
-            Thread.detachNewThread {
+            startThread {
                 defer { workers.leave() }
                 worker()
             }
@@ -136,20 +137,14 @@ enum IOBenchmark {
     static func runQEMU(_ plan: IOBenchmarkPlan) throws(BlockError) -> Double? {
         guard let qemuImg = BenchPrograms.qemuImg else { return nil }
         try plan.refresh()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: qemuImg)
-        process.arguments = plan.qemuArguments
-        let output = Pipe()
-        process.standardError = output
-        process.standardOutput = output
+        let process: BenchProcess
         do {
-            try process.run()
+            process = try BenchProcess(qemuImg, plan.qemuArguments, stdin: .null, stdout: .pipe, stderr: .sameAsOutput)
         } catch {
-            throw BlockError(.ioError, "could not run \(qemuImg): \(error)")
+            throw BlockError(.ioError, error.description)
         }
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0,
+        let text = String(decoding: readToEnd(process.output!), as: UTF8.self)
+        guard process.wait() == 0,
               let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Run completed in ") }),
               let seconds = Double(line.dropFirst("Run completed in ".count).prefix { $0 != " " }) else {
             throw BlockError(.ioError, "qemu-img bench failed: \(text)")

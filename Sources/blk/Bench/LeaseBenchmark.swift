@@ -5,7 +5,7 @@
 // area, so both sides are dominated by its I/O; the ratio says what our layer adds.
 import BlockLocking
 import CSanlock
-import Foundation
+import FoundationEssentials
 import Glibc
 
 struct LeaseBenchmark {

@@ -8,7 +8,7 @@
 //   hand-over          holder releases → waiter in another process has it, both ways
 import BlockLocking
 import CLinuxLocking
-import Foundation
+import FoundationEssentials
 import Glibc
 import SystemPackage
 

@@ -4,7 +4,7 @@
 // and their refcount blocks) come into being, then every block is read back. The baseline is that metadata itself: what memory would
 // grow by if nothing were ever evicted.
 import BlockLayer
-import Foundation
+import FoundationEssentials
 import Glibc
 import Qcow2
 

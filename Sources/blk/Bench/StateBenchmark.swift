@@ -8,7 +8,7 @@ import BlockLayer
 import BlockLocking
 import Crypto
 import DeviceState
-import Foundation
+import FoundationEssentials
 import Glibc
 import Qcow2
 

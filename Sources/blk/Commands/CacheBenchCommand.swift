@@ -1,7 +1,7 @@
 // `blk bench cache`: resident memory while qcow2 metadata outgrows the metadata cache (Bench/MetadataCacheBenchmark.swift).
 import ArgumentParser
 import BlockLayer
-import Foundation
+import FoundationEssentials
 
 struct CacheBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -9,7 +9,7 @@ struct CacheBenchCommand: ParsableCommand {
 
     @Option(help: "The metadata cache size under test.") var cacheSize = ByteCount(4 << 20)
     @Option(help: "The image's virtual size: every 2 MiB of it makes a 4 KiB L2 table.") var size = ByteCount(64 << 30)
-    @Option(help: "Folder for the benchmark's image.") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
+    @Option(help: "Folder for the benchmark's image.") var dir = FileManager.default.temporaryDirectory.path
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
     @Flag(help: "Print JSON on stdout.") var json = false
 
@@ -25,12 +25,12 @@ struct CacheBenchCommand: ParsableCommand {
             printJSON(results)
             return
         }
-        let samples = results.residentMebibytes.map { String(format: "%.1f", $0) }
+        let samples = results.residentMebibytes.map { formatted("%.1f", $0) }
         print("blk bench cache: \(results.writes) writes, each making an L2 table; cache \(humanSize(Int64(results.cacheBytes)))")
         print("  resident MiB at 25/50/75/100 % of writes, after reads: " + samples.joined(separator: " / "))
-        print("  metadata made: " + String(format: "%.1f MiB", results.metadataMebibytes))
-        print("  growth after the first quarter: resident " + String(format: "%.1f MiB", results.residentGrowthMebibytes)
-              + ", metadata " + String(format: "%.1f MiB", results.metadataGrowthMebibytes)
-              + String(format: " — ratio %.3f (target: flat, growth ≤ the cache size)", results.residentGrowthMebibytes / results.metadataGrowthMebibytes))
+        print("  metadata made: " + formatted("%.1f MiB", results.metadataMebibytes))
+        print("  growth after the first quarter: resident " + formatted("%.1f MiB", results.residentGrowthMebibytes)
+              + ", metadata " + formatted("%.1f MiB", results.metadataGrowthMebibytes)
+              + formatted(" — ratio %.3f (target: flat, growth ≤ the cache size)", results.residentGrowthMebibytes / results.metadataGrowthMebibytes))
     }
 }

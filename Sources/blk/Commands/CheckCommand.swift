@@ -5,7 +5,7 @@
 import ArgumentParser
 import BlockLayer
 import BlockLocking
-import Foundation
+import FoundationEssentials
 import Qcow2
 
 struct CheckCommand: ParsableCommand {
@@ -99,7 +99,7 @@ struct CheckCommand: ParsableCommand {
             lines.append("\(repaired == .all ? "Repairing" : "ERROR") \(error.message)")
         }
         lines += result.otherErrors
-        if !lines.isEmpty { FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8)) }
+        if !lines.isEmpty { writeStandardError(lines.joined(separator: "\n") + "\n") }
     }
 
     private func printSummary(_ result: Qcow2CheckResult) {
@@ -114,7 +114,7 @@ struct CheckCommand: ParsableCommand {
         if result.corruptionCount == 0 && result.leaks.isEmpty { print("No errors were found on the image.") }
         if result.totalClusters > 0 {
             func percent(_ part: UInt64, of whole: UInt64) -> String {
-                String(format: "%.2f%%", whole == 0 ? 0 : Double(part) * 100 / Double(whole))
+                formatted("%.2f%%", whole == 0 ? 0 : Double(part) * 100 / Double(whole))
             }
             print("\(result.allocatedClusters)/\(result.totalClusters) = \(percent(result.allocatedClusters, of: result.totalClusters)) allocated, "
                   + "\(percent(result.fragmentedClusters, of: result.allocatedClusters)) fragmented, "

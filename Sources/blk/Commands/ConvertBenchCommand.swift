@@ -1,7 +1,7 @@
 // `blk bench convert`: blk convert beside qemu-img convert on the same source (Bench/ConvertBenchmark.swift).
 import ArgumentParser
 import BlockLayer
-import Foundation
+import FoundationEssentials
 
 struct ConvertBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -9,7 +9,7 @@ struct ConvertBenchCommand: ParsableCommand {
 
     @Option(help: "Size of the source image (half of it data).") var size = ByteCount(1 << 30)
     @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
-    @Option(help: "Folder for the source and output images.") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
+    @Option(help: "Folder for the source and output images.") var dir = FileManager.default.temporaryDirectory.path
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
     @Flag(help: "Print JSON on stdout.") var json = false
 
@@ -30,10 +30,10 @@ struct ConvertBenchCommand: ParsableCommand {
         }
         for result in results {
             print("blk bench convert: \(result.scenario)")
-            print("  blk        " + String(format: "%8.3f s", result.blkSeconds))
+            print("  blk        " + formatted("%8.3f s", result.blkSeconds))
             if let seconds = result.qemuImgSeconds, let ratio = result.ratio {
-                print("  qemu-img   " + String(format: "%8.3f s", seconds))
-                print("  ratio      " + String(format: "%.2f× (target %@)", ratio, result.target))
+                print("  qemu-img   " + formatted("%8.3f s", seconds))
+                print("  ratio      " + formatted("%.2f×", ratio) + " (target \(result.target))")
             } else {
                 print("  qemu-img   not installed (Debian package qemu-utils): no baseline")
             }

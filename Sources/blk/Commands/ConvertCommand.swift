@@ -3,7 +3,7 @@
 import ArgumentParser
 import BlockLayer
 import BlockLocking
-import Foundation
+import FoundationEssentials
 import Glibc
 import Qcow2
 

@@ -2,7 +2,7 @@
 import ArgumentParser
 import BlockLayer
 import BlockLocking
-import Foundation
+import FoundationEssentials
 import Qcow2
 
 struct CreateCommand: ParsableCommand {

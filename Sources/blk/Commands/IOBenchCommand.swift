@@ -7,7 +7,8 @@
 // should not be one lucky tenth of a second.
 import ArgumentParser
 import BlockLayer
-import Foundation
+import FoundationEssentials
+import Glibc
 
 struct IOBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,7 +26,7 @@ struct IOBenchCommand: ParsableCommand {
     @Option(help: "Byte value written.") var pattern: UInt8 = 0
     @Option(name: .short, help: "Image format (probed when not given).") var f: String?
     @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
-    @Option(help: "Folder for the temporary image of the standard pair.") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
+    @Option(help: "Folder for the temporary image of the standard pair.") var dir = FileManager.default.temporaryDirectory.path
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
     @Flag(help: "Print JSON on stdout.") var json = false
     @Argument(help: "The image; omit it for the standard pair on a temporary image.") var image: String?
@@ -95,15 +96,15 @@ struct IOBenchCommand: ParsableCommand {
         }
         if results.count == 4 {
             // The standard suite: how qcow2 fares against raw, both written by blk the same way.
-            print("blk bench io: qcow2 / raw, fresh-image writes by blk: " + String(format: "%.2f× (target ≥ 0.95×)", results[2].blkMbPerS / results[0].blkMbPerS))
-            print("blk bench io: qcow2 / raw, scattered reads by blk: " + String(format: "%.2f× (target ≥ 0.95×)", results[3].blkIops / results[1].blkIops))
+            print("blk bench io: qcow2 / raw, fresh-image writes by blk: " + formatted("%.2f× (target ≥ 0.95×)", results[2].blkMbPerS / results[0].blkMbPerS))
+            print("blk bench io: qcow2 / raw, scattered reads by blk: " + formatted("%.2f× (target ≥ 0.95×)", results[3].blkIops / results[1].blkIops))
         }
         for result in results {
             print("blk bench io: \(result.scenario)")
-            print("  blk        " + String(format: "%9.1f MB/s %11.0f IOPS", result.blkMbPerS, result.blkIops))
+            print("  blk        " + formatted("%9.1f MB/s %11.0f IOPS", result.blkMbPerS, result.blkIops))
             if let mb = result.qemuImgMbPerS, let iops = result.qemuImgIops, let ratio = result.ratio {
-                print("  qemu-img   " + String(format: "%9.1f MB/s %11.0f IOPS", mb, iops))
-                print("  ratio      " + String(format: "%.2f× (target %@)", ratio, result.target))
+                print("  qemu-img   " + formatted("%9.1f MB/s %11.0f IOPS", mb, iops))
+                print("  ratio      " + formatted("%.2f×", ratio) + " (target \(result.target))")
             } else {
                 print("  qemu-img   not installed (Debian package qemu-utils): no baseline")
             }

@@ -4,7 +4,7 @@ import ArgumentParser
 import BlockIOScript
 import BlockLayer
 import BlockLocking
-import Foundation
+import FoundationEssentials
 import Glibc
 import Qcow2
 
@@ -136,8 +136,8 @@ struct IOCommand: ParsableCommand {
     private func report(_ verb: String, _ count: Int64, _ offset: Int64, since started: Int64) {
         let seconds = max(Double(currentMonotonicNanoseconds() - started) / 1e9, 1e-9)
         print("\(verb) \(count)/\(count) bytes at offset \(offset)")
-        print(String(format: "%@, 1 ops; %.4f sec (%.3f MiB/sec and %.4f ops/sec)",
-                     humanSize(count), seconds, Double(count) / 1_048_576 / seconds, 1 / seconds))
+        print(humanSize(count) + formatted(", 1 ops; %.4f sec (%.3f MiB/sec and %.4f ops/sec)",
+                                           seconds, Double(count) / 1_048_576 / seconds, 1 / seconds))
     }
 
     private func printFailure(_ step: IOCommandStep, _ error: BlockError) {

@@ -135,7 +135,7 @@ struct InfoCommand: ParsableCommand {
             var date = [CChar](repeating: 0, count: 32)
             _ = strftime(&date, date.count, "%Y-%m-%d %H:%M:%S", &broken)
             let clock = snapshot.vmClockNanoseconds / 1_000_000
-            let clockText = String(format: "%02llu:%02llu:%02llu.%03llu", clock / 3_600_000, clock / 60_000 % 60, clock / 1000 % 60, clock % 1000)
+            let clockText = formatted("%02llu:%02llu:%02llu.%03llu", clock / 3_600_000, clock / 60_000 % 60, clock / 1000 % 60, clock % 1000)
             print(pad(snapshot.id, 9, left: true) + " " + pad(snapshot.name, 16, left: true) + " "
                   + pad(humanSize(Int64(snapshot.vmStateSize)), 8, left: false)
                   + pad(String(decoding: date.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), 20, left: false)

@@ -1,7 +1,7 @@
 // `blk bench lock`: the locking benchmark (Bench/LockBenchmark.swift) and its report.
 import ArgumentParser
 import BlockLocking
-import Foundation
+import FoundationEssentials
 
 struct LockBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,7 +13,7 @@ struct LockBenchCommand: ParsableCommand {
     @Flag(help: "Print JSON on stdout.") var json = false
     @Option(help: "Iterations per round of the in-process measurements.") var iterations = 20_000
     @Option(help: "Hand-overs measured, ours and raw each.") var handoffs = 2_000
-    @Option(help: "Folder for the benchmark's image (its file system is what is measured).") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
+    @Option(help: "Folder for the benchmark's image (its file system is what is measured).") var dir = FileManager.default.temporaryDirectory.path
     @OptionGroup(title: "Leases across hosts") var leaseConfig: LeaseConfigOptions
     @Option(help: "Lease acquire/release pairs measured, ours and the C API's each (with a lease area configured).") var leaseRounds = 100
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
@@ -48,17 +48,17 @@ struct LockBenchCommand: ParsableCommand {
         print("blk bench lock: \(iterations) iterations × 7 rounds, \(handoffs) hand-overs each way, in \(dir)")
         print("operation".padding(18) + "ours".padding(14) + "raw fcntl".padding(14) + "ratio".padding(9) + "target")
         for (name, ours, baseline, unit, target) in rows {
-            let baselineText = baseline.map { String(format: "%.2f %@", $0, unit) } ?? "—"
-            let ratio = baseline.map { String(format: "%.2f×", ours / $0) } ?? "—"
-            print(name.padding(18) + String(format: "%.2f %@", ours, unit).padding(14) + baselineText.padding(14)
+            let baselineText = baseline.map { formatted("%.2f ", $0) + unit } ?? "—"
+            let ratio = baseline.map { formatted("%.2f×", ours / $0) } ?? "—"
+            print(name.padding(18) + (formatted("%.2f ", ours) + unit).padding(14) + baselineText.padding(14)
                   + ratio.padding(9) + target)
         }
         guard let leases else { return }
         print("sanlock lease (lockspace \(leases.lockspace)), median of \(leaseRounds), beside sanlock's C API:")
         for (name, ours, baseline) in [("lease acquire", leases.acquireMedianMs, leases.baselineAcquireMedianMs),
                                        ("lease release", leases.releaseMedianMs, leases.baselineReleaseMedianMs)] {
-            print(name.padding(18) + String(format: "%.2f ms", ours).padding(14) + String(format: "%.2f ms", baseline).padding(14)
-                  + String(format: "%.2f×", ours / baseline).padding(9) + "≤ 1.1×")
+            print(name.padding(18) + formatted("%.2f ms", ours).padding(14) + formatted("%.2f ms", baseline).padding(14)
+                  + formatted("%.2f×", ours / baseline).padding(9) + "≤ 1.1×")
         }
     }
 }

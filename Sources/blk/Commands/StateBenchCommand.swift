@@ -2,7 +2,7 @@
 // CRC32C throughput beside a byte-table loop (Bench/StateBenchmark.swift).
 import ArgumentParser
 import DeviceState
-import Foundation
+import FoundationEssentials
 
 struct StateBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,7 +12,7 @@ struct StateBenchCommand: ParsableCommand {
 
     @Flag(help: "Print JSON on stdout.") var json = false
     @Option(help: "Rounds: each times one baseline write and one commit of every scenario.") var rounds = 200
-    @Option(help: "Folder for the benchmark's files (its file system is what is measured).") var dir = URL(fileURLWithPath: NSTemporaryDirectory()).path
+    @Option(help: "Folder for the benchmark's files (its file system is what is measured).") var dir = FileManager.default.temporaryDirectory.path
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
 
     func validate() throws {
@@ -31,21 +31,21 @@ struct StateBenchCommand: ParsableCommand {
             return
         }
         let base = results.baselineMicroseconds
-        print("blk bench state: \(rounds) rounds in \(dir); baseline: one 4 KiB overwrite + fdatasync = \(String(format: "%.1f", base)) µs (median)")
+        print("blk bench state: \(rounds) rounds in \(dir); baseline: one 4 KiB overwrite + fdatasync = \(formatted("%.1f", base)) µs (median)")
         print("commit".padding(26) + "median".padding(13) + "÷ baseline".padding(12) + "target")
         for scenario in StateBenchmark.scenarios {
             let name = StateBenchmark.name(scenario)
             let value = results.commitMicroseconds[name]!
-            print(name.padding(26) + String(format: "%.1f µs", value).padding(13) + String(format: "%.2f×", value / base).padding(12) + (scenario.bytes == 16 << 10 && !scenario.encrypted ? "≤ 2.3×" : ""))
+            print(name.padding(26) + formatted("%.1f µs", value).padding(13) + formatted("%.2f×", value / base).padding(12) + (scenario.bytes == 16 << 10 && !scenario.encrypted ? "≤ 2.3×" : ""))
         }
         for (format, size) in [("raw", 256), ("raw", 16)] {
             let plain = results.commitMicroseconds["\(format) \(size) KiB"]!
             let encrypted = results.commitMicroseconds["\(format) \(size) KiB encrypted"]!
-            print("encryption adds, \(format) \(size) KiB".padding(39) + String(format: "%+.1f %%", (encrypted / plain - 1) * 100).padding(12)
+            print("encryption adds, \(format) \(size) KiB".padding(39) + formatted("%+.1f %%", (encrypted / plain - 1) * 100).padding(12)
                   + (size == 256 ? "≤ 10 %" : ""))
         }
-        print("CRC32C \(results.crcHardware ? "(SSE4.2)" : "(no SSE4.2)")".padding(26) + String(format: "%.2f GB/s", results.crcGigabytesPerSecond).padding(13)
-              + String(format: "%.1f×", results.crcGigabytesPerSecond / results.crcTableGigabytesPerSecond).padding(12) + "≥ 10 GB/s")
-        print("CRC32C byte table".padding(26) + String(format: "%.2f GB/s", results.crcTableGigabytesPerSecond))
+        print("CRC32C \(results.crcHardware ? "(SSE4.2)" : "(no SSE4.2)")".padding(26) + formatted("%.2f GB/s", results.crcGigabytesPerSecond).padding(13)
+              + formatted("%.1f×", results.crcGigabytesPerSecond / results.crcTableGigabytesPerSecond).padding(12) + "≥ 10 GB/s")
+        print("CRC32C byte table".padding(26) + formatted("%.2f GB/s", results.crcTableGigabytesPerSecond))
     }
 }

@@ -4,7 +4,9 @@
 // laid out as the guest sees it (no fragmentation), as qemu-img convert does without -W. On a
 // 2-core machine reading and compressing one chunk overlaps writing the one before it.
 import BlockLayer
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
 import Qcow2
 import Synchronization
 
@@ -19,7 +21,7 @@ final class ConvertPipeline: Sendable {
     let length: Int64
     private let nextChunk = Atomic(0)
     /// The chunk whose turn it is to be written, and the first failure (which ends every worker).
-    private let turn = NSCondition()
+    private let turn = TurnCondition()
     private nonisolated(unsafe) var chunkToWrite = 0
     private let failure = Mutex<BlockError?>(nil)
     private let written = Atomic<Int64>(0)
@@ -38,7 +40,7 @@ final class ConvertPipeline: Sendable {
         let group = DispatchGroup()
         for _ in 0..<max(1, workers) {
             group.enter()
-            Thread.detachNewThread {
+            startThread {
                 defer { group.leave() }
                 self.work(progress)
             }
@@ -123,16 +125,16 @@ final class ConvertPipeline: Sendable {
     }
 
     private func waitForTurn(_ index: Int) {
-        turn.lock()
-        while chunkToWrite != index { turn.wait() }
-        turn.unlock()
+        turn.withLock { wait in
+            while chunkToWrite != index { wait() }
+        }
     }
 
     private func endTurn() {
-        turn.lock()
-        chunkToWrite += 1
-        turn.broadcast()
-        turn.unlock()
+        turn.withLock { _ in
+            chunkToWrite += 1
+            turn.broadcast()
+        }
     }
 
     /// All zero: the first byte is, and every byte equals the one before it (one memcmp).

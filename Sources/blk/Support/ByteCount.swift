@@ -34,7 +34,7 @@ func humanSize(_ bytes: Int64) -> String {
         unit += 1
     }
     if unit == 0 { return "\(bytes) B" }
-    var text = String(format: "%.3g", value)
-    if text.contains("e") { text = String(format: "%.0f", value) }
+    var text = formatted("%.3g", value)
+    if text.contains("e") { text = formatted("%.0f", value) }
     return "\(text) \(units[unit])"
 }

@@ -3,7 +3,7 @@
 import ArgumentParser
 import BlockLayer
 import BlockLocking
-import Foundation
+import FoundationEssentials
 
 enum ExitStatus {
     static let failure: Int32 = 1
@@ -47,11 +47,11 @@ func report(_ error: LockingError, json: Bool) -> ExitCode {
 }
 
 func printError(_ message: String) {
-    FileHandle.standardError.write(Data(("blk: " + message + "\n").utf8))
+    writeStandardError("blk: " + message + "\n")
 }
 
 func printWarning(_ message: String) {
-    FileHandle.standardError.write(Data(("blk: warning: " + message + "\n").utf8))
+    writeStandardError("blk: warning: " + message + "\n")
 }
 
 struct ErrorJSON: Encodable {

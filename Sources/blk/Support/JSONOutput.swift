@@ -1,13 +1,13 @@
 // JSONOutput: machine-readable output, keys in kebab-case as qemu-img prints them.
 import BlockLocking
-import Foundation
+import FoundationEssentials
 
 func printJSON(_ value: some Encodable) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     encoder.keyEncodingStrategy = .convertToKebabCase
     guard let data = try? encoder.encode(value) else { return }
-    FileHandle.standardOutput.write(data + Data("\n".utf8))
+    writeStandardOutput(data + [UInt8(ascii: "\n")])
 }
 
 struct LeaseOwnerJSON: Encodable {

@@ -2,7 +2,7 @@
 // forced with -p, never mixed into stdout. It redraws only when the whole percent changes, and
 // builds its label only then: convert reports after every megabyte, and formatting two sizes
 // each time was 8 % of a fast convert's time — spent even when nothing was shown.
-import Foundation
+import FoundationEssentials
 import Glibc
 import Synchronization
 
@@ -22,11 +22,11 @@ final class Progress: Sendable {
         let filled = Int((fraction * Double(width)).rounded(.down))
         let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
         let line = "\r[\(bar)] \(percent)% \(label())\u{1B}[K"
-        FileHandle.standardError.write(Data(line.utf8))
+        writeStandardError(line)
     }
 
     func finish() {
         guard enabled else { return }
-        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+        writeStandardError("\r\u{1B}[K")
     }
 }

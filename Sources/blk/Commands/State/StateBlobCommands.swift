@@ -1,7 +1,7 @@
 // `blk state put|get|remove`: one blob at a time.
 import ArgumentParser
 import DeviceState
-import Foundation
+import FoundationEssentials
 
 struct StatePutCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -85,6 +85,6 @@ struct BlobJSON: Encodable {
         size = record.byteCount
         storedSize = record.storedByteCount
         generation = record.generation
-        crc32c = String(format: "%08x", record.checksum)
+        crc32c = formatted("%08x", record.checksum)
     }
 }

@@ -4,7 +4,8 @@ import ArgumentParser
 import BlockLayer
 import BlockLocking
 import DeviceState
-import Foundation
+import FoundationEssentials
+import Glibc
 
 struct StateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -128,7 +129,7 @@ func checkedBlobName(_ name: String, json: Bool) throws -> String {
 
 /// Reads FILE, or stdin for "-" or none.
 func readInput(_ path: String?) throws -> [UInt8] {
-    if path == nil || path == "-" { return Array(FileHandle.standardInput.readDataToEndOfFile()) }
+    if path == nil || path == "-" { return readToEnd(STDIN_FILENO) }
     guard let data = FileManager.default.contents(atPath: path!) else {
         throw report(StateError(.notFound, "Could not read '\(path!)'"), json: false)
     }
@@ -138,12 +139,12 @@ func readInput(_ path: String?) throws -> [UInt8] {
 /// Writes FILE (replacing it whole, durably), or stdout for "-" or none.
 func writeOutput(_ bytes: [UInt8], to path: String?) throws {
     if path == nil || path == "-" {
-        FileHandle.standardOutput.write(Data(bytes))
+        writeStandardOutput(bytes)
         return
     }
     do {
         try Data(bytes).write(to: URL(fileURLWithPath: path!), options: .atomic)
     } catch {
-        throw report(StateError(.invalidRequest, "Could not write '\(path!)': \(error.localizedDescription)"), json: false)
+        throw report(StateError(.invalidRequest, "Could not write '\(path!)': \(error)"), json: false)
     }
 }

@@ -1,7 +1,7 @@
 // `blk state list|verify`: what the store holds, and the migration destination's early check.
 import ArgumentParser
 import DeviceState
-import Foundation
+import FoundationEssentials
 
 struct StateListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -31,7 +31,7 @@ struct StateListCommand: ParsableCommand {
         print("NAME".padding(width + 1) + "SIZE".padding(11) + "GENERATION".padding(11) + "CRC32C")
         for blob in listing.blobs {
             print(blob.name.padding(width + 1) + "\(blob.byteCount)".padding(11) + "\(blob.generation)".padding(11)
-                  + String(format: "%08x", blob.checksum))
+                  + formatted("%08x", blob.checksum))
         }
     }
 }

@@ -1,0 +1,17 @@
+// formatted: printf-style numbers for the tables benchmarks print — Foundation's
+// String(format:) without loading Foundation (and ICU) into every blk command.
+import Glibc
+
+/// `format` filled in by vsnprintf: numbers only (no %@).
+func formatted(_ format: String, _ arguments: CVarArg...) -> String {
+    withVaList(arguments) { list in
+        var buffer = [CChar](repeating: 0, count: 256)
+        let needed = Int(vsnprintf(&buffer, buffer.count, format, list))
+        guard needed >= buffer.count else { return String(cString: buffer) }
+        buffer = [CChar](repeating: 0, count: needed + 1)
+        return withVaList(arguments) { again in
+            _ = vsnprintf(&buffer, buffer.count, format, again)
+            return String(cString: buffer)
+        }
+    }
+}
