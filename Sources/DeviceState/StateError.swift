@@ -3,6 +3,8 @@
 // own so that a wrong key is never reported as corruption, nor corruption as a wrong key.
 import BlockLayer
 import BlockLocking
+import FoundationEssentials
+import Glibc
 
 public struct StateError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
@@ -61,4 +63,11 @@ public struct StateError: Error, Sendable, CustomStringConvertible {
 
     /// The message and, for lock conflicts, the holders, one per line.
     public var description: String { block?.description ?? message }
+
+    /// Why a file operation of FileManager or Data failed, in strerror's words when it says
+    /// (FoundationEssentials has no localizedDescription, and its errors print as dumps).
+    public static func reason(_ error: any Error) -> String {
+        let posix = (error as? CocoaError)?.underlying as? POSIXError ?? error as? POSIXError
+        return posix.map { String(cString: strerror($0.code.rawValue)) } ?? "\(error)"
+    }
 }

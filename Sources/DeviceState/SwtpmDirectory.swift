@@ -43,7 +43,7 @@ public struct SwtpmDirectory: Sendable {
             do {
                 try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
             } catch {
-                throw StateError(.invalidRequest, "Could not create '\(path)': \(error)")
+                throw StateError(.invalidRequest, "Could not create '\(path)': \(StateError.reason(error))")
             }
         } else if !isFolder {
             throw StateError(.invalidRequest, "'\(path)' is not a folder")

@@ -12,7 +12,8 @@ final class BenchProcess {
     private(set) var input: Int32?
     let output: Int32?
     let errors: Int32?
-    private var status: Int32?
+    /// The exit status once reaped (see `wait`).
+    private var exitStatus: Int32?
 
     init(_ executable: String, _ arguments: [String], stdin: Stream = .inherited, stdout: Stream = .inherited,
          stderr: Stream = .inherited) throws(SpawnFailure) {
@@ -51,6 +52,8 @@ final class BenchProcess {
             ours.forEach { close($0) }
             throw error
         }
+        // An inherited "ignore SIGCHLD" would make the kernel reap the child behind our back.
+        signal(SIGCHLD, SIG_DFL)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var child = pid_t()
@@ -63,7 +66,9 @@ final class BenchProcess {
     }
 
     deinit {
+        // Closed first: a child reading its stdin sees the end and exits, so the wait returns.
         [input, output, errors].compactMap { $0 }.forEach { close($0) }
+        wait()
     }
 
     /// Ends the child's stdin: it reads end of file.
@@ -74,22 +79,29 @@ final class BenchProcess {
 
     /// Whether the child has not exited yet (it is reaped if it has).
     var isRunning: Bool {
-        guard status == nil else { return false }
+        guard exitStatus == nil else { return false }
         var raw: Int32 = 0
-        guard waitpid(pid, &raw, WNOHANG) == pid else { return true }
-        status = raw
+        let result = waitpid(pid, &raw, WNOHANG)
+        if result == 0 { return true }
+        exitStatus = Self.decode(result == pid ? raw : nil)
         return false
     }
 
-    /// Waits for the child; its exit status, or 128 + the signal that ended it.
+    /// Waits for the child; its exit status, 128 + the signal that ended it, or −1 if it could
+    /// not be waited for (nothing says it succeeded).
     @discardableResult
     func wait() -> Int32 {
-        if status == nil {
-            var raw: Int32 = 0
-            while waitpid(pid, &raw, 0) == -1 && errno == EINTR {}
-            status = raw
-        }
-        let raw = status!
+        if let exitStatus { return exitStatus }
+        var raw: Int32 = 0
+        var result: pid_t
+        repeat { result = waitpid(pid, &raw, 0) } while result == -1 && errno == EINTR
+        let status = Self.decode(result == pid ? raw : nil)
+        exitStatus = status
+        return status
+    }
+
+    private static func decode(_ raw: Int32?) -> Int32 {
+        guard let raw else { return -1 }
         return raw & 0x7f == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
     }
 }

@@ -66,7 +66,7 @@ struct ConvertBenchmark {
         } catch {
             throw BlockError(.ioError, error.description)
         }
-        let text = String(decoding: readToEnd(process.errors!), as: UTF8.self)
+        let text = String(decoding: (try? readToEnd(process.errors!)) ?? [], as: UTF8.self)
         let status = process.wait()
         let seconds = Double(currentMonotonicNanoseconds() - started) / 1e9
         guard status == 0 else { throw BlockError(.ioError, "\(executable) \(arguments) failed: \(text)") }

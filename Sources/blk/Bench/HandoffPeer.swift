@@ -20,7 +20,7 @@ final class HandoffPeer {
 
     var isRunning: Bool { process.isRunning }
 
-    func startWaiting() { writeAll(process.input!, "g".utf8) }
+    func startWaiting() { try? writeAll(process.input!, "g".utf8) } // a peer gone shows in acquiredAt
 
     func acquiredAt() throws -> Int64 {
         var acquiredAt: Int64 = 0

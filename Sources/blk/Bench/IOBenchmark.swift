@@ -143,7 +143,7 @@ enum IOBenchmark {
         } catch {
             throw BlockError(.ioError, error.description)
         }
-        let text = String(decoding: readToEnd(process.output!), as: UTF8.self)
+        let text = String(decoding: (try? readToEnd(process.output!)) ?? [], as: UTF8.self)
         guard process.wait() == 0,
               let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Run completed in ") }),
               let seconds = Double(line.dropFirst("Run completed in ".count).prefix { $0 != " " }) else {

@@ -1,13 +1,15 @@
 // JSONOutput: machine-readable output, keys in kebab-case as qemu-img prints them.
 import BlockLocking
 import FoundationEssentials
+import Glibc
 
 func printJSON(_ value: some Encodable) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     encoder.keyEncodingStrategy = .convertToKebabCase
     guard let data = try? encoder.encode(value) else { return }
-    writeStandardOutput(data + [UInt8(ascii: "\n")])
+    // As `print` does for text: a failed write to stdout does not change the command's outcome.
+    try? writeAll(STDOUT_FILENO, data + [UInt8(ascii: "\n")])
 }
 
 struct LeaseOwnerJSON: Encodable {

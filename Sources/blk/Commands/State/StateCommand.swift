@@ -6,6 +6,7 @@ import BlockLocking
 import DeviceState
 import FoundationEssentials
 import Glibc
+import SystemPackage
 
 struct StateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -129,7 +130,13 @@ func checkedBlobName(_ name: String, json: Bool) throws -> String {
 
 /// Reads FILE, or stdin for "-" or none.
 func readInput(_ path: String?) throws -> [UInt8] {
-    if path == nil || path == "-" { return readToEnd(STDIN_FILENO) }
+    if path == nil || path == "-" {
+        do throws(Errno) {
+            return try readToEnd(STDIN_FILENO)
+        } catch {
+            throw report(StateError(.notFound, "Could not read standard input: \(error)"), json: false)
+        }
+    }
     guard let data = FileManager.default.contents(atPath: path!) else {
         throw report(StateError(.notFound, "Could not read '\(path!)'"), json: false)
     }
@@ -139,12 +146,16 @@ func readInput(_ path: String?) throws -> [UInt8] {
 /// Writes FILE (replacing it whole, durably), or stdout for "-" or none.
 func writeOutput(_ bytes: [UInt8], to path: String?) throws {
     if path == nil || path == "-" {
-        writeStandardOutput(bytes)
+        do throws(Errno) {
+            try writeAll(STDOUT_FILENO, bytes)
+        } catch {
+            throw report(StateError(.invalidRequest, "Could not write to standard output: \(error)"), json: false)
+        }
         return
     }
     do {
         try Data(bytes).write(to: URL(fileURLWithPath: path!), options: .atomic)
     } catch {
-        throw report(StateError(.invalidRequest, "Could not write '\(path!)': \(error)"), json: false)
+        throw report(StateError(.invalidRequest, "Could not write '\(path!)': \(StateError.reason(error))"), json: false)
     }
 }
