@@ -108,31 +108,27 @@ public final class FileDriver: BlockDriver {
     /// What changes when anyone writes or truncates the file: its size and its change and
     /// modification times (fine-grained once they have been looked at, as here).
     public struct ChangeStamp: Equatable, Sendable {
-        var size: Int64
-        var modified: timespec
-        var changed: timespec
-
-        public static func == (one: Self, other: Self) -> Bool {
-            one.size == other.size && one.modified.tv_sec == other.modified.tv_sec && one.modified.tv_nsec == other.modified.tv_nsec
-                && one.changed.tv_sec == other.changed.tv_sec && one.changed.tv_nsec == other.changed.tv_nsec
-        }
+        var size: Int
+        var modified: [Int]
+        var changed: [Int]
     }
 
     public func changeStamp() throws(BlockError) -> ChangeStamp {
+        let status = try Self.status(of: descriptor, path: path)
+        return ChangeStamp(size: status.st_size, modified: [status.st_mtim.tv_sec, status.st_mtim.tv_nsec],
+                           changed: [status.st_ctim.tv_sec, status.st_ctim.tv_nsec])
+    }
+
+    private static func status(of descriptor: FileDescriptor, path: String) throws(BlockError) -> stat {
         var status = stat()
-        let descriptor = self.descriptor
         if case .failure(let failure) = valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }) {
             throw BlockError.systemCall(failure, "Could not stat '\(path)'")
         }
-        return ChangeStamp(size: Int64(status.st_size), modified: status.st_mtim, changed: status.st_ctim)
+        return status
     }
 
     private static func size(of descriptor: FileDescriptor, path: String) throws(BlockError) -> Int64 {
-        var status = stat()
-        if case .failure(let failure) = valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }) {
-            throw BlockError.systemCall(failure, "Could not stat '\(path)'")
-        }
-        return Int64(status.st_size)
+        Int64(try status(of: descriptor, path: path).st_size)
     }
 
     public func length() throws(BlockError) -> Int64 { cachedLength.load(ordering: .relaxed) }
@@ -267,12 +263,7 @@ public final class FileDriver: BlockDriver {
     }
 
     public func allocatedBytes() throws(BlockError) -> Int64? {
-        let descriptor = self.descriptor
-        var status = stat()
-        if case .failure(let failure) = valueOrErrno("fstat", { fstat(descriptor.rawValue, &status) }) {
-            throw BlockError.systemCall(failure, "Could not stat '\(path)'")
-        }
-        return Int64(status.st_blocks) * 512
+        Int64(try Self.status(of: descriptor, path: path).st_blocks) * 512
     }
 
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {

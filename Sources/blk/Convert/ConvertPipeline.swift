@@ -5,7 +5,6 @@
 // 2-core machine reading and compressing one chunk overlaps writing the one before it.
 import BlockLayer
 import Dispatch
-import FoundationEssentials
 import Glibc
 import Qcow2
 import Synchronization
@@ -21,8 +20,7 @@ final class ConvertPipeline: Sendable {
     let length: Int64
     private let nextChunk = Atomic(0)
     /// The chunk whose turn it is to be written, and the first failure (which ends every worker).
-    private let turn = TurnCondition()
-    private nonisolated(unsafe) var chunkToWrite = 0
+    private let turns = OrderedTurns()
     private let failure = Mutex<BlockError?>(nil)
     private let written = Atomic<Int64>(0)
 
@@ -70,8 +68,8 @@ final class ConvertPipeline: Sendable {
             } catch {
                 pieces = .failure(error)
             }
-            waitForTurn(index)
-            defer { endTurn() }
+            turns.wait(for: index)
+            defer { turns.endTurn() }
             guard failure.withLock({ $0 == nil }) else { return }
             do throws(BlockError) {
                 try store(try pieces.get(), of: UnsafeRawBufferPointer(chunk), at: offset)
@@ -121,19 +119,6 @@ final class ConvertPipeline: Sendable {
             case .compressed(let cluster, let range, let stream):
                 try compressor!.storeCompressed(stream, cluster: cluster, original: UnsafeRawBufferPointer(rebasing: chunk[range]))
             }
-        }
-    }
-
-    private func waitForTurn(_ index: Int) {
-        turn.withLock { wait in
-            while chunkToWrite != index { wait() }
-        }
-    }
-
-    private func endTurn() {
-        turn.withLock { _ in
-            chunkToWrite += 1
-            turn.broadcast()
         }
     }
 

@@ -15,10 +15,13 @@ func startThread(_ body: @escaping @Sendable () -> Void) {
     pthread_detach(thread)
 }
 
-/// A mutex and its condition variable, for threads that wait for their turn.
-final class TurnCondition: @unchecked Sendable {
+/// Turns taken in order — 0, 1, 2… — by threads that each wait until their number comes up
+/// (the convert workers writing their chunks in order).
+final class OrderedTurns: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    /// Guarded by `mutex`.
+    private var current = 0
 
     init() {
         pthread_mutex_init(mutex, nil)
@@ -32,12 +35,17 @@ final class TurnCondition: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    /// Runs `body` holding the mutex; `body` gets `wait`, which sleeps until the next broadcast.
-    func withLock<Result>(_ body: (_ wait: () -> Void) -> Result) -> Result {
+    func wait(for turn: Int) {
         pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return body { pthread_cond_wait(self.condition, self.mutex) }
+        while current != turn { pthread_cond_wait(condition, mutex) }
+        pthread_mutex_unlock(mutex)
     }
 
-    func broadcast() { pthread_cond_broadcast(condition) }
+    /// Ends the turn in progress; the next one's thread goes on.
+    func endTurn() {
+        pthread_mutex_lock(mutex)
+        current += 1
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
+    }
 }

@@ -139,18 +139,27 @@ struct Qcow2ConcurrencyTests {
         }
     }
 
+    /// A new qcow2 image at `path` and a writer open on it that has filled guest cluster 0 with 1s.
+    static func writerWithFirstCluster(at path: String) throws -> BlockImage {
+        try Qcow2Format.create(at: path, virtualSize: 64 << 20, clusterSize: 65536)
+        let writer = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true), formats: [Qcow2Format.self])
+        try fill(writer, cluster: 0, with: 1)
+        return writer
+    }
+
+    static func openInactive(_ path: String) throws -> BlockImage {
+        try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, inactive: true), formats: [Qcow2Format.self])
+    }
+
     // As a migration destination beside its source: the writer allocates past the end of the
     // file as the inactive open first saw it, and the clusters it allocated are data, not
     // corruption — which an inactive open must not mark on its source's image in any case.
     @Test("an inactive open reads clusters its writer allocated after it opened")
     func inactiveReaderBesideWriter() throws {
         let path = scratch.directory + "/shared.qcow2"
-        try Qcow2Format.create(at: path, virtualSize: 64 << 20, clusterSize: 65536)
-        let writer = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true), formats: [Qcow2Format.self])
-        try Self.fill(writer, cluster: 0, with: 1)
+        let writer = try Self.writerWithFirstCluster(at: path)
         try writer.flush()
-        let destination = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, inactive: true),
-                                              formats: [Qcow2Format.self])
+        let destination = try Self.openInactive(path)
         let lengthAtOpen = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
         for cluster in 1...4 { try Self.fill(writer, cluster: cluster, with: UInt8(cluster + 1)) }
         try writer.flush()
@@ -172,9 +181,7 @@ struct Qcow2ConcurrencyTests {
     @Test("an inactive open that meets corruption fails the read and writes nothing")
     func inactiveReaderMarksNothing() throws {
         let path = scratch.directory + "/hostile.qcow2"
-        try Qcow2Format.create(at: path, virtualSize: 64 << 20, clusterSize: 65536)
-        let writer = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true), formats: [Qcow2Format.self])
-        try Self.fill(writer, cluster: 0, with: 1)
+        let writer = try Self.writerWithFirstCluster(at: path)
         let l1Offset = (writer.root.driver as! Qcow2Driver).header.l1TableOffset
         try writer.close()
         // Guest cluster 0's L2 entry, sent a terabyte past the end of the file.
@@ -186,8 +193,7 @@ struct Qcow2ConcurrencyTests {
         try handle.close()
         let before = try Data(contentsOf: URL(fileURLWithPath: path))
 
-        let destination = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, inactive: true),
-                                              formats: [Qcow2Format.self])
+        let destination = try Self.openInactive(path)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 4096)
         defer { buffer.deallocate() }
         #expect(throws: BlockError.self) { try destination.read(at: 0, into: buffer) }
