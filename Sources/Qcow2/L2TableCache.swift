@@ -15,6 +15,9 @@ struct L2TableCache {
     final class Table {
         let entries: UnsafeMutablePointer<Atomic<UInt64>>
         var lastUse: UInt64
+        /// Listed in `dirty`: a table changed entry by entry is added to the set once, not
+        /// hashed again on every write.
+        var isDirty = false
 
         init(_ entries: UnsafeMutablePointer<Atomic<UInt64>>, lastUse: UInt64) {
             self.entries = entries
@@ -53,12 +56,14 @@ struct L2TableCache {
 
     private static func tableOffset(_ l1Entry: UInt64) -> UInt64 { l1Entry & Qcow2Driver.offsetMask }
 
-    /// The L2 table offset for L1 index `index` (0: no table), the entry at `entryIndex` if that
-    /// table is cached, and the generation they were seen at (for reading the table if not).
-    mutating func lookup(l1Index index: Int, entryIndex: Int) -> (l2Offset: UInt64, entry: UInt64?, generation: UInt64) {
-        let l2Offset = l1.indices.contains(index) ? Self.tableOffset(l1[index]) : 0
-        guard l2Offset != 0 else { return (0, nil, generation) }
-        return (l2Offset, entry(entryIndex, ofTableAt: l2Offset), generation)
+    /// The L1 entry at `index` (0 past the table's end), the entry at `entryIndex` of its L2
+    /// table if that table is cached, and the generation they were seen at (for reading the
+    /// table if not): all a lookup needs, in one hold of the lock.
+    mutating func lookup(l1Index index: Int, entryIndex: Int) -> (l1Entry: UInt64, entry: UInt64?, generation: UInt64) {
+        let l1Entry = l1.indices.contains(index) ? l1[index] : 0
+        let l2Offset = Self.tableOffset(l1Entry)
+        guard l2Offset != 0 else { return (l1Entry, nil, generation) }
+        return (l1Entry, entry(entryIndex, ofTableAt: l2Offset), generation)
     }
 
     /// Entry `index` of the table at `offset`, if it is cached.
@@ -100,6 +105,7 @@ struct L2TableCache {
         generation += 1
         dirty.insert(offset)
         insert(entries, at: offset)
+        tables[offset].unsafelyUnwrapped.isDirty = true
     }
 
     /// Changes one entry of a cached table in place and marks it dirty; false when the table
@@ -108,7 +114,10 @@ struct L2TableCache {
         guard let table = tables[offset] else { return false }
         generation += 1
         readIndex.change { table.entries[index].store(value, ordering: .relaxed) }
-        dirty.insert(offset)
+        if !table.isDirty {
+            table.isDirty = true
+            dirty.insert(offset)
+        }
         return true
     }
 
@@ -139,6 +148,7 @@ struct L2TableCache {
     mutating func markClean(_ offset: UInt64) {
         generation += 1
         dirty.remove(offset)
+        tables[offset]?.isDirty = false
         evictCleanTables()
     }
 

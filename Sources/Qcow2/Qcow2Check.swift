@@ -123,7 +123,7 @@ extension Qcow2Driver {
     /// The check itself, reading the image as it is on disk.
     private func analyse(_ state: Qcow2WriterState) throws(BlockError) -> Qcow2CheckResult {
         var result = Qcow2CheckResult()
-        let clusterSize = UInt64(header.clusterSize)
+        let clusterSize = UInt64(self.clusterSize)
         let fileLength = UInt64(try file.driver.length())
         let fileClusters = (fileLength + clusterSize - 1) / clusterSize
         // A count per cluster of the file: a (sparse) file too large for that is refused, not
@@ -187,12 +187,12 @@ extension Qcow2Driver {
                 if tableNumber == 0 { activeL1.append((index, l1Entry)) }
                 nextContiguous = 0 // as qemu-img, fragmentation is counted within each L2 table
                 reference(l2Offset, bytes: clusterSize, "L2 table")
-                let l2 = try Self.readBytes(file, at: l2Offset, count: header.clusterSize)
-                for entryIndex in 0..<header.l2Entries {
+                let l2 = try Self.readBytes(file, at: l2Offset, count: self.clusterSize)
+                for entryIndex in 0..<l2Entries {
                     let entry = l2.bigEndian(UInt64.self, at: entryIndex * 8)
-                    let cluster = UInt64(index) * UInt64(header.l2Entries) + UInt64(entryIndex)
+                    let cluster = UInt64(index) * UInt64(l2Entries) + UInt64(entryIndex)
                     var host: UInt64 = 0
-                    switch try? Self.mapping(ofEntry: entry, cluster: cluster, header: header) {
+                    switch try? mapping(ofEntry: entry, cluster: cluster) {
                     case .data(let offset)?:
                         host = offset
                         reference(offset, bytes: clusterSize, "data cluster")
@@ -253,9 +253,9 @@ extension Qcow2Driver {
     /// table and blocks are counted as references on the way.
     private func storedRefcounts(_ state: Qcow2WriterState, fileClusters: UInt64,
                                  reference: (UInt64, UInt64, String) -> Void) throws(BlockError) -> ([UInt64], [String]) {
-        let clusterSize = UInt64(header.clusterSize)
+        let clusterSize = UInt64(self.clusterSize)
         let width = refcountWidth
-        let perBlock = width.entriesPerBlock(clusterSize: header.clusterSize)
+        let perBlock = width.entriesPerBlock(clusterSize: self.clusterSize)
         let tableBytes = state.refcountTableClusters * clusterSize
         reference(state.refcountTableOffset, tableBytes, "refcount table")
         let table = try Self.readBytes(file, at: state.refcountTableOffset, count: Int(tableBytes))

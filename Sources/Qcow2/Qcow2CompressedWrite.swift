@@ -19,14 +19,14 @@ extension Qcow2Driver {
         guard header.compressionType == 0 else {
             throw BlockError(.unsupported, "qcow2: blk writes compressed clusters with zlib only; this image uses zstd")
         }
-        guard bytes.count <= header.clusterSize else { throw BlockError(.invalidRequest, "a compressed write covers one cluster") }
-        return try withWholeCluster(bytes) { (whole) throws(BlockError) in try Deflate.deflate(whole, limit: header.clusterSize - 1) }
+        guard bytes.count <= clusterSize else { throw BlockError(.invalidRequest, "a compressed write covers one cluster") }
+        return try withWholeCluster(bytes) { (whole) throws(BlockError) in try Deflate.deflate(whole, limit: clusterSize - 1) }
     }
 
     /// `bytes` followed by zeroes up to a whole cluster.
     private func withWholeCluster<Result>(_ bytes: UnsafeRawBufferPointer,
                                           _ body: (UnsafeRawBufferPointer) throws(BlockError) -> Result) throws(BlockError) -> Result {
-        let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 4096)
+        let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
         defer { whole.deallocate() }
         whole.initializeMemory(as: UInt8.self, repeating: 0)
         whole.copyMemory(from: bytes)
@@ -37,7 +37,6 @@ extension Qcow2Driver {
     /// stream, or `original` as it is when it did not compress.
     public func storeCompressed(_ compressed: [UInt8]?, cluster: UInt64, original: UnsafeRawBufferPointer) throws(BlockError) {
         try refuseWritesIfCorrupt()
-        let clusterSize = header.clusterSize
         guard Int64(cluster) * Int64(clusterSize) + Int64(original.count) <= (try length()) else {
             throw BlockError(.invalidRequest, "a compressed write covers one cluster inside the image")
         }
@@ -49,7 +48,7 @@ extension Qcow2Driver {
             try prepareForWriting(&state)
             let hostOffset = try allocateBytes(compressed.count, &state)
             try file.during(.compressedWrite) { () throws(BlockError) in try writeBytes(compressed, at: hostOffset) }
-            let offsetBits = UInt64(62 - (Int(header.clusterBits) - 8))
+            let offsetBits = UInt64(62 - (clusterBits - 8))
             let additionalSectors = (hostOffset + UInt64(compressed.count) - 1) / 512 - hostOffset / 512
             try publish(Self.compressedBit | additionalSectors << offsetBits | hostOffset, forGuestCluster: cluster, &state)
             try writeBackIfCacheIsFull(&state)
@@ -59,7 +58,7 @@ extension Qcow2Driver {
     /// `count` bytes right after the last compressed cluster when they continue it at the end of
     /// the file, else at the start of a new cluster; every host cluster they touch is counted.
     private func allocateBytes(_ count: Int, _ state: inout Qcow2WriterState) throws(BlockError) -> UInt64 {
-        let clusterSize = UInt64(header.clusterSize)
+        let clusterSize = UInt64(self.clusterSize)
         var start = state.nextFreeCluster * clusterSize
         // Continue the last compressed cluster's host cluster while its refcount can count one
         // more sharer (QEMU's qcow2_alloc_bytes does the same).

@@ -38,7 +38,7 @@ extension Qcow2Driver {
     /// The mapping of one L2 entry, with corruption signalled rather than only thrown.
     func checkedMapping(ofEntry entry: UInt64, cluster: UInt64) throws(BlockError) -> ClusterMapping {
         do throws(BlockError) {
-            return try Self.mapping(ofEntry: entry, cluster: cluster, header: header)
+            return try mapping(ofEntry: entry, cluster: cluster)
         } catch {
             throw signalCorruption(String(error.message.dropFirst("qcow2: ".count)))
         }

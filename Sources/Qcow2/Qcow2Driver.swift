@@ -16,6 +16,15 @@ public final class Qcow2Driver: BlockDriver {
     public let formatName = "qcow2"
     public var cachesMetadata: Bool { true }
     public let header: Qcow2Header
+    /// The header's geometry as plain stored values: read through `header`, every request
+    /// copied the whole header and retained its strings and feature table.
+    let clusterBits: Int
+    let clusterSize: Int
+    let l2Bits: Int
+    let l2Entries: Int
+    let refcountWidth: RefcountWidth
+    /// Version 3: bit 0 of an L2 entry means "reads as zeroes".
+    let hasZeroClusters: Bool
     public let file: BlockNode
     /// `file.driver`, one load from self: reached through `file` the compiler retains and
     /// releases the driver on every request, an atomic on a line every reader thread shares.
@@ -52,6 +61,12 @@ public final class Qcow2Driver: BlockDriver {
          cacheBytes: Int) throws(BlockError) {
         openedForRepair = repairing
         self.header = header
+        clusterBits = Int(header.clusterBits)
+        clusterSize = header.clusterSize
+        l2Entries = header.l2Entries
+        l2Bits = clusterBits - 3
+        refcountWidth = RefcountWidth(order: header.refcountOrder)
+        hasZeroClusters = header.version >= 3
         self.file = file
         fileDriver = file.driver
         self.backing = backing
@@ -92,16 +107,16 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     func mapping(ofGuestCluster cluster: UInt64) throws(BlockError) -> ClusterMapping {
-        let l2Entries = UInt64(header.l2Entries)
-        let l1Index = Int(cluster / l2Entries)
-        let l2Index = Int(cluster % l2Entries)
+        let l1Index = Int(cluster >> UInt64(l2Bits))
+        let l2Index = Int(cluster & UInt64(l2Entries - 1))
         if let entry = readIndex.entry(l1Index: l1Index, entryIndex: l2Index) {
             return try checkedMapping(ofEntry: entry, cluster: cluster)
         }
         while true {
             // The L1 entry and the generation in one look: a table read from disk is kept only
             // if the writer changed nothing since — it may have moved the table meanwhile.
-            let (l2Offset, cached, generation) = cache.withLock { $0.lookup(l1Index: l1Index, entryIndex: l2Index) }
+            let (l1Entry, cached, generation) = cache.withLock { $0.lookup(l1Index: l1Index, entryIndex: l2Index) }
+            let l2Offset = l1Entry & Self.offsetMask
             guard l2Offset != 0 else { return .unallocated }
             if let cached { return try checkedMapping(ofEntry: cached, cluster: cluster) }
             if let table = try loadL2Table(at: l2Offset, readAt: generation) {
@@ -111,18 +126,18 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     /// What one L2 entry says about its guest cluster.
-    static func mapping(ofEntry entry: UInt64, cluster: UInt64, header: Qcow2Header) throws(BlockError) -> ClusterMapping {
+    func mapping(ofEntry entry: UInt64, cluster: UInt64) throws(BlockError) -> ClusterMapping {
         if entry & Self.compressedBit != 0 {
-            let offsetBits = 62 - (Int(header.clusterBits) - 8)
+            let offsetBits = 62 - (clusterBits - 8)
             let hostOffset = entry & ((1 << UInt64(offsetBits)) - 1)
-            let sectors = (entry >> UInt64(offsetBits)) & ((1 << UInt64(Int(header.clusterBits) - 8)) - 1)
+            let sectors = (entry >> UInt64(offsetBits)) & ((1 << UInt64(clusterBits - 8)) - 1)
             let byteCount = Int((sectors + 1) * 512 - (hostOffset & 511))
             return .compressed(hostOffset: hostOffset, byteCount: byteCount)
         }
-        if header.version >= 3 && entry & Self.zeroBit != 0 { return .zeroes }
+        if hasZeroClusters && entry & Self.zeroBit != 0 { return .zeroes }
         let hostOffset = entry & Self.offsetMask
         guard hostOffset != 0 else { return .unallocated }
-        guard hostOffset % UInt64(header.clusterSize) == 0 else {
+        guard hostOffset & UInt64(clusterSize - 1) == 0 else {
             throw BlockError(.corrupt, "qcow2: Cluster allocation offset 0x\(String(hostOffset, radix: 16)) unaligned (guest cluster \(cluster))")
         }
         return .data(hostOffset: hostOffset)
@@ -151,14 +166,14 @@ public final class Qcow2Driver: BlockDriver {
     /// The L2 table at `offset`, read from disk into the cache: nil when the writer changed
     /// tables since `generation` (the caller looks again).
     private func loadL2Table(at offset: UInt64, readAt generation: UInt64) throws(BlockError) -> [UInt64]? {
-        guard offset % UInt64(header.clusterSize) == 0 else {
+        guard offset % UInt64(clusterSize) == 0 else {
             throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) unaligned")
         }
-        let fileLength = try fileLength(covering: offset + UInt64(header.clusterSize))
-        guard offset >= UInt64(header.clusterSize), offset + UInt64(header.clusterSize) <= fileLength else {
+        let fileLength = try fileLength(covering: offset + UInt64(clusterSize))
+        guard offset >= UInt64(clusterSize), offset + UInt64(clusterSize) <= fileLength else {
             throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) is outside the image file (\(fileLength) bytes)")
         }
-        let table = try Self.readBytes(file, at: offset, count: header.clusterSize).bigEndianEntries
+        let table = try Self.readBytes(file, at: offset, count: clusterSize).bigEndianEntries
         return cache.withLock { $0.insertRead(table, at: offset, readAt: generation) }
     }
 
@@ -175,13 +190,12 @@ public final class Qcow2Driver: BlockDriver {
     /// it, and the range of the request's buffer it covers.
     func forEachCluster(at byteOffset: Int64, count: Int,
                         _ body: (_ cluster: UInt64, _ inCluster: Int, _ range: Range<Int>) throws(BlockError) -> Void) throws(BlockError) {
-        let clusterSize = Int64(header.clusterSize)
         var done = 0
         while done < count {
-            let offset = byteOffset + Int64(done)
-            let inCluster = Int(offset % clusterSize)
-            let piece = min(count - done, Int(clusterSize) - inCluster)
-            try body(UInt64(offset / clusterSize), inCluster, done..<done + piece)
+            let offset = UInt64(byteOffset) + UInt64(done)
+            let inCluster = Int(offset & UInt64(clusterSize - 1))
+            let piece = min(count - done, clusterSize - inCluster)
+            try body(offset >> UInt64(clusterBits), inCluster, done..<done + piece)
             done += piece
         }
     }
@@ -197,7 +211,7 @@ public final class Qcow2Driver: BlockDriver {
             case .data(let hostOffset):
                 try readHost(at: hostOffset + UInt64(inCluster), into: target)
             case .compressed(let hostOffset, let byteCount):
-                let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 16)
+                let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 16)
                 defer { whole.deallocate() }
                 try inflateCluster(hostOffset: hostOffset, byteCount: byteCount, into: whole)
                 target.copyMemory(from: UnsafeRawBufferPointer(rebasing: whole[inCluster..<inCluster + range.count]))
@@ -246,7 +260,7 @@ public final class Qcow2Driver: BlockDriver {
 
     /// Zero clusters, and unallocated ones where the backing image (if any) reads as zeroes.
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
-        let clusterSize = Int64(header.clusterSize)
+        let clusterSize = Int64(self.clusterSize)
         var cluster = byteOffset / clusterSize
         while cluster * clusterSize < byteOffset + byteCount {
             switch try mapping(ofGuestCluster: UInt64(cluster)) {

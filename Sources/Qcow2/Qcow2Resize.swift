@@ -20,8 +20,8 @@ extension Qcow2Driver {
             guard byteCount > current else { return }
             try prepareForWriting(&state)
             try writeBackMetadata(&state)
-            let clusterSize = UInt64(header.clusterSize)
-            let bytesPerL1Entry = clusterSize * UInt64(header.l2Entries)
+            let clusterSize = UInt64(self.clusterSize)
+            let bytesPerL1Entry = clusterSize * UInt64(l2Entries)
             let needed = (UInt64(byteCount) + bytesPerL1Entry - 1) / bytesPerL1Entry
             let oldL1 = cache.withLock { $0.l1 }
             var headerFields = [UInt8](repeating: 0, count: 24) // bytes 24–47

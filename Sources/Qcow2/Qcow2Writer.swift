@@ -48,14 +48,19 @@ struct Qcow2WriterState {
     var pendingL1: [Int: UInt64] = [:]
     /// Host clusters that lose a reference once the L2 entries no longer point to them.
     var pendingReleases: [UInt64] = []
-    /// Refcount blocks read or changed, by offset, and which of them are changed.
-    var refcountBlocks: [UInt64: [UInt8]] = [:]
-    var dirtyRefcountBlocks: Set<UInt64> = []
+    /// Refcount blocks read or changed, by offset.
+    var refcountBlocks: [UInt64: RefcountBlock] = [:]
     /// Refcount table entries of new blocks, written once the blocks are durable.
     var pendingRefcountTable: [Int: UInt64] = [:]
     /// Set when a metadata update failed halfway in a way memory cannot mirror: every later
     /// write and write-back fails with it rather than write from a stale picture.
     var failure: BlockError?
+}
+
+/// A refcount block in memory, and whether it changed since it was last written.
+struct RefcountBlock {
+    var bytes: [UInt8]
+    var isDirty: Bool
 }
 
 extension Qcow2Driver {
@@ -67,7 +72,6 @@ extension Qcow2Driver {
     /// in parallel; partial clusters copy the rest of the cluster in under the lock.
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
         try refuseWritesIfCorrupt()
-        let clusterSize = header.clusterSize
         var done = 0
         while done < buffer.count {
             let offset = byteOffset + Int64(done)
@@ -97,7 +101,6 @@ extension Qcow2Driver {
     /// the file, overwritten in place, or every cluster up to the next owned one, each given a
     /// new host cluster — and returns how many it wrote.
     private func writeWholeClusters(from first: UInt64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> Int {
-        let clusterSize = header.clusterSize
         let available = bytes.count / clusterSize
         enum Plan { case inPlace(UInt64, Int), newClusters(UInt64, Int) }
         let plan = try writer.withLock { (state) throws(BlockError) -> Plan in
@@ -146,9 +149,9 @@ extension Qcow2Driver {
             let current = try entry(ofGuestCluster: cluster)
             if case .data(let hostOffset) = current.mapping, current.isExclusive { return hostOffset + UInt64(inCluster) }
             let dataCluster = try allocateClusters(1, &state)
-            let content = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 4096)
+            let content = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
             defer { content.deallocate() }
-            try read(at: Int64(cluster) * Int64(header.clusterSize), into: content)
+            try read(at: Int64(cluster) * Int64(clusterSize), into: content)
             UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
             try file.during(.copyOnWrite) { () throws(BlockError) in
                 try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
@@ -177,7 +180,7 @@ extension Qcow2Driver {
         if let failure = state.failure { throw failure }
         let dirty = cache.withLock { cache in cache.dirty.map { ($0, cache.table(at: $0)!) } }
         guard !dirty.isEmpty || !state.pendingL1.isEmpty || !state.pendingReleases.isEmpty
-              || !state.dirtyRefcountBlocks.isEmpty else { return }
+              || state.refcountBlocks.values.contains(where: \.isDirty) else { return }
         try file.during(.refblockUpdate) { () throws(BlockError) in
             try writeRefcountBlocks(&state)
             try file.driver.flush()
@@ -187,12 +190,12 @@ extension Qcow2Driver {
         // make a referenced cluster with no reachable refcount — corruption, where a crash may
         // only leak. So entries whose refcount holder is already reachable (or themselves) go
         // first, then a flush, then the ones that depended on them. (Found by Qcow2CrashTests.)
-        let perBlock = refcountWidth.entriesPerBlock(clusterSize: header.clusterSize)
+        let perBlock = refcountWidth.entriesPerBlock(clusterSize: clusterSize)
         try file.during(.reftableUpdate) { () throws(BlockError) in
             var pending = state.pendingRefcountTable
             while !pending.isEmpty {
                 var round = pending.filter { index, block in
-                    let holder = Int(block / UInt64(header.clusterSize) / perBlock)
+                    let holder = Int(block / UInt64(clusterSize) / perBlock)
                     return holder == index || pending[holder] == nil
                 }
                 if round.isEmpty { round = pending }
@@ -206,7 +209,7 @@ extension Qcow2Driver {
         }
         try file.during(.l2Update) { () throws(BlockError) in
             for (offset, table) in dirty {
-                var bytes = [UInt8](repeating: 0, count: header.clusterSize)
+                var bytes = [UInt8](repeating: 0, count: clusterSize)
                 for (index, entry) in table.enumerated() where entry != 0 { bytes.setBigEndian(entry, at: index * 8) }
                 try writeBytes(bytes, at: offset)
                 cache.withLock { $0.markClean(offset) }
@@ -236,9 +239,9 @@ extension Qcow2Driver {
 
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
         // Ranges that already read as zeroes need nothing; the rest gets zeroes written.
-        let chunk = Int64(header.clusterSize)
+        let chunk = Int64(clusterSize)
         var offset = byteOffset
-        let zeroes = UnsafeMutableRawBufferPointer.allocate(byteCount: header.clusterSize, alignment: 16)
+        let zeroes = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 16)
         defer { zeroes.deallocate() }
         zeroes.initializeMemory(as: UInt8.self, repeating: 0)
         while offset < byteOffset + byteCount {
@@ -269,16 +272,24 @@ extension Qcow2Driver {
         }
     }
 
-    /// An active cluster's L2 entry (0 when its range has no L2 table), what it maps to, and
-    /// whether this image alone owns it and its L2 table (COPIED on both), so it may change in place.
-    private func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (raw: UInt64, mapping: ClusterMapping, isExclusive: Bool) {
-        let l2Entries = UInt64(header.l2Entries)
-        let l1Index = Int(cluster / l2Entries)
-        let l1Entry = cache.withLock { $0.l1.indices.contains(l1Index) ? $0.l1[l1Index] : 0 }
+    /// An active cluster's L2 entry (0 when its range has no L2 table), what it maps to, whether
+    /// this image alone owns it and its L2 table (COPIED on both), so it may change in place,
+    /// and the L1 entry it was found through. Both entries come from one hold of the cache's
+    /// lock when the table is cached, as it is for every write after the first in its range.
+    private func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (raw: UInt64, mapping: ClusterMapping, isExclusive: Bool, l1Entry: UInt64) {
+        let l2Index = Int(cluster & UInt64(l2Entries - 1))
+        let (l1Entry, cached, _) = cache.withLock { $0.lookup(l1Index: Int(cluster >> UInt64(l2Bits)), entryIndex: l2Index) }
         let l2Offset = l1Entry & Self.offsetMask
-        let entry = l2Offset == 0 ? 0 : try l2Entry(Int(cluster % l2Entries), ofTableAt: l2Offset)
+        let entry: UInt64
+        if l2Offset == 0 {
+            entry = 0
+        } else if let cached {
+            entry = cached
+        } else {
+            entry = try l2Entry(l2Index, ofTableAt: l2Offset)
+        }
         let mapping = try checkedMapping(ofEntry: entry, cluster: cluster)
-        return (entry, mapping, l1Entry & Self.copiedBit != 0 && entry & Self.copiedBit != 0)
+        return (entry, mapping, l1Entry & Self.copiedBit != 0 && entry & Self.copiedBit != 0, l1Entry)
     }
 
     /// Points the guest cluster at `newEntry`, in memory (writeBackMetadata puts it on disk),
@@ -286,15 +297,14 @@ extension Qcow2Driver {
     /// Whatever the entry pointed to before — a compressed cluster, a shared one, or one a racing
     /// write published first — loses a reference once the new entry is durable.
     func publish(_ newEntry: UInt64, forGuestCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
-        let l2Entries = UInt64(header.l2Entries)
-        let l1Index = Int(cluster / l2Entries)
-        let l2Index = Int(cluster % l2Entries)
+        let l1Index = Int(cluster >> UInt64(l2Bits))
+        let l2Index = Int(cluster & UInt64(l2Entries - 1))
         let replaced = try entry(ofGuestCluster: cluster)
-        let l1Entry = cache.withLock { $0.l1[l1Index] }
+        let l1Entry = replaced.l1Entry
         let l2Offset = l1Entry & Self.offsetMask
-        let clusterSize = UInt64(header.clusterSize)
+        let clusterSize = UInt64(self.clusterSize)
         if l2Offset == 0 || l1Entry & Self.copiedBit == 0 {
-            var entries = l2Offset == 0 ? [UInt64](repeating: 0, count: header.l2Entries) : try l2Table(at: l2Offset)
+            var entries = l2Offset == 0 ? [UInt64](repeating: 0, count: self.l2Entries) : try l2Table(at: l2Offset)
             entries[l2Index] = newEntry
             let table = try allocateClusters(1, &state)
             cache.withLock { $0.insertDirty(entries, at: table) }

@@ -255,6 +255,26 @@ public final class FileDriver: BlockDriver {
         cachedLength.store(byteCount, ordering: .relaxed)
     }
 
+    /// fallocate(2) from the current end: on ext4 and XFS the blocks are allocated unwritten, so
+    /// buffered writes into them later skip delayed allocation's per-write bookkeeping (quota
+    /// and free-block reservations, the extent-status tree), a tenth of the time of 64 KiB
+    /// writes into a hole here. Where the file system cannot, a sparse ftruncate.
+    public func extend(to byteCount: Int64) throws(BlockError) {
+        try leased { () throws(BlockError) in
+            let descriptor = try writableDescriptor()
+            let start = try length()
+            guard byteCount > start else { return }
+            switch valueOrErrno("fallocate", { blk_fallocate(descriptor.rawValue, 0, start, byteCount - start) }) {
+            case .success:
+                cachedLength.max(byteCount, ordering: .relaxed)
+            case .failure(let failure) where failure.errno == .notSupported || failure.errno == .invalidArgument:
+                try unleasedTruncate(to: byteCount)
+            case .failure(let failure):
+                throw BlockError.systemCall(failure, "grow '\(path)' to \(byteCount) bytes")
+            }
+        }
+    }
+
     /// A hole: lseek(SEEK_DATA) finds no data before the range ends (ENXIO: none up to the end).
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
         let next = lseek(descriptor.rawValue, off_t(byteOffset), blk_seek_data())

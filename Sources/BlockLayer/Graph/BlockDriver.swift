@@ -45,6 +45,11 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// Grows or shrinks the node to `byteCount` bytes.
     func truncate(to byteCount: Int64) throws(BlockError)
 
+    /// Grows the node to `byteCount` bytes that read as zeroes, with storage reserved for them
+    /// where the storage can (a file's blocks allocated, unwritten), so that writes into them
+    /// later need not allocate: what a format growing its file ahead of allocation asks for.
+    func extend(to byteCount: Int64) throws(BlockError)
+
     /// Whether `byteCount` bytes at `byteOffset` are known to read as zeroes without reading them
     /// (holes, unallocated or zero clusters): copies skip them. False when unknown.
     func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool
@@ -76,6 +81,7 @@ public protocol BlockDriver: AnyObject, Sendable {
 
 extension BlockDriver {
     public func refreshedLength() throws(BlockError) -> Int64 { try length() }
+    public func extend(to byteCount: Int64) throws(BlockError) { try truncate(to: byteCount) }
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest { parentsNeed }
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {}
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool { false }

@@ -1,7 +1,9 @@
 // blk writing qcow2 images: `qemu-img check` finds them clean (exit 0) and QEMU reads back
 // exactly what blk wrote — fresh images, mixed writers, copy-up over a backing file, overwriting
 // compressed clusters.
+import BlockLayer
 import Foundation
+import Qcow2
 import Testing
 
 @Suite("qcow2 images written by blk")
@@ -90,5 +92,36 @@ struct Qcow2WriteTests {
         let header = try Data(contentsOf: URL(fileURLWithPath: image)).prefix(96)
         #expect(header.suffix(8) == Data(count: 8))
         try expectClean(image)
+    }
+
+    /// Bytes of the file and of the blocks it has allocated.
+    func sizes(_ path: String) throws -> (file: Int64, allocated: Int64) {
+        var status = stat()
+        guard stat(path, &status) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        return (Int64(status.st_size), Int64(status.st_blocks) * 512)
+    }
+
+    // A writer grows its file ahead with blocks reserved for the clusters to come (fallocate),
+    // not as a hole: buffered writes into a hole each pay for delayed allocation. A flush gives
+    // back what was not used, so the image ends at its last cluster and leaks nothing.
+    @Test("allocating writes grow the file ahead with its blocks reserved; a flush trims it back")
+    func growthAhead() throws {
+        let path = scratch.directory + "/ahead.qcow2"
+        try Qcow2Format.create(at: path, virtualSize: 1 << 30)
+        let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true), formats: [Qcow2Format.self])
+        let cluster = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 4096)
+        defer { cluster.deallocate() }
+        cluster.initializeMemory(as: UInt8.self, repeating: 0x5a)
+        try image.write(at: 0, from: UnsafeRawBufferPointer(cluster))
+        let grown = try sizes(path)
+        #expect(grown.file >= 128 << 20)
+        #expect(grown.allocated >= 128 << 20, "the growth is reserved, not a hole: \(grown)")
+        try image.flush()
+        let trimmed = try sizes(path)
+        #expect(trimmed.file < 1 << 20)
+        #expect(trimmed.allocated < 1 << 20, "\(trimmed)")
+        try image.close()
+        try expectClean(path)
+        try qemuIO(["-f", "qcow2", "-r", "-c", "read -P 0x5a 0 64k", "-c", "read -P 0 64k 1023M", path])
     }
 }
