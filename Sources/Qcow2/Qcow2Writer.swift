@@ -275,7 +275,7 @@ extension Qcow2Driver {
     /// An active cluster's L2 entry (0 when its range has no L2 table), what it maps to, whether
     /// this image alone owns it and its L2 table (COPIED on both), so it may change in place,
     /// and the L1 entry it was found through. Both entries come from one hold of the cache's
-    /// lock when the table is cached, as it is for every write after the first in its range.
+    /// lock when the table is cached, as it usually is for a write beside the one before.
     private func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (raw: UInt64, mapping: ClusterMapping, isExclusive: Bool, l1Entry: UInt64) {
         let l2Index = Int(cluster & UInt64(l2Entries - 1))
         let (l1Entry, cached, _) = cache.withLock { $0.lookup(l1Index: Int(cluster >> UInt64(l2Bits)), entryIndex: l2Index) }

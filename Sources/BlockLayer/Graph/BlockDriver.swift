@@ -81,7 +81,10 @@ public protocol BlockDriver: AnyObject, Sendable {
 
 extension BlockDriver {
     public func refreshedLength() throws(BlockError) -> Int64 { try length() }
-    public func extend(to byteCount: Int64) throws(BlockError) { try truncate(to: byteCount) }
+    public func extend(to byteCount: Int64) throws(BlockError) {
+        guard byteCount > (try length()) else { return }
+        try truncate(to: byteCount)
+    }
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest { parentsNeed }
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {}
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool { false }
