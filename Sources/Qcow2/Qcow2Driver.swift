@@ -106,9 +106,13 @@ public final class Qcow2Driver: BlockDriver {
         case compressed(hostOffset: UInt64, byteCount: Int)
     }
 
+    /// The L1 index of a guest cluster and its entry's index in that L2 table.
+    func tableIndices(ofGuestCluster cluster: UInt64) -> (l1Index: Int, l2Index: Int) {
+        (Int(cluster >> UInt64(l2Bits)), Int(cluster & UInt64(l2Entries - 1)))
+    }
+
     func mapping(ofGuestCluster cluster: UInt64) throws(BlockError) -> ClusterMapping {
-        let l1Index = Int(cluster >> UInt64(l2Bits))
-        let l2Index = Int(cluster & UInt64(l2Entries - 1))
+        let (l1Index, l2Index) = tableIndices(ofGuestCluster: cluster)
         if let entry = readIndex.entry(l1Index: l1Index, entryIndex: l2Index) {
             return try checkedMapping(ofEntry: entry, cluster: cluster)
         }

@@ -277,8 +277,8 @@ extension Qcow2Driver {
     /// and the L1 entry it was found through. Both entries come from one hold of the cache's
     /// lock when the table is cached, as it usually is for a write beside the one before.
     private func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (raw: UInt64, mapping: ClusterMapping, isExclusive: Bool, l1Entry: UInt64) {
-        let l2Index = Int(cluster & UInt64(l2Entries - 1))
-        let (l1Entry, cached, _) = cache.withLock { $0.lookup(l1Index: Int(cluster >> UInt64(l2Bits)), entryIndex: l2Index) }
+        let (l1Index, l2Index) = tableIndices(ofGuestCluster: cluster)
+        let (l1Entry, cached, _) = cache.withLock { $0.lookup(l1Index: l1Index, entryIndex: l2Index) }
         let l2Offset = l1Entry & Self.offsetMask
         let entry: UInt64
         if l2Offset == 0 {
@@ -297,8 +297,7 @@ extension Qcow2Driver {
     /// Whatever the entry pointed to before — a compressed cluster, a shared one, or one a racing
     /// write published first — loses a reference once the new entry is durable.
     func publish(_ newEntry: UInt64, forGuestCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
-        let l1Index = Int(cluster >> UInt64(l2Bits))
-        let l2Index = Int(cluster & UInt64(l2Entries - 1))
+        let (l1Index, l2Index) = tableIndices(ofGuestCluster: cluster)
         let replaced = try entry(ofGuestCluster: cluster)
         let l1Entry = replaced.l1Entry
         let l2Offset = l1Entry & Self.offsetMask

@@ -109,14 +109,14 @@ public final class FileDriver: BlockDriver {
     /// modification times (fine-grained once they have been looked at, as here).
     public struct ChangeStamp: Equatable, Sendable {
         var size: Int
-        var modified: [Int]
-        var changed: [Int]
+        var modifiedSeconds: Int, modifiedNanoseconds: Int
+        var changedSeconds: Int, changedNanoseconds: Int
     }
 
     public func changeStamp() throws(BlockError) -> ChangeStamp {
         let status = try Self.status(of: descriptor, path: path)
-        return ChangeStamp(size: status.st_size, modified: [status.st_mtim.tv_sec, status.st_mtim.tv_nsec],
-                           changed: [status.st_ctim.tv_sec, status.st_ctim.tv_nsec])
+        return ChangeStamp(size: status.st_size, modifiedSeconds: status.st_mtim.tv_sec, modifiedNanoseconds: status.st_mtim.tv_nsec,
+                           changedSeconds: status.st_ctim.tv_sec, changedNanoseconds: status.st_ctim.tv_nsec)
     }
 
     private static func status(of descriptor: FileDescriptor, path: String) throws(BlockError) -> stat {

@@ -278,15 +278,14 @@ public final class BlockImage: Sendable {
         try root.setNeeds(currentRequest, of: ObjectIdentifier(self))
         // With the locks held, no other writer can change the file after this look.
         if root.subtree.contains(where: { $0.driver.cachesMetadata }) {
-            let since = inactiveSince.withLock { $0 }
-            let now: FileDriver.ChangeStamp
-            do throws(BlockError) { now = try fileDriver.changeStamp() } catch {
+            do throws(BlockError) {
+                let since = inactiveSince.withLock { $0 }
+                guard let since, since == (try fileDriver.changeStamp()) else {
+                    throw BlockError(.stale, "'\(path)' changed while this open was inactive (another process wrote it): open it again to take it over")
+                }
+            } catch {
                 try? root.setNeeds(.none, of: ObjectIdentifier(self))
                 throw error
-            }
-            guard let since, since == now else {
-                try? root.setNeeds(.none, of: ObjectIdentifier(self))
-                throw BlockError(.stale, "'\(path)' changed while this open was inactive (another process wrote it): open it again to take it over")
             }
         }
         activeFlag.store(true, ordering: .releasing)

@@ -83,7 +83,7 @@ final class BenchProcess {
         var raw: Int32 = 0
         let result = waitpid(pid, &raw, WNOHANG)
         if result == 0 { return true }
-        exitStatus = Self.decode(result == pid ? raw : nil)
+        exitStatus = result == pid ? shellStatus(ofWaitStatus: raw) : -1
         return false
     }
 
@@ -95,14 +95,9 @@ final class BenchProcess {
         var raw: Int32 = 0
         var result: pid_t
         repeat { result = waitpid(pid, &raw, 0) } while result == -1 && errno == EINTR
-        let status = Self.decode(result == pid ? raw : nil)
+        let status = result == pid ? shellStatus(ofWaitStatus: raw) : -1
         exitStatus = status
         return status
-    }
-
-    private static func decode(_ raw: Int32?) -> Int32 {
-        guard let raw else { return -1 }
-        return raw & 0x7f == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
     }
 }
 

@@ -68,7 +68,12 @@ enum ChildProcess {
         runningChild.store(0, ordering: .relaxed)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        let signalNumber = status & 0x7f
-        return signalNumber == 0 ? (status >> 8) & 0xff : 128 + signalNumber
+        return shellStatus(ofWaitStatus: status)
     }
+}
+
+/// A waitpid status as a shell reports it: the exit code, or 128 + the signal that ended it.
+func shellStatus(ofWaitStatus status: Int32) -> Int32 {
+    let signalNumber = status & 0x7f
+    return signalNumber == 0 ? (status >> 8) & 0xff : 128 + signalNumber
 }
