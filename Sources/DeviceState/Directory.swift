@@ -160,7 +160,9 @@ public struct StateDirectory: Sendable, Hashable {
                 extent.lowerBound >= superblock.dataStart && extent.lowerBound % UInt64(Superblock.blockSize) == 0
                     && blob.storedByteCount <= superblock.storeSize && extent.upperBound <= superblock.storeSize
             } ?? true
-            guard extentFits,
+            // No size past the store's reaches the arithmetic of the encrypted size (a hostile
+            // size near 2^64 made it trap).
+            guard extentFits, blob.byteCount <= blob.storedByteCount, blob.storedByteCount <= UInt64(Int32.max) << 16,
                   blob.storedByteCount == (keyProtection == .none ? blob.byteCount
                                            : UInt64(BlobCipher.storedByteCount(plainByteCount: Int(blob.byteCount)))),
                   blob.generation <= generation else {
