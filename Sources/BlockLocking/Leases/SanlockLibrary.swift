@@ -8,7 +8,7 @@ enum SanlockLibrary {
     /// Loads the client library, or says what to install.
     static func load() throws(LockingError) {
         guard blk_sanlock_load() == 0 else {
-            throw LockingError(.leaseUnavailable, "image leases need sanlock's client library, which could not be loaded (\(String(cString: blk_sanlock_load_error()))): install sanlock (Debian: apt-get install sanlock)")
+            throw LockingError(.leaseUnavailable, "image leases need sanlock's client library, which could not be loaded (\(String(cString: blk_sanlock_load_error()))): install it (Debian: apt-get install libsanlock-client1; the daemon is the package sanlock)")
         }
     }
 

@@ -8,7 +8,7 @@ import Testing
 
 // One cluster at a time: each is two daemons renewing leases on a 2-s timeout, which many at once
 // on two cores could miss.
-@Suite("sanlock image leases across hosts", .serialized, .enabled(if: SanlockHosts.available, "needs sanlock (apt-get install sanlock)"))
+@Suite("sanlock image leases across hosts", .serialized, .enabled(if: SanlockHosts.available, "needs sanlock (apt-get install sanlock libsanlock-client1)"))
 struct SanlockLeaseTests {
     @Test("read-write is exclusive across hosts, read-only shares; the refusal names the owning host",
           arguments: [SanlockHosts.Layout.folder, .device])
