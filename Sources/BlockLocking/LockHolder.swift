@@ -43,7 +43,7 @@ public struct LockHolder: Sendable, Hashable {
     public var summary: String {
         let who: String
         if let pid {
-            who = "pid \(pid) (\(program ?? "?"))"
+            who = "pid \(pid) (\(program.map { escapingControlCharacters($0) } ?? "?"))"
         } else {
             who = "an unknown process" + (visibilityNote.map { " (\($0))" } ?? "")
         }

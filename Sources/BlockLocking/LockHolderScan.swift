@@ -83,7 +83,7 @@ public struct LockHolderScan: Sendable {
                 records += found
             }
             if !records.isEmpty {
-                holders.append(LockHolder(pid: pid, program: programName(of: pid), locks: records.sorted(by: byPosition)))
+                holders.append(LockHolder(pid: pid, program: Self.programName(of: pid), locks: records.sorted(by: byPosition)))
             }
         }
 
@@ -92,7 +92,7 @@ public struct LockHolderScan: Sendable {
         for record in granted where (unattributed[record.matchKey] ?? 0) > 0 {
             unattributed[record.matchKey]! -= 1
             if record.reportedPID > 0 {
-                holders.append(LockHolder(pid: record.reportedPID, program: programName(of: record.reportedPID), locks: [record]))
+                holders.append(LockHolder(pid: record.reportedPID, program: Self.programName(of: record.reportedPID), locks: [record]))
             } else {
                 unknown.append(record)
             }
@@ -120,7 +120,8 @@ public struct LockHolderScan: Sendable {
         (listDirectory("/proc") ?? []).compactMap { Int32($0) }
     }
 
-    private func programName(of pid: Int32) -> String? {
+    /// /proc/PID/comm as the process set it: control characters included, so text output escapes it.
+    public static func programName(of pid: Int32) -> String? {
         readProcFile("/proc/\(pid)/comm").map { String($0.prefix { $0 != "\n" }) }
     }
 }

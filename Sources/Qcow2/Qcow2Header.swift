@@ -12,6 +12,7 @@
 //  40  l1_table_offset        u64
 // Extensions follow the header (v2: at byte 72): type u32, length u32, data padded to 8 bytes.
 import BlockLayer
+import BlockLocking
 
 public struct Qcow2Header: Sendable, Hashable {
     public var version: UInt32
@@ -150,7 +151,7 @@ public struct Qcow2Header: Sendable, Hashable {
         let unknown = incompatibleFeatures & ~understood
         if unknown != 0 {
             let names = (0..<64).filter { unknown & (1 << $0) != 0 }.map { bit in
-                featureNames[FeatureKey(type: 0, bit: UInt8(bit))] ?? "Unknown incompatible feature: \(String(UInt64(1) << bit, radix: 16))"
+                featureNames[FeatureKey(type: 0, bit: UInt8(bit))].map { escapingControlCharacters($0) } ?? "Unknown incompatible feature: \(String(UInt64(1) << bit, radix: 16))"
             }
             throw BlockError(.unsupported, "qcow2: Unsupported qcow2 feature(s): \(names.joined(separator: ", "))")
         }

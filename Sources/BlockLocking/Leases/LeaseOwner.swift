@@ -25,7 +25,7 @@ public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
     /// "host 1 (node-a), generation 3, exclusive" — and ", host fail" once its daemon has seen
     /// it stop renewing ("unknown", the state of a host not yet watched long, says nothing).
     public var description: String {
-        "host \(hostID)" + (hostName.map { " (\($0))" } ?? "") + ", generation \(generation)" + (mode.map { ", \($0)" } ?? "")
+        "host \(hostID)" + (hostName.map { " (\(escapingControlCharacters($0)))" } ?? "") + ", generation \(generation)" + (mode.map { ", \($0)" } ?? "")
             + (hostState.map { ["fail", "dead"].contains($0) ? ", host \($0)" : "" } ?? "")
     }
 }

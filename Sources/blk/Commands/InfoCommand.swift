@@ -94,14 +94,14 @@ struct InfoCommand: ParsableCommand {
                                holders: holders.map(HolderJSON.init)))
             return
         }
-        print("image: \(image)")
+        print("image: \(escapingControlCharacters(image))")
         print("file format: \(opened.format)")
         print("virtual size: \(humanSize(virtualSize)) (\(virtualSize) bytes)")
         print("disk size: \(actualSize.map(humanSize) ?? "unavailable")")
         if let qcow2, let specific {
             print("cluster_size: \(qcow2.clusterSize)")
-            if let backing = qcow2.backingFile { print("backing file: \(backing)") }
-            if let format = qcow2.backingFormat { print("backing file format: \(format)") }
+            if let backing = qcow2.backingFile { print("backing file: \(escapingControlCharacters(backing))") }
+            if let format = qcow2.backingFormat { print("backing file format: \(escapingControlCharacters(format))") }
             if !snapshots.isEmpty { printSnapshotList(snapshots) }
             print("Format specific information:")
             print("    compat: \(specific.data.compat)")
@@ -136,7 +136,7 @@ struct InfoCommand: ParsableCommand {
             _ = strftime(&date, date.count, "%Y-%m-%d %H:%M:%S", &broken)
             let clock = snapshot.vmClockNanoseconds / 1_000_000
             let clockText = formatted("%02llu:%02llu:%02llu.%03llu", clock / 3_600_000, clock / 60_000 % 60, clock / 1000 % 60, clock % 1000)
-            print(pad(snapshot.id, 9, left: true) + " " + pad(snapshot.name, 16, left: true) + " "
+            print(pad(escapingControlCharacters(snapshot.id), 9, left: true) + " " + pad(escapingControlCharacters(snapshot.name), 16, left: true) + " "
                   + pad(humanSize(Int64(snapshot.vmStateSize)), 8, left: false)
                   + pad(String(decoding: date.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), 20, left: false)
                   + pad(clockText, 13, left: false) + pad(snapshot.icount.map(String.init) ?? "", 11, left: false))

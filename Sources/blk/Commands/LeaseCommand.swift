@@ -133,7 +133,7 @@ struct LeaseStatusCommand: ParsableCommand {
         } else if !hosts.isEmpty {
             print("hosts:")
             for host in hosts {
-                print("  host \(host.id)\(host.name.map { " (\($0))" } ?? ""): \(host.state), generation \(host.generation), io timeout \(host.ioTimeout) s")
+                print("  host \(host.id)\(host.name.map { " (\(escapingControlCharacters($0)))" } ?? ""): \(host.state), generation \(host.generation), io timeout \(host.ioTimeout) s")
             }
         }
         if let image, let owners {

@@ -34,7 +34,7 @@ struct LocksCommand: ParsableCommand {
 
 extension LockReport {
     var text: String {
-        var lines = ["image: \(path)"]
+        var lines = ["image: \(escapingControlCharacters(path))"]
         lines.append("permissions held: \(heldPermissions)")
         lines.append("permissions not shared: \(unsharedPermissions)")
         lines.append("transaction lock: \(transactionLock.map { "\($0)" } ?? "free")")

@@ -46,12 +46,15 @@ func report(_ error: LockingError, json: Bool) -> ExitCode {
     report(BlockError(error), json: json)
 }
 
+/// Errors and warnings quote paths, names and words from images, state folders and other
+/// processes: whatever of those reached the message unescaped, no control character but the
+/// message's own line feeds reaches the terminal.
 func printError(_ message: String) {
-    writeStandardError("blk: " + message + "\n")
+    writeStandardError("blk: " + escapingControlCharacters(message, keepingNewlines: true) + "\n")
 }
 
 func printWarning(_ message: String) {
-    writeStandardError("blk: warning: " + message + "\n")
+    writeStandardError("blk: warning: " + escapingControlCharacters(message, keepingNewlines: true) + "\n")
 }
 
 struct ErrorJSON: Encodable {
