@@ -1,12 +1,12 @@
 // Strings blk does not control — another process's name, an image's feature names, a blob name
 // from a state directory — reach the terminal with their control characters escaped, and JSON
-// keeps them exact.
+// keeps them exact. Also what blk says about a key file others may read.
 import DeviceState
 import Foundation
 import Glibc
 import Testing
 
-@Suite("untrusted text in output")
+@Suite("untrusted text in output, and key file permissions")
 struct UntrustedTextTests {
     let scratch: Scratch
     /// Clears the screen, rings the bell: what a hostile name would do to a terminal printed raw.
@@ -96,5 +96,24 @@ struct UntrustedTextTests {
         #expect([0, 65].contains(listed.status) && listed.stderr.contains("invalid blob name"), "\(listed)")
         #expect(!(listed.stdout + listed.stderr).contains("evil"), "\(listed)")
         expectNoControlCharacters(listed.stdout + listed.stderr, "blk state list")
+    }
+
+    @Test("a key or passphrase file others may read is named with its mode on stderr; a 0600 one is not")
+    func exposedKeyFile() throws {
+        let image = try scratch.rawImage(bytes: 1 << 20)
+        let key = scratch.directory + "/key"
+        try scratch.write(key, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
+        let blob = scratch.directory + "/blob"
+        try scratch.write(blob, Data("x".utf8))
+        chmod(key, 0o644)
+        let exposed = try blk("state", "put", "--key-file", key, image, "name", blob)
+        #expect(exposed.status == 0)
+        #expect(exposed.stderr.contains("blk: warning: the key file '\(key)' has mode 0644"), "\(exposed)")
+        chmod(key, 0o640)
+        let groupReadable = try blk("state", "get", "--key-file", key, image, "name", scratch.directory + "/out")
+        #expect(groupReadable.stderr.contains("has mode 0640"), "\(groupReadable)")
+        chmod(key, 0o600)
+        let owned = try blk("state", "get", "--key-file", key, image, "name", scratch.directory + "/out")
+        #expect(owned.status == 0 && owned.stderr.isEmpty, "\(owned)")
     }
 }

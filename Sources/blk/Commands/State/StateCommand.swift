@@ -76,8 +76,14 @@ struct KeyOptions: ParsableArguments {
     }
 
     func credential() throws(StateError) -> StateCredential? {
-        if let keyFile { return try .keyFile(atPath: keyFile) }
-        if let passphraseFile { return try .passphraseFile(atPath: passphraseFile, derivation: kdf.derivation) }
+        if let keyFile {
+            warnIfExposed(keyFile: keyFile)
+            return try .keyFile(atPath: keyFile)
+        }
+        if let passphraseFile {
+            warnIfExposed(keyFile: passphraseFile)
+            return try .passphraseFile(atPath: passphraseFile, derivation: kdf.derivation)
+        }
         return nil
     }
 }

@@ -46,8 +46,10 @@ struct StateRekeyCommand: ParsableCommand {
         try stateCall(json: options.json) { () throws(StateError) in
             let newCredential: StateCredential?
             if let newKeyFile {
+                warnIfExposed(keyFile: newKeyFile)
                 newCredential = try .keyFile(atPath: newKeyFile)
             } else if let newPassphraseFile {
+                warnIfExposed(keyFile: newPassphraseFile)
                 newCredential = try .passphraseFile(atPath: newPassphraseFile, derivation: key.kdf.derivation)
             } else {
                 newCredential = nil

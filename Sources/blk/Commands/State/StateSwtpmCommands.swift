@@ -19,7 +19,7 @@ struct StateImportCommand: ParsableCommand {
 
     func run() throws {
         let records = try stateCall(json: options.json) { () throws(StateError) in
-            let swtpmKey = try swtpmKeyFile.map { (path) throws(StateError) in try SwtpmStateFile.key(fromFile: path) }
+            let swtpmKey = try readSwtpmKey(swtpmKeyFile)
             let blobs = try SwtpmDirectory(path: swtpm).readBlobs(key: swtpmKey)
             return try StateStore.withWriter(image, credential: try key.credential(), options: options.storeOptions) { (store) throws(StateError) in
                 store.warnings.forEach(printWarning)
@@ -47,7 +47,7 @@ struct StateExportCommand: ParsableCommand {
 
     func run() throws {
         try stateCall(json: options.json) { () throws(StateError) in
-            let swtpmKey = try swtpmKeyFile.map { (path) throws(StateError) in try SwtpmStateFile.key(fromFile: path) }
+            let swtpmKey = try readSwtpmKey(swtpmKeyFile)
             let blobs = try StateStore.open(image, role: .reader, credential: try key.credential(), options: options.storeOptions).getAll()
             let known = SwtpmDirectory.files.map(\.blob)
             let exported = blobs.filter { known.contains($0.name) }
@@ -57,4 +57,11 @@ struct StateExportCommand: ParsableCommand {
             try SwtpmDirectory(path: swtpm).write(exported, key: swtpmKey)
         }
     }
+}
+
+/// swtpm's own key from --swtpm-key-file, if given.
+private func readSwtpmKey(_ path: String?) throws(StateError) -> SymmetricKey? {
+    guard let path else { return nil }
+    warnIfExposed(keyFile: path)
+    return try SwtpmStateFile.key(fromFile: path)
 }
