@@ -1,5 +1,6 @@
 // ImageLocks: every lock of one open image, on the descriptor its opener owns — the permission
 // locks (held for as long as the image is open and active) and the transaction lock.
+import CLinuxLocking
 import Glibc
 import Synchronization
 import SystemPackage
@@ -93,24 +94,55 @@ public final class LockedImageFile: Sendable {
         try? locks.descriptor.close()
     }
 
-    /// Opens `path` with O_CLOEXEC, refusing a directory, with errors in QEMU's words.
+    /// Opens `path` with O_CLOEXEC, read-write only when `writable`, with errors in QEMU's words.
+    /// Only a regular file or a block device is opened: an image names its backing file, so a
+    /// hostile one can name a FIFO (whose open waits for a writer) or a character device (whose
+    /// open may act: a tape rewinds, a serial line hangs up). The file is looked at through an
+    /// O_PATH descriptor, which opens nothing, and the open proper must reach that same file.
     public static func openDescriptor(_ path: String, writable: Bool) throws(LockingError) -> FileDescriptor {
-        let descriptor: FileDescriptor
-        do {
-            descriptor = try FileDescriptor.open(path, writable ? .readWrite : .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            let action = writable && (errno == .permissionDenied || errno == .readOnlyFileSystem)
-                ? "Could not open for writing (which an exclusive transaction lock needs)" : "Could not open"
-            throw LockingError.from(SystemCallError("open", errno), doing: action, path: path)
-        } catch {
-            throw LockingError(.ioError, "Could not open '\(path)': \(error)", path: path)
-        }
-        // A directory opens read-only without complaint; refuse it before any lock is taken.
-        var status = stat()
-        if fstat(descriptor.rawValue, &status) == 0 && (status.st_mode & S_IFMT) == S_IFDIR {
-            try? descriptor.close()
+        let (pathOnly, looked) = try openWithStatus(path, flags: blk_o_path_flag(), action: "Could not open")
+        try? pathOnly.close()
+        switch looked.st_mode & S_IFMT {
+        case S_IFREG, S_IFBLK:
+            break
+        case S_IFDIR:
             throw LockingError(.notFound, "Could not open '\(path)': \(Errno.isDirectory)", path: path)
+        default:
+            throw LockingError(.unsupported, "Could not open '\(path)': it is \(fileKind(looked.st_mode)), not an image (a regular file or a block device)",
+                               path: path)
         }
+        let action = writable ? "Could not open for writing (which an exclusive transaction lock needs)" : "Could not open"
+        // O_NONBLOCK and O_NOCTTY in case the name was swapped for a FIFO or a terminal since.
+        let flags = (writable ? O_RDWR : O_RDONLY) | O_NONBLOCK | O_NOCTTY
+        let (descriptor, opened) = try openWithStatus(path, flags: flags, action: action)
+        guard opened.st_dev == looked.st_dev && opened.st_ino == looked.st_ino else {
+            try? descriptor.close()
+            throw LockingError(.ioError, "Could not open '\(path)': it was replaced while it was opened", path: path)
+        }
+        _ = fcntl(descriptor.rawValue, F_SETFL, fcntl(descriptor.rawValue, F_GETFL) & ~O_NONBLOCK)
         return descriptor
+    }
+
+    private static func openWithStatus(_ path: String, flags: Int32, action: String) throws(LockingError) -> (FileDescriptor, stat) {
+        let raw: Int32
+        switch valueOrErrno("open", { open(path, flags | O_CLOEXEC) }) {
+        case .success(let opened): raw = opened
+        case .failure(let failure): throw LockingError.from(failure, doing: action, path: path)
+        }
+        var status = stat()
+        if case .failure(let failure) = valueOrErrno("fstat", { fstat(raw, &status) }) {
+            close(raw)
+            throw LockingError.from(failure, doing: "Could not stat", path: path)
+        }
+        return (FileDescriptor(rawValue: raw), status)
+    }
+
+    private static func fileKind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: "a FIFO"
+        case S_IFCHR: "a character device"
+        case S_IFSOCK: "a socket"
+        default: "a special file"
+        }
     }
 }

@@ -82,6 +82,8 @@ unsigned int blk_dev_minor(unsigned long long device) { return minor(device); }
 
 int blk_o_direct_flag(void) { return O_DIRECT; }
 
+int blk_o_path_flag(void) { return O_PATH; }
+
 int blk_pass_credentials(int socket) {
     int on = 1;
     return setsockopt(socket, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);

@@ -7,8 +7,11 @@
 // the locks live on a descriptor that never changes, so reopening read-only ↔ read-write swaps
 // only the I/O descriptor and the locks stay continuous. (Locks on a fresh descriptor would be
 // a different open file description, and would conflict with our own old ones.) The lock
-// descriptor is opened read-write when the file allows it, because the kernel grants the
-// exclusive transaction lock only through a descriptor open for writing; it never writes.
+// descriptor is opened as the open is: read-write for a writable open, because the kernel grants
+// the exclusive transaction lock only through a descriptor open for writing (it never writes);
+// read-only otherwise. So the image's own exclusive transaction lock needs an open that was
+// read-write from the start: a read-only open reopened read-write keeps its read-only lock
+// descriptor, since a new one would be a new open file description, without our locks.
 import BlockLocking
 import CLinuxIO
 import Glibc
@@ -53,7 +56,7 @@ public final class FileDriver: BlockDriver {
         self.cache = cache
         let lockDescriptor: FileDescriptor
         do throws(LockingError) {
-            lockDescriptor = try Self.openLockDescriptor(path)
+            lockDescriptor = try Self.openLockDescriptor(path, writable: writable)
         } catch {
             throw BlockError(error)
         }
@@ -82,14 +85,15 @@ public final class FileDriver: BlockDriver {
 
     public var transactionLock: TransactionLock? { locks.transaction }
 
-    private static func openLockDescriptor(_ path: String) throws(LockingError) -> FileDescriptor {
-        do {
-            return try FileDescriptor.open(path, .readWrite, options: [.closeOnExec])
-        } catch Errno.permissionDenied, Errno.readOnlyFileSystem {
-            return try LockedImageFile.openDescriptor(path, writable: false)
-        } catch Errno.isDirectory {
-            throw LockingError(.notFound, "Could not open '\(path)': \(Errno.isDirectory)", path: path)
-        } catch {
+    /// The descriptor the locks live on, opened as the open itself is: read-only for a read-only
+    /// open (a backing file a hostile image names included), so nothing is opened for writing
+    /// that is not to be written. A writable open whose file cannot be opened for writing gets a
+    /// read-only one, and the I/O open then says why.
+    private static func openLockDescriptor(_ path: String, writable: Bool) throws(LockingError) -> FileDescriptor {
+        guard writable else { return try LockedImageFile.openDescriptor(path, writable: false) }
+        do throws(LockingError) {
+            return try LockedImageFile.openDescriptor(path, writable: true)
+        } catch let error where error.cause.map({ [Errno.permissionDenied, .readOnlyFileSystem, .textFileBusy].contains($0.errno) }) == true {
             return try LockedImageFile.openDescriptor(path, writable: false)
         }
     }

@@ -48,6 +48,9 @@ int blk_wake_timer_delete(long timer);
 /// O_DIRECT, whose value differs between architectures and which Glibc hides behind _GNU_SOURCE.
 int blk_o_direct_flag(void);
 
+/// O_PATH (a descriptor that names a file without opening it), also behind _GNU_SOURCE.
+int blk_o_path_flag(void);
+
 /// Makes `socket` (AF_UNIX) attach its senders' credentials to what it receives (SO_PASSCRED).
 int blk_pass_credentials(int socket);
 
