@@ -2,9 +2,12 @@
 // written for export, holding swtpm's own lock — a classic POSIX write lock on DIR/.lock while
 // swtpm runs — so a running swtpm is never read mid-write nor written under.
 //
+// The folder belongs to the swtpm user, and root runs blk: every file is reached through the
+// folder's descriptor (OpenFolder), so a planted link, FIFO or temporary file redirects nothing.
 // swtpm 0.7.1 writes a file as temp file + rename without fsync; export does what it does not:
-// each file is written to a temporary name, fsync'd, renamed over, and the folder fsync'd, so a
-// crash leaves every file old or new, never empty.
+// each file is written to a fresh temporary name, fsync'd, renamed over, and the folder fsync'd,
+// so a crash leaves every file old or new, never empty.
+import BlockLocking
 import Crypto
 import FoundationEssentials
 import Glibc
@@ -15,18 +18,22 @@ public struct SwtpmDirectory: Sendable {
         ("tpm2-00.permall", "permall"), ("tpm2-00.volatilestate", "volatile"), ("tpm2-00.savestate", "savestate"),
     ]
 
+    /// The largest state file import reads (docs/state.md): libtpms's permanent state is tens of
+    /// KiB, so this is far above any real file and far below what memory allows.
+    public static let maximumFileBytes = 16 << 20
+
     public let path: String
 
     public init(path: String) { self.path = path }
 
     /// The blobs of the state files present, decrypted with `key` when swtpm encrypted them.
     public func readBlobs(key: SymmetricKey?) throws(StateError) -> [(name: String, bytes: [UInt8])] {
-        try withSwtpmLock(exclusive: false) { () throws(StateError) in
+        let folder = try OpenFolder(path: path, followingLink: false)
+        return try withSwtpmLock(in: folder, exclusive: false) { () throws(StateError) in
             var blobs: [(name: String, bytes: [UInt8])] = []
             for (file, blob) in Self.files {
-                let filePath = path + "/" + file
-                guard let data = FileManager.default.contents(atPath: filePath) else { continue }
-                blobs.append((blob, try SwtpmStateFile.blob(from: Array(data), key: key, path: filePath)))
+                guard let data = try folder.contents(of: file, limit: Self.maximumFileBytes) else { continue }
+                blobs.append((blob, try SwtpmStateFile.blob(from: data, key: key, path: folder.location(of: file))))
             }
             guard !blobs.isEmpty else {
                 throw StateError(.notFound, "'\(path)' holds no swtpm TPM 2 state (\(Self.files.map(\.file).joined(separator: ", ")))")
@@ -36,75 +43,49 @@ public struct SwtpmDirectory: Sendable {
     }
 
     /// Writes a state file per blob (encrypted with `key` as swtpm's `--key` does, or not) and
-    /// removes the state files of blobs not given, so swtpm never starts from a stale one.
+    /// removes the state files of blobs not given, so swtpm never starts from a stale one. Each
+    /// file is mode 0600 and, when root writes it, belongs to the folder's owner.
     public func write(_ blobs: [(name: String, bytes: [UInt8])], key: SymmetricKey?) throws(StateError) {
-        var isFolder = false
-        if !FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) {
+        var status = stat()
+        if lstat(path, &status) != 0 {
             do {
-                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
+                                                        attributes: [.posixPermissions: 0o700])
             } catch {
                 throw StateError(.invalidRequest, "Could not create '\(path)': \(StateError.reason(error))")
             }
-        } else if !isFolder {
-            throw StateError(.invalidRequest, "'\(path)' is not a folder")
         }
-        try withSwtpmLock(exclusive: true) { () throws(StateError) in
+        let folder = try OpenFolder(path: path, followingLink: false)
+        try withSwtpmLock(in: folder, exclusive: true) { () throws(StateError) in
             for (file, name) in Self.files {
-                let filePath = path + "/" + file
                 if let blob = blobs.first(where: { $0.name == name }) {
-                    try writeDurably(try SwtpmStateFile.file(holding: blob.bytes, key: key), to: filePath)
-                } else if unlink(filePath) != 0 && errno != ENOENT {
-                    throw StateError(.invalidRequest, "Could not remove the stale '\(filePath)': \(String(cString: strerror(errno)))")
+                    try folder.replace(file, with: try SwtpmStateFile.file(holding: blob.bytes, key: key), givingToFolderOwner: true)
+                } else {
+                    try folder.remove(file)
                 }
             }
-            try syncFolder()
+            try folder.sync()
         }
-    }
-
-    private func writeDurably(_ bytes: [UInt8], to filePath: String) throws(StateError) {
-        let temporary = filePath + ".blk-tmp"
-        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard descriptor >= 0 else { throw systemFailure("create", temporary) }
-        var written = 0
-        while written < bytes.count {
-            let count = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + written, bytes.count - written) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else {
-                let failure = systemFailure("write", temporary)
-                close(descriptor)
-                unlink(temporary)
-                throw failure
-            }
-            written += count
-        }
-        guard fsync(descriptor) == 0 else {
-            let failure = systemFailure("fsync", temporary)
-            close(descriptor)
-            unlink(temporary)
-            throw failure
-        }
-        close(descriptor)
-        guard rename(temporary, filePath) == 0 else { throw systemFailure("rename", temporary) }
-    }
-
-    private func syncFolder() throws(StateError) {
-        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw systemFailure("open", path) }
-        defer { close(descriptor) }
-        guard fsync(descriptor) == 0 else { throw systemFailure("fsync", path) }
-    }
-
-    private func systemFailure(_ call: String, _ filePath: String) -> StateError {
-        StateError(errno == ENOENT ? .notFound : .invalidRequest, "Could not \(call) '\(filePath)': \(String(cString: strerror(errno)))")
     }
 
     /// Runs `body` holding a POSIX lock on DIR/.lock (shared to read, exclusive to write); a
-    /// running swtpm holds it exclusive, which is a conflict (exit 75) naming its pid.
-    private func withSwtpmLock<Result>(exclusive: Bool, _ body: () throws(StateError) -> Result) throws(StateError) -> Result {
-        let lockPath = path + "/.lock"
-        let descriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o640)
-        guard descriptor >= 0 else { throw systemFailure("open", lockPath) }
+    /// running swtpm holds it exclusive, which is a conflict (exit 75) naming its pid. A lock file
+    /// made here is given to the folder's owner, so the swtpm that runs there next can open it.
+    private func withSwtpmLock<Result>(in folder: OpenFolder, exclusive: Bool,
+                                       _ body: () throws(StateError) -> Result) throws(StateError) -> Result {
+        let lockName = ".lock"
+        let flags = O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC
+        var descriptor = openat(folder.descriptor, lockName, flags)
+        if descriptor < 0 && errno == ENOENT {
+            descriptor = openat(folder.descriptor, lockName, flags | O_CREAT | O_EXCL, 0o600)
+            if descriptor >= 0 && geteuid() == 0 { _ = fchown(descriptor, folder.ownerID, folder.groupID) }
+        }
+        guard descriptor >= 0 else { throw OpenFolder.failure("open", folder.location(of: lockName)) }
         defer { close(descriptor) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
+            throw StateError(.corrupt, "'\(folder.location(of: lockName))' is not a regular file: not swtpm's lock file")
+        }
         var request = flock()
         request.l_type = Int16(exclusive ? F_WRLCK : F_RDLCK)
         request.l_whence = Int16(SEEK_SET)
@@ -113,13 +94,10 @@ public struct SwtpmDirectory: Sendable {
             probe.l_type = Int16(exclusive ? F_WRLCK : F_RDLCK)
             probe.l_whence = Int16(SEEK_SET)
             _ = fcntl(descriptor, F_GETLK, &probe)
-            let holder = probe.l_type == Int16(F_UNLCK) ? "another process" : "pid \(probe.l_pid) (\(programName(probe.l_pid)))"
+            let program = LockHolderScan.programName(of: probe.l_pid).map { escapingControlCharacters($0) } ?? "unknown"
+            let holder = probe.l_type == Int16(F_UNLCK) ? "another process" : "pid \(probe.l_pid) (\(program))"
             throw StateError(.busy, "the swtpm state folder '\(path)' is in use by \(holder): stop that swtpm first")
         }
         return try body()
-    }
-
-    private func programName(_ pid: Int32) -> String {
-        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.split(separator: "\n").first.map(String.init) ?? "unknown"
     }
 }
