@@ -1,6 +1,6 @@
 // A swtpm state folder is written by the swtpm user, and root runs blk: links, FIFOs, huge
 // sparse files and temporary files planted there (by `nobody`, through setpriv) redirect no
-// export and no import, and what export writes is 0600 and the right owner's.
+// export and no import, and what export and `state get` write is 0600 and the right owner's.
 import Foundation
 import Glibc
 import Testing
@@ -127,5 +127,22 @@ struct SwtpmFolderHostileTests {
         let fromHuge = try blk("state", "import", "--swtpm", huge, image)
         #expect(fromHuge.status == 65 && fromHuge.stderr.contains("more than the 16 MiB"), "\(fromHuge)")
         #expect(try blk("state", "list", image).stdout.contains("no state yet"), "nothing was imported")
+    }
+
+    @Test("state get FILE writes mode 0600, replacing a link at FILE instead of writing through it")
+    func getWritesPrivately() throws {
+        let image = try imageWithState()
+        let secret = try rootOnlyFile("secret", Data("root only\n".utf8))
+        let output = scratch.directory + "/permall.out"
+        guard symlink(secret, output) == 0 else { throw TestFailure("symlink") }
+        let got = try run(blkPath, ["state", "get", image, "permall", output])
+        #expect(got.status == 0, "\(got)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: secret)) == Data("root only\n".utf8))
+        let written = try status(output)
+        #expect(written.st_mode & S_IFMT == S_IFREG && written.st_mode & 0o777 == 0o600, "mode \(String(written.st_mode, radix: 8))")
+        #expect(FileManager.default.contents(atPath: output) == Data("permanent state".utf8))
+        let fresh = scratch.directory + "/fresh.out"
+        #expect(try blk("state", "get", image, "volatile", fresh).status == 0)
+        #expect(try status(fresh).st_mode & 0o777 == 0o600)
     }
 }

@@ -149,7 +149,10 @@ func readInput(_ path: String?) throws -> [UInt8] {
     return Array(data)
 }
 
-/// Writes FILE (replacing it whole, durably), or stdout for "-" or none.
+/// Writes FILE, or stdout for "-" or none. FILE is replaced whole and durably by a new file of
+/// mode 0600 (the blob may be a secret), created exclusively under a random name beside it and
+/// renamed over it: a link at FILE is replaced, never written through, and a file someone
+/// planted under a temporary name is never used. The folders on the way are the caller's choice.
 func writeOutput(_ bytes: [UInt8], to path: String?) throws {
     if path == nil || path == "-" {
         do throws(Errno) {
@@ -159,9 +162,16 @@ func writeOutput(_ bytes: [UInt8], to path: String?) throws {
         }
         return
     }
-    do {
-        try Data(bytes).write(to: URL(fileURLWithPath: path!), options: .atomic)
+    let file = FilePath(path!)
+    guard let name = file.lastComponent?.string, name != "." && name != ".." else {
+        throw report(StateError(.invalidRequest, "'\(path!)' names a folder, not a file to write"), json: false)
+    }
+    let folderPath = file.removingLastComponent().string
+    do throws(StateError) {
+        let folder = try OpenFolder(path: folderPath.isEmpty ? "." : folderPath, followingLink: true)
+        try folder.replace(name, with: bytes, givingToFolderOwner: false)
+        try folder.sync()
     } catch {
-        throw report(StateError(.invalidRequest, "Could not write '\(path!)': \(StateError.reason(error))"), json: false)
+        throw report(error, json: false)
     }
 }
