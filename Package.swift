@@ -82,6 +82,9 @@ let package = Package(
         // A long-running device that keeps its state store open read-write, for the migration
         // and concurrency tests: it commits and hands over on command.
         .executableTarget(name: "blk-state-fixture", dependencies: ["DeviceState"]),
+        // Runs a program and reports its own peak memory, which the tests cannot measure of a
+        // child they spawn themselves (see its main.swift).
+        .executableTarget(name: "blk-peak-fixture"),
         .testTarget(
             name: "BlockLayerTests",
             dependencies: ["BlockLayer", "BlockLocking", "DeviceState", "Qcow2"]

@@ -13,6 +13,7 @@ let buildDirectory: String = {
 let blkPath = buildDirectory + "/blk"
 let fixturePath = buildDirectory + "/blk-lock-fixture"
 let stateFixturePath = buildDirectory + "/blk-state-fixture"
+let peakFixturePath = buildDirectory + "/blk-peak-fixture"
 
 struct TestFailure: Error, CustomStringConvertible {
     var description: String
@@ -24,6 +25,8 @@ struct Finished: CustomStringConvertible {
     var status: Int32
     var stdout: String
     var stderr: String
+    /// The program's peak resident memory in KiB, when run by `runMeasuringMemory` (0 otherwise).
+    var peakResidentKiB: Int = 0
     var description: String { "exit \(status)\nstdout: \(stdout)\nstderr: \(stderr)" }
 }
 
@@ -159,6 +162,19 @@ func run(_ executable: String, _ arguments: [String], within seconds: Double = 6
     }
     readers.wait()
     return Finished(status: status, stdout: texts.stdout, stderr: texts.stderr)
+}
+
+/// `run`, through blk-peak-fixture, so the result's `peakResidentKiB` is the program's own peak
+/// memory (wait4 of a child spawned here counts this process's peak too).
+func runMeasuringMemory(_ executable: String, _ arguments: [String], within seconds: Double = 60) throws -> Finished {
+    let report = NSTemporaryDirectory() + "/blk-peak-\(UUID().uuidString)"
+    defer { unlink(report) }
+    var result = try run(peakFixturePath, [report, executable] + arguments, within: seconds)
+    guard let text = try? String(contentsOfFile: report, encoding: .utf8), let kib = Int(text.split(separator: "\n").first ?? "") else {
+        throw TestFailure("blk-peak-fixture reported nothing for \(arguments): \(result)")
+    }
+    result.peakResidentKiB = kib
+    return result
 }
 
 func blk(_ arguments: String...) throws -> Finished { try run(blkPath, arguments) }
