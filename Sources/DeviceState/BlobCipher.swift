@@ -57,25 +57,19 @@ enum BlobCipher {
         }
     }
 
-    /// The plaintext, or `.corrupt` when authentication fails: the key was checked before, so a
-    /// failure here means the stored bytes changed.
-    static func open(_ stored: [UInt8], key: SymmetricKey, storeID: [UInt8], generation: UInt64, name: String,
-                     plainByteCount: Int) throws(StateError) -> [UInt8] {
-        let count = segmentCount(plainByteCount: plainByteCount)
-        var plaintext: [UInt8] = []
-        plaintext.reserveCapacity(plainByteCount)
-        var input = 0
-        for segment in 0..<count {
-            let pieceBytes = min(segmentBytes, plainByteCount - segment * segmentBytes) + segmentOverhead
-            let associatedData = associatedData(storeID: storeID, generation: generation, segment: segment, of: count, name: name)
-            do {
-                let box = try AES.GCM.SealedBox(combined: stored[input..<input + pieceBytes])
-                plaintext += try AES.GCM.open(box, using: key, authenticating: associatedData)
-            } catch {
-                throw StateError(.corrupt, "blob '\(name)' fails authentication in segment \(segment): its stored bytes were changed (the key is right)")
-            }
-            input += pieceBytes
-        }
-        return plaintext
+    /// The stored bytes of segment `segment` of a blob of `plainByteCount` bytes.
+    static func storedSegmentByteCount(_ segment: Int, plainByteCount: Int) -> Int {
+        min(segmentBytes, plainByteCount - segment * segmentBytes) + segmentOverhead
+    }
+
+    /// One segment's plaintext, or nil when authentication fails: the key was checked before,
+    /// so a failure here means the stored bytes changed. Segments are opened one at a time, so
+    /// a reader holds one segment, not the blob.
+    static func openSegment(_ stored: ArraySlice<UInt8>, key: SymmetricKey, storeID: [UInt8], generation: UInt64,
+                            segment: Int, of count: Int, name: String) -> [UInt8]? {
+        let associatedData = associatedData(storeID: storeID, generation: generation, segment: segment, of: count, name: name)
+        guard let box = try? AES.GCM.SealedBox(combined: stored),
+              let plaintext = try? AES.GCM.open(box, using: key, authenticating: associatedData) else { return nil }
+        return Array(plaintext)
     }
 }

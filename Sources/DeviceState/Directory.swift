@@ -56,6 +56,14 @@ public struct StateDirectory: Sendable, Hashable {
     public static let maximumNameBytes = 255
     static let inlineLimit = 32 << 10
     static let entryReserve = 8 << 10
+    /// The largest blob (its plaintext): 4 times a UEFI variable store (OVMF_VARS_4M.fd, 4 MiB),
+    /// the largest device state seen in practice; swtpm's state files are tens to hundreds of
+    /// KiB. A directory naming a larger one is damaged, so no size read from an image makes a
+    /// reader allocate more (docs/state.md §Limits).
+    public static let maximumBlobBytes = 16 << 20
+    /// The most all blobs of one directory hold together: bounds the time `verify` spends on a
+    /// crafted directory naming many large blobs.
+    public static let maximumTotalBytes = 256 << 20
 
     var encodedByteCount: Int { Self.headerLength + blobs.reduce(0) { $0 + $1.entryByteCount } + 4 }
 
@@ -67,6 +75,17 @@ public struct StateDirectory: Sendable, Hashable {
     }
 
     public func blob(named name: String) -> BlobRecord? { blobs.first { $0.name == name } }
+
+    /// The generation of the next commit. The last one, 2^64 − 1, is never reached by commits
+    /// (one a nanosecond would take 584 years): a directory holding it was crafted, and is
+    /// refused as damage rather than wrapped or trapped on.
+    func nextGeneration() throws(StateError) -> UInt64 {
+        let (next, overflow) = generation.addingReportingOverflow(1)
+        guard !overflow else {
+            throw StateError(.corrupt, "the directory's generation is \(generation), the last there is: the store is damaged")
+        }
+        return next
+    }
 
     func encoded() -> [UInt8] {
         var writer = FieldWriter()
@@ -139,6 +158,7 @@ public struct StateDirectory: Sendable, Hashable {
             throw StateError(.corrupt, "\(what) names an unknown protection (\(protection[0]), \(protection[1]))")
         }
         var blobs: [BlobRecord] = []
+        var totalBytes: UInt64 = 0
         for _ in 0..<count {
             let nameLength = Int(try reader.uint16())
             guard let name = String(validating: try reader.bytes(nameLength), as: UTF8.self), validName(name) == nil else {
@@ -156,17 +176,26 @@ public struct StateDirectory: Sendable, Hashable {
                 blob.inlineBytes = try reader.bytes(Int(blob.storedByteCount))
             default: throw StateError(.corrupt, "\(what): blob '\(name)' has an unknown placement \(placement)")
             }
-            let extentFits = blob.extent.map { extent in
-                extent.lowerBound >= superblock.dataStart && extent.lowerBound % UInt64(Superblock.blockSize) == 0
-                    && blob.storedByteCount <= superblock.storeSize && extent.upperBound <= superblock.storeSize
+            // Every size is bounded before any arithmetic or allocation uses it: a size near 2^64
+            // trapped in the encrypted-size arithmetic, a 20 GiB one aborted the allocation of
+            // its buffer, and an offset near 2^64 would wrap its extent's end.
+            guard blob.byteCount <= UInt64(maximumBlobBytes) else {
+                throw StateError(.corrupt, "\(what): blob '\(name)' claims \(blob.byteCount) bytes; a blob holds at most \(maximumBlobBytes)")
+            }
+            let extentFits = blob.byteOffset.map { offset in
+                offset >= superblock.dataStart && offset % UInt64(Superblock.blockSize) == 0
+                    && offset <= superblock.storeSize && blob.storedByteCount <= superblock.storeSize - offset
             } ?? true
-            // No size past the store's reaches the arithmetic of the encrypted size (a hostile
-            // size near 2^64 made it trap).
-            guard extentFits, blob.byteCount <= blob.storedByteCount, blob.storedByteCount <= UInt64(Int32.max) << 16,
+            guard extentFits, blob.byteCount <= blob.storedByteCount,
                   blob.storedByteCount == (keyProtection == .none ? blob.byteCount
                                            : UInt64(BlobCipher.storedByteCount(plainByteCount: Int(blob.byteCount)))),
                   blob.generation <= generation else {
                 throw StateError(.corrupt, "\(what): blob '\(name)' has an impossible extent (\(blob.storedByteCount) bytes at \(blob.byteOffset ?? 0))")
+            }
+            // Checked after each blob of at most 16 MiB: the sum stays far from overflowing.
+            totalBytes += blob.byteCount
+            guard totalBytes <= UInt64(maximumTotalBytes) else {
+                throw StateError(.corrupt, "\(what) names more than \(maximumTotalBytes) bytes of blobs")
             }
             blobs.append(blob)
         }

@@ -83,6 +83,9 @@ extension StateStore {
     public func put(_ blobs: [(name: String, bytes: [UInt8])]) throws(StateError) -> [BlobRecord] {
         for blob in blobs {
             if let why = StateDirectory.validName(blob.name) { throw StateError(.invalidRequest, why) }
+            guard blob.bytes.count <= StateDirectory.maximumBlobBytes else {
+                throw StateError(.invalidRequest, "blob '\(blob.name)' has \(blob.bytes.count) bytes; a blob holds at most \(StateDirectory.maximumBlobBytes) (16 MiB)")
+            }
         }
         guard Set(blobs.map(\.name)).count == blobs.count else { throw StateError(.invalidRequest, "a commit names a blob twice") }
         return try committing { (view, image, state) throws(StateError) -> [BlobRecord] in
@@ -93,8 +96,12 @@ extension StateStore {
             let keys = try self.keys(for: current, superblock: superblock, state: &state)
             var allocator = ExtentAllocator(superblock: superblock, live: current.blobs)
             var next = current
-            next.generation = current.generation + 1
+            next.generation = try current.nextGeneration()
             next.blobs.removeAll { old in blobs.contains { $0.name == old.name } }
+            let total = next.blobs.reduce(0) { $0 + $1.byteCount } + blobs.reduce(0) { $0 + UInt64($1.bytes.count) }
+            guard total <= UInt64(StateDirectory.maximumTotalBytes) else {
+                throw StateError(.invalidRequest, "the store's blobs would hold \(total) bytes together; at most \(StateDirectory.maximumTotalBytes) (256 MiB)")
+            }
             var records: [BlobRecord] = []
             for blob in blobs {
                 let record = try writeCopy(of: blob.name, blob.bytes, beside: next, keys: keys, superblock: superblock,
@@ -117,7 +124,7 @@ extension StateStore {
                 throw StateError(.notFound, "no blob '\(name)' in the state store of '\(path)'")
             }
             var next = current
-            next.generation += 1
+            next.generation = try current.nextGeneration()
             next.blobs.removeAll { $0.name == name }
             try publish(next, view: &view, image: image)
         }
@@ -132,7 +139,7 @@ extension StateStore {
             let oldKeys = try self.keys(for: current, superblock: superblock, state: &state)
             let (header, newKeys) = try KeyHeader.protecting(storeID: superblock.storeID, with: newCredential)
             var allocator = ExtentAllocator(superblock: superblock, live: current.blobs)
-            var next = StateDirectory(generation: current.generation + 1, keyHeader: header, blobs: [])
+            var next = StateDirectory(generation: try current.nextGeneration(), keyHeader: header, blobs: [])
             for blob in current.blobs {
                 let plaintext = try readBlob(blob, keys: oldKeys, storeID: superblock.storeID, image: image)
                 next.blobs.append(try writeCopy(of: blob.name, plaintext, beside: next, keys: newKeys, superblock: superblock,

@@ -36,13 +36,14 @@ extension StateStore {
         }
     }
 
-    /// Every blob, verified, read in one transaction: one generation, whole.
-    public func getAll() throws(StateError) -> [(name: String, bytes: [UInt8])] {
+    /// The blobs of `names` the store holds, verified, read in one transaction: one generation,
+    /// whole. Named, not all: a crafted directory may name thousands of blobs.
+    public func get(_ names: [String]) throws(StateError) -> [(name: String, bytes: [UInt8])] {
         try reading { (view, image, state) throws(StateError) in
             guard let superblock = view.superblock, let directory = view.directory else { return [] }
             let keys = try keys(for: directory, superblock: superblock, state: &state)
             var blobs: [(name: String, bytes: [UInt8])] = []
-            for blob in directory.blobs {
+            for blob in directory.blobs where names.contains(blob.name) {
                 blobs.append((blob.name, try readBlob(blob, keys: keys, storeID: superblock.storeID, image: image)))
             }
             return blobs
@@ -66,9 +67,12 @@ extension StateStore {
                 return StateVerification(generation: nil, encrypted: false, blobCount: 0, byteCount: 0, warnings: [])
             }
             let keys = try keys(for: directory, superblock: superblock, state: &state)
+            // Each blob streams through a chunk and is dropped: memory for a chunk, whatever
+            // the directory claims (parse bounded the total, so the sum cannot overflow).
             var total: UInt64 = 0
             for blob in directory.blobs {
-                total += UInt64(try readBlob(blob, keys: keys, storeID: superblock.storeID, image: image).count)
+                try readBlob(blob, keys: keys, storeID: superblock.storeID, image: image) { _ in }
+                total += blob.byteCount
             }
             return StateVerification(generation: directory.generation, encrypted: directory.keyHeader.isEncrypted,
                                      blobCount: directory.blobs.count, byteCount: total, warnings: view.damageWarnings)
@@ -90,18 +94,49 @@ extension StateStore {
         try await holding(.exclusive) { () throws(StateError) in try self.put(name, bytes) }
     }
 
+    /// The blob's plaintext, verified (at most `StateDirectory.maximumBlobBytes`).
     func readBlob(_ blob: BlobRecord, keys: StoreKeys?, storeID: [UInt8], image: BlockImage) throws(StateError) -> [UInt8] {
-        let stored: [UInt8]
-        if let inline = blob.inlineBytes {
-            stored = inline
+        var plaintext: [UInt8] = []
+        plaintext.reserveCapacity(Int(blob.byteCount))
+        try readBlob(blob, keys: keys, storeID: storeID, image: image) { plaintext += $0 }
+        return plaintext
+    }
+
+    /// Reads the blob front to back, a chunk or a segment at a time, handing each piece of
+    /// plaintext to `body` (which must drop what it got if this throws), then judges it: the
+    /// checksum of the stored bytes first, then (encrypted) authentication — so damage reads as
+    /// a checksum failure, as it did when the whole blob was read first.
+    func readBlob(_ blob: BlobRecord, keys: StoreKeys?, storeID: [UInt8], image: BlockImage,
+                  _ body: (ArraySlice<UInt8>) -> Void) throws(StateError) {
+        var reader = StoredBlobReader(blob, image: image)
+        var failedSegment: Int?
+        if let keys {
+            let plainByteCount = Int(blob.byteCount)
+            let count = BlobCipher.segmentCount(plainByteCount: plainByteCount)
+            for segment in 0..<count {
+                let stored = try reader.next(BlobCipher.storedSegmentByteCount(segment, plainByteCount: plainByteCount))
+                // After a failure, read on only to finish the checksum.
+                guard failedSegment == nil else { continue }
+                if let plaintext = BlobCipher.openSegment(stored, key: keys.blobKey, storeID: storeID, generation: blob.generation,
+                                                          segment: segment, of: count, name: blob.name) {
+                    body(plaintext[...])
+                } else {
+                    failedSegment = segment
+                }
+            }
         } else {
-            stored = try readBytes(image, at: Int64(blob.byteOffset ?? 0), count: Int(blob.storedByteCount))
+            var left = Int(blob.storedByteCount)
+            while left > 0 {
+                let piece = try reader.next(min(left, StoredBlobReader.chunkBytes))
+                body(piece)
+                left -= piece.count
+            }
         }
-        guard CRC32C.checksum(stored) == blob.checksum else {
+        guard reader.checksum == blob.checksum else {
             throw StateError(.corrupt, "blob '\(blob.name)' fails its checksum: its stored bytes are damaged")
         }
-        guard let keys else { return stored }
-        return try BlobCipher.open(stored, key: keys.blobKey, storeID: storeID, generation: blob.generation, name: blob.name,
-                                   plainByteCount: Int(blob.byteCount))
+        if let failedSegment {
+            throw StateError(.corrupt, "blob '\(blob.name)' fails authentication in segment \(failedSegment): its stored bytes were changed (the key is right)")
+        }
     }
 }

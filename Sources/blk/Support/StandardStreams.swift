@@ -26,12 +26,13 @@ func writeAll(_ descriptor: Int32, _ bytes: some Collection<UInt8>) throws(Errno
 /// Errors and warnings: a failed write to stderr leaves nobody to tell.
 func writeStandardError(_ text: String) { try? writeAll(STDERR_FILENO, text.utf8) }
 
-/// Everything `descriptor` gives until its end.
-func readToEnd(_ descriptor: Int32) throws(Errno) -> [UInt8] {
+/// Everything `descriptor` gives until its end, or its first `limit` bytes: a caller that
+/// refuses more than N bytes passes N + 1 and never holds more than that.
+func readToEnd(_ descriptor: Int32, limit: Int = .max) throws(Errno) -> [UInt8] {
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+    while bytes.count < limit {
+        let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, min($0.count, limit - bytes.count)) }
         if count > 0 {
             bytes += chunk[0..<count]
         } else if count == 0 {
@@ -43,4 +44,5 @@ func readToEnd(_ descriptor: Int32) throws(Errno) -> [UInt8] {
             throw Errno(rawValue: errno)
         }
     }
+    return bytes
 }

@@ -134,19 +134,27 @@ func checkedBlobName(_ name: String, json: Bool) throws -> String {
     return name
 }
 
-/// Reads FILE, or stdin for "-" or none.
+/// Reads FILE, or stdin for "-" or none: at most one blob's worth, refused (64) past that
+/// before the rest is read, so a huge or endless input costs no more memory than a blob.
 func readInput(_ path: String?) throws -> [UInt8] {
-    if path == nil || path == "-" {
-        do throws(Errno) {
-            return try readToEnd(STDIN_FILENO)
-        } catch {
-            throw report(StateError(.notFound, "Could not read standard input: \(error)"), json: false)
-        }
+    let fromStandardInput = path == nil || path == "-"
+    let name = fromStandardInput ? "standard input" : "'\(path!)'"
+    let descriptor = fromStandardInput ? STDIN_FILENO : open(path!, O_RDONLY | O_CLOEXEC)
+    guard descriptor >= 0 else {
+        throw report(StateError(.notFound, "Could not read \(name): \(String(cString: strerror(errno)))"), json: false)
     }
-    guard let data = FileManager.default.contents(atPath: path!) else {
-        throw report(StateError(.notFound, "Could not read '\(path!)'"), json: false)
+    defer { if !fromStandardInput { close(descriptor) } }
+    let limit = StateDirectory.maximumBlobBytes
+    let bytes: [UInt8]
+    do throws(Errno) {
+        bytes = try readToEnd(descriptor, limit: limit + 1)
+    } catch {
+        throw report(StateError(.notFound, "Could not read \(name): \(error)"), json: false)
     }
-    return Array(data)
+    guard bytes.count <= limit else {
+        throw report(StateError(.invalidRequest, "\(name) holds more than \(limit) bytes (16 MiB), the most a blob holds"), json: false)
+    }
+    return bytes
 }
 
 /// Writes FILE, or stdout for "-" or none. FILE is replaced whole and durably by a new file of

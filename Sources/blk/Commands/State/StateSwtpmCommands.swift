@@ -48,9 +48,8 @@ struct StateExportCommand: ParsableCommand {
     func run() throws {
         try stateCall(json: options.json) { () throws(StateError) in
             let swtpmKey = try readSwtpmKey(swtpmKeyFile)
-            let blobs = try StateStore.open(image, role: .reader, credential: try key.credential(), options: options.storeOptions).getAll()
             let known = SwtpmDirectory.files.map(\.blob)
-            let exported = blobs.filter { known.contains($0.name) }
+            let exported = try StateStore.open(image, role: .reader, credential: try key.credential(), options: options.storeOptions).get(known)
             guard !exported.isEmpty else {
                 throw StateError(.notFound, "the state store of '\(image)' holds none of \(known.joined(separator: ", "))")
             }
