@@ -19,6 +19,18 @@ public enum IOCommandStep: Equatable, Sendable {
     case lock(LockKind)
     case unlock
 
+    /// The most one read or pattern write moves: its buffer is made whole (qemu-io's bound is
+    /// 2 GiB less 512 bytes).
+    public static let maximumRequestBytes: Int64 = 1 << 31
+
+    /// The bytes a step touches in the image, nil for a step that touches none.
+    public var range: (byteOffset: Int64, byteCount: Int64)? {
+        switch self {
+        case .read(let offset, let count, _), .write(let offset, let count, _): (offset, count)
+        case .flush, .sleep, .lock, .unlock: nil
+        }
+    }
+
     /// Parses one command; the error says what is wrong with it.
     public static func parse(_ text: String) -> Result<IOCommandStep, IOScriptError> {
         var words = text.split(separator: " ").map(String.init)[...]
@@ -46,21 +58,28 @@ public enum IOCommandStep: Equatable, Sendable {
             guard words.count == 2, let offset = parseByteCount(words.first!), let length = parseByteCount(words.last!) else { return nil }
             return (offset, length)
         }
+        // A read or a pattern write makes a buffer of its length: bounded here, as qemu-io
+        // does, before the image is even opened.
+        func lengthFault(_ length: Int64) -> IOScriptError? {
+            length <= maximumRequestBytes ? nil : IOScriptError("\(name): length cannot exceed \(maximumRequestBytes), given \(words.last!)")
+        }
         switch name {
         case "read":
             guard let (offset, length) = offsetAndLength() else { return .failure(IOScriptError("usage: read [-P BYTE] OFFSET LENGTH")) }
+            if let fault = lengthFault(length) { return .failure(fault) }
             return .success(.read(byteOffset: offset, byteCount: length, pattern: pattern))
         case "write":
             guard let (offset, length) = offsetAndLength() else { return .failure(IOScriptError("usage: write [-P BYTE] [-z | -c] OFFSET LENGTH")) }
             if zeroes && pattern != nil { return .failure(IOScriptError("write: -z and -P exclude each other")) }
             if zeroes && compressed { return .failure(IOScriptError("write: -z and -c exclude each other")) }
+            if !zeroes, let fault = lengthFault(length) { return .failure(fault) }
             let kind: WriteKind = zeroes ? .zeroes : compressed ? .compressed(pattern: pattern ?? 0xcd) : .pattern(pattern ?? 0xcd)
             return .success(.write(byteOffset: offset, byteCount: length, kind: kind))
         case "flush" where words.isEmpty:
             return .success(.flush)
         case "sleep":
-            guard words.count == 1, let milliseconds = Int64(words.first!), milliseconds >= 0 else {
-                return .failure(IOScriptError("usage: sleep MILLISECONDS"))
+            guard words.count == 1, let milliseconds = parseMilliseconds(words.first!) else {
+                return .failure(IOScriptError("usage: sleep MILLISECONDS (0 to \(Int64(maximumWaitSeconds) * 1000))"))
             }
             return .success(.sleep(milliseconds: milliseconds))
         case "lock":

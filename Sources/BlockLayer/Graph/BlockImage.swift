@@ -202,7 +202,9 @@ public final class BlockImage: Sendable {
         guard isWritable else { throw BlockError(.readOnly, "Block node is read-only") }
     }
 
-    private func checkRange(_ byteOffset: Int64, _ byteCount: Int64) throws(BlockError) {
+    /// Refuses (`invalidRequest`) a range that is not inside the image — before a caller makes a
+    /// buffer for it, too.
+    public func checkRange(_ byteOffset: Int64, _ byteCount: Int64) throws(BlockError) {
         let length = try length()
         guard byteOffset >= 0, byteCount >= 0 else {
             throw BlockError(.invalidRequest, "offset and length must not be negative (offset \(byteOffset), length \(byteCount))")

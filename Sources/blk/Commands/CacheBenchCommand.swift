@@ -13,6 +13,10 @@ struct CacheBenchCommand: ParsableCommand {
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
     @Flag(help: "Print JSON on stdout.") var json = false
 
+    func validate() throws {
+        guard size.value > 0 else { throw ValidationError("--size takes a size above 0") }
+    }
+
     func run() throws {
         let results: MetadataCacheBenchmark.Results
         do throws(BlockError) {

@@ -14,7 +14,7 @@ struct ConvertBenchCommand: ParsableCommand {
     @Flag(help: "Print JSON on stdout.") var json = false
 
     func validate() throws {
-        guard rounds > 0, size.value > 0 else { throw ValidationError("--rounds and --size must be positive") }
+        guard (1...1000).contains(rounds), size.value > 0 else { throw ValidationError("--rounds takes 1 to 1000, --size a size above 0") }
     }
 
     func run() throws {

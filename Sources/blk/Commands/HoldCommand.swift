@@ -15,7 +15,7 @@ struct HoldCommand: ParsableCommand {
 
     @Flag(name: .customLong("shared"), help: "Take the lock shared (readers).") var shared = false
     @Flag(name: .customLong("exclusive"), help: "Take the lock exclusive (the default).") var exclusive = false
-    @Option(help: "Give up after SEC seconds (decimals allowed).") var timeout: Double?
+    @Option(help: "Give up after SEC seconds (0 to 1000000, decimals allowed).", transform: Seconds.parse) var timeout: Seconds?
     @Flag(help: "Give up at once if the lock is held.") var noWait = false
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The image file.") var image: String
@@ -24,7 +24,6 @@ struct HoldCommand: ParsableCommand {
     func validate() throws {
         if shared && exclusive { throw ValidationError("--shared and --exclusive exclude each other") }
         if noWait && timeout != nil { throw ValidationError("--timeout and --no-wait exclude each other") }
-        if let timeout, !(timeout >= 0 && timeout.isFinite) { throw ValidationError("--timeout takes a number of seconds ≥ 0") }
         if command.isEmpty { throw ValidationError("missing the command to run, after --") }
     }
 
@@ -42,9 +41,9 @@ struct HoldCommand: ParsableCommand {
                 }
             } else if let timeout {
                 do throws(LockingError) {
-                    try file.locks.transaction.acquire(kind, deadline: .after(seconds: timeout))
+                    try file.locks.transaction.acquire(kind, deadline: .after(timeout.duration))
                 } catch where error.code == .timedOut {
-                    throw LockingError(.timedOut, "timed out after \(formatSeconds(timeout)) waiting for the \(kind) transaction lock on \(image)",
+                    throw LockingError(.timedOut, "timed out after \(timeout) waiting for the \(kind) transaction lock on \(image)",
                                        path: image, holders: error.holders)
                 }
             } else {
@@ -56,8 +55,4 @@ struct HoldCommand: ParsableCommand {
         let status = withExtendedLifetime(file) { ChildProcess.run(command) }
         throw ExitCode(status)
     }
-}
-
-func formatSeconds(_ seconds: Double) -> String {
-    seconds == seconds.rounded() ? "\(Int(seconds)) s" : "\(seconds) s"
 }

@@ -6,6 +6,7 @@
 // so the reads visit every block, out of order). 300,000, not qemu-img's 75,000: a best run
 // should not be one lucky tenth of a second.
 import ArgumentParser
+import BlockIOScript
 import BlockLayer
 import FoundationEssentials
 import Glibc
@@ -32,7 +33,12 @@ struct IOBenchCommand: ParsableCommand {
     @Argument(help: "The image; omit it for the standard pair on a temporary image.") var image: String?
 
     func validate() throws {
-        guard c ?? 1 > 0, d > 0, s.value > 0, rounds > 0 else { throw ValidationError("-c, -d, -s and --rounds must be positive") }
+        // Bounded so that -c × -s and the progress arithmetic cannot overflow, and a request's
+        // buffer is no larger than one `blk io` read may make.
+        guard (1...1_000_000_000).contains(c ?? 1), (1...1024).contains(d), (1...IOCommandStep.maximumRequestBytes).contains(s.value),
+              (1...1000).contains(rounds) else {
+            throw ValidationError("-c takes 1 to 1000000000 requests, -d 1 to 1024, -s 1 to \(IOCommandStep.maximumRequestBytes) bytes, --rounds 1 to 1000")
+        }
     }
 
     func run() throws {

@@ -21,7 +21,8 @@ struct IOCommand: ParsableCommand {
 
     @OptionGroup var imageOptions: ImageOptions
     @Option(name: .customShort("c"), help: "A command; repeat for more.") var commands: [String] = []
-    @Option(help: "Seconds `lock` waits for the transaction lock.") var timeout: Double = 10
+    @Option(help: "Seconds `lock` waits for the transaction lock (default 10; 0 to 1000000, decimals allowed).", transform: Seconds.parse)
+    var timeout = Seconds(10)
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The image file.") var image: String
 
@@ -66,7 +67,7 @@ struct IOCommand: ParsableCommand {
         guard offset % clusterSize == 0, count % clusterSize == 0 || offset + count == length, offset + count <= length else {
             throw BlockError(.invalidRequest, "a compressed write covers whole clusters of \(clusterSize) bytes inside the image")
         }
-        let buffer = try Self.buffer(clusterSize)
+        let buffer = Self.buffer(clusterSize)
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: pattern)
         var cluster = offset
@@ -79,39 +80,45 @@ struct IOCommand: ParsableCommand {
 
     /// Runs one step; false when it ran but its check failed (a pattern mismatch, already printed).
     private func execute(_ step: IOCommandStep, on image: BlockImage, held: inout [LockKind]) throws(BlockError) -> Bool {
+        // The range first, then the buffer: `write 0 2G` on a 1 MiB image filled 2 GB and then
+        // failed this check.
+        if let (offset, count) = step.range { try image.checkRange(offset, count) }
         switch step {
         case .read(let offset, let count, let pattern):
             let started = currentMonotonicNanoseconds()
-            let buffer = try Self.buffer(count)
+            let buffer = Self.buffer(count)
             defer { buffer.deallocate() }
             try image.read(at: offset, into: buffer)
             if let pattern, let bad = buffer.firstIndex(where: { $0 != pattern }) {
                 print("Pattern verification failed at offset \(offset + Int64(bad)), \(count) bytes")
-                report("read", count, offset, since: started)
+                printOutcome("read", count, offset, since: started)
                 return false
             }
-            report("read", count, offset, since: started)
+            printOutcome("read", count, offset, since: started)
         case .write(let offset, let count, let kind):
             let started = currentMonotonicNanoseconds()
             switch kind {
             case .zeroes:
                 try image.writeZeroes(at: offset, byteCount: count)
             case .pattern(let pattern):
-                let buffer = try Self.buffer(count)
+                let buffer = Self.buffer(count)
                 defer { buffer.deallocate() }
                 buffer.initializeMemory(as: UInt8.self, repeating: pattern)
                 try image.write(at: offset, from: UnsafeRawBufferPointer(buffer))
             case .compressed(let pattern):
                 try writeCompressed(pattern, at: offset, count, on: image)
             }
-            report("wrote", count, offset, since: started)
+            printOutcome("wrote", count, offset, since: started)
         case .flush:
             try image.flush()
         case .sleep(let milliseconds):
-            usleep(UInt32(clamping: milliseconds * 1000))
+            // Parsing bounded it: the product fits, and nanosleep takes any length usleep does not.
+            var request = timespec(tv_sec: Int(milliseconds / 1000), tv_nsec: Int(milliseconds % 1000) * 1_000_000)
+            var left = timespec()
+            while nanosleep(&request, &left) != 0 && errno == EINTR { request = left }
         case .lock(let kind):
             do throws(LockingError) {
-                try image.transactionLock.acquire(kind, deadline: .after(seconds: timeout))
+                try image.transactionLock.acquire(kind, deadline: .after(timeout.duration))
             } catch {
                 throw BlockError(error)
             }
@@ -127,13 +134,14 @@ struct IOCommand: ParsableCommand {
         return true
     }
 
-    private static func buffer(_ count: Int64) throws(BlockError) -> UnsafeMutableRawBufferPointer {
-        guard count <= 1 << 31 else { throw BlockError(.invalidRequest, "\(count) bytes is more than one request may move (2 GiB)") }
-        return UnsafeMutableRawBufferPointer.allocate(byteCount: Int(count), alignment: 4096)
+    /// A request's buffer: parsing bounded `count` (IOCommandStep.maximumRequestBytes), and the
+    /// range was checked against the image before.
+    private static func buffer(_ count: Int64) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer.allocate(byteCount: Int(count), alignment: 4096)
     }
 
     /// qemu-io's two lines: what was done, then the rate.
-    private func report(_ verb: String, _ count: Int64, _ offset: Int64, since started: Int64) {
+    private func printOutcome(_ verb: String, _ count: Int64, _ offset: Int64, since started: Int64) {
         let seconds = max(Double(currentMonotonicNanoseconds() - started) / 1e9, 1e-9)
         print("\(verb) \(count)/\(count) bytes at offset \(offset)")
         print(humanSize(count) + formatted(", 1 ops; %.4f sec (%.3f MiB/sec and %.4f ops/sec)",

@@ -19,7 +19,9 @@ struct LockBenchCommand: ParsableCommand {
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
 
     func validate() throws {
-        guard iterations > 0, handoffs > 0 else { throw ValidationError("--iterations and --handoffs must be positive") }
+        guard (1...1_000_000_000).contains(iterations), (1...1_000_000).contains(handoffs), (1...1_000_000).contains(leaseRounds) else {
+            throw ValidationError("--iterations takes 1 to 1000000000, --handoffs and --lease-rounds 1 to 1000000")
+        }
     }
 
     func run() throws {

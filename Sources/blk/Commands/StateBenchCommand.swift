@@ -16,7 +16,7 @@ struct StateBenchCommand: ParsableCommand {
     @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
 
     func validate() throws {
-        guard rounds > 0 else { throw ValidationError("--rounds must be positive") }
+        guard (1...1_000_000).contains(rounds) else { throw ValidationError("--rounds takes 1 to 1000000") }
     }
 
     func run() throws {

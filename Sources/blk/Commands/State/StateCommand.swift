@@ -35,8 +35,8 @@ struct StateOptions: ParsableArguments {
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.")
     var locking: LockingMode = .auto
 
-    @Option(help: "Wait up to SEC seconds for the transaction lock (decimals allowed).")
-    var timeout: Double = 10
+    @Option(help: "Wait up to SEC seconds for the transaction lock (default 10; 0 to 1000000, decimals allowed).", transform: Seconds.parse)
+    var timeout = Seconds(10)
 
     @Flag(help: "Print JSON on stdout.")
     var json = false
@@ -48,14 +48,10 @@ struct StateOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Append every write and flush to FILE, for crash-state tests.", valueName: "file"))
     var recordWrites: String?
 
-    func validate() throws {
-        guard timeout >= 0 && timeout.isFinite else { throw ValidationError("--timeout takes a number of seconds ≥ 0") }
-    }
-
     @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
 
     var storeOptions: StateStore.Options {
-        StateStore.Options(format: format, locking: locking, timeout: .nanoseconds(Int64(timeout * 1e9)), faults: injectFault,
+        StateStore.Options(format: format, locking: locking, timeout: timeout.duration, faults: injectFault,
                            writeJournalPath: recordWrites, lease: leases.policy)
     }
 }
