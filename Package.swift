@@ -103,5 +103,6 @@ if Context.environment["BLK_FUZZ"] != nil {
         .executableTarget(name: "fuzz-state", dependencies: ["FuzzSupport", "DeviceState", .product(name: "Crypto", package: "swift-crypto")],
                           path: "Fuzz/state"),
         .executableTarget(name: "fuzz-io-script", dependencies: ["FuzzSupport", "BlockIOScript"], path: "Fuzz/io-script"),
+        .executableTarget(name: "fuzz-numbers", dependencies: ["FuzzSupport", "BlockIOScript"], path: "Fuzz/numbers"),
     ]
 }
