@@ -4,9 +4,12 @@
 // Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to blk (with kill(2)) are passed on to the
 // command, so it finishes its work — and blk keeps the lock — until it exits. Those a terminal
 // sends go to the whole foreground process group, the command included, so they are not passed
-// on a second time. The signals stay blocked from before the spawn until the pid is known, so
-// none is lost in between; the child is waited for without reaping (WNOWAIT) until the pid is
-// cleared, so a late signal can never hit an unrelated process that reused it.
+// on a second time. A signal that was ignored when blk started (nohup, a background job of a
+// non-interactive shell) stays ignored, for blk and for the command, which inherits SIG_IGN
+// through exec: a handler here would reset it to the default in the command. The signals stay
+// blocked from before the spawn until the pid is known, so none is lost in between; the child
+// is waited for without reaping (WNOWAIT) until the pid is cleared, so a late signal can never
+// hit an unrelated process that reused it.
 import Glibc
 import Synchronization
 
@@ -20,12 +23,13 @@ enum ChildProcess {
     /// Runs `arguments` (searched in PATH) and returns its exit status: its own code, 128+N if
     /// signal N killed it, 127 if it could not be found, 126 if it could not be run.
     static func run(_ arguments: [String]) -> Int32 {
-        var forwardedSet = sigset_t()
-        sigemptyset(&forwardedSet)
-        for signalNumber in forwarded { sigaddset(&forwardedSet, signalNumber) }
-        pthread_sigmask(SIG_BLOCK, &forwardedSet, nil)
-        defer { pthread_sigmask(SIG_UNBLOCK, &forwardedSet, nil) }
-        for signalNumber in forwarded {
+        let handled = forwarded.filter { !isIgnored($0) }
+        var handledSet = sigset_t()
+        sigemptyset(&handledSet)
+        for signalNumber in handled { sigaddset(&handledSet, signalNumber) }
+        pthread_sigmask(SIG_BLOCK, &handledSet, nil)
+        defer { pthread_sigmask(SIG_UNBLOCK, &handledSet, nil) }
+        for signalNumber in handled {
             var action = sigaction()
             action.__sigaction_handler.sa_sigaction = { received, info, _ in
                 // A terminal's signal (SI_KERNEL) reached the command already, through its group.
@@ -36,7 +40,8 @@ enum ChildProcess {
             action.sa_flags = SA_SIGINFO | SA_RESTART
             sigaction(signalNumber, &action, nil)
         }
-        // An inherited "ignore SIGCHLD" would make the kernel reap the child behind our back.
+        // The one ignored signal not left alone: an inherited "ignore SIGCHLD" would make the
+        // kernel reap the child behind our back, and its status would be lost.
         signal(SIGCHLD, SIG_DFL)
 
         var attributes = posix_spawnattr_t()
@@ -56,7 +61,7 @@ enum ChildProcess {
             return spawned == ENOENT ? 127 : 126
         }
         runningChild.store(pid, ordering: .relaxed)
-        pthread_sigmask(SIG_UNBLOCK, &forwardedSet, nil) // signals that came meanwhile go through now
+        pthread_sigmask(SIG_UNBLOCK, &handledSet, nil) // signals that came meanwhile go through now
 
         var info = siginfo_t()
         while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) == -1 {
@@ -69,6 +74,12 @@ enum ChildProcess {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
         return shellStatus(ofWaitStatus: status)
+    }
+
+    private static func isIgnored(_ signalNumber: Int32) -> Bool {
+        var current = sigaction()
+        sigaction(signalNumber, nil, &current)
+        return unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self)
     }
 }
 

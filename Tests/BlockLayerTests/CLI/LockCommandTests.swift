@@ -2,6 +2,7 @@
 import Foundation
 import Glibc
 import Testing
+@testable import BlockLocking
 
 @Suite("blk locks and blk hold")
 struct CLITests {
@@ -103,6 +104,28 @@ struct CLITests {
         defer { kill(child, SIGKILL) }
         #expect(kill(child, 0) == 0, "the command is still running")
         #expect(try probe.request("trylock \(handle) exclusive") == "ok", "the command did not inherit the lock")
+    }
+
+    @Test("a signal ignored when blk hold starts (nohup) stays ignored: SIGHUP to blk does not end the command")
+    func ignoredSignalStaysIgnored() throws {
+        let image = try scratch.rawImage()
+        let hold = try LineProcess("/usr/bin/nohup", [blkPath, "hold", image, "--", "/bin/sh", "-c", "echo $$; read line; echo ending"])
+        let command = try #require(Int32(try hold.nextLine()))
+        // A handler in blk would have become the default again in the command, through exec.
+        #expect(try ignoredSignals(of: command).contains(SIGHUP), "the command ignores SIGHUP, as nohup asked")
+        kill(hold.pid, SIGHUP)
+        hold.send("end")
+        #expect(try hold.nextLine() == "ending")
+        #expect(hold.exitStatus(within: 20) == 0)
+    }
+
+    /// The signals `pid` ignores, from SigIgn in /proc/PID/status.
+    func ignoredSignals(of pid: Int32) throws -> Set<Int32> {
+        guard let status = readProcFile("/proc/\(pid)/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigIgn:") }),
+              let mask = UInt64(line.dropFirst("SigIgn:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { throw TestFailure("no SigIgn for pid \(pid)") }
+        return Set((1...64).filter { mask & (1 << UInt64($0 - 1)) != 0 }.map { Int32($0) })
     }
 
     @Test("SIGTERM to blk hold reaches the command, and hold exits with the command's status")
