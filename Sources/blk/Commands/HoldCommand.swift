@@ -1,4 +1,4 @@
-// `blk hold`: flock(1) for the transaction lock — take it, run a command, release it.
+// `blk hold`: flock(1) for the transaction lock — take it, run a command that inherits it, let go.
 import ArgumentParser
 import BlockLocking
 
@@ -8,8 +8,14 @@ struct HoldCommand: ParsableCommand {
         abstract: "Take the image's transaction lock, run a command, release the lock; exit with the command's status.",
         discussion: """
             Waits for the lock for ever unless --timeout or --no-wait is given (as flock(1) does); \
-            exits 75 naming the holders when the lock is not had in time. The lock is released \
-            when the command exits, or when blk is killed; the command never inherits it.
+            exits 75 naming the holders when the lock is not had in time. As flock(1) does, the \
+            command inherits the descriptor that holds the lock (its number is in BLK_HOLD_FD): \
+            the lock lasts until the command and every process it passed the descriptor to have \
+            exited, even if blk is killed first. The descriptor is opened for this hold alone and \
+            holds nothing else; for --exclusive it is open read-write, as the kernel grants write \
+            locks only through such a descriptor, so a command that gives up privileges should \
+            close it first. Signals ignored when blk starts (nohup) stay ignored in the command; \
+            SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to blk otherwise are passed on to it.
             """
     )
 
@@ -52,7 +58,7 @@ struct HoldCommand: ParsableCommand {
         } catch {
             throw report(error, json: json)
         }
-        let status = withExtendedLifetime(file) { ChildProcess.run(command) }
+        let status = withExtendedLifetime(file) { ChildProcess.run(command, passing: file.descriptor.rawValue) }
         throw ExitCode(status)
     }
 }

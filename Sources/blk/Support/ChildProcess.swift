@@ -1,5 +1,6 @@
 // ChildProcess: run a command the way flock(1) does — in the foreground, with our stdio and
-// environment — and come back with the status a shell would report for it.
+// environment, and with the descriptor that holds the lock left open in it — and come back with
+// the status a shell would report for it.
 //
 // Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to blk (with kill(2)) are passed on to the
 // command, so it finishes its work — and blk keeps the lock — until it exits. Those a terminal
@@ -20,9 +21,14 @@ private let runningChild = Atomic<Int32>(0)
 enum ChildProcess {
     static let forwarded = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
 
+    /// The environment variable that names the passed descriptor to the command.
+    static let passedDescriptorVariable = "BLK_HOLD_FD"
+
     /// Runs `arguments` (searched in PATH) and returns its exit status: its own code, 128+N if
-    /// signal N killed it, 127 if it could not be found, 126 if it could not be run.
-    static func run(_ arguments: [String]) -> Int32 {
+    /// signal N killed it, 127 if it could not be found, 126 if it could not be run. `passing`
+    /// stays open in the command at the same number (close-on-exec cleared in the child only),
+    /// and `BLK_HOLD_FD` names it.
+    static func run(_ arguments: [String], passing passed: Int32) -> Int32 {
         let handled = forwarded.filter { !isIgnored($0) }
         var handledSet = sigset_t()
         sigemptyset(&handledSet)
@@ -52,10 +58,18 @@ enum ChildProcess {
         posix_spawnattr_setsigmask(&attributes, &emptySet)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
 
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        // dup2 onto its own number clears close-on-exec, in the child only (POSIX 2024, glibc).
+        posix_spawn_file_actions_adddup2(&actions, passed, passed)
+
         var pid: pid_t = 0
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
-        let spawned = posix_spawnp(&pid, arguments[0], nil, &attributes, argv, environ)
+        let environment = environmentNaming(passed)
+        defer { environment.forEach { free($0) } }
+        let spawned = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, environment)
         guard spawned == 0 else {
             printError("\(arguments[0]): \(String(cString: strerror(spawned)))")
             return spawned == ENOENT ? 127 : 126
@@ -80,6 +94,19 @@ enum ChildProcess {
         var current = sigaction()
         sigaction(signalNumber, nil, &current)
         return unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self)
+    }
+
+    /// Our environment with `BLK_HOLD_FD` set to `descriptor` (replacing one an outer hold set),
+    /// as strings to free.
+    private static func environmentNaming(_ descriptor: Int32) -> [UnsafeMutablePointer<CChar>?] {
+        let prefix = passedDescriptorVariable + "="
+        var entries: [UnsafeMutablePointer<CChar>?] = []
+        var entry: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> = environ
+        while let variable = entry.pointee {
+            if !String(cString: variable).hasPrefix(prefix) { entries.append(strdup(variable)) }
+            entry += 1
+        }
+        return entries + [strdup(prefix + String(descriptor)), nil]
     }
 }
 

@@ -90,20 +90,22 @@ struct CLITests {
         #expect(waiting.exitStatus(within: 20) == 0)
     }
 
-    @Test("kill -9 of blk hold releases the lock even while its command runs on")
-    func killedHoldReleases() throws {
+    @Test("kill -9 of blk hold leaves the lock with its command, as flock(1) does, until the command ends")
+    func killedHoldLeavesLockWithCommand() throws {
         let image = try scratch.rawImage()
-        let pidFile = scratch.directory + "/child.pid"
-        let hold = try LineProcess(blkPath, ["hold", image, "--", "/bin/sh", "-c", "echo $$ > \(pidFile); echo started; exec sleep 600"])
-        #expect(try hold.nextLine() == "started")
-        let probe = try LineProcess.fixture()
-        let handle = try probe.open(image)
-        #expect(try probe.request("trylock \(handle) shared") == "wouldblock")
+        // The command ends when it reads a line; blk's death does not close its stdin.
+        let hold = try LineProcess(blkPath, ["hold", image, "--", "/bin/sh", "-c", "echo $BLK_HOLD_FD; read line; echo ending"])
+        let passed = try hold.nextLine()
+        #expect(Int32(passed).map { $0 > 2 } == true, "BLK_HOLD_FD=\(passed)")
         hold.kill9()
-        let child = Int32(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
-        defer { kill(child, SIGKILL) }
-        #expect(kill(child, 0) == 0, "the command is still running")
-        #expect(try probe.request("trylock \(handle) exclusive") == "ok", "the command did not inherit the lock")
+        let shutOut = try blk("hold", "--timeout", "0.3", image, "--", "true")
+        #expect(shutOut.status == 75, "\(shutOut)")
+        #expect(shutOut.stderr.contains("(sh): transaction lock exclusive"), "the command holds it: \(shutOut.stderr)")
+        hold.send("end")
+        #expect(try hold.nextLine() == "ending")
+        // Waits in the kernel until the command's exit closes the last descriptor of the lock.
+        let after = try blk("hold", "--timeout", "60", image, "--", "true")
+        #expect(after.status == 0, "\(after)")
     }
 
     @Test("a signal ignored when blk hold starts (nohup) stays ignored: SIGHUP to blk does not end the command")
