@@ -17,3 +17,5 @@ int blk_fallocate(int descriptor, int mode, long long offset, long long length) 
 int blk_o_direct(void) { return O_DIRECT; }
 
 int blk_seek_data(void) { return SEEK_DATA; }
+
+int blk_dup3_cloexec(int from, int onto) { return dup3(from, onto, O_CLOEXEC); }

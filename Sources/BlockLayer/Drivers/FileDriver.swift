@@ -5,7 +5,7 @@
 //
 // Two descriptors, as QEMU's file-posix keeps a lock descriptor apart from its I/O descriptor:
 // the locks live on a descriptor that never changes, so reopening read-only ↔ read-write swaps
-// only the I/O descriptor and the locks stay continuous. (Locks on a fresh descriptor would be
+// only the I/O file description and the locks stay continuous. (Locks on a fresh descriptor would be
 // a different open file description, and would conflict with our own old ones.) The lock
 // descriptor is opened as the open is: read-write for a writable open, because the kernel grants
 // the exclusive transaction lock only through a descriptor open for writing (it never writes);
@@ -39,16 +39,16 @@ public final class FileDriver: BlockDriver {
     /// 4096 satisfies every device in use.
     static let directAlignment = 4096
 
-    // The I/O path reads these without a lock: with dozens of requests in flight, a mutex per
-    // request costs more in contention than the request itself. `reopen` swaps the descriptor and
-    // closes the old one, so (as in QEMU, which drains first) no request may be in flight then.
-    private let descriptorNumber: Atomic<Int32>
+    // The I/O path takes no lock: with dozens of requests in flight, a mutex per request costs
+    // more in contention than the request itself. The descriptor's number never changes and is
+    // never free: `reopen` puts the new open file description onto it with dup3, so a request
+    // under way uses the old description or the new one, both of this file, and never a number
+    // that was closed and given to another file meanwhile.
+    private let descriptor: FileDescriptor
     private let writableFlag: Atomic<Bool>
     private let cachedLength: Atomic<Int64>
     /// Set by the first failed flush: every later flush fails too.
     private let flushFailure = Mutex<SystemCallError?>(nil)
-
-    private var descriptor: FileDescriptor { FileDescriptor(rawValue: descriptorNumber.load(ordering: .acquiring)) }
 
     public init(path: String, writable: Bool, locking: LockingMode, cache: CacheMode = .writeback,
                 lease: LeasePolicy = .none) throws(BlockError) {
@@ -69,7 +69,7 @@ public final class FileDriver: BlockDriver {
         do {
             let descriptor = try Self.openIO(path, writable: writable, cache: cache)
             let length = try Self.size(of: descriptor, path: path)
-            descriptorNumber = Atomic(descriptor.rawValue)
+            self.descriptor = descriptor
             writableFlag = Atomic(writable)
             cachedLength = Atomic(length)
         } catch {
@@ -150,10 +150,9 @@ public final class FileDriver: BlockDriver {
     }
 
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
-        let descriptor = self.descriptor
         if cache == .none && !Self.isAligned(byteOffset, buffer.count, buffer.baseAddress) {
             return try withBounce(byteOffset, buffer.count) { (bounce, start) throws(BlockError) in
-                try self.readFully(descriptor, at: start, into: bounce, allowShort: true)
+                try self.readFully(self.descriptor, at: start, into: bounce, allowShort: true)
                 let skip = Int(byteOffset - start)
                 buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: bounce[skip..<skip + buffer.count]))
             }
@@ -191,7 +190,8 @@ public final class FileDriver: BlockDriver {
                     // The length now, not before: another request may have grown the file since.
                     let wanted = max(try self.length(), byteOffset + Int64(buffer.count))
                     if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor.rawValue, off_t(wanted)) }) {
-                        throw BlockError.systemCall(failure, "trim '\(self.path)' after an unaligned direct write")
+                        throw self.failedByReopen(failure)
+                            ?? BlockError.systemCall(failure, "trim '\(self.path)' after an unaligned direct write")
                     }
                 }
             }
@@ -214,7 +214,7 @@ public final class FileDriver: BlockDriver {
         case .failure(let failure) where failure.errno == .notSupported || failure.errno == .invalidArgument:
             break // the file system cannot: write zeroes the long way
         case .failure(let failure):
-            throw BlockError.systemCall(failure, "write zeroes at \(byteOffset) of '\(path)'")
+            throw failedByReopen(failure) ?? BlockError.systemCall(failure, "write zeroes at \(byteOffset) of '\(path)'")
         }
         let chunk = 1 << 20
         let zeroes = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: Self.directAlignment)
@@ -239,7 +239,6 @@ public final class FileDriver: BlockDriver {
                                  cause: failure)
             }
             guard writableFlag.load(ordering: .acquiring), cache != .unsafe else { return }
-            let descriptor = self.descriptor
             if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor.rawValue) }) {
                 flushFailure = failure
                 throw storageFailure(failure, "flush of '\(path)'")
@@ -254,7 +253,7 @@ public final class FileDriver: BlockDriver {
     private func unleasedTruncate(to byteCount: Int64) throws(BlockError) {
         let descriptor = try writableDescriptor()
         if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor.rawValue, off_t(byteCount)) }) {
-            throw BlockError.systemCall(failure, "resize '\(path)' to \(byteCount) bytes")
+            throw failedByReopen(failure) ?? BlockError.systemCall(failure, "resize '\(path)' to \(byteCount) bytes")
         }
         cachedLength.store(byteCount, ordering: .relaxed)
     }
@@ -274,7 +273,7 @@ public final class FileDriver: BlockDriver {
             case .failure(let failure) where failure.errno == .notSupported || failure.errno == .invalidArgument:
                 try unleasedTruncate(to: byteCount)
             case .failure(let failure):
-                throw BlockError.systemCall(failure, "grow '\(path)' to \(byteCount) bytes")
+                throw failedByReopen(failure) ?? BlockError.systemCall(failure, "grow '\(path)' to \(byteCount) bytes")
             }
         }
     }
@@ -298,22 +297,41 @@ public final class FileDriver: BlockDriver {
         }
     }
 
-    /// Opens a new I/O descriptor with the new access, then closes the old one; the locks, on
-    /// their own descriptor, are not touched. No request may be in flight.
+    /// Opens a new open file description with the new access and puts it onto the I/O
+    /// descriptor's number in one step (dup3); the locks, on their own descriptor, are not
+    /// touched. Safe while requests run: one under way finishes on the old description, which
+    /// is the same file; after a reopen read-only, a write fails as read-only (the flag first,
+    /// then EBADF from the read-only description), never anywhere else. A write that entered the
+    /// kernel before may still finish on the old description: BlockImage drains its writes
+    /// before it reopens. The cache mode (O_DIRECT) is the same on the new description.
     public func reopen(writable: Bool) throws(BlockError) {
         guard writableFlag.load(ordering: .acquiring) != writable else { return }
         if writable {
             do throws(LockingError) { try locks.checkWritable() } catch { throw BlockError(error) }
         }
         let opened = try Self.openIO(path, writable: writable, cache: cache)
-        let old = descriptorNumber.exchange(opened.rawValue, ordering: .acquiringAndReleasing)
-        writableFlag.store(writable, ordering: .releasing)
-        try? FileDescriptor(rawValue: old).close()
+        defer { try? opened.close() }
+        // Going read-only, new writes are refused before the description changes; going
+        // read-write, they are admitted only once it has.
+        if !writable { writableFlag.store(false, ordering: .releasing) }
+        if case .failure(let failure) = valueOrErrno("dup3", { blk_dup3_cloexec(opened.rawValue, descriptor.rawValue) }) {
+            writableFlag.store(!writable, ordering: .releasing)
+            throw BlockError.systemCall(failure, "Could not reopen '\(path)'\(writable ? " for writing" : "")")
+        }
+        if writable { writableFlag.store(true, ordering: .releasing) }
     }
 
     private func writableDescriptor() throws(BlockError) -> FileDescriptor {
         guard writableFlag.load(ordering: .acquiring) else { throw BlockError(.readOnly, "'\(path)' is open read-only") }
         return descriptor
+    }
+
+    /// The failure of a change to the file that a reopen read-only caused while it was under
+    /// way (EBADF, or EINVAL from ftruncate, on a read-only description) as a read-only error.
+    private func failedByReopen(_ failure: SystemCallError) -> BlockError? {
+        guard !writableFlag.load(ordering: .acquiring),
+              failure.errno == .badFileDescriptor || failure.errno == .invalidArgument else { return nil }
+        return BlockError(.readOnly, "'\(path)' is open read-only (reopened while the request was under way)", cause: failure)
     }
 
     // MARK: positional I/O
@@ -352,7 +370,7 @@ public final class FileDriver: BlockDriver {
             case .success:
                 throw BlockError(.ioError, "write at \(byteOffset + Int64(done)) of '\(path)' made no progress")
             case .failure(let failure):
-                throw storageFailure(failure, "write at \(byteOffset + Int64(done)) of '\(path)'")
+                throw failedByReopen(failure) ?? storageFailure(failure, "write at \(byteOffset + Int64(done)) of '\(path)'")
             }
         }
     }
