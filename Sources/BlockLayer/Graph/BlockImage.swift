@@ -21,9 +21,13 @@ public final class BlockImage: Sendable {
     public let options: OpenOptions
 
     // Read on every request without a lock (see FileDriver); changed only by reopen and the
-    // hand-over, which no request may overlap.
+    // hand-over, under `accessChange`, with the write gate closed and no write under way.
     private let writableFlag: Atomic<Bool>
     private let activeFlag: Atomic<Bool>
+    /// Open while the image is writable and active: writes (and flushes) pass it.
+    private let writeGate: WriteGate
+    /// Held by a reopen or hand-over from start to end: one at a time, and what waits for one.
+    private let accessChange = Mutex(())
     /// The image file as it was when this open went inactive: if it changed by the time the
     /// open is activated, another process wrote it meanwhile.
     private let inactiveSince: Mutex<FileDriver.ChangeStamp?>
@@ -111,6 +115,7 @@ public final class BlockImage: Sendable {
         self.options = options
         writableFlag = Atomic(options.writable)
         activeFlag = Atomic(!options.inactive)
+        writeGate = WriteGate(open: options.writable && !options.inactive)
     }
 
     /// The first 512 bytes (fewer for a smaller image), where formats keep their magic.
@@ -133,32 +138,35 @@ public final class BlockImage: Sendable {
     }
 
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
-        try checkWritable()
-        try checkRange(byteOffset, Int64(buffer.count))
-        if formatWasProbed && format == "raw" && byteOffset < 512 {
-            try refuseProbeChange(at: byteOffset, buffer)
+        try admittedWrite { () throws(BlockError) in
+            try checkRange(byteOffset, Int64(buffer.count))
+            if formatWasProbed && format == "raw" && byteOffset < 512 {
+                try refuseProbeChange(at: byteOffset, buffer)
+            }
+            try rootDriver.write(at: byteOffset, from: buffer)
         }
-        try rootDriver.write(at: byteOffset, from: buffer)
     }
 
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool = false) throws(BlockError) {
-        try checkWritable()
-        try checkRange(byteOffset, byteCount)
-        try rootDriver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
+        try admittedWrite { () throws(BlockError) in
+            try checkRange(byteOffset, byteCount)
+            try rootDriver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
+        }
     }
 
     /// Grows the image to `byteCount` bytes. Resizing needs QEMU's "resize" permission, which a
     /// guest-like open does not hold: it is taken for the resize (QEMU's words if another open
     /// refuses to share it) and given back after.
     public func resize(to byteCount: Int64) throws(BlockError) {
-        try checkWritable()
-        guard byteCount >= 0 else { throw BlockError(.invalidRequest, "Invalid image size specified") }
-        let usual = currentRequest
-        var request = usual
-        request.held.insert(.resize)
-        try root.setNeeds(request, of: ObjectIdentifier(self))
-        defer { try? root.setNeeds(usual, of: ObjectIdentifier(self)) }
-        try root.driver.truncate(to: byteCount)
+        try admittedWrite { () throws(BlockError) in
+            guard byteCount >= 0 else { throw BlockError(.invalidRequest, "Invalid image size specified") }
+            let usual = currentRequest
+            var request = usual
+            request.held.insert(.resize)
+            try root.setNeeds(request, of: ObjectIdentifier(self))
+            defer { try? root.setNeeds(usual, of: ObjectIdentifier(self)) }
+            try root.driver.truncate(to: byteCount)
+        }
     }
 
     /// Whether the range is known to read as zeroes without reading it (see BlockDriver).
@@ -170,6 +178,12 @@ public final class BlockImage: Sendable {
     /// Makes completed writes durable. Format drivers flush their file themselves, after their
     /// own metadata (see BlockDriver), so one call at the top reaches the storage once.
     public func flush() throws(BlockError) {
+        guard writeGate.enter() else {
+            // Read-only or inactive, or a reopen or hand-over is under way: after it, not beside
+            // it, or this flush could return before that one has written back what it drained.
+            return try accessChange.withLock { _ throws(BlockError) in try rootDriver.flush() }
+        }
+        defer { writeGate.leave() }
         try rootDriver.flush()
     }
 
@@ -202,6 +216,29 @@ public final class BlockImage: Sendable {
         guard isWritable else { throw BlockError(.readOnly, "Block node is read-only") }
     }
 
+    /// Runs a change to the image once the write gate admits it. A closed gate means read-only,
+    /// inactive, or a reopen or hand-over under way: the write waits for that to end, then
+    /// looks again, so it is refused only if the image is then not writable.
+    private func admittedWrite(_ body: () throws(BlockError) -> Void) throws(BlockError) {
+        while !writeGate.enter() {
+            accessChange.withLock { _ in }
+            try checkWritable()
+        }
+        defer { writeGate.leave() }
+        try body()
+    }
+
+    /// Runs a reopen or hand-over step with no write under way and none admitted: writes already
+    /// in the drivers finish first, so none reaches the file after its permissions change. The
+    /// gate opens again after, if the image may then be written.
+    private func changingAccess(_ body: () throws(BlockError) -> Void) throws(BlockError) {
+        try accessChange.withLock { _ throws(BlockError) in
+            writeGate.close()
+            defer { if isWritable && isActive { writeGate.open() } }
+            try body()
+        }
+    }
+
     /// Refuses (`invalidRequest`) a range that is not inside the image — before a caller makes a
     /// buffer for it, too.
     public func checkRange(_ byteOffset: Int64, _ byteCount: Int64) throws(BlockError) {
@@ -232,25 +269,29 @@ public final class BlockImage: Sendable {
     /// Switches between read-only and read-write, keeping the locks continuous: the new
     /// permissions are taken before the old are given up, and a refusal (QEMU's words) leaves
     /// the image as it was. Going read-only writes back what is cached first, while this open
-    /// still holds write (QEMU's reopen flushes in its prepare step, too).
+    /// still holds write (QEMU's reopen flushes in its prepare step, too). Safe while other
+    /// threads do I/O: writes under way finish first (QEMU drains), later ones wait for the
+    /// reopen and then see its outcome; reads go on.
     public func reopen(writable: Bool) throws(BlockError) {
-        guard writable != isWritable else { return }
-        if writable && options.forceShare {
-            throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
+        try changingAccess { () throws(BlockError) in
+            guard writable != isWritable else { return }
+            if writable && options.forceShare {
+                throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
+            }
+            if !writable && isActive { try rootDriver.flush() }
+            let before = currentRequest
+            var reopened = options
+            reopened.writable = writable
+            if isActive { try root.setNeeds(reopened.userRequest, of: ObjectIdentifier(self)) }
+            do throws(BlockError) {
+                for node in root.subtree { try node.driver.reopen(writable: writable) }
+            } catch {
+                for node in root.subtree { try? node.driver.reopen(writable: !writable) }
+                if isActive { try? root.setNeeds(before, of: ObjectIdentifier(self)) }
+                throw error
+            }
+            writableFlag.store(writable, ordering: .releasing)
         }
-        if !writable && isActive { try flush() }
-        let before = currentRequest
-        var reopened = options
-        reopened.writable = writable
-        if isActive { try root.setNeeds(reopened.userRequest, of: ObjectIdentifier(self)) }
-        do throws(BlockError) {
-            for node in root.subtree { try node.driver.reopen(writable: writable) }
-        } catch {
-            for node in root.subtree { try? node.driver.reopen(writable: !writable) }
-            if isActive { try? root.setNeeds(before, of: ObjectIdentifier(self)) }
-            throw error
-        }
-        writableFlag.store(writable, ordering: .releasing)
     }
 
     /// Ends this open without waiting for the object to go: flushes, then drops the permission
@@ -259,15 +300,18 @@ public final class BlockImage: Sendable {
         try inactivate()
     }
 
-    /// Gives the image up for another process to take over: flush, then drop the permission locks.
+    /// Gives the image up for another process to take over: flush, then drop the permission
+    /// locks. Writes under way on other threads finish before the flush; later ones are refused.
     public func inactivate() throws(BlockError) {
-        guard isActive else { return }
-        try flush()
-        // While this open still holds write: nobody else has changed the file since the flush.
-        let stamp = try? fileDriver.changeStamp()
-        try root.setNeeds(.none, of: ObjectIdentifier(self))
-        inactiveSince.withLock { $0 = stamp }
-        activeFlag.store(false, ordering: .releasing)
+        try changingAccess { () throws(BlockError) in
+            guard isActive else { return }
+            try rootDriver.flush()
+            // While this open still holds write: nobody else has changed the file since the flush.
+            let stamp = try? fileDriver.changeStamp()
+            try root.setNeeds(.none, of: ObjectIdentifier(self))
+            inactiveSince.withLock { $0 = stamp }
+            activeFlag.store(false, ordering: .releasing)
+        }
     }
 
     /// Takes the image over: the permission locks of this open, or QEMU's words if another
@@ -276,21 +320,23 @@ public final class BlockImage: Sendable {
     /// of date, and the first allocation would hand out clusters the other process used. QEMU
     /// reloads them (invalidate-cache); here the caller opens the image again and activates that.
     public func activate() throws(BlockError) {
-        guard !isActive else { return }
-        try root.setNeeds(currentRequest, of: ObjectIdentifier(self))
-        // With the locks held, no other writer can change the file after this look.
-        if root.subtree.contains(where: { $0.driver.cachesMetadata }) {
-            do throws(BlockError) {
-                let since = inactiveSince.withLock { $0 }
-                guard let since, since == (try fileDriver.changeStamp()) else {
-                    throw BlockError(.stale, "'\(path)' changed while this open was inactive (another process wrote it): open it again to take it over")
+        try changingAccess { () throws(BlockError) in
+            guard !isActive else { return }
+            try root.setNeeds(currentRequest, of: ObjectIdentifier(self))
+            // With the locks held, no other writer can change the file after this look.
+            if root.subtree.contains(where: { $0.driver.cachesMetadata }) {
+                do throws(BlockError) {
+                    let since = inactiveSince.withLock { $0 }
+                    guard let since, since == (try fileDriver.changeStamp()) else {
+                        throw BlockError(.stale, "'\(path)' changed while this open was inactive (another process wrote it): open it again to take it over")
+                    }
+                } catch {
+                    try? root.setNeeds(.none, of: ObjectIdentifier(self))
+                    throw error
                 }
-            } catch {
-                try? root.setNeeds(.none, of: ObjectIdentifier(self))
-                throw error
             }
+            activeFlag.store(true, ordering: .releasing)
         }
-        activeFlag.store(true, ordering: .releasing)
     }
 
     /// The protocol driver under the format (and any test wrappers).

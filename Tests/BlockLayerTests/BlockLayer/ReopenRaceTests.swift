@@ -1,7 +1,9 @@
 // Reopen and the hand-over while other threads read and write the same open image. A reopen
 // once closed the old descriptor under requests that had already loaded its number; a file the
 // process opened next took the number, and a write landed there. So another thread opens files
-// all the while, to take every number that comes free.
+// all the while, to take every number that comes free. And a write that had passed the image's
+// checks could land after inactivate or a reopen read-only returned, once the write permission
+// was given up.
 import BlockLayer
 import Foundation
 import Glibc
@@ -157,5 +159,81 @@ struct ReopenRaceTests {
         }
         #expect(successfulWrites.load(ordering: .relaxed) > 0 && refusedWrites.load(ordering: .relaxed) > 0,
                 "writes ran both while writable and while read-only")
+    }
+
+    enum Change: String, CaseIterable, Sendable {
+        case reopenReadOnly, inactivate
+    }
+
+    @Test("no write reaches the file after a reopen read-only or inactivate returns, with writers under way",
+          arguments: Change.allCases)
+    func noWriteAfterGivingUpWrite(change: Change) throws {
+        let path = try scratch.rawImage(bytes: Self.writers * Self.blockSize)
+        // O_DIRECT and unaligned writes: each write reads its block before it writes it back, so
+        // one that passed the image's checks spends a while on its way to the file.
+        let image = try BlockImage.open(path, options: OpenOptions(format: "raw", writable: true, cache: .none))
+        let observer = open(path, O_RDONLY | O_CLOEXEC)
+        defer { close(observer) }
+        func contents() -> [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: Self.writers * Self.blockSize)
+            let count = bytes.withUnsafeMutableBytes { pread(observer, $0.baseAddress, $0.count, 0) }
+            return Array(bytes.prefix(max(count, 0)))
+        }
+
+        let done = Atomic(false)
+        let failures = Mutex<[String]>([])
+        /// Writes each writer has finished, refused or not.
+        let finished = Mutex([Int](repeating: 0, count: Self.writers))
+        let successfulWrites = Atomic(0)
+        let threads = DispatchGroup()
+        for writer in 0..<Self.writers {
+            threads.enter()
+            Thread.detachNewThread {
+                defer { threads.leave() }
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1000, alignment: 16)
+                defer { buffer.deallocate() }
+                var generation = 0
+                while !done.load(ordering: .acquiring) {
+                    generation += 1
+                    buffer.initializeMemory(as: UInt8.self, repeating: UInt8(generation % 255 + 1))
+                    do throws(BlockError) {
+                        try image.write(at: Int64(writer * Self.blockSize + 100), from: UnsafeRawBufferPointer(buffer))
+                        successfulWrites.add(1, ordering: .relaxed)
+                    } catch where error.code == .readOnly {
+                    } catch {
+                        failures.withLock { $0.append("write: \(error)") }
+                        return done.store(true, ordering: .releasing)
+                    }
+                    finished.withLock { $0[writer] += 1 }
+                }
+            }
+        }
+        do {
+            defer {
+                done.store(true, ordering: .releasing)
+                #expect(threads.wait(timeout: .now() + 120) == .success, "the writers did not finish")
+            }
+            for cycle in 0..<300 where !done.load(ordering: .acquiring) {
+                switch change {
+                case .reopenReadOnly: try image.reopen(writable: false)
+                case .inactivate: try image.inactivate()
+                }
+                let seen = finished.withLock { $0 }
+                let before = contents()
+                // A write under way when the change returned is done once its writer has
+                // finished one more.
+                #expect(eventually { finished.withLock { zip($0, seen).allSatisfy { $0 > $1 } } })
+                if contents() != before {
+                    failures.withLock { $0.append("cycle \(cycle): the file changed after \(change) returned") }
+                    break
+                }
+                switch change {
+                case .reopenReadOnly: try image.reopen(writable: true)
+                case .inactivate: try image.activate()
+                }
+            }
+        }
+        #expect(failures.withLock { $0 } == [])
+        #expect(successfulWrites.load(ordering: .relaxed) > 0)
     }
 }
