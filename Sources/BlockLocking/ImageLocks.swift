@@ -72,6 +72,8 @@ public final class ImageLocks: Sendable {
 
 /// An image file opened only to be locked: `blk hold`, `blk locks`, and test fixtures.
 /// The block layer's file driver owns its own descriptor and uses `ImageLocks` directly.
+/// It never takes a lease: whatever writes to a leased image must do it through the file
+/// driver, whose requests a fence can stop.
 public final class LockedImageFile: Sendable {
     public let locks: ImageLocks
     public var descriptor: FileDescriptor { locks.descriptor }
@@ -79,10 +81,10 @@ public final class LockedImageFile: Sendable {
     /// Opens `path` (O_CLOEXEC, so no child process inherits the locks) without locking it.
     /// `writable` is needed for an exclusive transaction lock: the kernel grants write locks only
     /// through descriptors open for writing.
-    public init(path: String, writable: Bool, mode: LockingMode = .auto, lease: LeasePolicy = .none) throws(LockingError) {
+    public init(path: String, writable: Bool, mode: LockingMode = .auto) throws(LockingError) {
         let descriptor = try Self.openDescriptor(path, writable: writable)
         do {
-            locks = try ImageLocks(descriptor: descriptor, path: path, mode: mode, writable: writable, lease: lease)
+            locks = try ImageLocks(descriptor: descriptor, path: path, mode: mode, writable: writable)
         } catch {
             try? descriptor.close()
             throw error

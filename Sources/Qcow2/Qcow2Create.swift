@@ -2,10 +2,10 @@
 // (header, extensions, backing name), the refcount table, the refcount blocks covering every
 // cluster the image uses, the L1 table, and with preallocation each L2 table followed by the
 // data clusters it maps — so `qemu-img check` finds it clean.
-// Like every creation (ImageCreation.swift), an image some process holds is never truncated.
+// Like every creation (ImageCreation.swift), an image some process holds is never truncated,
+// and every byte goes through the new file's FileDriver, the one fenced path.
 import BlockLayer
 import BlockLocking
-import Glibc
 
 extension Qcow2Format {
     /// Creates (or replaces) `path` as a qcow2 image of `virtualSize` bytes, reading through to
@@ -31,31 +31,18 @@ extension Qcow2Format {
         let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize), preallocated: preallocation != .off)
 
         let file = try createImageFile(at: path, byteCount: Int64(layout.fileBytes), locking: locking, lease: lease)
-        let descriptor = file.descriptor.rawValue
         func write(_ bytes: [UInt8], at offset: UInt64) throws(BlockError) {
-            var written = 0
-            while written < bytes.count {
-                let result = bytes[written...].withUnsafeBytes { chunk in
-                    valueOrErrno("pwrite", { pwrite(descriptor, chunk.baseAddress, chunk.count, off_t(offset) + off_t(written)) })
-                }
-                switch result {
-                case .success(let count): written += count
-                case .failure(let failure): throw BlockError(.ioError, "Could not write '\(path)': \(failure.errno)", cause: failure)
-                }
-            }
-        }
-        func flush() throws(BlockError) {
-            if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor) }) {
-                throw BlockError(.ioError, "Could not flush '\(path)': \(failure.errno)", cause: failure)
-            }
+            try bytes.withUnsafeBytes { buffer in
+                Result { () throws(BlockError) in try file.write(at: Int64(offset), from: buffer) }
+            }.get()
         }
         // Data first (full preallocation writes zeroes over the whole range), then the tables,
         // the header last: a crash leaves no file that claims to be a qcow2 image.
-        try file.preallocate(Int64(layout.firstL2TableCluster * layout.clusterSize)..<Int64(layout.fileBytes), preallocation, path: path)
+        try file.preallocate(Int64(layout.firstL2TableCluster * layout.clusterSize)..<Int64(layout.fileBytes), preallocation)
         try layout.writeTables(write)
-        try flush()
+        try file.flush()
         try write(layout.headerCluster(backingFile: backingFile, backingFormat: backingFormat), at: 0)
-        try flush()
+        try file.flush()
     }
 
     /// Where each piece of a new image goes, in clusters.

@@ -3,6 +3,14 @@
 // Map: opening (two descriptors) · positional I/O with short-count and EINTR loops · O_DIRECT
 // bounce buffers · zeroes through fallocate · flush and its poisoning · locks.
 //
+// The one fenced path: every system call that changes an image file or forces it to storage
+// (pwrite, ftruncate, fallocate, fdatasync) is made here, inside `leased`, whichever command
+// asks — creation and convert's final sync included. Under a sanlock lease each request is
+// admitted by the registration, so once a fence has marked the lease lost nothing new starts,
+// and the fence waits for the requests admitted before it. A request that could run unbounded
+// (zeroes written the long way, a preallocation) is cut into admissions of 1 MiB, so a fence
+// never waits for more than one piece.
+//
 // Two descriptors, as QEMU's file-posix keeps a lock descriptor apart from its I/O descriptor:
 // the locks live on a descriptor that never changes, so reopening read-only ↔ read-write swaps
 // only the I/O file description and the locks stay continuous. (Locks on a fresh descriptor would be
@@ -202,43 +210,56 @@ public final class FileDriver: BlockDriver {
     }
 
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
-        try leased { () throws(BlockError) in try unleasedWriteZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap) }
+        let zeroed = try leased { () throws(BlockError) -> Bool in
+            let descriptor = try writableDescriptor()
+            let mode = blk_FALLOC_FL_KEEP_SIZE | (mayUnmap ? blk_FALLOC_FL_PUNCH_HOLE : blk_FALLOC_FL_ZERO_RANGE)
+            switch valueOrErrno("fallocate", { blk_fallocate(descriptor.rawValue, Int32(mode), byteOffset, byteCount) }) {
+            case .success:
+                return true
+            case .failure(let failure) where failure.errno == .notSupported || failure.errno == .invalidArgument:
+                return false // the file system cannot: write zeroes the long way
+            case .failure(let failure):
+                throw failedByReopen(failure) ?? BlockError.systemCall(failure, "write zeroes at \(byteOffset) of '\(path)'")
+            }
+        }
+        guard !zeroed else { return }
+        try writeZeroesTheLongWay(byteOffset..<byteOffset + byteCount)
     }
 
-    private func unleasedWriteZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
-        let descriptor = try writableDescriptor()
-        let mode = blk_FALLOC_FL_KEEP_SIZE | (mayUnmap ? blk_FALLOC_FL_PUNCH_HOLE : blk_FALLOC_FL_ZERO_RANGE)
-        switch valueOrErrno("fallocate", { blk_fallocate(descriptor.rawValue, Int32(mode), byteOffset, byteCount) }) {
-        case .success:
-            return
-        case .failure(let failure) where failure.errno == .notSupported || failure.errno == .invalidArgument:
-            break // the file system cannot: write zeroes the long way
-        case .failure(let failure):
-            throw failedByReopen(failure) ?? BlockError.systemCall(failure, "write zeroes at \(byteOffset) of '\(path)'")
-        }
-        let chunk = 1 << 20
-        let zeroes = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: Self.directAlignment)
+    /// Writes zeroes over `range`, 1 MiB per request: each piece is admitted on its own, so a
+    /// fence stops the run between pieces instead of waiting for all of it.
+    func writeZeroesTheLongWay(_ range: Range<Int64>) throws(BlockError) {
+        let chunk = Int64(Self.zeroChunkBytes)
+        let zeroes = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.zeroChunkBytes, alignment: Self.directAlignment)
         defer { zeroes.deallocate() }
         zeroes.initializeMemory(as: UInt8.self, repeating: 0)
-        var done: Int64 = 0
-        while done < byteCount {
-            let count = Int(min(Int64(chunk), byteCount - done))
-            try unleasedWrite(at: byteOffset + done, from: UnsafeRawBufferPointer(rebasing: zeroes[0..<count]))
-            done += Int64(count)
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let count = Int(min(chunk, range.upperBound - offset))
+            try write(at: offset, from: UnsafeRawBufferPointer(rebasing: zeroes[0..<count]))
+            offset += Int64(count)
         }
     }
 
+    static let zeroChunkBytes = 1 << 20
+
     public func flush() throws(BlockError) {
-        try leased { () throws(BlockError) in try unleasedFlush() }
+        try leased { () throws(BlockError) in try unleasedFlush(evenIfUnsafe: false) }
     }
 
-    private func unleasedFlush() throws(BlockError) {
+    /// fdatasync whatever the cache mode: how a copy written with `.unsafe` (no flush along the
+    /// way) is made durable in one go at the end.
+    public func flushIgnoringCacheMode() throws(BlockError) {
+        try leased { () throws(BlockError) in try unleasedFlush(evenIfUnsafe: true) }
+    }
+
+    private func unleasedFlush(evenIfUnsafe: Bool) throws(BlockError) {
         try flushFailure.withLock { (flushFailure) throws(BlockError) in
             if let failure = flushFailure {
                 throw BlockError(.ioError, "flush of '\(path)' failed before (\(failure.errno)); data written since may be lost, so no later flush can succeed",
                                  cause: failure)
             }
-            guard writableFlag.load(ordering: .acquiring), cache != .unsafe else { return }
+            guard writableFlag.load(ordering: .acquiring), cache != .unsafe || evenIfUnsafe else { return }
             if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor.rawValue) }) {
                 flushFailure = failure
                 throw storageFailure(failure, "flush of '\(path)'")
@@ -275,6 +296,19 @@ public final class FileDriver: BlockDriver {
             case .failure(let failure):
                 throw failedByReopen(failure) ?? BlockError.systemCall(failure, "grow '\(path)' to \(byteCount) bytes")
             }
+        }
+    }
+
+    /// Allocates `range` (fallocate(2), mode 0): blocks reserved that read as zeroes, the file
+    /// grown to cover the range; a file system that cannot is an error, not a sparse file.
+    public func allocate(_ range: Range<Int64>) throws(BlockError) {
+        guard !range.isEmpty else { return }
+        try leased { () throws(BlockError) in
+            let descriptor = try writableDescriptor()
+            if case .failure(let failure) = valueOrErrno("fallocate", { blk_fallocate(descriptor.rawValue, 0, range.lowerBound, range.upperBound - range.lowerBound) }) {
+                throw failedByReopen(failure) ?? BlockError.systemCall(failure, "allocate \(range.upperBound - range.lowerBound) bytes at \(range.lowerBound) of '\(path)'")
+            }
+            cachedLength.max(range.upperBound, ordering: .relaxed)
         }
     }
 

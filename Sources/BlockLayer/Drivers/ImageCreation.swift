@@ -1,11 +1,11 @@
 // ImageCreation: making a new image file, for every format. As qemu-img does, an image some
 // process holds is never truncated: the file's bytes are locked (every permission held, none
 // shared) before it is resized, so a create over a running VM's disk fails with QEMU's words
-// instead of wiping it.
+// instead of wiping it. Every byte a creation writes, truncates, allocates or flushes goes
+// through a FileDriver, the one fenced path (FileDriver.swift): under a sanlock lease a fence
+// stops a creation as it stops any other writer.
 import BlockLocking
-import CLinuxIO
 import Glibc
-import SystemPackage
 
 /// How much of a new image is allocated up front (qemu-img's preallocation option). `metadata`
 /// is qcow2's alone: every table and cluster mapped, the data left to the file's holes.
@@ -13,60 +13,32 @@ public enum Preallocation: String, Sendable, CaseIterable {
     case off, metadata, falloc, full
 }
 
-extension LockedImageFile {
+extension FileDriver {
     /// Allocates `range` of the file: `falloc` reserves blocks that read as zeroes
-    /// (fallocate(2)), `full` writes the zeroes. The file grows to cover the range.
-    public func preallocate(_ range: Range<Int64>, _ mode: Preallocation, path: String) throws(BlockError) {
-        guard !range.isEmpty else { return }
-        let descriptor = descriptor.rawValue
+    /// (fallocate(2)), `full` writes the zeroes, 1 MiB per request. The file grows to cover the range.
+    public func preallocate(_ range: Range<Int64>, _ mode: Preallocation) throws(BlockError) {
         switch mode {
-        case .off, .metadata:
-            return
-        case .falloc:
-            if case .failure(let failure) = valueOrErrno("fallocate", { blk_fallocate(descriptor, 0, range.lowerBound, range.upperBound - range.lowerBound) }) {
-                throw BlockError.systemCall(failure, "Could not preallocate data for '\(path)'")
-            }
-        case .full:
-            let chunk = 1 << 20
-            let zeroes = [UInt8](repeating: 0, count: chunk)
-            var offset = range.lowerBound
-            while offset < range.upperBound {
-                let count = Int(min(Int64(chunk), range.upperBound - offset))
-                let result = zeroes.withUnsafeBytes { bytes in
-                    valueOrErrno("pwrite", { pwrite(descriptor, bytes.baseAddress, count, off_t(offset)) })
-                }
-                switch result {
-                case .success(let written): offset += Int64(written)
-                case .failure(let failure): throw BlockError.systemCall(failure, "Could not preallocate data for '\(path)'")
-                }
-            }
+        case .off, .metadata: return
+        case .falloc: try allocate(range)
+        case .full: try writeZeroesTheLongWay(range)
         }
     }
 }
 
-/// Creates `path` if needed, locks it against every other open (and, with leases configured,
-/// every other host), and empties it to `byteCount` zero bytes (sparse where the file system
-/// allows). The returned file holds the locks until the caller has written the format's metadata
-/// and lets it go.
+/// Creates `path` if needed, opens it read-write, locked against every other open (and, with
+/// leases configured, every other host), and empties it to `byteCount` zero bytes (sparse where
+/// the file system allows). The returned driver holds the locks and the lease until the caller
+/// has written the format's metadata through it and lets it go.
 public func createImageFile(at path: String, byteCount: Int64, locking: LockingMode,
-                            lease: LeasePolicy = .none) throws(BlockError) -> LockedImageFile {
+                            lease: LeasePolicy = .none) throws(BlockError) -> FileDriver {
     switch valueOrErrno("open", { Glibc.open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644) }) {
     case .success(let descriptor): close(descriptor)
     case .failure(let failure): throw BlockError.systemCall(failure, "Could not create '\(path)'")
     }
-    let file: LockedImageFile
-    do throws(LockingError) {
-        file = try LockedImageFile(path: path, writable: true, mode: locking, lease: lease)
-        try file.locks.setPermissions(PermissionRequest(held: .all, unshared: .all))
-    } catch {
-        throw BlockError(error)
-    }
-    let descriptor = file.descriptor.rawValue
-    for size in [0, byteCount] {
-        if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor, off_t(size)) }) {
-            throw BlockError.systemCall(failure, "Could not resize '\(path)' to \(byteCount) bytes")
-        }
-    }
+    let file = try FileDriver(path: path, writable: true, locking: locking, lease: lease)
+    try file.applyPermissions(PermissionRequest(held: .all, unshared: .all))
+    try file.truncate(to: 0)
+    try file.truncate(to: byteCount)
     return file
 }
 
@@ -77,6 +49,9 @@ extension RawDriver {
                               locking: LockingMode = .auto, lease: LeasePolicy = .none) throws(BlockError) {
         guard preallocation != .metadata else { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
         let file = try createImageFile(at: path, byteCount: byteCount, locking: locking, lease: lease)
-        try file.preallocate(0..<byteCount, preallocation, path: path)
+        try file.preallocate(0..<byteCount, preallocation)
+        // On the storage before the lease is given back (and the locks): a host that takes the
+        // image next must not have its writes overtaken by this page cache's write-back.
+        try file.flush()
     }
 }

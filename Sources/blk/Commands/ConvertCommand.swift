@@ -4,7 +4,6 @@ import ArgumentParser
 import BlockLayer
 import BlockLocking
 import FoundationEssentials
-import Glibc
 import Qcow2
 
 struct ConvertCommand: ParsableCommand {
@@ -55,7 +54,7 @@ struct ConvertCommand: ParsableCommand {
                 bar.update(Double(done) / Double(max(length, 1)), "\(humanSize(done)) of \(humanSize(length))")
             }
             try output.flush()
-            if outputCache == .writeback { try Self.makeDurable(destination) }
+            if outputCache == .writeback { try Self.makeDurable(output) }
             bar.finish()
         } catch {
             bar.finish()
@@ -65,17 +64,11 @@ struct ConvertCommand: ParsableCommand {
 
     /// The copy is written without the flushes that order a live image's metadata — a copy cut
     /// short by a crash is made again, not repaired — and made durable by one fdatasync at the
-    /// end, so the page cache writes everything back in one go.
-    private static func makeDurable(_ path: String) throws(BlockError) {
-        let descriptor: Int32
-        switch valueOrErrno("open", { Glibc.open(path, O_RDONLY | O_CLOEXEC) }) {
-        case .success(let opened): descriptor = opened
-        case .failure(let failure): throw BlockError(.ioError, "Could not open '\(path)' to flush it: \(failure.errno)", cause: failure)
-        }
-        defer { Glibc.close(descriptor) }
-        if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor) }) {
-            throw BlockError(.ioError, "Could not flush '\(path)': \(failure.errno)", cause: failure)
-        }
+    /// end, so the page cache writes everything back in one go. It goes through the output's
+    /// file driver like every other request, so under a lease a fence stops it too.
+    private static func makeDurable(_ output: BlockImage) throws(BlockError) {
+        guard let file = output.root.protocolNode.driver as? FileDriver else { return }
+        try file.flushIgnoringCacheMode()
     }
 
     /// The new image, `length` bytes of zeroes, opened read-write (with its locks) for the copy.
