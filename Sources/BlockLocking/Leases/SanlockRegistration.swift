@@ -31,8 +31,9 @@ final class SanlockRegistration: Sendable {
     struct Hold {
         var mode: LeaseMode
         var count: Int
-        /// Descriptors of the leased file, synced by the fence before the lease goes.
-        var descriptors: [Int32]
+        /// Per open of the leased file: its descriptor, and a duplicate of our own that the fence
+        /// syncs before the lease goes — valid even if the open closed its own meanwhile.
+        var descriptors: [(opened: Int32, synced: Int32)]
     }
 
     /// sanlock keeps at most this many resources per client (SANLK_MAX_RESOURCES).
@@ -61,6 +62,7 @@ final class SanlockRegistration: Sendable {
     }
 
     private init() throws(LockingError) {
+        Self.exitWaitsForFences()
         // Before registering: a failed kill path setup must not leave a registration behind.
         let fence = try Self.bindFenceSocket()
         let socket = blk_sanlock_register()
@@ -92,7 +94,7 @@ final class SanlockRegistration: Sendable {
                 if existing.mode == mode {
                     if !converting {
                         connection.holds[key]!.count += 1
-                        connection.holds[key]!.descriptors.append(image.descriptor)
+                        connection.holds[key]!.descriptors.append(Self.syncedCopy(of: image.descriptor))
                     }
                     return 0
                 }
@@ -114,9 +116,13 @@ final class SanlockRegistration: Sendable {
             // No waiting for a failed owner's lease to expire (8 × io_timeout + 60 s): a conflict
             // is answered at once, as every lock conflict is, and the caller may retry.
             let result = blk_sanlock_acquire(connection.socket, -1, UInt32(BLK_SANLK_ACQUIRE_OWNER_NOWAIT), &resource, &options)
-            if result == 0 { connection.holds[key] = Hold(mode: mode, count: 1, descriptors: [image.descriptor]) }
+            if result == 0 { connection.holds[key] = Hold(mode: mode, count: 1, descriptors: [Self.syncedCopy(of: image.descriptor)]) }
             return result
         }
+    }
+
+    private static func syncedCopy(of descriptor: Int32) -> (opened: Int32, synced: Int32) {
+        (descriptor, descriptor >= 0 ? fcntl(descriptor, F_DUPFD_CLOEXEC, 0) : -1)
     }
 
     /// Gives up one open's hold on `key`; the last one releases the lease. 0, or sanlock's
@@ -126,11 +132,15 @@ final class SanlockRegistration: Sendable {
             guard loss == nil, var existing = connection.holds[key] else { return 0 }
             if existing.count > 1 {
                 existing.count -= 1
-                if let index = existing.descriptors.firstIndex(of: descriptor) { existing.descriptors.remove(at: index) }
+                if let index = existing.descriptors.firstIndex(where: { $0.opened == descriptor }) {
+                    if existing.descriptors[index].synced >= 0 { close(existing.descriptors[index].synced) }
+                    existing.descriptors.remove(at: index)
+                }
                 connection.holds[key] = existing
                 return 0
             }
             connection.holds[key] = nil
+            for copy in existing.descriptors where copy.synced >= 0 { close(copy.synced) }
             return blk_sanlock_release(connection.socket, -1, 0, &resource)
         }
     }
@@ -157,23 +167,44 @@ final class SanlockRegistration: Sendable {
     /// Stops every write, lets the ones under way finish and reach the storage, then gives the
     /// leases up by closing the registration.
     private func fence(_ error: LockingError) {
+        Self.fencesUnderWay.add(1, ordering: .sequentiallyConsistent)
+        defer { Self.fencesUnderWay.subtract(1, ordering: .sequentiallyConsistent) }
         lossError.withLock { if $0 == nil { $0 = error } }
         lost.store(true, ordering: .sequentiallyConsistent)
-        // A write holds no lock the fence needs, so this ends; the bound is for a hung storage,
-        // where sanlock's own escalation (SIGKILL) takes over.
-        let deadline = currentMonotonicNanoseconds() + 30_000_000_000
-        while writesInFlight.load(ordering: .sequentiallyConsistent) > 0 && currentMonotonicNanoseconds() < deadline {
+        // A write holds no lock the fence needs, and every admission covers a bounded piece
+        // (FileDriver.swift), so this ends. No deadline: giving the lease up while an admitted
+        // write may still land would let it land after another host took the image. On a hung
+        // storage sanlock's own escalation takes over (SIGKILL), and the registration closes only
+        // when the process is gone.
+        while writesInFlight.load(ordering: .sequentiallyConsistent) > 0 {
             usleep(1000)
         }
         connection.withLock { connection in
             for hold in connection.holds.values {
-                for descriptor in hold.descriptors where descriptor >= 0 { _ = fdatasync(descriptor) }
+                for copy in hold.descriptors where copy.synced >= 0 {
+                    _ = fdatasync(copy.synced)
+                    close(copy.synced)
+                }
             }
             if connection.socket >= 0 { close(connection.socket) }
             connection.socket = -1
             connection.holds = [:]
         }
     }
+
+    /// Fences under way in this process. A command that fails with `lock-lost` may reach exit
+    /// while the watcher is still fencing; exiting would close the registration, giving the lease
+    /// up before the writes under way ended and the leased files were synced. So exit waits for
+    /// them (counted before the loss is marked, so whoever saw the loss sees the count).
+    private static let fencesUnderWay = Atomic<Int>(0)
+
+    private static let waitAtExit: Void = {
+        atexit {
+            while SanlockRegistration.fencesUnderWay.load(ordering: .sequentiallyConsistent) > 0 { usleep(1000) }
+        }
+    }()
+
+    private static func exitWaitsForFences() { _ = waitAtExit }
 
     // MARK: the kill path and the watcher
 
