@@ -4,7 +4,7 @@
 // sanlock (without a hardware watchdog) revokes a lease by killing its holder: when the host's
 // lockspace fails, or another host asks for the lease, it runs the client's kill path, and
 // SIGKILLs if that does not end the pid's hold. Our kill path is `blk lease fence PID`, which
-// tells the registration's watcher over an abstract Unix socket named after the pid (only root or
+// tells the registration's watcher over an abstract Unix socket with a random name (only root or
 // this process's user are heard). If the daemon itself goes away, the registration hangs up.
 // Either way the watcher fences: it marks the leases lost, so no new write starts; waits for the
 // writes already under way; syncs every leased file, so what was written under the lease is on
@@ -208,7 +208,24 @@ final class SanlockRegistration: Sendable {
 
     // MARK: the kill path and the watcher
 
-    private static var fenceSocketName: String { "blocklayer-lease-fence.\(getpid())" }
+    // The fence socket. An abstract name has no owner and no permissions: any local user may
+    // bind any name first. A name derived from the pid could be taken in advance for the next
+    // few thousand pids, failing every leased open. So the name is 128 random bits from the
+    // system RNG (getrandom), which no one can bind before we do, and `blk lease fence PID`
+    // finds it among the sockets PID itself has open (its /proc fd links, matched by inode in
+    // /proc/PID/net/unix): a socket someone else bound, whatever its name, is never chosen.
+    // Preferred to a socket file in a per-user runtime folder: nothing is left behind when the
+    // process is killed, no folder's owner and mode must be trusted (a folder under /tmp can
+    // itself be squatted, /run/user may not exist for root or in containers), and the rule for
+    // who may look is the kernel's own for /proc/PID/fd — root (sanlock) or the same user, the
+    // same senders the watcher hears.
+    static let fenceSocketPrefix = "blocklayer-lease-fence."
+
+    private static func randomFenceSocketName() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let bits = (0..<2).map { _ in String(generator.next() as UInt64, radix: 16).leftPadded(to: 16) }
+        return fenceSocketPrefix + bits.joined()
+    }
 
     /// Where the kill path's `blk` is: BLK_LEASE_FENCE_HELPER, else a `blk` beside this
     /// executable. Without one sanlock falls back to SIGKILL, which fences too, only harder.
@@ -243,14 +260,15 @@ final class SanlockRegistration: Sendable {
     private static func bindFenceSocket() throws(LockingError) -> Int32 {
         let fence = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fence >= 0 else { throw LockingError(.leaseUnavailable, "Could not make the lease fence socket: \(Errno.current)") }
-        var address = abstractAddress(fenceSocketName)
+        let name = randomFenceSocketName()
+        var address = abstractAddress(name)
         let bound = withUnsafePointer(to: &address.address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fence, $0, address.length) }
         }
         guard bound == 0, blk_pass_credentials(fence) == 0 else {
             let error = Errno.current
             close(fence)
-            throw LockingError(.leaseUnavailable, "Could not listen for sanlock's kill path on @\(fenceSocketName): \(error)")
+            throw LockingError(.leaseUnavailable, "Could not listen for sanlock's kill path on @\(name): \(error)")
         }
         return fence
     }
@@ -268,16 +286,51 @@ final class SanlockRegistration: Sendable {
 
     /// Tells the process `pid` to fence itself (what `blk lease fence` does for sanlock).
     static func sendFence(to pid: Int32, reason: String) throws(LockingError) {
+        let names = try fenceSocketNames(of: pid)
+        guard !names.isEmpty else {
+            throw LockingError(.notFound, "Could not fence pid \(pid): it has no BlockLayer lease registration")
+        }
         let sender = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard sender >= 0 else { throw LockingError(.ioError, "Could not make a socket: \(Errno.current)") }
         defer { close(sender) }
-        var address = abstractAddress("blocklayer-lease-fence.\(pid)")
         let message = Array(reason.utf8)
-        let sent = withUnsafePointer(to: &address.address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(sender, message, message.count, 0, $0, address.length) }
+        for name in names {
+            var address = abstractAddress(name)
+            let sent = withUnsafePointer(to: &address.address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(sender, message, message.count, 0, $0, address.length) }
+            }
+            if sent < 0 {
+                throw LockingError(.notFound, "Could not fence pid \(pid): its lease registration did not take the message (\(Errno.current))")
+            }
         }
-        if sent < 0 {
-            throw LockingError(.notFound, "Could not fence pid \(pid): it has no BlockLayer lease registration (\(Errno.current))")
+    }
+
+    /// The abstract names of the fence sockets `pid` has open: its descriptors that are sockets,
+    /// by inode, looked up in the socket table of its own network namespace.
+    static func fenceSocketNames(of pid: Int32) throws(LockingError) -> [String] {
+        guard let descriptors = listDirectory("/proc/\(pid)/fd") else {
+            let error = Errno.current
+            if error == .noSuchFileOrDirectory {
+                throw LockingError(.notFound, "Could not fence pid \(pid): no such process")
+            }
+            throw LockingError(.ioError, "Could not fence pid \(pid): its descriptors cannot be listed (\(error)); only root or its own user may fence it")
+        }
+        var socketInodes = Set<Substring>()
+        var target = [CChar](repeating: 0, count: 64)
+        for descriptor in descriptors {
+            let length = readlink("/proc/\(pid)/fd/\(descriptor)", &target, target.count - 1)
+            guard length > 0 else { continue }
+            let link = String(decoding: target[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if link.hasPrefix("socket:["), link.hasSuffix("]") { socketInodes.insert(link.dropFirst(8).dropLast()) }
+        }
+        guard let table = readProcFile("/proc/\(pid)/net/unix") else {
+            throw LockingError(.ioError, "Could not fence pid \(pid): /proc/\(pid)/net/unix cannot be read (\(Errno.current))")
+        }
+        // "Num RefCount Protocol Flags Type St Inode Path", the path "@name" for an abstract one.
+        return table.split(separator: "\n").dropFirst().compactMap { line -> String? in
+            let fields = line.split(separator: " ", maxSplits: 7)
+            guard fields.count == 8, socketInodes.contains(fields[6]), fields[7].hasPrefix("@" + fenceSocketPrefix) else { return nil }
+            return String(fields[7].dropFirst())
         }
     }
 
@@ -342,8 +395,8 @@ final class SanlockRegistration: Sendable {
                     break watching
                 }
             }
-            // The name is free before the registration is marked lost, so a new registration
-            // (made only after that) can listen on it.
+            // Closed before the registration is marked lost, and a new registration is made only
+            // after that: a process has at most one fence socket for `blk lease fence` to find.
             close(fence)
             registration.fence(reason)
         }
