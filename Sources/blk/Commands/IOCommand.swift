@@ -38,12 +38,19 @@ struct IOCommand: ParsableCommand {
         let opened = try imageOptions.open(image, writable: true, json: json)
         var held: [LockKind] = []
         var failed = false
+        var lost = false
         for step in steps {
             do throws(BlockError) {
                 if try !execute(step, on: opened, held: &held) { failed = true }
             } catch {
                 failed = true
                 printFailure(step, error)
+                // A lost lock or lease is not one failed request: no later one can succeed, and
+                // the image may be another host's now. The script stops, as a fenced writer must.
+                if error.code == .lockLost {
+                    lost = true
+                    break
+                }
             }
         }
         // Closing writes back the metadata of the writes above (qcow2): a failure there means
@@ -52,8 +59,10 @@ struct IOCommand: ParsableCommand {
             try opened.close()
         } catch {
             failed = true
+            lost = lost || error.code == .lockLost
             printError("close failed: \(error.description)")
         }
+        if lost { throw ExitCode(ExitStatus.ioError) }
         if failed { throw ExitCode(ExitStatus.failure) }
     }
 
