@@ -1,15 +1,26 @@
 // Qcow2Check: `blk check` for qcow2 (QEMU's qcow2_check_refcounts and check_oflag_copied). Every
 // cluster the metadata references is counted — the header, each L1 table (active and snapshot),
-// every L2 table and data cluster they reach (once per L1 that reaches them, as snapshots share
-// them), compressed clusters' host clusters, the refcount table and blocks, the snapshot table —
-// and compared with the refcount the image stores:
+// every L2 table and data cluster they reach (once per L1 entry that names them, as snapshots
+// share them), compressed clusters' host clusters, the refcount table and blocks, the snapshot
+// table — and compared with the refcount the image stores:
 //
 //   stored > counted   a leak: space wasted, no harm to data (repair: lower the refcount)
 //   stored < counted   corruption: a cluster in use could be handed out again (repair, with
 //                      -r all: raise the refcount)
 //   COPIED set on an active L1 or L2 entry exactly when its cluster's refcount is 1, never on
 //                      a compressed entry — otherwise corruption (-r all: set it right)
-//   a reference past the end of the file, or unaligned: corruption, reported only
+//   a reference past the end of the file, or unaligned, or a refcount block the refcount table
+//                      names twice: corruption, reported only
+//
+// Memory follows the metadata and the file's length, never what the metadata claims: a count
+// byte per cluster of the file (ClusterReferenceCounts) and a bit for "stored refcount is 1",
+// no list per cluster; findings are counted and the first thousand of each kind kept
+// (Qcow2CheckResult). Each distinct L1 and L2 table is read once, however many entries name it,
+// and what it references is counted once per naming entry: a table named by 4 million L1 entries
+// costs one read, and its refcount of 1 against 4 million references is the corruption reported.
+// The passes: (1) which clusters have refcount 1, for the COPIED checks; (2) the references;
+// (3) stored against counted, refcount block by refcount block. Refcount repairs happen in (3),
+// as qemu-img's do in its comparison, so no list of them is kept.
 //
 // Repairs go through the writer (Qcow2Allocation.swift), so they are ordered as every write is;
 // refcounts first, then the COPIED flags judged by the repaired refcounts. A clean result of -r
@@ -18,54 +29,23 @@ import BlockLayer
 
 public enum Qcow2Repair: Sendable { case leaks, all }
 
-public struct Qcow2CheckResult: Sendable {
-    public struct Mismatch: Sendable {
-        public var cluster: UInt64
-        public var refcount: UInt64
-        public var references: UInt64
-    }
-
-    /// An active L1 or L2 entry whose COPIED bit disagrees with its cluster's refcount.
-    public struct CopiedFlagError: Sendable {
-        public var l2TableOffset: UInt64? // nil: an L1 entry
-        public var index: Int
-        public var entry: UInt64
-        public var refcount: UInt64
-
-        public var message: String {
-            let hex = String(entry, radix: 16)
-            if l2TableOffset == nil { return "OFLAG_COPIED L2 cluster: l1_index=\(index) l1_entry=\(hex) refcount=\(refcount)" }
-            if entry & Qcow2Driver.compressedBit != 0 { return "OFLAG_COPIED compressed cluster: l2_entry=\(hex)" }
-            return "OFLAG_COPIED data cluster: l2_entry=\(hex) refcount=\(refcount)"
-        }
-    }
-
-    public var leaks: [Mismatch] = []
-    public var refcountErrors: [Mismatch] = []
-    public var copiedFlagErrors: [CopiedFlagError] = []
-    /// References the check cannot repair: past the end of the file, unaligned, invalid tables.
-    public var otherErrors: [String] = []
-    public var leaksFixed = 0
-    public var corruptionsFixed = 0
-    public var totalClusters: UInt64 = 0
-    /// Guest clusters the active tables allocate, and of those, how many do not follow the one
-    /// before them in the file (fragmented) and how many are compressed — qemu-img's figures.
-    public var allocatedClusters: UInt64 = 0
-    public var fragmentedClusters: UInt64 = 0
-    public var compressedClusters: UInt64 = 0
-    public var imageEndOffset: UInt64 = 0
-
-    public var corruptionCount: Int { refcountErrors.count + copiedFlagErrors.count + otherErrors.count }
-}
-
 extension Qcow2Driver {
-    /// 2^28 clusters: 16 TiB of file in 64 KiB clusters, 3 GiB of counts.
+    /// 2^28 clusters: a file of 128 GiB in 512-byte clusters, 16 TiB in 64 KiB ones; 256 MiB of
+    /// counts at most (touched only where references land) and 32 MiB of refcount-is-1 bits.
     static let maxCheckedClusters: UInt64 = 1 << 28
 
     /// Counts references and compares them with the stored refcounts; with `repair`, fixes what
     /// it may (the image must be open read-write).
     public func check(repair: Qcow2Repair? = nil) throws(BlockError) -> Qcow2CheckResult {
         try writer.withLock { (state) throws(BlockError) in try checkAndRepair(repair, &state) }
+    }
+
+    /// What one pass of the check repairs as it finds it.
+    private struct CheckFixes: OptionSet {
+        let rawValue: Int
+        static let leaks = CheckFixes(rawValue: 1)
+        static let refcountErrors = CheckFixes(rawValue: 2)
+        static let copiedFlags = CheckFixes(rawValue: 4)
     }
 
     func checkAndRepair(_ repair: Qcow2Repair?, _ state: inout Qcow2WriterState) throws(BlockError) -> Qcow2CheckResult {
@@ -76,22 +56,14 @@ extension Qcow2Driver {
         }
         // What this open still holds in memory goes to disk first, so the check sees it.
         try writeBackMetadata(&state)
-        var result = try analyse(state)
-        guard let repair else { return result }
+        guard let repair else { return try analyse(&state, fixing: []) }
         try prepareForWriting(&state)
-        for leak in result.leaks { try setRefcount(ofCluster: leak.cluster, to: leak.references, &state) }
-        result.leaksFixed = result.leaks.count
-        guard repair == .all else {
-            try writeBackMetadata(&state)
-            return result
-        }
-        for error in result.refcountErrors { try setRefcount(ofCluster: error.cluster, to: error.references, &state) }
+        var result = try analyse(&state, fixing: repair == .all ? [.leaks, .refcountErrors] : .leaks)
         try writeBackMetadata(&state)
-        let recounted = try analyse(state)
-        for error in recounted.copiedFlagErrors { try fixCopiedFlag(error, &state) }
+        guard repair == .all else { return result }
+        result.corruptionsFixed += try analyse(&state, fixing: .copiedFlags).corruptionsFixed
         try writeBackMetadata(&state)
-        result.corruptionsFixed = result.refcountErrors.count + recounted.copiedFlagErrors.count
-        if try analyse(state).corruptionCount == 0 {
+        if try analyse(&state, fixing: []).corruptionCount == 0 {
             let features = try incompatibleFeaturesOnDisk()
             if header.version >= 3 && features & (Qcow2Header.dirtyBit | Qcow2Header.corruptBit) != 0 {
                 try file.during(.headerUpdate) { () throws(BlockError) in
@@ -105,178 +77,271 @@ extension Qcow2Driver {
         return result
     }
 
-    private func fixCopiedFlag(_ error: Qcow2CheckResult.CopiedFlagError, _ state: inout Qcow2WriterState) throws(BlockError) {
-        let fixed = error.entry & Self.compressedBit != 0 || error.refcount != 1
-            ? error.entry & ~Self.copiedBit : error.entry | Self.copiedBit
-        guard let table = error.l2TableOffset else {
-            state.pendingL1[error.index] = fixed
-            cache.withLock { $0.setL1Entry(fixed, at: error.index) }
+    /// Sets the COPIED bit of an active L1 entry (`l2TableOffset` nil) or L2 entry as its
+    /// cluster's refcount says: set for a refcount of 1, clear otherwise and on compressed entries.
+    private func fixCopiedFlag(_ entry: UInt64, at index: Int, ofTableAt l2TableOffset: UInt64?, refcountIsOne: Bool,
+                               _ state: inout Qcow2WriterState) throws(BlockError) {
+        let fixed = entry & Self.compressedBit != 0 || !refcountIsOne ? entry & ~Self.copiedBit : entry | Self.copiedBit
+        guard let table = l2TableOffset else {
+            state.pendingL1[index] = fixed
+            cache.withLock { $0.setL1Entry(fixed, at: index) }
             return
         }
-        if !cache.withLock({ $0.setEntry(fixed, at: error.index, ofTableAt: table) }) {
+        if !cache.withLock({ $0.setEntry(fixed, at: index, ofTableAt: table) }) {
             var entries = try l2Table(at: table)
-            entries[error.index] = fixed
+            entries[index] = fixed
             cache.withLock { $0.insertDirty(entries, at: table) }
         }
     }
 
-    /// The check itself, reading the image as it is on disk.
-    private func analyse(_ state: Qcow2WriterState) throws(BlockError) -> Qcow2CheckResult {
+    /// One pass of the check, reading the image as it is on disk (and the refcount blocks this
+    /// pass repaired, as they are in memory), repairing what `fixes` names as it goes.
+    private func analyse(_ state: inout Qcow2WriterState, fixing fixes: CheckFixes) throws(BlockError) -> Qcow2CheckResult {
         var result = Qcow2CheckResult()
         let clusterSize = UInt64(self.clusterSize)
         let fileLength = UInt64(try file.driver.length())
-        let fileClusters = (fileLength + clusterSize - 1) / clusterSize
+        let fileClusters = fileLength / clusterSize + (fileLength % clusterSize == 0 ? 0 : 1)
         // A count per cluster of the file: a (sparse) file too large for that is refused, not
         // allowed to exhaust memory.
         guard fileClusters <= Self.maxCheckedClusters else {
             throw BlockError(.unsupported, "qcow2: the image file has \(fileClusters) clusters, more than this check counts (\(Self.maxCheckedClusters))")
         }
-        var references = [UInt32](repeating: 0, count: Int(fileClusters))
+        guard let counts = ClusterReferenceCounts(clusters: fileClusters) else {
+            throw BlockError(.noSpace, "qcow2: no memory to count the references of \(fileClusters) clusters")
+        }
 
-        func reference(_ offset: UInt64, bytes: UInt64, _ what: String) {
-            guard bytes > 0 else { return }
+        func reference(_ offset: UInt64, bytes: UInt64, times: UInt64 = 1, _ what: String) {
+            guard bytes > 0, times > 0 else { return }
             let (end, overflow) = offset.addingReportingOverflow(bytes)
             guard !overflow, end <= fileClusters * clusterSize else {
                 result.otherErrors.append("ERROR \(what) at offset 0x\(String(offset, radix: 16)) is past the end of the file")
                 return
             }
-            for cluster in offset / clusterSize...(end - 1) / clusterSize where references[Int(cluster)] < .max {
-                references[Int(cluster)] += 1
+            for cluster in offset / clusterSize...(end - 1) / clusterSize { counts.add(times, to: cluster) }
+        }
+
+        // The refcount table (at most 8 MiB, checked at open) and its blocks, read through one
+        // function: the block this pass repaired is in memory, the last one read is kept, as a
+        // hostile table may name one block for every entry.
+        let width = refcountWidth
+        let perBlock = width.entriesPerBlock(clusterSize: self.clusterSize)
+        let refcountTableBytes = state.refcountTableClusters * clusterSize
+        let refcountTable = try Self.readBytes(file, at: state.refcountTableOffset, count: Int(refcountTableBytes))
+            .bigEndianEntries.map { $0 & Self.offsetMask }
+        func isValidBlock(_ block: UInt64) -> Bool { block % clusterSize == 0 && block + clusterSize <= fileLength }
+        var lastBlockRead: (offset: UInt64, bytes: [UInt8])?
+        func refcountBlock(_ block: UInt64) throws(BlockError) -> [UInt8] {
+            if let repaired = state.refcountBlocks[block] { return repaired.bytes }
+            if let lastBlockRead, lastBlockRead.offset == block { return lastBlockRead.bytes }
+            let bytes = try Self.readBytes(file, at: block, count: self.clusterSize)
+            lastBlockRead = (block, bytes)
+            return bytes
+        }
+        /// The stored refcount of one cluster, for the few findings that print it.
+        func storedRefcount(_ cluster: UInt64) -> UInt64 {
+            let tableIndex = cluster / perBlock
+            guard tableIndex < UInt64(refcountTable.count), case let block = refcountTable[Int(tableIndex)],
+                  block != 0, isValidBlock(block), let bytes = try? refcountBlock(block) else { return 0 }
+            return width.value(in: bytes, at: Int(cluster % perBlock))
+        }
+        /// Calls `body` with runs of at most 64 Ki clusters of the file in order, and their stored
+        /// refcounts (nil where no refcount block counts them: all 0), decoded a run at a time.
+        func forEachRun(_ body: (_ first: UInt64, _ count: Int, _ stored: [UInt64]?) throws(BlockError) -> Void) throws(BlockError) {
+            var first: UInt64 = 0
+            while first < fileClusters {
+                let tableIndex = first / perBlock
+                let count = min(1 << 16, fileClusters - first, perBlock - first % perBlock)
+                let block = tableIndex < UInt64(refcountTable.count) ? refcountTable[Int(tableIndex)] : 0
+                let stored = block != 0 && isValidBlock(block)
+                    ? width.values(in: try refcountBlock(block), from: Int(first % perBlock), count: Int(count)) : nil
+                try body(first, Int(count), stored)
+                first += count
             }
         }
 
-        let activeL1Size = cache.withLock { $0.l1.count }
+        // (1) Which clusters of the file have refcount 1.
+        var refcountIsOneBits = [UInt64](repeating: 0, count: Int((fileClusters + 63) / 64))
+        try forEachRun { (first, count, stored) throws(BlockError) in
+            guard let stored else { return }
+            for index in 0..<count where stored[index] == 1 {
+                let cluster = Int(first) + index
+                refcountIsOneBits[cluster / 64] |= 1 << UInt64(cluster % 64)
+            }
+        }
+        let refcountIsOne = refcountIsOneBits
+        func storedIsOne(_ offset: UInt64) -> Bool {
+            let cluster = offset / clusterSize
+            return cluster < fileClusters && refcountIsOne[Int(cluster / 64)] >> (cluster % 64) & 1 != 0
+        }
+
+        // (2) The references. Snapshots' L1 tables that are one table (same offset and size) are
+        // read once, counted as often as they are named.
         reference(0, bytes: clusterSize, "header")
-        var l1Tables: [(offset: UInt64, entries: Int, name: String)] = [(state.l1TableOffset, activeL1Size, "active L1 table")]
+        var l1Tables = [(offset: state.l1TableOffset, entries: cache.withLock { $0.l1.count }, name: "active L1 table", times: UInt64(1), isActive: true)]
         if header.snapshotCount > 0 {
             let snapshots = try Qcow2Snapshot.readTable(of: self)
             reference(header.snapshotsOffset, bytes: snapshots.tableBytes, "snapshot table")
-            l1Tables += snapshots.entries.enumerated().map { ($1.l1TableOffset, Int($1.l1Size), "snapshot \($0 + 1) L1 table") }
-        }
-        // The active tables' entries, for the COPIED check once refcounts are known.
-        var activeL1: [(index: Int, entry: UInt64)] = []
-        var activeL2: [(table: UInt64, index: Int, entry: UInt64, host: UInt64)] = []
-        var nextContiguous: UInt64 = 0
-        func countAllocated(host: UInt64, compressed: Bool) {
-            result.allocatedClusters += 1
-            if compressed {
-                // Fragmented by nature, as qemu-img counts them: neighbours share sectors.
-                result.compressedClusters += 1
-                result.fragmentedClusters += 1
-                return
+            var tableAt = [state.l1TableOffset: 0]
+            for (number, snapshot) in snapshots.entries.enumerated() {
+                if let same = tableAt[snapshot.l1TableOffset], l1Tables[same].entries == Int(snapshot.l1Size) {
+                    l1Tables[same].times += 1
+                } else {
+                    tableAt[snapshot.l1TableOffset] = tableAt[snapshot.l1TableOffset] ?? l1Tables.count
+                    l1Tables.append((snapshot.l1TableOffset, Int(snapshot.l1Size), "snapshot \(number + 1) L1 table", 1, false))
+                }
             }
-            if nextContiguous != 0 && host != nextContiguous { result.fragmentedClusters += 1 }
-            nextContiguous = host + clusterSize
         }
-        for (tableNumber, (l1Offset, entries, name)) in l1Tables.enumerated() {
-            reference(l1Offset, bytes: UInt64(entries) * 8, name)
-            let (l1End, overflow) = l1Offset.addingReportingOverflow(UInt64(entries) * 8)
-            guard l1Offset % clusterSize == 0, !overflow, l1End <= fileLength else {
-                result.otherErrors.append("ERROR \(name) at offset 0x\(String(l1Offset, radix: 16)) is invalid")
+        // Every L2 table the L1 entries name: its offset, with bit 0 set when the entries are
+        // active (offsets are cluster-aligned), how many entries name it, and how many references
+        // they make (each entry as often as its L1 table is named). Sorted, the names of one table
+        // lie together.
+        var l2Names: [(key: UInt64, entries: UInt64, times: UInt64)] = []
+        for table in l1Tables {
+            reference(table.offset, bytes: UInt64(table.entries) * 8, times: table.times, table.name)
+            let (l1End, overflow) = table.offset.addingReportingOverflow(UInt64(table.entries) * 8)
+            guard table.offset % clusterSize == 0, !overflow, l1End <= fileLength else {
+                result.otherErrors.append("ERROR \(table.name) at offset 0x\(String(table.offset, radix: 16)) is invalid")
                 continue
             }
-            let l1 = try Self.readBytes(file, at: l1Offset, count: entries * 8)
-            for index in 0..<entries {
-                let l1Entry = l1.bigEndian(UInt64.self, at: index * 8)
+            let l1 = try Self.readBytes(file, at: table.offset, count: table.entries * 8).bigEndianEntries
+            for (index, l1Entry) in l1.enumerated() {
                 let l2Offset = l1Entry & Self.offsetMask
                 guard l2Offset != 0 else { continue }
                 guard l2Offset % clusterSize == 0, l2Offset + clusterSize <= fileLength else {
-                    result.otherErrors.append("ERROR L2 table at offset 0x\(String(l2Offset, radix: 16)) (\(name) entry \(index)) is invalid")
+                    result.otherErrors.append("ERROR L2 table at offset 0x\(String(l2Offset, radix: 16)) (\(table.name) entry \(index)) is invalid")
                     continue
                 }
-                if tableNumber == 0 { activeL1.append((index, l1Entry)) }
-                nextContiguous = 0 // as qemu-img, fragmentation is counted within each L2 table
-                reference(l2Offset, bytes: clusterSize, "L2 table")
-                let l2 = try Self.readBytes(file, at: l2Offset, count: self.clusterSize)
-                for entryIndex in 0..<l2Entries {
-                    let entry = l2.bigEndian(UInt64.self, at: entryIndex * 8)
-                    let cluster = UInt64(index) * UInt64(l2Entries) + UInt64(entryIndex)
-                    var host: UInt64 = 0
-                    switch try? mapping(ofEntry: entry, cluster: cluster) {
-                    case .data(let offset)?:
-                        host = offset
-                        reference(offset, bytes: clusterSize, "data cluster")
-                        if tableNumber == 0 { countAllocated(host: offset, compressed: false) }
-                    case .compressed(let offset, let count)?:
-                        reference(offset, bytes: UInt64(count), "compressed cluster")
-                        if tableNumber == 0 { countAllocated(host: offset, compressed: true) }
-                        if tableNumber == 0 && entry & Self.copiedBit != 0 { activeL2.append((l2Offset, entryIndex, entry, 0)) }
-                    case .zeroes?:
-                        // A preallocated zero cluster still owns its host cluster.
-                        host = entry & Self.offsetMask
-                        if host != 0 { reference(host, bytes: clusterSize, "zero cluster") }
-                        if host != 0 && tableNumber == 0 { countAllocated(host: host, compressed: false) }
-                    case .unallocated?:
-                        break
-                    case nil:
-                        result.otherErrors.append("ERROR offset=0x\(String(entry & Self.offsetMask, radix: 16)): Cluster is not properly aligned; L2 entry corrupted")
-                    }
-                    if tableNumber == 0 && host != 0 { activeL2.append((l2Offset, entryIndex, entry, host)) }
+                // An entry naming the table the entry before it named adds to that one's count.
+                let key = table.isActive ? l2Offset | 1 : l2Offset
+                if l2Names.last?.key == key {
+                    l2Names[l2Names.count - 1].entries += 1
+                    l2Names[l2Names.count - 1].times += table.times
+                } else {
+                    l2Names.append((key, 1, table.times))
+                }
+                guard table.isActive, storedIsOne(l2Offset) != (l1Entry & Self.copiedBit != 0) else { continue }
+                result.copiedFlagErrors.append(.init(l2TableOffset: nil, index: index, entry: l1Entry,
+                                                     refcount: storedRefcount(l2Offset / clusterSize)))
+                if fixes.contains(.copiedFlags) {
+                    try fixCopiedFlag(l1Entry, at: index, ofTableAt: nil, refcountIsOne: storedIsOne(l2Offset), &state)
+                    result.corruptionsFixed += 1
                 }
             }
         }
-
-        let (refcounts, refcountTableErrors) = try storedRefcounts(state, fileClusters: fileClusters,
-                                                                   reference: { reference($0, bytes: $1, $2) })
-        result.otherErrors += refcountTableErrors
-        var highestUsedCluster: UInt64?
-        for cluster in 0..<fileClusters {
-            let stored = refcounts[Int(cluster)], counted = UInt64(references[Int(cluster)])
-            if stored > 0 || counted > 0 { highestUsedCluster = cluster }
-            if stored > counted {
-                result.leaks.append(.init(cluster: cluster, refcount: stored, references: counted))
-            } else if stored < counted {
-                result.refcountErrors.append(.init(cluster: cluster, refcount: stored, references: counted))
+        l2Names.sort { $0.key < $1.key }
+        var nameIndex = 0
+        while nameIndex < l2Names.count {
+            let l2Offset = l2Names[nameIndex].key & ~1
+            var times: UInt64 = 0, activeTimes: UInt64 = 0
+            while nameIndex < l2Names.count && l2Names[nameIndex].key & ~1 == l2Offset {
+                times += l2Names[nameIndex].times
+                if l2Names[nameIndex].key & 1 != 0 { activeTimes += l2Names[nameIndex].entries }
+                nameIndex += 1
             }
+            reference(l2Offset, bytes: clusterSize, times: times, "L2 table")
+            let l2 = try Self.readBytes(file, at: l2Offset, count: self.clusterSize).bigEndianEntries
+            // qemu-img's figures, within each table (fragmentation restarts with each), counted
+            // once per active entry that names the table.
+            var allocated: UInt64 = 0, fragmented: UInt64 = 0, compressed: UInt64 = 0, nextContiguous: UInt64 = 0
+            for (entryIndex, entry) in l2.enumerated() {
+                var host: UInt64 = 0
+                switch try? mapping(ofEntry: entry, cluster: UInt64(entryIndex)) {
+                case .data(let offset)?:
+                    host = offset
+                    reference(offset, bytes: clusterSize, times: times, "data cluster")
+                case .compressed(let offset, let count)?:
+                    reference(offset, bytes: UInt64(count), times: times, "compressed cluster")
+                    // Fragmented by nature, as qemu-img counts them: neighbours share sectors.
+                    allocated += 1
+                    compressed += 1
+                    fragmented += 1
+                    guard activeTimes > 0, entry & Self.copiedBit != 0 else { continue }
+                    result.copiedFlagErrors.append(.init(l2TableOffset: l2Offset, index: entryIndex, entry: entry, refcount: 0))
+                    if fixes.contains(.copiedFlags) {
+                        try fixCopiedFlag(entry, at: entryIndex, ofTableAt: l2Offset, refcountIsOne: false, &state)
+                        result.corruptionsFixed += 1
+                    }
+                case .zeroes?:
+                    // A preallocated zero cluster still owns its host cluster.
+                    host = entry & Self.offsetMask
+                    if host != 0 { reference(host, bytes: clusterSize, times: times, "zero cluster") }
+                case .unallocated?:
+                    break
+                case nil:
+                    result.otherErrors.append("ERROR offset=0x\(String(entry & Self.offsetMask, radix: 16)): Cluster is not properly aligned; L2 entry corrupted")
+                }
+                guard host != 0 else { continue }
+                allocated += 1
+                if nextContiguous != 0 && host != nextContiguous { fragmented += 1 }
+                nextContiguous = host + clusterSize
+                guard activeTimes > 0, storedIsOne(host) != (entry & Self.copiedBit != 0) else { continue }
+                result.copiedFlagErrors.append(.init(l2TableOffset: l2Offset, index: entryIndex, entry: entry,
+                                                     refcount: storedRefcount(host / clusterSize)))
+                if fixes.contains(.copiedFlags) {
+                    try fixCopiedFlag(entry, at: entryIndex, ofTableAt: l2Offset, refcountIsOne: storedIsOne(host), &state)
+                    result.corruptionsFixed += 1
+                }
+            }
+            result.allocatedClusters += allocated * activeTimes
+            result.fragmentedClusters += fragmented * activeTimes
+            result.compressedClusters += compressed * activeTimes
         }
-        func stored(_ offset: UInt64) -> UInt64 {
-            let cluster = Int(offset / clusterSize)
-            return cluster < refcounts.count ? refcounts[cluster] : 0
+        l2Names = []
+
+        reference(state.refcountTableOffset, bytes: refcountTableBytes, "refcount table")
+        for (tableIndex, block) in refcountTable.enumerated() where block != 0 {
+            guard isValidBlock(block) else {
+                result.otherErrors.append("ERROR refcount block \(tableIndex) at offset 0x\(String(block, radix: 16)) is unaligned or past the end of the file")
+                continue
+            }
+            reference(block, bytes: clusterSize, "refcount block")
+            // As qemu-img: a block named twice (or also named as something else) is corruption.
+            let named = counts[block / clusterSize]
+            if named > 1 { result.otherErrors.append("ERROR refcount block \(tableIndex) refcount=\(named)") }
         }
-        for (index, entry) in activeL1 where (stored(entry & Self.offsetMask) == 1) != (entry & Self.copiedBit != 0) {
-            result.copiedFlagErrors.append(.init(l2TableOffset: nil, index: index, entry: entry, refcount: stored(entry & Self.offsetMask)))
-        }
-        for (table, index, entry, host) in activeL2 {
-            let isCompressed = entry & Self.compressedBit != 0
-            if isCompressed || (stored(host) == 1) != (entry & Self.copiedBit != 0) {
-                result.copiedFlagErrors.append(.init(l2TableOffset: table, index: index, entry: entry,
-                                                     refcount: isCompressed ? 0 : stored(host)))
+
+        // (3) Stored against counted. Each run counts in local variables, as a hostile image makes
+        // every cluster of the file a finding.
+        var highestUsedCluster: UInt64?
+        let noRefcounts = [UInt64](repeating: 0, count: 1 << 16)
+        let fixesLeaks = fixes.contains(.leaks), fixesRefcounts = fixes.contains(.refcountErrors)
+        try forEachRun { (first, count, stored) throws(BlockError) in
+            let stored = stored ?? noRefcounts
+            var highestInRun: Int?, unlistedLeaks = 0, leaksListFull = result.leaks.isFull
+            defer {
+                result.leaks.countUnlisted(unlistedLeaks)
+                if let highestInRun { highestUsedCluster = first + UInt64(highestInRun) }
+            }
+            for index in 0..<count {
+                let cluster = first + UInt64(index)
+                let storedCount = stored[index], counted = counts[cluster]
+                if storedCount > 0 || counted > 0 { highestInRun = index }
+                if storedCount > counted {
+                    if leaksListFull && !fixesLeaks {
+                        unlistedLeaks += 1
+                        continue
+                    }
+                    result.leaks.append(.init(cluster: cluster, refcount: storedCount, references: counted))
+                    leaksListFull = result.leaks.isFull
+                    guard fixesLeaks else { continue }
+                    try setRefcount(ofCluster: cluster, to: counted, &state)
+                    result.leaksFixed += 1
+                } else if storedCount < counted {
+                    result.refcountErrors.append(.init(cluster: cluster, refcount: storedCount, references: counted))
+                    // A count past the refcount width cannot be stored; it stays an error.
+                    guard fixesRefcounts, counted <= width.maximum else { continue }
+                    try setRefcount(ofCluster: cluster, to: counted, &state)
+                    result.corruptionsFixed += 1
+                } else {
+                    continue
+                }
+                // A repair may have written blocks (refcount table growth): read them again.
+                lastBlockRead = nil
             }
         }
         result.totalClusters = (UInt64(try length()) + clusterSize - 1) / clusterSize
         // As qemu-img: the end of the last cluster in use, which the file may stop short of.
         result.imageEndOffset = highestUsedCluster.map { ($0 + 1) * clusterSize } ?? 0
         return result
-    }
-
-    /// The refcount of every cluster of the file, as stored (any refcount width); the refcount
-    /// table and blocks are counted as references on the way.
-    private func storedRefcounts(_ state: Qcow2WriterState, fileClusters: UInt64,
-                                 reference: (UInt64, UInt64, String) -> Void) throws(BlockError) -> ([UInt64], [String]) {
-        let clusterSize = UInt64(self.clusterSize)
-        let width = refcountWidth
-        let perBlock = width.entriesPerBlock(clusterSize: self.clusterSize)
-        let tableBytes = state.refcountTableClusters * clusterSize
-        reference(state.refcountTableOffset, tableBytes, "refcount table")
-        let table = try Self.readBytes(file, at: state.refcountTableOffset, count: Int(tableBytes))
-        var refcounts = [UInt64](repeating: 0, count: Int(fileClusters))
-        var errors: [String] = []
-        let fileLength = UInt64(try file.driver.length())
-        for tableIndex in 0..<table.count / 8 {
-            let block = table.bigEndian(UInt64.self, at: tableIndex * 8) & Self.offsetMask
-            guard block != 0 else { continue }
-            guard block % clusterSize == 0, block + clusterSize <= fileLength else {
-                errors.append("ERROR refcount block \(tableIndex) at offset 0x\(String(block, radix: 16)) is unaligned or past the end of the file")
-                continue
-            }
-            reference(block, clusterSize, "refcount block")
-            let first = UInt64(tableIndex) * perBlock
-            guard first < fileClusters else { continue }
-            let bytes = try Self.readBytes(file, at: block, count: Int(clusterSize))
-            for index in 0..<min(perBlock, fileClusters - first) {
-                refcounts[Int(first + index)] = width.value(in: bytes, at: Int(index))
-            }
-        }
-        return (refcounts, errors)
     }
 }

@@ -25,6 +25,33 @@ struct RefcountWidth: Sendable {
         }
     }
 
+    /// `count` refcounts of a block from entry `first` on, decoded in one go, for the check that
+    /// walks them all.
+    func values(in block: [UInt8], from first: Int, count: Int) -> [UInt64] {
+        block.withUnsafeBytes { bytes in
+            [UInt64](unsafeUninitializedCapacity: count) { values, initialized in
+                // One loop per width: the switch outside, as the check decodes millions of entries.
+                switch bits {
+                case 64:
+                    for slot in 0..<count { values[slot] = UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: (first + slot) * 8, as: UInt64.self)) }
+                case 32:
+                    for slot in 0..<count { values[slot] = UInt64(UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: (first + slot) * 4, as: UInt32.self))) }
+                case 16:
+                    for slot in 0..<count { values[slot] = UInt64(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: (first + slot) * 2, as: UInt16.self))) }
+                case 8:
+                    for slot in 0..<count { values[slot] = UInt64(bytes[first + slot]) }
+                default:
+                    let perByte = 8 / bits
+                    for slot in 0..<count {
+                        let index = first + slot
+                        values[slot] = UInt64(bytes[index / perByte] >> UInt8((index % perByte) * bits)) & maximum
+                    }
+                }
+                initialized = count
+            }
+        }
+    }
+
     /// Stores `value`, which the caller has checked against `maximum`.
     func set(_ value: UInt64, in block: inout [UInt8], at index: Int) {
         switch bits {

@@ -87,18 +87,21 @@ struct CheckCommand: ParsableCommand {
     }
 
     /// One line per finding, on stderr as qemu-img prints them; "Repairing" for what was repaired.
+    /// Of each kind only the findings the check kept are listed, then how many more there were.
     private func printFindings(_ result: Qcow2CheckResult, repaired: Repair?) {
         var lines: [String] = []
-        for leak in result.leaks {
-            lines.append("\(repaired != nil ? "Repairing" : "Leaked") cluster \(leak.cluster) refcount=\(leak.refcount) reference=\(leak.references)")
+        func list<Finding>(_ findings: Qcow2CheckResult.Findings<Finding>, _ what: String, _ line: (Finding) -> String) {
+            lines += findings.listed.map(line)
+            if findings.unlisted > 0 { lines.append("... and \(findings.unlisted) more \(what) (\(findings.count) in all)") }
         }
-        for error in result.refcountErrors {
-            lines.append("\(repaired == .all ? "Repairing" : "ERROR") cluster \(error.cluster) refcount=\(error.refcount) reference=\(error.references)")
+        list(result.leaks, "leaked clusters") {
+            "\(repaired != nil ? "Repairing" : "Leaked") cluster \($0.cluster) refcount=\($0.refcount) reference=\($0.references)"
         }
-        for error in result.copiedFlagErrors {
-            lines.append("\(repaired == .all ? "Repairing" : "ERROR") \(error.message)")
+        list(result.refcountErrors, "refcount errors") {
+            "\(repaired == .all ? "Repairing" : "ERROR") cluster \($0.cluster) refcount=\($0.refcount) reference=\($0.references)"
         }
-        lines += result.otherErrors
+        list(result.copiedFlagErrors, "OFLAG_COPIED errors") { "\(repaired == .all ? "Repairing" : "ERROR") \($0.message)" }
+        list(result.otherErrors, "other errors") { $0 }
         if !lines.isEmpty { writeStandardError(lines.joined(separator: "\n") + "\n") }
     }
 
@@ -112,7 +115,8 @@ struct CheckCommand: ParsableCommand {
             print("This means waste of disk space, but no harm to data.")
         }
         if result.corruptionCount == 0 && result.leaks.isEmpty { print("No errors were found on the image.") }
-        if result.totalClusters > 0 {
+        // As qemu-img: only when something is allocated.
+        if result.totalClusters > 0 && result.allocatedClusters > 0 {
             func percent(_ part: UInt64, of whole: UInt64) -> String {
                 formatted("%.2f%%", whole == 0 ? 0 : Double(part) * 100 / Double(whole))
             }

@@ -47,6 +47,79 @@ struct Damage: Sendable, CustomTestStringConvertible {
     ]
 }
 
+/// qcow2 images written field by field into sparse files, for the checks that must stay bounded
+/// whatever the metadata claims: a 32 GiB image takes a few MiB of disk.
+enum CraftedQcow2 {
+    /// A version 3 header with 16-bit refcounts, no extensions, no snapshots.
+    static func header(clusterBits: UInt32, size: UInt64, l1Size: UInt32, l1Offset: UInt64,
+                       refcountTableOffset: UInt64, refcountTableClusters: UInt32) -> [UInt8] {
+        var bytes: [UInt8] = [0x51, 0x46, 0x49, 0xfb] + Damage.be32(3) + Damage.be64(0) + Damage.be32(0)
+        bytes += Damage.be32(clusterBits) + Damage.be64(size) + Damage.be32(0) + Damage.be32(l1Size)
+        bytes += Damage.be64(l1Offset) + Damage.be64(refcountTableOffset) + Damage.be32(refcountTableClusters)
+        bytes += Damage.be32(0) + Damage.be64(0) // no snapshots
+        bytes += Damage.be64(0) + Damage.be64(0) + Damage.be64(0) // no features
+        bytes += Damage.be32(4) + Damage.be32(112) // refcount_order, header_length
+        return bytes + Damage.be64(0) // the end of the (no) extensions
+    }
+
+    /// `pattern` `count` times over.
+    static func repeated(_ pattern: [UInt8], count: Int) -> [UInt8] {
+        var bytes = pattern
+        bytes.reserveCapacity(pattern.count * count)
+        while bytes.count < pattern.count * count { bytes += bytes.prefix(pattern.count * count - bytes.count) }
+        return bytes
+    }
+
+    /// A sparse file of `length` bytes holding `pieces`.
+    static func write(_ path: String, length: UInt64, _ pieces: [(offset: UInt64, bytes: [UInt8])]) throws {
+        guard FileManager.default.createFile(atPath: path, contents: nil) else { throw TestFailure("create \(path)") }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        try handle.truncate(atOffset: length)
+        for piece in pieces {
+            try handle.seek(toOffset: piece.offset)
+            try handle.write(contentsOf: piece.bytes)
+        }
+    }
+
+    /// 512-byte clusters in a sparse file of `length` bytes, whose refcount table names one
+    /// refcount block in every entry, a block that counts each of its clusters once: every
+    /// cluster of the file is in use by the refcounts, and almost none is referenced. Returns
+    /// how many clusters the metadata references (header, L1 table, refcount table and block).
+    @discardableResult
+    static func refcountsClaimEverything(_ path: String, length: UInt64) throws -> UInt64 {
+        let entries = length / 512 / 256
+        let table: UInt64 = 1 << 20, block = table + entries * 8
+        try write(path, length: length, [
+            (0, header(clusterBits: 9, size: 1 << 20, l1Size: 32, l1Offset: 512, refcountTableOffset: table,
+                       refcountTableClusters: UInt32(entries * 8 / 512))),
+            (table, repeated(Damage.be64(block), count: Int(entries))),
+            (block, repeated([0, 1], count: 256)),
+        ])
+        return 1 + 1 + entries * 8 / 512 + 1
+    }
+
+    /// 64 KiB clusters: an L1 table of `l1Entries` entries, every one naming the same L2 table,
+    /// whose first entry names a data cluster; all with refcount 1 and COPIED, as if each were
+    /// named once. Returns the L2 table's cluster and the data cluster.
+    @discardableResult
+    static func l1EntriesShareOneL2Table(_ path: String, l1Entries: Int) throws -> (l2: UInt64, data: UInt64) {
+        let clusterSize: UInt64 = 65536
+        let l1 = clusterSize, l1Clusters = (UInt64(l1Entries) * 8 + clusterSize - 1) / clusterSize
+        let l2 = l1 + l1Clusters * clusterSize, table = l2 + clusterSize, block = table + clusterSize, data = block + clusterSize
+        let end = data + clusterSize
+        try write(path, length: end, [
+            (0, header(clusterBits: 16, size: UInt64(l1Entries) * 8192 * clusterSize, l1Size: UInt32(l1Entries), l1Offset: l1,
+                       refcountTableOffset: table, refcountTableClusters: 1)),
+            (l1, repeated(Damage.be64(l2 | 1 << 63), count: l1Entries)),
+            (l2, Damage.be64(data | 1 << 63)),
+            (table, Damage.be64(block)),
+            (block, repeated([0, 1], count: Int(end / clusterSize))),
+        ])
+        return (l2 / clusterSize, data / clusterSize)
+    }
+}
+
 @Suite("hostile qcow2 images")
 struct HostileImageTests {
     @Test("a damaged header is refused with its own message and exit code, and nothing is written", arguments: Damage.all)
@@ -121,5 +194,47 @@ struct HostileImageTests {
         let refused = try run(blkPath, ["info", first], within: 20)
         #expect(refused.status == 65, "\(refused)")
         #expect(refused.stderr.contains("the backing chain loops back to an image already in it"))
+    }
+
+    // The bounds of docs/reliability.md: `blk check` needs memory for the metadata it reads and
+    // a byte per cluster of the file, and reads each table once, whatever the tables claim.
+    @Test("check on a sparse 32 GiB file whose refcounts claim every cluster: within bounds, and qemu-img's findings")
+    func refcountsClaimEverything() throws {
+        let scratch = try Scratch()
+        let image = scratch.directory + "/claims.qcow2"
+        let length: UInt64 = 32 << 30
+        let referenced = try CraftedQcow2.refcountsClaimEverything(image, length: length)
+        let checked = try runMeasuringMemory(blkPath, ["check", image], within: 120)
+        #expect(checked.status == 2, "\(checked.stdout)")
+        #expect(checked.peakResidentKiB < 512 << 10, "peak RSS \(checked.peakResidentKiB) KiB")
+        let leaks = length / 512 - referenced
+        #expect(checked.stdout.contains("\n\(leaks) leaked clusters were found on the image."), "\(checked.stdout)")
+        #expect(checked.stderr.contains("... and \(leaks - 1000) more leaked clusters (\(leaks) in all)\n"))
+        // The same shape in 64 MiB, which qemu-img checks quickly: the same summary, to the count.
+        let small = scratch.directory + "/small.qcow2"
+        try CraftedQcow2.refcountsClaimEverything(small, length: 64 << 20)
+        let ours = try run(blkPath, ["check", small], within: 60)
+        let theirs = try run("/usr/bin/qemu-img", ["check", small], within: 60)
+        #expect(ours.status == 2 && theirs.status == 2, "blk \(ours.stdout)\nqemu-img \(theirs.stdout)")
+        #expect(ours.stdout == theirs.stdout)
+    }
+
+    @Test("check on an L1 table whose 4M entries all name one L2 table: read once, each reference counted, as qemu-img")
+    func l1EntriesShareOneL2Table() throws {
+        let scratch = try Scratch()
+        let image = scratch.directory + "/shared.qcow2"
+        let entries = 4 << 20
+        let (l2, data) = try CraftedQcow2.l1EntriesShareOneL2Table(image, l1Entries: entries)
+        let checked = try runMeasuringMemory(blkPath, ["check", image], within: 120)
+        #expect(checked.status == 2, "\(checked)")
+        #expect(checked.peakResidentKiB < 512 << 10, "peak RSS \(checked.peakResidentKiB) KiB")
+        #expect(checked.stderr == "ERROR cluster \(l2) refcount=1 reference=\(entries)\nERROR cluster \(data) refcount=1 reference=\(entries)\n")
+        // 1024 entries, which qemu-img checks quickly (it reads the table once per entry).
+        let small = scratch.directory + "/small.qcow2"
+        try CraftedQcow2.l1EntriesShareOneL2Table(small, l1Entries: 1024)
+        let ours = try run(blkPath, ["check", small], within: 60)
+        let theirs = try run("/usr/bin/qemu-img", ["check", small], within: 60)
+        #expect(ours.status == 2 && theirs.status == 2, "blk \(ours)\nqemu-img \(theirs)")
+        #expect(ours.stdout == theirs.stdout)
     }
 }
