@@ -13,7 +13,8 @@ public final class ImageLocks: Sendable {
     public let transaction: TransactionLock
     private let permissions: Mutex<PermissionLocks?>
 
-    /// The mount the image lives on, when /proc says.
+    /// The mount the image lives on, when /proc says; nil with locking off, where nothing asks:
+    /// an open without locks reads nothing from /proc.
     public let mount: MountInfo?
 
     /// The image's lease on shared storage, which follows the permission locks: exclusive while
@@ -28,7 +29,7 @@ public final class ImageLocks: Sendable {
         self.descriptor = descriptor
         self.path = path
         self.mode = mode
-        mount = MountInfo.of(descriptor)
+        mount = mode == .off ? nil : MountInfo.of(descriptor)
         decision = try LockingDecision.decide(mode, descriptor: descriptor, path: path, writable: writable, mount: mount)
         let locker = decision.flavor.map { ByteLocker(descriptor: descriptor, flavor: $0) }
         permissions = Mutex(locker.map { PermissionLocks(locker: $0, path: path) })

@@ -62,7 +62,9 @@ public final class BlockImage: Sendable {
         }
         var warnings = fileDriver.locks.decision.warnings
         let identity: FileIdentity
-        switch LockHolderScan.identity(of: fileDriver.locks.descriptor, on: fileDriver.locks.mount) {
+        // A loop is one file met twice by this process, which fstat's device and inode show
+        // alike for every open, with no /proc reading (the mount is known only when locking).
+        switch LockHolderScan.identity(of: fileDriver.locks.descriptor, on: nil) {
         case .success(let found): identity = found
         case .failure(let failure): throw BlockError.systemCall(failure, "Could not stat '\(path)'")
         }

@@ -80,4 +80,20 @@ struct MountInfoTests {
         #expect(BlockError.storageFailure(eio, "write", lockedOn: nil).code == .ioError, "not locked: just an I/O error")
         #expect(BlockError.storageFailure(SystemCallError("pwrite", .noSpace), "write", lockedOn: mounts[2]).code == .noSpace)
     }
+
+    @Test("an open with --locking off reads nothing of /proc: no mount table, no fdinfo; a locking open does")
+    func lockingOffReadsNoMountTable() throws {
+        let scratch = try Scratch()
+        let image = try scratch.qcow2Image(size: "1M")
+        func procFilesOpened(locking: String) throws -> [Substring] {
+            let trace = scratch.directory + "/trace-" + locking
+            let traced = try run("/usr/bin/strace", ["-f", "-qq", "-e", "trace=openat", "-o", trace, blkPath,
+                                                     "io", "--locking", locking, image, "-c", "read 0 512"])
+            #expect(traced.status == 0, "\(traced)")
+            return try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n")
+                .filter { $0.contains("/proc/self/mountinfo") || $0.contains("/proc/self/fdinfo") }
+        }
+        #expect(try procFilesOpened(locking: "off").isEmpty)
+        #expect(try !procFilesOpened(locking: "auto").isEmpty)
+    }
 }
