@@ -144,13 +144,14 @@ extension Qcow2Driver {
                   block != 0, isValidBlock(block), let bytes = try? refcountBlock(block) else { return 0 }
             return width.value(in: bytes, at: Int(cluster % perBlock))
         }
-        /// Calls `body` with runs of at most 64 Ki clusters of the file in order, and their stored
-        /// refcounts (nil where no refcount block counts them: all 0), decoded a run at a time.
+        /// Calls `body` with runs of at most `longestRun` clusters of the file in order, and their
+        /// stored refcounts (nil where no refcount block counts them: all 0), decoded a run at a time.
+        let longestRun = min(1 << 16, fileClusters)
         func forEachRun(_ body: (_ first: UInt64, _ count: Int, _ stored: [UInt64]?) throws(BlockError) -> Void) throws(BlockError) {
             var first: UInt64 = 0
             while first < fileClusters {
                 let tableIndex = first / perBlock
-                let count = min(1 << 16, fileClusters - first, perBlock - first % perBlock)
+                let count = min(longestRun, fileClusters - first, perBlock - first % perBlock)
                 let block = tableIndex < UInt64(refcountTable.count) ? refcountTable[Int(tableIndex)] : 0
                 let stored = block != 0 && isValidBlock(block)
                     ? width.values(in: try refcountBlock(block), from: Int(first % perBlock), count: Int(count)) : nil
@@ -303,7 +304,7 @@ extension Qcow2Driver {
         // (3) Stored against counted. Each run counts in local variables, as a hostile image makes
         // every cluster of the file a finding.
         var highestUsedCluster: UInt64?
-        let noRefcounts = [UInt64](repeating: 0, count: 1 << 16)
+        let noRefcounts = [UInt64](repeating: 0, count: Int(longestRun))
         let fixesLeaks = fixes.contains(.leaks), fixesRefcounts = fixes.contains(.refcountErrors)
         try forEachRun { (first, count, stored) throws(BlockError) in
             let stored = stored ?? noRefcounts
