@@ -23,6 +23,14 @@ public struct FormatOpenContext {
     public var formats: [any BlockFormat.Type]
     /// Files already open below this one in a backing chain, to refuse loops.
     public var chain: [FileIdentity]
+
+    /// For a format opened over a node the caller built (a driver of its own, not a file).
+    public init(path: String, options: OpenOptions, formats: [any BlockFormat.Type], chain: [FileIdentity] = []) {
+        self.path = path
+        self.options = options
+        self.formats = formats
+        self.chain = chain
+    }
 }
 
 public enum FormatProbe {
