@@ -114,7 +114,7 @@ extension Qcow2Driver {
             guard bytes > 0, times > 0 else { return }
             let (end, overflow) = offset.addingReportingOverflow(bytes)
             guard !overflow, end <= fileClusters * clusterSize else {
-                result.otherErrors.append("ERROR \(what) at offset 0x\(String(offset, radix: 16)) is past the end of the file")
+                result.otherErrors.append(.pastTheEnd(what: what, offset: offset))
                 return
             }
             for cluster in offset / clusterSize...(end - 1) / clusterSize { counts.add(times, to: cluster) }
@@ -201,7 +201,7 @@ extension Qcow2Driver {
             reference(table.offset, bytes: UInt64(table.entries) * 8, times: table.times, table.name)
             let (l1End, overflow) = table.offset.addingReportingOverflow(UInt64(table.entries) * 8)
             guard table.offset % clusterSize == 0, !overflow, l1End <= fileLength else {
-                result.otherErrors.append("ERROR \(table.name) at offset 0x\(String(table.offset, radix: 16)) is invalid")
+                result.otherErrors.append(.invalidL1Table(name: table.name, offset: table.offset))
                 continue
             }
             let l1 = try Self.readBytes(file, at: table.offset, count: table.entries * 8).bigEndianEntries
@@ -209,7 +209,7 @@ extension Qcow2Driver {
                 let l2Offset = l1Entry & Self.offsetMask
                 guard l2Offset != 0 else { continue }
                 guard l2Offset % clusterSize == 0, l2Offset + clusterSize <= fileLength else {
-                    result.otherErrors.append("ERROR L2 table at offset 0x\(String(l2Offset, radix: 16)) (\(table.name) entry \(index)) is invalid")
+                    result.otherErrors.append(.invalidL2Table(offset: l2Offset, l1Table: table.name, index: index))
                     continue
                 }
                 // An entry naming the table the entry before it named adds to that one's count.
@@ -269,7 +269,7 @@ extension Qcow2Driver {
                 case .unallocated?:
                     break
                 case nil:
-                    result.otherErrors.append("ERROR offset=0x\(String(entry & Self.offsetMask, radix: 16)): Cluster is not properly aligned; L2 entry corrupted")
+                    result.otherErrors.append(.unalignedCluster(offset: entry & Self.offsetMask))
                 }
                 guard host != 0 else { continue }
                 allocated += 1
@@ -292,13 +292,13 @@ extension Qcow2Driver {
         reference(state.refcountTableOffset, bytes: refcountTableBytes, "refcount table")
         for (tableIndex, block) in refcountTable.enumerated() where block != 0 {
             guard isValidBlock(block) else {
-                result.otherErrors.append("ERROR refcount block \(tableIndex) at offset 0x\(String(block, radix: 16)) is unaligned or past the end of the file")
+                result.otherErrors.append(.invalidRefcountBlock(index: tableIndex, offset: block))
                 continue
             }
             reference(block, bytes: clusterSize, "refcount block")
             // As qemu-img: a block named twice (or also named as something else) is corruption.
             let named = counts[block / clusterSize]
-            if named > 1 { result.otherErrors.append("ERROR refcount block \(tableIndex) refcount=\(named)") }
+            if named > 1 { result.otherErrors.append(.refcountBlockNamedAgain(index: tableIndex, references: named)) }
         }
 
         // (3) Stored against counted. Each run counts in local variables, as a hostile image makes

@@ -50,12 +50,38 @@ public struct Qcow2CheckResult: Sendable {
         }
     }
 
+    /// A reference or table the check cannot repair, put into words only when shown: a hostile
+    /// image makes thousands, most never shown.
+    public enum Problem: Sendable {
+        case pastTheEnd(what: String, offset: UInt64)
+        case invalidL1Table(name: String, offset: UInt64)
+        case invalidL2Table(offset: UInt64, l1Table: String, index: Int)
+        case unalignedCluster(offset: UInt64)
+        case invalidRefcountBlock(index: Int, offset: UInt64)
+        /// A refcount block the refcount table names more than once, or names as something else too.
+        case refcountBlockNamedAgain(index: Int, references: UInt64)
+
+        public var message: String {
+            func hex(_ offset: UInt64) -> String { "0x" + String(offset, radix: 16) }
+            switch self {
+            case .pastTheEnd(let what, let offset): return "ERROR \(what) at offset \(hex(offset)) is past the end of the file"
+            case .invalidL1Table(let name, let offset): return "ERROR \(name) at offset \(hex(offset)) is invalid"
+            case .invalidL2Table(let offset, let l1Table, let index):
+                return "ERROR L2 table at offset \(hex(offset)) (\(l1Table) entry \(index)) is invalid"
+            case .unalignedCluster(let offset): return "ERROR offset=\(hex(offset)): Cluster is not properly aligned; L2 entry corrupted"
+            case .invalidRefcountBlock(let index, let offset):
+                return "ERROR refcount block \(index) at offset \(hex(offset)) is unaligned or past the end of the file"
+            case .refcountBlockNamedAgain(let index, let references): return "ERROR refcount block \(index) refcount=\(references)"
+            }
+        }
+    }
+
     public var leaks = Findings<Mismatch>()
     public var refcountErrors = Findings<Mismatch>()
     public var copiedFlagErrors = Findings<CopiedFlagError>()
     /// References the check cannot repair: past the end of the file, unaligned, invalid tables,
     /// a refcount block named twice.
-    public var otherErrors = Findings<String>()
+    public var otherErrors = Findings<Problem>()
     public var leaksFixed = 0
     public var corruptionsFixed = 0
     public var totalClusters: UInt64 = 0

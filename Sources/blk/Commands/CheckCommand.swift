@@ -101,7 +101,7 @@ struct CheckCommand: ParsableCommand {
             "\(repaired == .all ? "Repairing" : "ERROR") cluster \($0.cluster) refcount=\($0.refcount) reference=\($0.references)"
         }
         list(result.copiedFlagErrors, "OFLAG_COPIED errors") { "\(repaired == .all ? "Repairing" : "ERROR") \($0.message)" }
-        list(result.otherErrors, "other errors") { $0 }
+        list(result.otherErrors, "other errors") { $0.message }
         if !lines.isEmpty { writeStandardError(lines.joined(separator: "\n") + "\n") }
     }
 
