@@ -13,39 +13,33 @@ struct StateAsyncTests {
 
     @Test("an async put waits in the kernel for a holder in another process, and cancelling it ends the wait")
     func cancelledWait() async throws {
-        let image = try scratch.rawImage(bytes: 1 << 20)
-        let store = try StateStore.open(image, role: .writer, options: .init(timeout: .seconds(60)))
-        try await store.put("permall", [1, 2, 3])
-        let holder = try LineProcess(blkPath, ["hold", "--shared", image, "--", "/bin/sh", "-c", "echo held; read line"])
-        #expect(try holder.nextLine() == "held")
-        let waiting = Task { try await store.put("permall", [4, 5, 6]) }
-        #expect(try await waitsInKernel(image), "the put waits in the kernel")
-        waiting.cancel()
-        let outcome = await waiting.result
-        guard case .failure(let error as StateError) = outcome else { Issue.record("the put was not cancelled: \(outcome)"); return }
-        #expect(error.block?.locking?.code.name == "cancelled", "\(error)")
-        #expect(try await store.get("permall") == [1, 2, 3], "nothing was committed")
+        // The put and the loop watching it share one thread of the test's own: were the put to
+        // block its thread, the loop could not see it wait (see SerialQueueExecutor).
+        let executor = SerialQueueExecutor("blk.test.async-put")
+        try await withTaskExecutorPreference(executor) {
+            let image = try scratch.rawImage(bytes: 1 << 20)
+            let store = try StateStore.open(image, role: .writer, options: .init(timeout: .seconds(60)))
+            try await store.put("permall", [1, 2, 3])
+            let holder = try LineProcess(blkPath, ["hold", "--shared", image, "--", "/bin/sh", "-c", "echo held; read line"])
+            #expect(try holder.nextLine() == "held")
+            let waiting = Task(executorPreference: executor) { try await store.put("permall", [4, 5, 6]) }
+            #expect(try await executor.eventually { try hasKernelWaiter(on: image) }, "the put waits in the kernel")
+            waiting.cancel()
+            let outcome = await waiting.result
+            guard case .failure(let error as StateError) = outcome else { Issue.record("the put was not cancelled: \(outcome)"); return }
+            #expect(error.block?.locking?.code.name == "cancelled", "\(error)")
+            #expect(try await store.get("permall") == [1, 2, 3], "nothing was committed")
 
-        // The same wait, not cancelled, ends when the holder lets go; a reader sees the commit.
-        let committing = Task { try await store.put("permall", [7, 8, 9]) }
-        #expect(try await waitsInKernel(image))
-        try holder.finish()
-        _ = try await committing.value
-        let reader = try StateStore.open(image, role: .reader)
-        #expect(try await reader.get("permall") == [7, 8, 9])
-        let verified = try await reader.verify()
-        #expect(verified.blobCount == 1 && verified.generation == 3, "init, then two commits")
-        try store.close()
-    }
-
-    /// Polls /proc/locks with async sleeps: a blocking poll would hold one of the few threads
-    /// that run tasks (two on a 2-core machine), and the task under test might never start.
-    func waitsInKernel(_ image: String) async throws -> Bool {
-        let deadline = ContinuousClock.now + .seconds(60)
-        while ContinuousClock.now < deadline {
-            if try hasKernelWaiter(on: image) { return true }
-            try await Task.sleep(for: .milliseconds(5))
+            // The same wait, not cancelled, ends when the holder lets go; a reader sees the commit.
+            let committing = Task(executorPreference: executor) { try await store.put("permall", [7, 8, 9]) }
+            #expect(try await executor.eventually { try hasKernelWaiter(on: image) })
+            try holder.finish()
+            _ = try await committing.value
+            let reader = try StateStore.open(image, role: .reader)
+            #expect(try await reader.get("permall") == [7, 8, 9])
+            let verified = try await reader.verify()
+            #expect(verified.blobCount == 1 && verified.generation == 3, "init, then two commits")
+            try store.close()
         }
-        return try hasKernelWaiter(on: image)
     }
 }
