@@ -45,7 +45,7 @@ func readImage(_ input: UnsafeRawBufferPointer) {
     guard let image = openImage(input, writable: false) else { return }
     defer { closeImage(image) }
     let root = image.root
-    if let qcow2 = root.driver as? Qcow2Driver { _ = try? qcow2.check() }
+    _ = try? root.driver.check(repair: nil)
     guard let length = try? root.driver.length() else { return }
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 4096)
     defer { buffer.deallocate() }
@@ -69,8 +69,9 @@ func writeImage(_ input: UnsafeRawBufferPointer) {
         let count = Int(min(4096, length - offset))
         _ = try? root.driver.write(at: offset, from: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
     }
-    if let qcow2 = root.driver as? Qcow2Driver, length >= Int64(qcow2.header.clusterSize) {
-        _ = try? qcow2.writeCompressed(cluster: 0, from: UnsafeRawBufferPointer(rebasing: buffer[0..<min(4096, qcow2.header.clusterSize)]))
+    if let clusterSize = try? root.driver.compressedClusterSize(), length >= Int64(clusterSize),
+       let cluster = try? root.driver.compressCluster(at: 0, UnsafeRawBufferPointer(rebasing: buffer[0..<min(4096, clusterSize)])) {
+        _ = try? root.driver.writeCompressed(cluster)
     }
 }
 

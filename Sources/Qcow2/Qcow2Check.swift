@@ -15,7 +15,7 @@
 // Memory follows the metadata and the file's length, never what the metadata claims: a count
 // byte per cluster of the file (ClusterReferenceCounts) and a bit for "stored refcount is 1",
 // no list per cluster; findings are counted and the first thousand of each kind kept
-// (Qcow2CheckResult). Each distinct L1 and L2 table is read once, however many entries name it,
+// (ImageCheckResult). Each distinct L1 and L2 table is read once, however many entries name it,
 // and what it references is counted once per naming entry: a table named by 4 million L1 entries
 // costs one read, and its refcount of 1 against 4 million references is the corruption reported.
 // The passes: (1) which clusters have refcount 1, for the COPIED checks; (2) the references;
@@ -27,8 +27,6 @@
 // all clears the dirty and corrupt bits, as QEMU does.
 import BlockLayer
 
-public enum Qcow2Repair: Sendable { case leaks, all }
-
 extension Qcow2Driver {
     /// 2^28 clusters: a file of 128 GiB in 512-byte clusters, 16 TiB in 64 KiB ones; 256 MiB of
     /// counts at most (touched only where references land) and 32 MiB of refcount-is-1 bits.
@@ -36,7 +34,7 @@ extension Qcow2Driver {
 
     /// Counts references and compares them with the stored refcounts; with `repair`, fixes what
     /// it may (the image must be open read-write).
-    public func check(repair: Qcow2Repair? = nil) throws(BlockError) -> Qcow2CheckResult {
+    public func check(repair: RepairMode?) throws(BlockError) -> ImageCheckResult {
         try writer.withLock { (state) throws(BlockError) in try checkAndRepair(repair, &state) }
     }
 
@@ -48,7 +46,7 @@ extension Qcow2Driver {
         static let copiedFlags = CheckFixes(rawValue: 4)
     }
 
-    func checkAndRepair(_ repair: Qcow2Repair?, _ state: inout Qcow2WriterState) throws(BlockError) -> Qcow2CheckResult {
+    func checkAndRepair(_ repair: RepairMode?, _ state: inout Qcow2WriterState) throws(BlockError) -> ImageCheckResult {
         // Persistent dirty bitmaps (autoclear bit 0) own clusters this check does not count yet:
         // it would call them leaks, and a repair would free them.
         if header.autoclearFeatures & 1 != 0 && !state.autoclearCleared {
@@ -96,8 +94,8 @@ extension Qcow2Driver {
 
     /// One pass of the check, reading the image as it is on disk (and the refcount blocks this
     /// pass repaired, as they are in memory), repairing what `fixes` names as it goes.
-    private func analyse(_ state: inout Qcow2WriterState, fixing fixes: CheckFixes) throws(BlockError) -> Qcow2CheckResult {
-        var result = Qcow2CheckResult()
+    private func analyse(_ state: inout Qcow2WriterState, fixing fixes: CheckFixes) throws(BlockError) -> ImageCheckResult {
+        var result = ImageCheckResult()
         let clusterSize = UInt64(self.clusterSize)
         let fileLength = UInt64(try file.driver.length())
         let fileClusters = fileLength / clusterSize + (fileLength % clusterSize == 0 ? 0 : 1)
@@ -114,7 +112,7 @@ extension Qcow2Driver {
             guard bytes > 0, times > 0 else { return }
             let (end, overflow) = offset.addingReportingOverflow(bytes)
             guard !overflow, end <= fileClusters * clusterSize else {
-                result.otherErrors.append(.pastTheEnd(what: what, offset: offset))
+                result.otherErrors.append(Qcow2CheckFinding.pastTheEnd(what: what, offset: offset))
                 return
             }
             for cluster in offset / clusterSize...(end - 1) / clusterSize { counts.add(times, to: cluster) }
@@ -201,7 +199,7 @@ extension Qcow2Driver {
             reference(table.offset, bytes: UInt64(table.entries) * 8, times: table.times, table.name)
             let (l1End, overflow) = table.offset.addingReportingOverflow(UInt64(table.entries) * 8)
             guard table.offset % clusterSize == 0, !overflow, l1End <= fileLength else {
-                result.otherErrors.append(.invalidL1Table(name: table.name, offset: table.offset))
+                result.otherErrors.append(Qcow2CheckFinding.invalidL1Table(name: table.name, offset: table.offset))
                 continue
             }
             let l1 = try Self.readBytes(file, at: table.offset, count: table.entries * 8).bigEndianEntries
@@ -209,7 +207,7 @@ extension Qcow2Driver {
                 let l2Offset = l1Entry & Self.offsetMask
                 guard l2Offset != 0 else { continue }
                 guard l2Offset % clusterSize == 0, l2Offset + clusterSize <= fileLength else {
-                    result.otherErrors.append(.invalidL2Table(offset: l2Offset, l1Table: table.name, index: index))
+                    result.otherErrors.append(Qcow2CheckFinding.invalidL2Table(offset: l2Offset, l1Table: table.name, index: index))
                     continue
                 }
                 // An entry naming the table the entry before it named adds to that one's count.
@@ -221,8 +219,8 @@ extension Qcow2Driver {
                     l2Names.append((key, 1, table.times))
                 }
                 guard table.isActive, storedIsOne(l2Offset) != (l1Entry & Self.copiedBit != 0) else { continue }
-                result.copiedFlagErrors.append(.init(l2TableOffset: nil, index: index, entry: l1Entry,
-                                                     refcount: storedRefcount(l2Offset / clusterSize)))
+                result.flagErrors.append(Qcow2CheckFinding.copiedFlag(l2TableOffset: nil, index: index, entry: l1Entry,
+                                                                      refcount: storedRefcount(l2Offset / clusterSize)))
                 if fixes.contains(.copiedFlags) {
                     try fixCopiedFlag(l1Entry, at: index, ofTableAt: nil, refcountIsOne: storedIsOne(l2Offset), &state)
                     result.corruptionsFixed += 1
@@ -257,7 +255,7 @@ extension Qcow2Driver {
                     compressed += 1
                     fragmented += 1
                     guard activeTimes > 0, entry & Self.copiedBit != 0 else { continue }
-                    result.copiedFlagErrors.append(.init(l2TableOffset: l2Offset, index: entryIndex, entry: entry, refcount: 0))
+                    result.flagErrors.append(Qcow2CheckFinding.copiedFlag(l2TableOffset: l2Offset, index: entryIndex, entry: entry, refcount: 0))
                     if fixes.contains(.copiedFlags) {
                         try fixCopiedFlag(entry, at: entryIndex, ofTableAt: l2Offset, refcountIsOne: false, &state)
                         result.corruptionsFixed += 1
@@ -269,15 +267,15 @@ extension Qcow2Driver {
                 case .unallocated?:
                     break
                 case nil:
-                    result.otherErrors.append(.unalignedCluster(offset: entry & Self.offsetMask))
+                    result.otherErrors.append(Qcow2CheckFinding.unalignedCluster(offset: entry & Self.offsetMask))
                 }
                 guard host != 0 else { continue }
                 allocated += 1
                 if nextContiguous != 0 && host != nextContiguous { fragmented += 1 }
                 nextContiguous = host + clusterSize
                 guard activeTimes > 0, storedIsOne(host) != (entry & Self.copiedBit != 0) else { continue }
-                result.copiedFlagErrors.append(.init(l2TableOffset: l2Offset, index: entryIndex, entry: entry,
-                                                     refcount: storedRefcount(host / clusterSize)))
+                result.flagErrors.append(Qcow2CheckFinding.copiedFlag(l2TableOffset: l2Offset, index: entryIndex, entry: entry,
+                                                                      refcount: storedRefcount(host / clusterSize)))
                 if fixes.contains(.copiedFlags) {
                     try fixCopiedFlag(entry, at: entryIndex, ofTableAt: l2Offset, refcountIsOne: storedIsOne(host), &state)
                     result.corruptionsFixed += 1
@@ -292,13 +290,13 @@ extension Qcow2Driver {
         reference(state.refcountTableOffset, bytes: refcountTableBytes, "refcount table")
         for (tableIndex, block) in refcountTable.enumerated() where block != 0 {
             guard isValidBlock(block) else {
-                result.otherErrors.append(.invalidRefcountBlock(index: tableIndex, offset: block))
+                result.otherErrors.append(Qcow2CheckFinding.invalidRefcountBlock(index: tableIndex, offset: block))
                 continue
             }
             reference(block, bytes: clusterSize, "refcount block")
             // As qemu-img: a block named twice (or also named as something else) is corruption.
             let named = counts[block / clusterSize]
-            if named > 1 { result.otherErrors.append(.refcountBlockNamedAgain(index: tableIndex, references: named)) }
+            if named > 1 { result.otherErrors.append(Qcow2CheckFinding.refcountBlockNamedAgain(index: tableIndex, references: named)) }
         }
 
         // (3) Stored against counted. Each run counts in local variables, as a hostile image makes

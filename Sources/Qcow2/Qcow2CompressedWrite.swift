@@ -6,44 +6,44 @@
 import BlockLayer
 
 extension Qcow2Driver {
-    /// Stores one guest cluster compressed. A cluster that would not shrink is stored as it is,
-    /// as QEMU does. `bytes` is the whole cluster, or the image's last, shorter one.
-    public func writeCompressed(cluster: UInt64, from bytes: UnsafeRawBufferPointer) throws(BlockError) {
-        try storeCompressed(try compress(bytes), cluster: cluster, original: bytes)
-    }
+    public func compressedClusterSize() throws(BlockError) -> Int { clusterSize }
 
-    /// The deflate stream for one cluster (zero-padded to a whole cluster), or nil when it would
-    /// not be smaller than a cluster. Needs no lock: callers may compress clusters in parallel
-    /// and store them in order with `storeCompressed`.
-    public func compress(_ bytes: UnsafeRawBufferPointer) throws(BlockError) -> [UInt8]? {
+    /// The deflate stream for one cluster (zero-padded to a whole cluster), or the whole cluster
+    /// as it is when the stream would not be smaller. Needs no lock: callers may compress
+    /// clusters in parallel and store them in order with `writeCompressed`.
+    public func compressCluster(at byteOffset: Int64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> CompressedCluster {
         guard header.compressionType == 0 else {
             throw BlockError(.unsupported, "qcow2: blk writes compressed clusters with zlib only; this image uses zstd")
         }
-        guard bytes.count <= clusterSize else { throw BlockError(.invalidRequest, "a compressed write covers one cluster") }
-        return try withWholeCluster(bytes) { (whole) throws(BlockError) in try Deflate.deflate(whole, limit: clusterSize - 1) }
-    }
-
-    /// `bytes` followed by zeroes up to a whole cluster.
-    private func withWholeCluster<Result>(_ bytes: UnsafeRawBufferPointer,
-                                          _ body: (UnsafeRawBufferPointer) throws(BlockError) -> Result) throws(BlockError) -> Result {
+        guard byteOffset % Int64(clusterSize) == 0, bytes.count <= clusterSize else {
+            throw BlockError(.invalidRequest, "a compressed write covers one cluster")
+        }
         let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
         defer { whole.deallocate() }
         whole.initializeMemory(as: UInt8.self, repeating: 0)
         whole.copyMemory(from: bytes)
-        return try body(UnsafeRawBufferPointer(whole))
+        let stream = try Deflate.deflate(UnsafeRawBufferPointer(whole), limit: clusterSize - 1)
+        return CompressedCluster(byteOffset: byteOffset, payload: stream.map { .compressed($0) } ?? .uncompressed(Array(whole)))
     }
 
-    /// Stores what `compress` made of `original` as guest cluster `cluster`: the compressed
-    /// stream, or `original` as it is when it did not compress.
-    public func storeCompressed(_ compressed: [UInt8]?, cluster: UInt64, original: UnsafeRawBufferPointer) throws(BlockError) {
+    /// Stores what `compressCluster` made: the compressed stream packed after the last one, or
+    /// the cluster as it is.
+    public func writeCompressed(_ prepared: CompressedCluster) throws(BlockError) {
         try refuseWritesIfCorrupt()
-        guard Int64(cluster) * Int64(clusterSize) + Int64(original.count) <= (try length()) else {
+        guard prepared.byteOffset >= 0, prepared.byteOffset % Int64(clusterSize) == 0, prepared.byteOffset < (try length()) else {
             throw BlockError(.invalidRequest, "a compressed write covers one cluster inside the image")
         }
-        guard let compressed else {
-            try withWholeCluster(original) { (whole) throws(BlockError) in try write(at: Int64(cluster) * Int64(clusterSize), from: whole) }
+        let compressed: [UInt8]
+        switch prepared.payload {
+        case .uncompressed(let bytes):
+            try bytes.withUnsafeBytes { buffer in
+                Result { () throws(BlockError) in try write(at: prepared.byteOffset, from: buffer) }
+            }.get()
             return
+        case .compressed(let stream):
+            compressed = stream
         }
+        let cluster = UInt64(prepared.byteOffset) / UInt64(clusterSize)
         try writer.withLock { (state) throws(BlockError) in
             try prepareForWriting(&state)
             let hostOffset = try allocateBytes(compressed.count, &state)

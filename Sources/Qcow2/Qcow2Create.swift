@@ -8,14 +8,14 @@ import BlockLayer
 import BlockLocking
 
 extension Qcow2Format {
-    /// Creates (or replaces) `path` as a qcow2 image of `virtualSize` bytes, reading through to
-    /// `backingFile` (a name relative to the image's folder, or absolute). With `preallocation`
-    /// other than `.off` every guest cluster is mapped to a host cluster up front (`metadata`:
-    /// left to the file's holes; `falloc`: reserved; `full`: written with zeroes).
-    public static func create(at path: String, virtualSize: Int64, clusterSize: Int = 65536,
-                              backingFile: String? = nil, backingFormat: String? = nil,
-                              preallocation: Preallocation = .off, locking: LockingMode = .auto,
-                              lease: LeasePolicy = .none) throws(BlockError) {
+    /// Creates (or replaces) `path` as a qcow2 image of `options.virtualSize` bytes (64 KiB
+    /// clusters unless asked), reading through to `options.backingFile` (a name relative to the
+    /// image's folder, or absolute). With preallocation other than `.off` every guest cluster
+    /// is mapped to a host cluster up front (`metadata`: left to the file's holes; `falloc`:
+    /// reserved; `full`: written with zeroes).
+    public static func create(at path: String, options: ImageCreateOptions) throws(BlockError) {
+        let clusterSize = options.clusterSize ?? 65536, virtualSize = options.virtualSize
+        let backingFile = options.backingFile, backingFormat = options.backingFormat, preallocation = options.preallocation
         guard clusterSize.nonzeroBitCount == 1, (512...(2 << 20)).contains(clusterSize) else {
             throw BlockError(.invalidRequest, "Cluster size must be a power of two between 512 and 2048k")
         }
@@ -30,7 +30,7 @@ extension Qcow2Format {
         }
         let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize), preallocated: preallocation != .off)
 
-        let file = try createImageFile(at: path, byteCount: Int64(layout.fileBytes), locking: locking, lease: lease)
+        let file = try createImageFile(at: path, byteCount: Int64(layout.fileBytes), locking: options.locking, lease: options.lease)
         func write(_ bytes: [UInt8], at offset: UInt64) throws(BlockError) {
             try bytes.withUnsafeBytes { buffer in
                 Result { () throws(BlockError) in try file.write(at: Int64(offset), from: buffer) }

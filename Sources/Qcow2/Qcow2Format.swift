@@ -13,6 +13,8 @@ public enum Qcow2Format: BlockFormat {
 
     public static func matches(header: [UInt8]) -> Bool { header.starts(with: FormatProbe.qcow2Magic) }
 
+    public static var writesCompressed: Bool { true }
+
     public static func open(file: BlockNode, context: FormatOpenContext) throws(BlockError) -> BlockNode {
         let headerBytes = try readHeaderCluster(file, fileLength: try file.driver.length())
         // The length now, after the header: a writer beside us grows the file before it points

@@ -8,19 +8,19 @@
 //   14  name_size        u16    32  vm_state_size   u32        then the id, then the name
 import BlockLayer
 
-public struct Qcow2Snapshot: Sendable, Hashable {
-    public var id: String
-    public var name: String
-    public var l1TableOffset: UInt64
-    public var l1Size: UInt32
-    public var dateSeconds: UInt32
-    public var dateNanoseconds: UInt32
-    public var vmClockNanoseconds: UInt64
-    public var vmStateSize: UInt64
+struct Qcow2Snapshot: Sendable, Hashable {
+    var id: String
+    var name: String
+    var l1TableOffset: UInt64
+    var l1Size: UInt32
+    var dateSeconds: UInt32
+    var dateNanoseconds: UInt32
+    var vmClockNanoseconds: UInt64
+    var vmStateSize: UInt64
     /// The guest's size when the snapshot was taken, if recorded.
-    public var diskSize: UInt64?
+    var diskSize: UInt64?
     /// Instructions executed (record/replay), if recorded.
-    public var icount: UInt64?
+    var icount: UInt64?
 
     /// QEMU's limit on the snapshot table (QCOW_MAX_SNAPSHOTS_SIZE).
     static let maxTableBytes = 64 << 20
@@ -70,5 +70,11 @@ public struct Qcow2Snapshot: Sendable, Hashable {
 
 extension Qcow2Driver {
     /// The internal snapshots, in table order.
-    public func snapshots() throws(BlockError) -> [Qcow2Snapshot] { try Qcow2Snapshot.readTable(of: self).entries }
+    public func snapshots() throws(BlockError) -> [SnapshotInfo] {
+        try Qcow2Snapshot.readTable(of: self).entries.map { snapshot in
+            SnapshotInfo(id: snapshot.id, name: snapshot.name, vmStateSize: snapshot.vmStateSize, dateSeconds: snapshot.dateSeconds,
+                         dateNanoseconds: snapshot.dateNanoseconds, vmClockNanoseconds: snapshot.vmClockNanoseconds,
+                         icount: snapshot.icount)
+        }
+    }
 }

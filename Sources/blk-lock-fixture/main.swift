@@ -91,7 +91,7 @@ func blockCommand(_ words: ArraySlice<Substring>) -> String? {
         case ("flush", let image?):
             try image.flush()
         case ("lease", let image?):
-            let lease = (image.root.protocolNode.driver as? FileDriver)?.locks.lease
+            let lease = image.lease
             return "ok \(lease?.mode.map { "\($0)" } ?? "none")\(lease?.loss != nil ? " lost" : "")"
         default:
             return nil

@@ -41,17 +41,3 @@ public func createImageFile(at path: String, byteCount: Int64, locking: LockingM
     try file.truncate(to: byteCount)
     return file
 }
-
-extension RawDriver {
-    /// Creates (or replaces) `path` as a raw image of `byteCount` zero bytes, allocated as
-    /// `preallocation` asks (sparse by default).
-    public static func create(at path: String, byteCount: Int64, preallocation: Preallocation = .off,
-                              locking: LockingMode = .auto, lease: LeasePolicy = .none) throws(BlockError) {
-        guard preallocation != .metadata else { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
-        let file = try createImageFile(at: path, byteCount: byteCount, locking: locking, lease: lease)
-        try file.preallocate(0..<byteCount, preallocation)
-        // On the storage before the lease is given back (and the locks): a host that takes the
-        // image next must not have its writes overtaken by this page cache's write-back.
-        try file.flush()
-    }
-}

@@ -77,6 +77,29 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// Drivers with a file pass it down; the fault-injection driver matches rules on it.
     func eventBegan(_ event: BlockEvent)
     func eventEnded(_ event: BlockEvent)
+
+    // MARK: format operations (QEMU's bdrv_co_check, bdrv_get_specific_info, bdrv_snapshot_list,
+    // bdrv_co_pwritev_compressed); a driver without one says so with `notSupportedByFormat`.
+
+    /// Compares the metadata with itself (refcounts against references) and, with `repair`,
+    /// fixes what it may: the node must then be writable.
+    func check(repair: RepairMode?) throws(BlockError) -> ImageCheckResult
+
+    /// What the format says about the image beyond its size.
+    func formatInfo() throws(BlockError) -> FormatSpecificInfo
+
+    /// The internal snapshots, in table order.
+    func snapshots() throws(BlockError) -> [SnapshotInfo]
+
+    /// The unit a compressed write stores: one cluster.
+    func compressedClusterSize() throws(BlockError) -> Int
+
+    /// The cluster at `byteOffset` (all of it, or the image's last, shorter one) made ready for
+    /// `writeCompressed`. Takes no lock: callers may compress clusters in parallel.
+    func compressCluster(at byteOffset: Int64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> CompressedCluster
+
+    /// Stores a cluster `compressCluster` made.
+    func writeCompressed(_ cluster: CompressedCluster) throws(BlockError)
 }
 
 extension BlockDriver {
@@ -93,4 +116,25 @@ extension BlockDriver {
     public var cachesMetadata: Bool { false }
     public func eventBegan(_ event: BlockEvent) {}
     public func eventEnded(_ event: BlockEvent) {}
+}
+
+extension BlockDriver {
+    public func check(repair: RepairMode?) throws(BlockError) -> ImageCheckResult {
+        throw BlockError(.notSupportedByFormat, "This image format does not support checks")
+    }
+    public func formatInfo() throws(BlockError) -> FormatSpecificInfo {
+        throw BlockError(.notSupportedByFormat, "The \(formatName) format has no format-specific information")
+    }
+    public func snapshots() throws(BlockError) -> [SnapshotInfo] {
+        throw BlockError(.notSupportedByFormat, "The \(formatName) format has no internal snapshots")
+    }
+    public func compressedClusterSize() throws(BlockError) -> Int {
+        throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")
+    }
+    public func compressCluster(at byteOffset: Int64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> CompressedCluster {
+        throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")
+    }
+    public func writeCompressed(_ cluster: CompressedCluster) throws(BlockError) {
+        throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")
+    }
 }

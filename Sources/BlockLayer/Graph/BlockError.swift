@@ -13,6 +13,9 @@ public struct BlockError: Error, Sendable, CustomStringConvertible {
         public static let notFound = Code("not-found")
         /// A format, feature or operation this build cannot handle.
         public static let unsupported = Code("unsupported")
+        /// The image's format has no such operation (QEMU's ENOTSUP from a driver without it):
+        /// checking a raw image, compressing into one, listing its snapshots.
+        public static let notSupportedByFormat = Code("not-supported-by-format")
         /// Another open is in the way (see `locking` for who).
         public static let conflict = Code("conflict")
         /// A lock was not had in time.

@@ -1,10 +1,11 @@
 // BlockFormat: how a format driver plugs into `BlockImage.open` — its name, how it recognises
 // an image from its first bytes (QEMU's bdrv_probe_all), and how it builds its node. Format
 // drivers live in modules of their own (raw here, qcow2 in Qcow2), so the opener is handed the
-// list of formats it may use.
+// list of formats it may use. Creation is a format operation too (QEMU's bdrv_co_create_opts):
+// there is no node yet to ask.
 import BlockLocking
 
-public protocol BlockFormat {
+public protocol BlockFormat: Sendable {
     static var formatName: String { get }
 
     /// Whether the first bytes of an image (up to 512) are this format's.
@@ -13,11 +14,25 @@ public protocol BlockFormat {
     /// The format node over `file`, with whatever children the format needs (a backing image,
     /// opened through `context`).
     static func open(file: BlockNode, context: FormatOpenContext) throws(BlockError) -> BlockNode
+
+    /// Creates (or replaces) `path` as an image of this format.
+    static func create(at path: String, options: ImageCreateOptions) throws(BlockError)
+
+    /// Whether the format stores compressed clusters (QEMU's block_driver_can_compress): a
+    /// compressed copy is refused before its image is made.
+    static var writesCompressed: Bool { get }
+}
+
+extension BlockFormat {
+    public static func create(at path: String, options: ImageCreateOptions) throws(BlockError) {
+        throw BlockError(.notSupportedByFormat, "Format driver '\(formatName)' does not support image creation")
+    }
+    public static var writesCompressed: Bool { false }
 }
 
 /// What a format needs to open its node: the user's options and the rest of the format list,
 /// for backing files.
-public struct FormatOpenContext {
+public struct FormatOpenContext: Sendable {
     public var path: String
     public var options: OpenOptions
     public var formats: [any BlockFormat.Type]
@@ -55,5 +70,19 @@ public enum RawFormat: BlockFormat {
     public static func open(file: BlockNode, context: FormatOpenContext) throws(BlockError) -> BlockNode {
         let driver = try RawDriver(file: file, byteOffset: context.options.rawByteOffset, windowSize: context.options.rawWindowSize)
         return BlockNode(driver: driver, children: [(.file, file)])
+    }
+
+    /// `options.virtualSize` zero bytes, allocated as `options.preallocation` asks (sparse by
+    /// default); raw has no clusters and no backing file.
+    public static func create(at path: String, options: ImageCreateOptions) throws(BlockError) {
+        guard options.backingFile == nil && options.backingFormat == nil else {
+            throw BlockError(.invalidRequest, "raw images have no backing file")
+        }
+        guard options.preallocation != .metadata else { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
+        let file = try createImageFile(at: path, byteCount: options.virtualSize, locking: options.locking, lease: options.lease)
+        try file.preallocate(0..<options.virtualSize, options.preallocation)
+        // On the storage before the lease is given back (and the locks): a host that takes the
+        // image next must not have its writes overtaken by this page cache's write-back.
+        try file.flush()
     }
 }

@@ -6,6 +6,7 @@
 // source still holds them, activation fails with QEMU's words and the destination stays inactive.
 import BlockLocking
 import Synchronization
+import SystemPackage
 
 public final class BlockImage: Sendable {
     public let path: String
@@ -201,6 +202,68 @@ public final class BlockImage: Sendable {
     public var transactionLock: TransactionLock {
         // The protocol node is a FileDriver, which always has one.
         root.protocolNode.driver.transactionLock!
+    }
+
+    /// The descriptor the image file's locks are on, for reports of who else holds the image.
+    public var lockDescriptor: FileDescriptor { fileDriver.locks.descriptor }
+
+    /// The image's lease on shared storage, when leases are configured.
+    public var lease: ImageLease? { fileDriver.locks.lease }
+
+    /// Makes completed writes durable even under cache mode `unsafe`: for a copy written without
+    /// the flushes that order a live image's metadata, made durable once at the end. It reaches
+    /// the storage through the file driver, so under a lease a fence stops it too.
+    public func flushIgnoringCacheMode() throws(BlockError) {
+        try flush()
+        try fileDriver.flushIgnoringCacheMode()
+    }
+
+    // MARK: format operations (BlockDriver.swift)
+
+    /// Checks the image's metadata; with `repair`, fixes what the format may (the image must be
+    /// writable).
+    public func check(repair: RepairMode? = nil) throws(BlockError) -> ImageCheckResult {
+        guard repair != nil else { return try rootDriver.check(repair: nil) }
+        var result = ImageCheckResult()
+        try admittedWrite { () throws(BlockError) in result = try rootDriver.check(repair: repair) }
+        return result
+    }
+
+    /// What the format says about the image beyond its size.
+    public func formatInfo() throws(BlockError) -> FormatSpecificInfo { try rootDriver.formatInfo() }
+
+    /// The internal snapshots, in table order.
+    public func snapshots() throws(BlockError) -> [SnapshotInfo] { try rootDriver.snapshots() }
+
+    /// The unit compressed writes store.
+    public func compressedClusterSize() throws(BlockError) -> Int { try rootDriver.compressedClusterSize() }
+
+    /// Stores `buffer` at `byteOffset` compressed, cluster by cluster (qemu-io's `write -c`): it
+    /// covers whole clusters, or ends at the end of the image.
+    public func writeCompressed(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
+        let clusterSize = try compressedClusterSize()
+        let count = Int64(buffer.count)
+        try checkRange(byteOffset, count)
+        let length = try length()
+        guard byteOffset % Int64(clusterSize) == 0, count % Int64(clusterSize) == 0 || byteOffset + count == length else {
+            throw BlockError(.invalidRequest, "a compressed write covers whole clusters of \(clusterSize) bytes inside the image")
+        }
+        for start in stride(from: 0, to: buffer.count, by: clusterSize) {
+            let piece = UnsafeRawBufferPointer(rebasing: buffer[start..<min(start + clusterSize, buffer.count)])
+            try writeCompressed(try compressCluster(at: byteOffset + Int64(start), piece))
+        }
+    }
+
+    /// One cluster made ready for `writeCompressed(_:)`; no lock taken, so a copy compresses
+    /// many at once and stores them in order.
+    public func compressCluster(at byteOffset: Int64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> CompressedCluster {
+        try checkRange(byteOffset, Int64(bytes.count))
+        return try rootDriver.compressCluster(at: byteOffset, bytes)
+    }
+
+    /// Stores a cluster `compressCluster` made.
+    public func writeCompressed(_ cluster: CompressedCluster) throws(BlockError) {
+        try admittedWrite { () throws(BlockError) in try rootDriver.writeCompressed(cluster) }
     }
 
     /// What this open asks of its nodes while active: as opened, but writable as it is now.

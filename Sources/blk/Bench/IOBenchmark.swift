@@ -36,9 +36,9 @@ struct IOBenchmarkPlan: Sendable {
     func refresh() throws(BlockError) {
         if let freshBytes {
             if format == "qcow2" {
-                try Qcow2Format.create(at: image, virtualSize: freshBytes)
+                try Qcow2Format.create(at: image, options: ImageCreateOptions(virtualSize: freshBytes))
             } else {
-                try RawDriver.create(at: image, byteCount: freshBytes)
+                try RawFormat.create(at: image, options: ImageCreateOptions(virtualSize: freshBytes))
             }
         }
         sync()

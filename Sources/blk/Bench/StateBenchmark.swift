@@ -52,9 +52,9 @@ struct StateBenchmark {
             let storeKey = "\(scenario.format)-\(scenario.encrypted)"
             if stores[storeKey] != nil { continue }
             if scenario.format == "qcow2" {
-                try Qcow2Format.create(at: path, virtualSize: 16 << 20)
+                try Qcow2Format.create(at: path, options: ImageCreateOptions(virtualSize: 16 << 20))
             } else {
-                try RawDriver.create(at: path, byteCount: 16 << 20)
+                try RawFormat.create(at: path, options: ImageCreateOptions(virtualSize: 16 << 20))
             }
             stores[storeKey] = try StateStore.open(path, role: .writer, credential: scenario.encrypted ? key : nil,
                                                    options: .init(format: scenario.format))

@@ -6,7 +6,6 @@ import ArgumentParser
 import BlockLayer
 import BlockLocking
 import FoundationEssentials
-import Qcow2
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,7 +14,7 @@ struct CheckCommand: ParsableCommand {
     enum Repair: String, ExpressibleByArgument {
         case leaks, all
 
-        var mode: Qcow2Repair { self == .leaks ? .leaks : .all }
+        var mode: RepairMode { self == .leaks ? .leaks : .all }
     }
 
     // qemu-img check's -r means repair, so check takes the image options but -r itself.
@@ -48,14 +47,18 @@ struct CheckCommand: ParsableCommand {
         let options = OpenOptions(format: format, writable: r != nil, forceShare: forceShare, locking: locking, repairing: r != nil,
                                   lease: leases.policy)
         let opened = try openImage(image, options, json: json)
-        guard let qcow2 = opened.root.driver as? Qcow2Driver else {
-            printError("This image format does not support checks")
+        var result: ImageCheckResult
+        do throws(BlockError) {
+            result = try opened.check(repair: r?.mode)
+        } catch where error.code == .notSupportedByFormat {
+            // qemu-img's own code for a format with nothing to check.
+            printError(error.message)
             throw ExitCode(63)
+        } catch {
+            throw report(error, json: json)
         }
-        var result: Qcow2CheckResult
         var fixed = (leaks: 0, corruptions: 0)
         do throws(BlockError) {
-            result = try qcow2.check(repair: r?.mode)
             if !json { printFindings(result, repaired: r) }
             fixed = (result.leaksFixed, result.corruptionsFixed)
             if fixed.leaks + fixed.corruptions > 0 {
@@ -63,14 +66,14 @@ struct CheckCommand: ParsableCommand {
                     print("The following inconsistencies were found and repaired:\n\n    \(fixed.leaks) leaked clusters\n    \(fixed.corruptions) corruptions\n")
                     print("Double checking the fixed image now...")
                 }
-                result = try qcow2.check()
+                result = try opened.check()
                 if !json { printFindings(result, repaired: nil) }
             }
         } catch {
             throw report(error, json: json)
         }
         if json {
-            printJSON(CheckJSON(filename: image, format: "qcow2", checkErrors: 0,
+            printJSON(CheckJSON(filename: image, format: opened.format, checkErrors: 0,
                                 corruptions: result.corruptionCount == 0 ? nil : result.corruptionCount,
                                 leaks: result.leaks.isEmpty ? nil : result.leaks.count,
                                 leaksFixed: fixed.leaks == 0 ? nil : fixed.leaks,
@@ -88,9 +91,9 @@ struct CheckCommand: ParsableCommand {
 
     /// One line per finding, on stderr as qemu-img prints them; "Repairing" for what was repaired.
     /// Of each kind only the findings the check kept are listed, then how many more there were.
-    private func printFindings(_ result: Qcow2CheckResult, repaired: Repair?) {
+    private func printFindings(_ result: ImageCheckResult, repaired: Repair?) {
         var lines: [String] = []
-        func list<Finding>(_ findings: Qcow2CheckResult.Findings<Finding>, _ what: String, _ line: (Finding) -> String) {
+        func list<Finding>(_ findings: ImageCheckResult.Findings<Finding>, _ what: String, _ line: (Finding) -> String) {
             lines += findings.listed.map(line)
             if findings.unlisted > 0 { lines.append("... and \(findings.unlisted) more \(what) (\(findings.count) in all)") }
         }
@@ -100,12 +103,12 @@ struct CheckCommand: ParsableCommand {
         list(result.refcountErrors, "refcount errors") {
             "\(repaired == .all ? "Repairing" : "ERROR") cluster \($0.cluster) refcount=\($0.refcount) reference=\($0.references)"
         }
-        list(result.copiedFlagErrors, "OFLAG_COPIED errors") { "\(repaired == .all ? "Repairing" : "ERROR") \($0.message)" }
-        list(result.otherErrors, "other errors") { $0.message }
+        list(result.flagErrors, "OFLAG_COPIED errors") { "\(repaired == .all ? "Repairing" : "ERROR") \($0)" }
+        list(result.otherErrors, "other errors") { $0 }
         if !lines.isEmpty { writeStandardError(lines.joined(separator: "\n") + "\n") }
     }
 
-    private func printSummary(_ result: Qcow2CheckResult) {
+    private func printSummary(_ result: ImageCheckResult) {
         if result.corruptionCount > 0 {
             print("\n\(result.corruptionCount) errors were found on the image.")
             print("Data may be corrupted, or further writes to the image may corrupt it.")

@@ -4,7 +4,6 @@ import ArgumentParser
 import BlockLayer
 import BlockLocking
 import FoundationEssentials
-import Qcow2
 
 struct ConvertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "convert", abstract: "Copy an image into a new image.")
@@ -27,34 +26,29 @@ struct ConvertCommand: ParsableCommand {
     static let holeBytes = 64 << 10
 
     func run() throws {
-        guard outputFormat == "raw" || outputFormat == "qcow2" else {
+        guard let format = blkFormats.first(where: { $0.formatName == outputFormat }) else {
             throw report(BlockError(.unsupported, "Unknown file format '\(outputFormat)'"), json: json)
         }
-        if compress && outputFormat != "qcow2" {
+        if compress && !format.writesCompressed {
             throw report(BlockError(.unsupported, "Compression not supported for this file format"), json: json)
         }
         let input = try imageOptions.open(source, writable: false, json: json)
         let bar = Progress(forced: progress)
         do throws(BlockError) {
             let length = try input.length()
-            let output = try createOutput(destination, length: length)
-            var compressor: Qcow2Driver?
-            if compress {
-                guard let qcow2 = output.root.driver as? Qcow2Driver else {
-                    throw BlockError(.unsupported, "Compression not supported for this file format")
-                }
-                compressor = qcow2
-            }
-            // Zeroes are skipped cluster by cluster in qcow2 (an unallocated cluster), in 64 KiB
-            // holes in raw.
-            let pieceBytes = outputFormat == "qcow2" ? Int(clusterSize.value) : Self.holeBytes
-            let pipeline = try ConvertPipeline(input: input, output: output, compressor: compressor, pieceBytes: pieceBytes,
+            let output = try createOutput(format, destination, length: length)
+            // Zeroes are skipped cluster by cluster in a format with clusters (an unallocated
+            // cluster), in 64 KiB holes in raw.
+            let pieceBytes = try unlessNotSupportedByFormat { () throws(BlockError) in try output.formatInfo() }?.clusterSize ?? Self.holeBytes
+            let pipeline = try ConvertPipeline(input: input, output: output, compressed: compress, pieceBytes: pieceBytes,
                                                chunkBytes: max(Self.chunkBytes, pieceBytes))
             try pipeline.run(workers: ProcessInfo.processInfo.activeProcessorCount) { done in
                 bar.update(Double(done) / Double(max(length, 1)), "\(humanSize(done)) of \(humanSize(length))")
             }
-            try output.flush()
-            if outputCache == .writeback { try Self.makeDurable(output) }
+            // The copy is written without the flushes that order a live image's metadata — a copy
+            // cut short by a crash is made again, not repaired — and made durable by one
+            // fdatasync at the end, so the page cache writes everything back in one go.
+            if outputCache == .writeback { try output.flushIgnoringCacheMode() } else { try output.flush() }
             bar.finish()
         } catch {
             bar.finish()
@@ -62,23 +56,10 @@ struct ConvertCommand: ParsableCommand {
         }
     }
 
-    /// The copy is written without the flushes that order a live image's metadata — a copy cut
-    /// short by a crash is made again, not repaired — and made durable by one fdatasync at the
-    /// end, so the page cache writes everything back in one go. It goes through the output's
-    /// file driver like every other request, so under a lease a fence stops it too.
-    private static func makeDurable(_ output: BlockImage) throws(BlockError) {
-        guard let file = output.root.protocolNode.driver as? FileDriver else { return }
-        try file.flushIgnoringCacheMode()
-    }
-
     /// The new image, `length` bytes of zeroes, opened read-write (with its locks) for the copy.
-    private func createOutput(_ path: String, length: Int64) throws(BlockError) -> BlockImage {
-        if outputFormat == "qcow2" {
-            try Qcow2Format.create(at: path, virtualSize: length, clusterSize: Int(clusterSize.value), locking: imageOptions.locking,
-                                   lease: imageOptions.leases.policy)
-        } else {
-            try RawDriver.create(at: path, byteCount: length, locking: imageOptions.locking, lease: imageOptions.leases.policy)
-        }
+    private func createOutput(_ format: any BlockFormat.Type, _ path: String, length: Int64) throws(BlockError) -> BlockImage {
+        try format.create(at: path, options: ImageCreateOptions(virtualSize: length, clusterSize: Int(clusterSize.value),
+                                                                 locking: imageOptions.locking, lease: imageOptions.leases.policy))
         return try BlockImage.open(path, options: OpenOptions(format: outputFormat, writable: true, locking: imageOptions.locking,
                                                               cache: outputCache == .writeback ? .unsafe : outputCache,
                                                               metadataCacheBytes: imageOptions.cacheSize.map { Int($0.value) },

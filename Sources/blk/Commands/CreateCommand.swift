@@ -3,7 +3,6 @@ import ArgumentParser
 import BlockLayer
 import BlockLocking
 import FoundationEssentials
-import Qcow2
 
 struct CreateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,25 +29,28 @@ struct CreateCommand: ParsableCommand {
 
     func run() throws {
         do throws(BlockError) {
-            switch format {
-            case "raw":
-                if preallocation == .metadata { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
-                print("Formatting '\(image)', fmt=raw size=\(size!.value)" + (preallocation == .off ? "" : " preallocation=\(preallocation)"))
-                try RawDriver.create(at: image, byteCount: size!.value, preallocation: preallocation, locking: locking,
-                                     lease: leases.policy)
-            case "qcow2":
-                let (virtualSize, backingFormat) = try sizeAndBackingFormat()
-                var line = "Formatting '\(image)', fmt=qcow2 cluster_size=\(clusterSize.value)"
-                if let backing { line += " backing_file=\(backing)" }
-                if let backingFormat { line += " backing_fmt=\(backingFormat)" }
-                if preallocation != .off { line += " preallocation=\(preallocation)" }
-                print(line + " size=\(virtualSize)")
-                try Qcow2Format.create(at: image, virtualSize: virtualSize, clusterSize: Int(clusterSize.value),
-                                       backingFile: backing, backingFormat: backingFormat, preallocation: preallocation,
-                                       locking: locking, lease: leases.policy)
-            default:
+            guard let driver = blkFormats.first(where: { $0.formatName == format }) else {
                 throw BlockError(.unsupported, "Unknown file format '\(format)'")
             }
+            var options = ImageCreateOptions(virtualSize: 0, backingFile: backing, preallocation: preallocation, locking: locking,
+                                             lease: leases.policy)
+            // qemu-img's line: the options the format takes, as they were given or found.
+            var line = "Formatting '\(image)', fmt=\(format)"
+            if format == "raw" {
+                if preallocation == .metadata { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
+                options.virtualSize = size!.value
+                line += " size=\(options.virtualSize)" + (preallocation == .off ? "" : " preallocation=\(preallocation)")
+            } else {
+                (options.virtualSize, options.backingFormat) = try sizeAndBackingFormat()
+                options.clusterSize = Int(clusterSize.value)
+                line += " cluster_size=\(clusterSize.value)"
+                if let backing { line += " backing_file=\(backing)" }
+                if let backingFormat = options.backingFormat { line += " backing_fmt=\(backingFormat)" }
+                if preallocation != .off { line += " preallocation=\(preallocation)" }
+                line += " size=\(options.virtualSize)"
+            }
+            print(line)
+            try driver.create(at: image, options: options)
         } catch {
             throw report(error, json: json)
         }

@@ -6,7 +6,6 @@ import BlockLayer
 import BlockLocking
 import FoundationEssentials
 import Glibc
-import Qcow2
 
 struct IOCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -66,27 +65,6 @@ struct IOCommand: ParsableCommand {
         if failed { throw ExitCode(ExitStatus.failure) }
     }
 
-    /// qemu-io's `write -c`: whole clusters (or the image's last, shorter one), each compressed.
-    private func writeCompressed(_ pattern: UInt8, at offset: Int64, _ count: Int64, on image: BlockImage) throws(BlockError) {
-        guard let qcow2 = image.root.driver as? Qcow2Driver else {
-            throw BlockError(.unsupported, "compressed writes need a qcow2 image")
-        }
-        let clusterSize = Int64(qcow2.header.clusterSize)
-        let length = try image.length()
-        guard offset % clusterSize == 0, count % clusterSize == 0 || offset + count == length, offset + count <= length else {
-            throw BlockError(.invalidRequest, "a compressed write covers whole clusters of \(clusterSize) bytes inside the image")
-        }
-        let buffer = Self.buffer(clusterSize)
-        defer { buffer.deallocate() }
-        buffer.initializeMemory(as: UInt8.self, repeating: pattern)
-        var cluster = offset
-        while cluster < offset + count {
-            let bytes = Int(min(clusterSize, offset + count - cluster))
-            try qcow2.writeCompressed(cluster: UInt64(cluster / clusterSize), from: UnsafeRawBufferPointer(rebasing: buffer[0..<bytes]))
-            cluster += clusterSize
-        }
-    }
-
     /// Runs one step; false when it ran but its check failed (a pattern mismatch, already printed).
     private func execute(_ step: IOCommandStep, on image: BlockImage, held: inout [LockKind]) throws(BlockError) -> Bool {
         // The range first, then the buffer: `write 0 2G` on a 1 MiB image filled 2 GB and then
@@ -115,7 +93,11 @@ struct IOCommand: ParsableCommand {
                 buffer.initializeMemory(as: UInt8.self, repeating: pattern)
                 try image.write(at: offset, from: UnsafeRawBufferPointer(buffer))
             case .compressed(let pattern):
-                try writeCompressed(pattern, at: offset, count, on: image)
+                // qemu-io's `write -c`: whole clusters (or the image's last, shorter one), each compressed.
+                let buffer = Self.buffer(count)
+                defer { buffer.deallocate() }
+                buffer.initializeMemory(as: UInt8.self, repeating: pattern)
+                try image.writeCompressed(at: offset, from: UnsafeRawBufferPointer(buffer))
             }
             printOutcome("wrote", count, offset, since: started)
         case .flush:

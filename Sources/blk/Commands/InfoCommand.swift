@@ -3,7 +3,6 @@ import ArgumentParser
 import BlockLayer
 import Glibc
 import BlockLocking
-import Qcow2
 
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "info", abstract: "Show an image's format, sizes and holders.")
@@ -20,6 +19,7 @@ struct InfoCommand: ParsableCommand {
         var dirtyFlag: Bool
         var clusterSize: Int?
         var backingFilename: String?
+        var fullBackingFilename: String?
         var backingFilenameFormat: String?
         var formatSpecific: FormatSpecific?
         var snapshots: [SnapshotJSON]?
@@ -37,7 +37,7 @@ struct InfoCommand: ParsableCommand {
         var vmClockNsec: UInt64
         var icount: UInt64?
 
-        init(_ snapshot: Qcow2Snapshot) {
+        init(_ snapshot: SnapshotInfo) {
             id = snapshot.id
             name = snapshot.name
             vmStateSize = snapshot.vmStateSize
@@ -49,47 +49,70 @@ struct InfoCommand: ParsableCommand {
         }
     }
 
-    /// qemu-img's "format-specific" block for qcow2.
+    /// qemu-img's "format-specific" object: the format's name and its fields.
     struct FormatSpecific: Encodable {
         var type: String
-        var data: Qcow2Data
+        var data: FieldsJSON
     }
 
-    struct Qcow2Data: Encodable {
-        var compat: String
-        var compressionType: String
-        var lazyRefcounts: Bool
-        var refcountBits: Int
-        var corrupt: Bool
-        var extendedL2: Bool
+    /// The format's fields under their own names, as qemu-img's QAPI object has them.
+    struct FieldsJSON: Encodable {
+        var fields: [FormatSpecificInfo.Field]
+
+        struct Name: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: Name.self)
+            for field in fields { try container.encode(ValueJSON(value: field.value), forKey: Name(stringValue: field.name)) }
+        }
+    }
+
+    struct ValueJSON: Encodable {
+        var value: FormatSpecificInfo.Value
+
+        func encode(to encoder: any Encoder) throws {
+            switch value {
+            case .string(let text):
+                var container = encoder.singleValueContainer()
+                try container.encode(text)
+            case .integer(let number):
+                var container = encoder.singleValueContainer()
+                try container.encode(number)
+            case .boolean(let flag):
+                var container = encoder.singleValueContainer()
+                try container.encode(flag)
+            case .list(let values):
+                var container = encoder.unkeyedContainer()
+                for value in values { try container.encode(ValueJSON(value: value)) }
+            case .object(let fields):
+                try FieldsJSON(fields: fields).encode(to: encoder)
+            }
+        }
     }
 
     func run() throws {
         let opened = try imageOptions.open(image, writable: false, json: json)
-        let virtualSize: Int64, actualSize: Int64?, holders: [LockHolder], snapshots: [Qcow2Snapshot]
+        let virtualSize: Int64, actualSize: Int64?, holders: [LockHolder], snapshots: [SnapshotInfo], info: FormatSpecificInfo?
         do throws(BlockError) {
             virtualSize = try opened.length()
             actualSize = try opened.allocatedBytes()
             holders = try otherHolders(of: opened)
-            snapshots = try (opened.root.driver as? Qcow2Driver)?.snapshots() ?? []
+            snapshots = try unlessNotSupportedByFormat { () throws(BlockError) in try opened.snapshots() } ?? []
+            info = try unlessNotSupportedByFormat { () throws(BlockError) in try opened.formatInfo() }
         } catch {
             throw report(error, json: json)
         }
-        let qcow2 = (opened.root.driver as? Qcow2Driver)?.header
-        let specific = qcow2.map { header in
-            FormatSpecific(type: "qcow2", data: Qcow2Data(
-                compat: header.version == 2 ? "0.10" : "1.1",
-                compressionType: header.compressionType == 1 ? "zstd" : "zlib",
-                lazyRefcounts: header.compatibleFeatures & 1 != 0,
-                refcountBits: 1 << Int(header.refcountOrder),
-                corrupt: header.incompatibleFeatures & Qcow2Header.corruptBit != 0,
-                extendedL2: header.incompatibleFeatures & Qcow2Header.extendedL2Bit != 0))
-        }
         if json {
             printJSON(InfoJSON(filename: image, format: opened.format, virtualSize: virtualSize, actualSize: actualSize,
-                               dirtyFlag: (qcow2?.incompatibleFeatures ?? 0) & Qcow2Header.dirtyBit != 0,
-                               clusterSize: qcow2?.clusterSize, backingFilename: qcow2?.backingFile,
-                               backingFilenameFormat: qcow2?.backingFormat, formatSpecific: specific,
+                               dirtyFlag: info?.isDirty ?? false, clusterSize: info?.clusterSize,
+                               backingFilename: info?.backingFile, fullBackingFilename: info?.fullBackingFile,
+                               backingFilenameFormat: info?.backingFormat,
+                               formatSpecific: info.map { FormatSpecific(type: opened.format, data: FieldsJSON(fields: $0.fields)) },
                                snapshots: snapshots.isEmpty ? nil : snapshots.map(SnapshotJSON.init),
                                holders: holders.map(HolderJSON.init)))
             return
@@ -98,18 +121,15 @@ struct InfoCommand: ParsableCommand {
         print("file format: \(opened.format)")
         print("virtual size: \(humanSize(virtualSize)) (\(virtualSize) bytes)")
         print("disk size: \(actualSize.map(humanSize) ?? "unavailable")")
-        if let qcow2, let specific {
-            print("cluster_size: \(qcow2.clusterSize)")
-            if let backing = qcow2.backingFile { print("backing file: \(escapingControlCharacters(backing))") }
-            if let format = qcow2.backingFormat { print("backing file format: \(escapingControlCharacters(format))") }
+        if let info {
+            if let clusterSize = info.clusterSize { print("cluster_size: \(clusterSize)") }
+            if let backing = info.backingFile { print("backing file: \(escapingControlCharacters(backing))") }
+            if let format = info.backingFormat { print("backing file format: \(escapingControlCharacters(format))") }
             if !snapshots.isEmpty { printSnapshotList(snapshots) }
-            print("Format specific information:")
-            print("    compat: \(specific.data.compat)")
-            print("    compression type: \(specific.data.compressionType)")
-            print("    lazy refcounts: \(specific.data.lazyRefcounts)")
-            print("    refcount bits: \(specific.data.refcountBits)")
-            print("    corrupt: \(specific.data.corrupt)")
-            print("    extended l2: \(specific.data.extendedL2)")
+            if !info.fields.isEmpty {
+                print("Format specific information:")
+                printFields(info.fields, indentation: 1)
+            }
         }
         if holders.isEmpty {
             print("held by: no other process")
@@ -119,8 +139,31 @@ struct InfoCommand: ParsableCommand {
         }
     }
 
+    /// qemu-img's dump of a QAPI object: four spaces per level, dashes in names as spaces, lists
+    /// as `[index]:`, a composite value on the lines after its name.
+    private func printFields(_ fields: [FormatSpecificInfo.Field], indentation: Int) {
+        for field in fields {
+            printValue(field.value, labelled: String(field.name.map { $0 == "-" ? " " : $0 }), indentation: indentation)
+        }
+    }
+
+    private func printValue(_ value: FormatSpecificInfo.Value, labelled label: String, indentation: Int) {
+        let prefix = String(repeating: " ", count: indentation * 4) + escapingControlCharacters(label) + ":"
+        switch value {
+        case .string(let text): print(prefix + " " + escapingControlCharacters(text))
+        case .integer(let number): print(prefix + " \(number)")
+        case .boolean(let flag): print(prefix + " \(flag)")
+        case .list(let values):
+            print(prefix)
+            for (index, element) in values.enumerated() { printValue(element, labelled: "[\(index)]", indentation: indentation + 1) }
+        case .object(let fields):
+            print(prefix)
+            printFields(fields, indentation: indentation + 1)
+        }
+    }
+
     /// qemu-img's table: fixed columns, local time, the VM clock as hours:minutes:seconds.millis.
-    private func printSnapshotList(_ snapshots: [Qcow2Snapshot]) {
+    private func printSnapshotList(_ snapshots: [SnapshotInfo]) {
         func pad(_ text: String, _ width: Int, left: Bool) -> String {
             let padding = String(repeating: " ", count: max(0, width - text.count))
             return left ? text + padding : padding + text
@@ -147,8 +190,7 @@ struct InfoCommand: ParsableCommand {
     private func otherHolders(of opened: BlockImage) throws(BlockError) -> [LockHolder] {
         do throws(LockingError) {
             let probe = try LockedImageFile(path: image, writable: false, mode: .off)
-            let ownLocks = (opened.root.protocolNode.driver as? FileDriver)?.locks.descriptor
-            return try LockReport.inspect(descriptor: probe.descriptor, path: image, excluding: ownLocks).holders
+            return try LockReport.inspect(descriptor: probe.descriptor, path: image, excluding: opened.lockDescriptor).holders
         } catch {
             throw BlockError(error)
         }

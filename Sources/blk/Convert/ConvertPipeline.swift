@@ -6,14 +6,13 @@
 import BlockLayer
 import Dispatch
 import Glibc
-import Qcow2
 import Synchronization
 
 final class ConvertPipeline: Sendable {
     let input: BlockImage
     let output: BlockImage
-    /// Set for -c: clusters are compressed by the workers and stored through it.
-    let compressor: Qcow2Driver?
+    /// -c: clusters are compressed by the workers and stored compressed, in order.
+    let compressing: Bool
     /// The granularity at which zeroes are skipped: a cluster of qcow2 output, a hole of raw.
     let pieceBytes: Int
     let chunkBytes: Int
@@ -24,10 +23,10 @@ final class ConvertPipeline: Sendable {
     private let failure = Mutex<BlockError?>(nil)
     private let written = Atomic<Int64>(0)
 
-    init(input: BlockImage, output: BlockImage, compressor: Qcow2Driver?, pieceBytes: Int, chunkBytes: Int) throws(BlockError) {
+    init(input: BlockImage, output: BlockImage, compressed: Bool, pieceBytes: Int, chunkBytes: Int) throws(BlockError) {
         self.input = input
         self.output = output
-        self.compressor = compressor
+        self.compressing = compressed
         self.pieceBytes = pieceBytes
         self.chunkBytes = chunkBytes
         length = try input.length()
@@ -50,7 +49,7 @@ final class ConvertPipeline: Sendable {
     /// One piece of a prepared chunk: bytes to copy as they are, or a compressed cluster.
     private enum Piece {
         case copy(Range<Int>)
-        case compressed(cluster: UInt64, range: Range<Int>, stream: [UInt8]?)
+        case compressed(CompressedCluster)
     }
 
     private func work(_ progress: @Sendable (Int64) -> Void) {
@@ -95,9 +94,8 @@ final class ConvertPipeline: Sendable {
                 let range = start..<min(start + pieceBytes, probe.upperBound)
                 let piece = UnsafeRawBufferPointer(rebasing: chunk[range])
                 if Self.isZero(piece) { continue }
-                if let compressor {
-                    pieces.append(.compressed(cluster: UInt64((offset + Int64(start)) / Int64(pieceBytes)), range: range,
-                                              stream: try compressor.compress(piece)))
+                if compressing {
+                    pieces.append(.compressed(try output.compressCluster(at: offset + Int64(start), piece)))
                 } else if case .copy(let run) = pieces.last, run.upperBound == start {
                     pieces[pieces.count - 1] = .copy(run.lowerBound..<range.upperBound) // runs go out as one write
                 } else {
@@ -116,8 +114,8 @@ final class ConvertPipeline: Sendable {
             switch piece {
             case .copy(let range):
                 try output.write(at: offset + Int64(range.lowerBound), from: UnsafeRawBufferPointer(rebasing: chunk[range]))
-            case .compressed(let cluster, let range, let stream):
-                try compressor!.storeCompressed(stream, cluster: cluster, original: UnsafeRawBufferPointer(rebasing: chunk[range]))
+            case .compressed(let cluster):
+                try output.writeCompressed(cluster)
             }
         }
     }

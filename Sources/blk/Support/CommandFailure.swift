@@ -20,7 +20,7 @@ extension BlockError {
     var exitStatus: Int32 {
         switch code {
         case .conflict, .timedOut, .stale: ExitStatus.tryAgain
-        case .unsupported, .leaseUnavailable: ExitStatus.unsupported
+        case .unsupported, .notSupportedByFormat, .leaseUnavailable: ExitStatus.unsupported
         case .notFound: ExitStatus.notFound
         case .corrupt: ExitStatus.dataError
         case .invalidRequest: ExitStatus.usage
@@ -40,6 +40,16 @@ func report(_ error: BlockError, json: Bool) -> ExitCode {
                                          leaseOwners: owners.isEmpty ? nil : owners)))
     }
     return ExitCode(error.exitStatus)
+}
+
+/// What `body` returns, or nil when the image's format has no such operation (raw's format
+/// information, snapshots): for commands that show what there is.
+func unlessNotSupportedByFormat<Value>(_ body: () throws(BlockError) -> Value) throws(BlockError) -> Value? {
+    do {
+        return try body()
+    } catch where error.code == .notSupportedByFormat {
+        return nil
+    }
 }
 
 func report(_ error: LockingError, json: Bool) -> ExitCode {

@@ -41,7 +41,7 @@ struct Qcow2ConcurrencyTests {
     func readersRacingWriter() throws {
         let path = scratch.directory + "/race.qcow2"
         let firstSize: Int64 = 64 << 20, grownSize: Int64 = 96 << 20
-        try Qcow2Format.create(at: path, virtualSize: firstSize, clusterSize: Self.clusterSize)
+        try Qcow2Format.create(at: path, options: ImageCreateOptions(virtualSize: firstSize, clusterSize: Self.clusterSize))
         // 20 KiB of metadata cache: four L2 tables (of 2 MiB of guest data each). Flushes do
         // nothing (cache=unsafe): the race is in memory, and the writer writes back often.
         let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, cache: .unsafe,
@@ -141,7 +141,7 @@ struct Qcow2ConcurrencyTests {
 
     /// A new qcow2 image at `path` and a writer open on it that has filled guest cluster 0 with 1s.
     static func writerWithFirstCluster(at path: String) throws -> BlockImage {
-        try Qcow2Format.create(at: path, virtualSize: 64 << 20, clusterSize: 65536)
+        try Qcow2Format.create(at: path, options: ImageCreateOptions(virtualSize: 64 << 20, clusterSize: 65536))
         let writer = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true), formats: [Qcow2Format.self])
         try fill(writer, cluster: 0, with: 1)
         return writer
