@@ -1,7 +1,6 @@
 // Qcow2Format: qcow2 as a `BlockFormat` — recognised by its magic, opened by reading and
 // checking the header, then the L1 table, then the backing chain.
 import BlockLayer
-import FoundationEssentials
 
 public enum Qcow2Format: BlockFormat {
     public static let formatName = "qcow2"
@@ -26,8 +25,7 @@ public enum Qcow2Format: BlockFormat {
         }
         var backing: BlockImage?
         if let name = header.backingFile {
-            let directory = URL(fileURLWithPath: context.path).deletingLastPathComponent().path
-            let path = name.hasPrefix("/") ? name : directory + "/" + name
+            let path = backingPath(name, besides: context.path)
             var options = context.options
             options.format = header.backingFormat
             options.writable = false
@@ -39,6 +37,14 @@ public enum Qcow2Format: BlockFormat {
                                      repairing: context.options.repairing, forceShare: context.options.forceShare,
                                      cacheBytes: context.options.metadataCacheBytes ?? defaultCacheBytes)
         return BlockNode(driver: driver, children: [(.file, file)])
+    }
+
+    /// The backing file's path as QEMU makes it (path_combine): an absolute name as it is, a
+    /// relative one after the folder of the image's path as given. It is qemu-img's
+    /// full-backing-filename, so it stays relative for an image opened by a relative path.
+    static func backingPath(_ name: String, besides imagePath: String) -> String {
+        guard !name.hasPrefix("/"), let slash = imagePath.lastIndex(of: "/") else { return name }
+        return String(imagePath[...slash]) + name
     }
 
     /// The first cluster, where the header and its extensions are (all of a smaller file), and

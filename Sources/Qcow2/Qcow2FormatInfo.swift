@@ -1,20 +1,35 @@
 // Qcow2FormatInfo: what `blk info` shows of a qcow2 image beyond its size, with qemu-img's field
-// names and in the order qemu-img prints them.
+// names and in the order qemu-img prints them. As qemu-img, a version 2 image shows only what
+// version 2 has (no lazy refcounts, corrupt bit or extended L2), and persistent bitmaps are
+// listed only while the autoclear bit still vouches for them.
 import BlockLayer
 
 extension Qcow2Driver {
     public func formatInfo() throws(BlockError) -> FormatSpecificInfo {
         let features = header.incompatibleFeatures
-        return FormatSpecificInfo(
-            clusterSize: header.clusterSize, backingFile: header.backingFile, backingFormat: header.backingFormat,
-            isDirty: features & Qcow2Header.dirtyBit != 0,
-            fields: [
-                .init("compat", .string(header.version == 2 ? "0.10" : "1.1")),
-                .init("compression-type", .string(header.compressionType == 1 ? "zstd" : "zlib")),
-                .init("lazy-refcounts", .boolean(header.compatibleFeatures & 1 != 0)),
-                .init("refcount-bits", .integer(1 << Int64(header.refcountOrder))),
-                .init("corrupt", .boolean(features & Qcow2Header.corruptBit != 0)),
-                .init("extended-l2", .boolean(features & Qcow2Header.extendedL2Bit != 0)),
-            ])
+        var fields: [FormatSpecificInfo.Field] = [
+            .init("compat", .string(header.version == 2 ? "0.10" : "1.1")),
+            .init("compression-type", .string(header.compressionType == 1 ? "zstd" : "zlib")),
+        ]
+        if header.version >= 3 {
+            fields.append(.init("lazy-refcounts", .boolean(header.compatibleFeatures & 1 != 0)))
+            let bitmaps = try consistentBitmaps()
+            if !bitmaps.isEmpty { fields.append(.init("bitmaps", .list(bitmaps.map(\.info)))) }
+        }
+        fields.append(.init("refcount-bits", .integer(1 << Int64(header.refcountOrder))))
+        if header.version >= 3 {
+            fields.append(.init("corrupt", .boolean(features & Qcow2Header.corruptBit != 0)))
+            fields.append(.init("extended-l2", .boolean(features & Qcow2Header.extendedL2Bit != 0)))
+        }
+        return FormatSpecificInfo(clusterSize: header.clusterSize, backingFile: header.backingFile, fullBackingFile: backing?.path,
+                                  backingFormat: header.backingFormat, isDirty: features & Qcow2Header.dirtyBit != 0, fields: fields)
+    }
+
+    /// The bitmaps QEMU would load: declared, and vouched for by the autoclear bit, which this
+    /// open's first write clears.
+    private func consistentBitmaps() throws(BlockError) -> [Qcow2Bitmap] {
+        guard let directory = header.bitmapDirectory, directory.count > 0, header.autoclearFeatures & Qcow2Bitmap.autoclearBit != 0,
+              !writer.withLock({ $0.autoclearCleared }) else { return [] }
+        return try Qcow2Bitmap.readDirectory(of: self, directory)
     }
 }

@@ -37,6 +37,14 @@ public struct Qcow2Header: Sendable, Hashable {
     public var backingFormat: String?
     /// Feature names the image itself declares (the feature name table), by (type, bit).
     public var featureNames: [FeatureKey: String]
+    /// Where the persistent bitmaps' directory is (the bitmaps extension), if the image has one.
+    public var bitmapDirectory: BitmapDirectory?
+
+    public struct BitmapDirectory: Sendable, Hashable {
+        public var count: UInt32
+        public var byteCount: UInt64
+        public var offset: UInt64
+    }
 
     public struct FeatureKey: Sendable, Hashable {
         public var type: UInt8 // 0 incompatible, 1 compatible, 2 autoclear
@@ -56,6 +64,7 @@ public struct Qcow2Header: Sendable, Hashable {
 
     public static let backingFormatExtension: UInt32 = 0xe279_2aca
     static let featureNameTableExtension: UInt32 = 0x6803_f857
+    static let bitmapsExtension: UInt32 = 0x2385_2875
 
     /// QEMU's limits (block/qcow2.h): larger tables are refused, not read.
     public static let maxL1Bytes: UInt64 = 32 << 20
@@ -87,7 +96,7 @@ public struct Qcow2Header: Sendable, Hashable {
             snapshotsOffset: bytes.bigEndian(UInt64.self, at: 64),
             incompatibleFeatures: 0, compatibleFeatures: 0, autoclearFeatures: 0,
             refcountOrder: 4, headerLength: 72, compressionType: 0,
-            backingFile: nil, backingFormat: nil, featureNames: [:])
+            backingFile: nil, backingFormat: nil, featureNames: [:], bitmapDirectory: nil)
 
         guard (9...21).contains(header.clusterBits) else {
             throw corrupt("Cluster size must be a power of two between 512 and 2048k (cluster_bits \(header.clusterBits))")
@@ -138,6 +147,9 @@ public struct Qcow2Header: Sendable, Hashable {
                     let name = data[(entry + 2)..<(entry + 48)].prefix { $0 != 0 }
                     featureNames[FeatureKey(type: data[entry], bit: data[entry + 1])] = String(decoding: name, as: UTF8.self)
                 }
+            case Self.bitmapsExtension where data.count >= 24:
+                bitmapDirectory = BitmapDirectory(count: data.bigEndian(UInt32.self, at: 0), byteCount: data.bigEndian(UInt64.self, at: 8),
+                                                  offset: data.bigEndian(UInt64.self, at: 16))
             default:
                 break // unknown extensions are kept as they are: we never rewrite the header area
             }
