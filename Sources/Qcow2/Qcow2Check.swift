@@ -9,8 +9,8 @@
 //                      -r all: raise the refcount)
 //   COPIED set on an active L1 or L2 entry exactly when its cluster's refcount is 1, never on
 //                      a compressed entry — otherwise corruption (-r all: set it right)
-//   a reference past the end of the file, or unaligned, or a refcount block the refcount table
-//                      names twice: corruption, reported only
+//   a reference a cluster or more past the end of the file, or unaligned, or a refcount block
+//                      the refcount table names twice: corruption, reported only
 //
 // Memory follows the metadata and the file's length, never what the metadata claims: a count
 // byte per cluster of the file (ClusterReferenceCounts) and a bit for "stored refcount is 1",
@@ -104,15 +104,23 @@ extension Qcow2Driver {
         guard fileClusters <= Self.maxCheckedClusters else {
             throw BlockError(.unsupported, "qcow2: the image file has \(fileClusters) clusters, more than this check counts (\(Self.maxCheckedClusters))")
         }
-        guard let counts = ClusterReferenceCounts(clusters: fileClusters) else {
+        // One cluster more than the file has: a reference may end less than a cluster past the
+        // end of the file (below), into the cluster after its last.
+        guard let counts = ClusterReferenceCounts(clusters: fileClusters + 1) else {
             throw BlockError(.noSpace, "qcow2: no memory to count the references of \(fileClusters) clusters")
         }
 
-        func reference(_ offset: UInt64, bytes: UInt64, times: UInt64 = 1, _ what: String) {
+        // QEMU's rule (qcow2_inc_refcounts_imrt): the last cluster of an image may be only partly
+        // allocated, so a region that ends less than a cluster past the end of the file is
+        // counted; one that ends further is corruption, reported each time it is referenced
+        // and not counted.
+        func reference(_ offset: UInt64, bytes: UInt64, times: UInt64 = 1) {
             guard bytes > 0, times > 0 else { return }
             let (end, overflow) = offset.addingReportingOverflow(bytes)
-            guard !overflow, end <= fileClusters * clusterSize else {
-                result.otherErrors.append(Qcow2CheckFinding.pastTheEnd(what: what, offset: offset))
+            guard !overflow, end < fileLength + clusterSize else {
+                let listed = min(times, UInt64(ImageCheckResult.listedFindings))
+                for _ in 0..<listed { result.otherErrors.append(Qcow2CheckFinding.pastTheEnd(offset: offset, byteCount: bytes)) }
+                if times > listed { result.otherErrors.countUnlisted(Int(times - listed)) }
                 return
             }
             for cluster in offset / clusterSize...(end - 1) / clusterSize { counts.add(times, to: cluster) }
@@ -142,14 +150,16 @@ extension Qcow2Driver {
                   block != 0, isValidBlock(block), let bytes = try? refcountBlock(block) else { return 0 }
             return width.value(in: bytes, at: Int(cluster % perBlock))
         }
-        /// Calls `body` with runs of at most `longestRun` clusters of the file in order, and their
-        /// stored refcounts (nil where no refcount block counts them: all 0), decoded a run at a time.
+        /// Calls `body` with runs of at most `longestRun` of the first `clusterCount` clusters in
+        /// order, and their stored refcounts (nil where no refcount block counts them: all 0),
+        /// decoded a run at a time.
         let longestRun = min(1 << 16, fileClusters)
-        func forEachRun(_ body: (_ first: UInt64, _ count: Int, _ stored: [UInt64]?) throws(BlockError) -> Void) throws(BlockError) {
+        func forEachRun(upTo clusterCount: UInt64,
+                        _ body: (_ first: UInt64, _ count: Int, _ stored: [UInt64]?) throws(BlockError) -> Void) throws(BlockError) {
             var first: UInt64 = 0
-            while first < fileClusters {
+            while first < clusterCount {
                 let tableIndex = first / perBlock
-                let count = min(longestRun, fileClusters - first, perBlock - first % perBlock)
+                let count = min(longestRun, clusterCount - first, perBlock - first % perBlock)
                 let block = tableIndex < UInt64(refcountTable.count) ? refcountTable[Int(tableIndex)] : 0
                 let stored = block != 0 && isValidBlock(block)
                     ? width.values(in: try refcountBlock(block), from: Int(first % perBlock), count: Int(count)) : nil
@@ -160,7 +170,7 @@ extension Qcow2Driver {
 
         // (1) Which clusters of the file have refcount 1.
         var refcountIsOneBits = [UInt64](repeating: 0, count: Int((fileClusters + 63) / 64))
-        try forEachRun { (first, count, stored) throws(BlockError) in
+        try forEachRun(upTo: fileClusters) { (first, count, stored) throws(BlockError) in
             guard let stored else { return }
             for index in 0..<count where stored[index] == 1 {
                 let cluster = Int(first) + index
@@ -175,11 +185,11 @@ extension Qcow2Driver {
 
         // (2) The references. Snapshots' L1 tables that are one table (same offset and size) are
         // read once, counted as often as they are named.
-        reference(0, bytes: clusterSize, "header")
+        reference(0, bytes: clusterSize)
         var l1Tables = [(offset: state.l1TableOffset, entries: cache.withLock { $0.l1.count }, name: "active L1 table", times: UInt64(1), isActive: true)]
         if header.snapshotCount > 0 {
             let snapshots = try Qcow2Snapshot.readTable(of: self)
-            reference(header.snapshotsOffset, bytes: snapshots.tableBytes, "snapshot table")
+            reference(header.snapshotsOffset, bytes: snapshots.tableBytes)
             var tableAt = [state.l1TableOffset: 0]
             for (number, snapshot) in snapshots.entries.enumerated() {
                 if let same = tableAt[snapshot.l1TableOffset], l1Tables[same].entries == Int(snapshot.l1Size) {
@@ -196,7 +206,7 @@ extension Qcow2Driver {
         // lie together.
         var l2Names: [(key: UInt64, entries: UInt64, times: UInt64)] = []
         for table in l1Tables {
-            reference(table.offset, bytes: UInt64(table.entries) * 8, times: table.times, table.name)
+            reference(table.offset, bytes: UInt64(table.entries) * 8, times: table.times)
             let (l1End, overflow) = table.offset.addingReportingOverflow(UInt64(table.entries) * 8)
             guard table.offset % clusterSize == 0, !overflow, l1End <= fileLength else {
                 result.otherErrors.append(Qcow2CheckFinding.invalidL1Table(name: table.name, offset: table.offset))
@@ -237,7 +247,7 @@ extension Qcow2Driver {
                 if l2Names[nameIndex].key & 1 != 0 { activeTimes += l2Names[nameIndex].entries }
                 nameIndex += 1
             }
-            reference(l2Offset, bytes: clusterSize, times: times, "L2 table")
+            reference(l2Offset, bytes: clusterSize, times: times)
             let l2 = try Self.readBytes(file, at: l2Offset, count: self.clusterSize).bigEndianEntries
             // qemu-img's figures, within each table (fragmentation restarts with each), counted
             // once per active entry that names the table.
@@ -247,9 +257,9 @@ extension Qcow2Driver {
                 switch try? mapping(ofEntry: entry, cluster: UInt64(entryIndex)) {
                 case .data(let offset)?:
                     host = offset
-                    reference(offset, bytes: clusterSize, times: times, "data cluster")
+                    reference(offset, bytes: clusterSize, times: times)
                 case .compressed(let offset, let count)?:
-                    reference(offset, bytes: UInt64(count), times: times, "compressed cluster")
+                    reference(offset, bytes: UInt64(count), times: times)
                     // Fragmented by nature, as qemu-img counts them: neighbours share sectors.
                     allocated += 1
                     compressed += 1
@@ -263,7 +273,7 @@ extension Qcow2Driver {
                 case .zeroes?:
                     // A preallocated zero cluster still owns its host cluster.
                     host = entry & Self.offsetMask
-                    if host != 0 { reference(host, bytes: clusterSize, times: times, "zero cluster") }
+                    if host != 0 { reference(host, bytes: clusterSize, times: times) }
                 case .unallocated?:
                     break
                 case nil:
@@ -287,13 +297,13 @@ extension Qcow2Driver {
         }
         l2Names = []
 
-        reference(state.refcountTableOffset, bytes: refcountTableBytes, "refcount table")
+        reference(state.refcountTableOffset, bytes: refcountTableBytes)
         for (tableIndex, block) in refcountTable.enumerated() where block != 0 {
             guard isValidBlock(block) else {
                 result.otherErrors.append(Qcow2CheckFinding.invalidRefcountBlock(index: tableIndex, offset: block))
                 continue
             }
-            reference(block, bytes: clusterSize, "refcount block")
+            reference(block, bytes: clusterSize)
             // As qemu-img: a block named twice (or also named as something else) is corruption.
             let named = counts[block / clusterSize]
             if named > 1 { result.otherErrors.append(Qcow2CheckFinding.refcountBlockNamedAgain(index: tableIndex, references: named)) }
@@ -303,8 +313,10 @@ extension Qcow2Driver {
         // every cluster of the file a finding.
         var highestUsedCluster: UInt64?
         let noRefcounts = [UInt64](repeating: 0, count: Int(longestRun))
+        // The cluster past the file's last, as QEMU compares it too once a reference reached it.
+        let comparedClusters = fileClusters + (counts[fileClusters] > 0 ? 1 : 0)
         let fixesLeaks = fixes.contains(.leaks), fixesRefcounts = fixes.contains(.refcountErrors)
-        try forEachRun { (first, count, stored) throws(BlockError) in
+        try forEachRun(upTo: comparedClusters) { (first, count, stored) throws(BlockError) in
             let stored = stored ?? noRefcounts
             var highestInRun: Int?, unlistedLeaks = 0, leaksListFull = result.leaks.isFull
             defer {

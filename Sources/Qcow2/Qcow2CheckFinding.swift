@@ -13,7 +13,10 @@ enum Qcow2CheckFinding {
         return "OFLAG_COPIED data cluster: l2_entry=\(entryHex) refcount=\(refcount)"
     }
 
-    static func pastTheEnd(what: String, offset: UInt64) -> String { "ERROR \(what) at offset \(hex(offset)) is past the end of the file" }
+    /// A region that ends a cluster or more past the end of the file.
+    static func pastTheEnd(offset: UInt64, byteCount: UInt64) -> String {
+        "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset \(hex(offset)) size \(hex(byteCount))"
+    }
 
     static func invalidL1Table(name: String, offset: UInt64) -> String { "ERROR \(name) at offset \(hex(offset)) is invalid" }
 

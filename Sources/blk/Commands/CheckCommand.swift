@@ -89,14 +89,17 @@ struct CheckCommand: ParsableCommand {
         if !result.leaks.isEmpty { throw ExitCode(3) }
     }
 
-    /// One line per finding, on stderr as qemu-img prints them; "Repairing" for what was repaired.
-    /// Of each kind only the findings the check kept are listed, then how many more there were.
+    /// One line per finding, on stderr as qemu-img prints them and in its order (what it finds
+    /// while counting references, then the refcount comparison, then the COPIED flags);
+    /// "Repairing" for what was repaired. Of each kind only the findings the check kept are
+    /// listed, then how many more there were.
     private func printFindings(_ result: ImageCheckResult, repaired: Repair?) {
         var lines: [String] = []
         func list<Finding>(_ findings: ImageCheckResult.Findings<Finding>, _ what: String, _ line: (Finding) -> String) {
             lines += findings.listed.map(line)
             if findings.unlisted > 0 { lines.append("... and \(findings.unlisted) more \(what) (\(findings.count) in all)") }
         }
+        list(result.otherErrors, "other errors") { $0 }
         list(result.leaks, "leaked clusters") {
             "\(repaired != nil ? "Repairing" : "Leaked") cluster \($0.cluster) refcount=\($0.refcount) reference=\($0.references)"
         }
@@ -104,7 +107,6 @@ struct CheckCommand: ParsableCommand {
             "\(repaired == .all ? "Repairing" : "ERROR") cluster \($0.cluster) refcount=\($0.refcount) reference=\($0.references)"
         }
         list(result.flagErrors, "OFLAG_COPIED errors") { "\(repaired == .all ? "Repairing" : "ERROR") \($0)" }
-        list(result.otherErrors, "other errors") { $0 }
         if !lines.isEmpty { writeStandardError(lines.joined(separator: "\n") + "\n") }
     }
 

@@ -158,6 +158,39 @@ struct Qcow2CheckTests {
         try qemuIO(["-f", "qcow2", "-r", "-c", "read -P 4 0 1M", "-c", "read -P 6 1M 4k", "-c", "read -P 5 600M 64k", image])
     }
 
+    /// Replaces guest cluster 0's L2 entry with what `entry` makes of the file's length.
+    func patchFirstL2Entry(_ image: String, _ entry: (_ fileLength: UInt64) -> UInt64) throws {
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: image))
+        defer { try? handle.close() }
+        func readBigEndian(at offset: UInt64) throws -> UInt64 {
+            try handle.seek(toOffset: offset)
+            return (try handle.read(upToCount: 8) ?? Data()).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+        let l2 = try readBigEndian(at: try readBigEndian(at: 40)) & 0x00ff_ffff_ffff_fe00
+        let fileLength = try handle.seekToEnd()
+        try handle.seek(toOffset: l2)
+        handle.write(withUnsafeBytes(of: entry(fileLength).bigEndian) { Data($0) })
+    }
+
+    @Test("an L2 entry a cluster or more past the end of the file: qemu-img's words and verdict, and less than a cluster is counted",
+          arguments: ["data cluster far past the end", "compressed cluster partly past the end"])
+    func pastTheEnd(damage: String) throws {
+        let image = try scratch.qcow2Image("past.qcow2", size: "4M")
+        if damage == "data cluster far past the end" {
+            try qemuIO(["-f", "qcow2", "-c", "write -P 1 0 64k", "-c", "write -P 2 64k 64k", image])
+            try patchFirstL2Entry(image) { _ in 1 << 63 | 16 << 20 }
+        } else {
+            // Two sectors starting 256 bytes before the end: 512 bytes past it, in the cluster
+            // after the file's last, which QEMU counts and compares too.
+            try qemuIO(["-f", "qcow2", "-c", "write -c -P 1 0 64k", "-c", "write -P 2 64k 64k", image])
+            try patchFirstL2Entry(image) { fileLength in 1 << 62 | 1 << 54 | (fileLength - 256) }
+        }
+        let ours = try blk("check", image), theirs = try run("/usr/bin/qemu-img", ["check", image])
+        #expect(ours.status == 2 && ours.status == theirs.status, "\(ours)")
+        #expect(ours.stdout == theirs.stdout)
+        #expect(ours.stderr == theirs.stderr)
+    }
+
     @Test("a raw image has nothing to check: exit 63, as qemu-img")
     func rawHasNothing() throws {
         let image = try scratch.rawImage()
