@@ -8,7 +8,7 @@ import PackageDescription
 let package = Package(
     name: "BlockLayer",
     products: [
-        .library(name: "BlockLayer", targets: ["BlockLayer", "BlockLocking", "Qcow2", "DeviceState"]),
+        .library(name: "BlockLayer", targets: ["BlockGraph", "BlockLocking", "Qcow2", "DeviceState"]),
         .executable(name: "blk", targets: ["blk"]),
     ],
     dependencies: [
@@ -31,7 +31,7 @@ let package = Package(
         ),
         .target(name: "CLinuxIO"),
         .target(
-            name: "BlockLayer",
+            name: "BlockGraph",
             dependencies: [
                 "BlockLocking",
                 "CLinuxIO",
@@ -42,7 +42,7 @@ let package = Package(
         .target(
             name: "Qcow2",
             dependencies: [
-                "BlockLayer",
+                "BlockGraph",
                 "BlockLocking",
                 "CZlib",
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -52,7 +52,7 @@ let package = Package(
         .target(
             name: "DeviceState",
             dependencies: [
-                "BlockLayer",
+                "BlockGraph",
                 "BlockLocking",
                 "Qcow2",
                 "CChecksum",
@@ -66,7 +66,7 @@ let package = Package(
             name: "blk",
             dependencies: [
                 "BlockIOScript",
-                "BlockLayer",
+                "BlockGraph",
                 "Qcow2",
                 "DeviceState",
                 "BlockLocking",
@@ -78,7 +78,7 @@ let package = Package(
         ),
         // A process that takes locks on command, so tests can put holders and waiters in
         // separate processes: locks held and checked by one process prove nothing.
-        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLayer", "BlockLocking", "Qcow2"]),
+        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockGraph", "BlockLocking", "Qcow2"]),
         // A long-running device that keeps its state store open read-write, for the migration
         // and concurrency tests: it commits and hands over on command.
         .executableTarget(name: "blk-state-fixture", dependencies: ["DeviceState"]),
@@ -87,7 +87,7 @@ let package = Package(
         .executableTarget(name: "blk-peak-fixture"),
         .testTarget(
             name: "BlockLayerTests",
-            dependencies: ["BlockLayer", "BlockLocking", "DeviceState", "Qcow2"]
+            dependencies: ["BlockGraph", "BlockLocking", "DeviceState", "Qcow2"]
         ),
     ],
     swiftLanguageModes: [.v6]
@@ -98,7 +98,7 @@ let package = Package(
 if Context.environment["BLK_FUZZ"] != nil {
     package.targets += [
         .target(name: "FuzzSupport", path: "Fuzz/Support"),
-        .executableTarget(name: "fuzz-qcow2", dependencies: ["FuzzSupport", "BlockLayer", "BlockLocking", "Qcow2"],
+        .executableTarget(name: "fuzz-qcow2", dependencies: ["FuzzSupport", "BlockGraph", "BlockLocking", "Qcow2"],
                           path: "Fuzz/qcow2"),
         .executableTarget(name: "fuzz-state", dependencies: ["FuzzSupport", "DeviceState", .product(name: "Crypto", package: "swift-crypto")],
                           path: "Fuzz/state"),

@@ -7,7 +7,7 @@
 // The image lives in memory (MemoryDriver) and the qcow2 format opens straight over it, so an
 // input costs the parsing and no system calls. The name it is opened under is in an empty folder
 // of its own: a relative backing-file name in a hostile header finds nothing.
-import BlockLayer
+import BlockGraph
 import BlockLocking
 import FuzzSupport
 import Glibc

@@ -15,7 +15,7 @@
 // The transaction lock is taken through a descriptor of the store's own (OFD locks belong to an
 // open file description), so a one-shot command can hold it across its whole open–commit–close
 // and a second one waits for it instead of failing on the permission locks.
-import BlockLayer
+import BlockGraph
 import BlockLocking
 import Qcow2
 import Synchronization

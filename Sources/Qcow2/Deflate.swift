@@ -1,6 +1,6 @@
 // Deflate: qcow2's compressed clusters, raw deflate with a 4 KiB window (windowBits −12, as
 // QEMU's qcow2_co_compress writes them), through the system zlib.
-import BlockLayer
+import BlockGraph
 import CZlib
 
 enum Deflate {

@@ -20,7 +20,7 @@
 // raw ones; now 15 % faster. Flush trims the file back to its last cluster. Clusters past the
 // last one are free (refcount 0), so a crash in between leaves only a longer file: up to one
 // step of allocated, unreferenced disk that qemu-img check does not count or reclaim.
-import BlockLayer
+import BlockGraph
 
 extension Qcow2Driver {
     func loadRefcountTable(_ state: inout Qcow2WriterState) throws(BlockError) {

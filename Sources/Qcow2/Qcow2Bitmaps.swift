@@ -8,7 +8,7 @@
 // Directory entry:      0 bitmap_table_offset u64 · 8 bitmap_table_size u32 · 12 flags u32 ·
 //                       16 type u8 · 17 granularity_bits u8 · 18 name_size u16 ·
 //                       20 extra_data_size u32 · 24 extra data, then the name; padded to 8
-import BlockLayer
+import BlockGraph
 
 struct Qcow2Bitmap: Sendable, Hashable {
     var name: String

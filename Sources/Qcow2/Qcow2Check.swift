@@ -25,7 +25,7 @@
 // Repairs go through the writer (Qcow2Allocation.swift), so they are ordered as every write is;
 // refcounts first, then the COPIED flags judged by the repaired refcounts. A clean result of -r
 // all clears the dirty and corrupt bits, as QEMU does.
-import BlockLayer
+import BlockGraph
 
 extension Qcow2Driver {
     /// 2^28 clusters: a file of 128 GiB in 512-byte clusters, 16 TiB in 64 KiB ones; 256 MiB of

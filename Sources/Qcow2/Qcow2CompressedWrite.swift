@@ -3,7 +3,7 @@
 // so several share a host cluster (each sharing adds one to its refcount; the L2 entry says
 // how many 512-byte sectors the data spans, qcow2.rst "Compressed Clusters Descriptor"). The
 // data goes to the file before its refcounts and L2 entry, like every write (Qcow2Writer.swift).
-import BlockLayer
+import BlockGraph
 
 extension Qcow2Driver {
     public func compressedClusterSize() throws(BlockError) -> Int { clusterSize }

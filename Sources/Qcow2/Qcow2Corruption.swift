@@ -3,7 +3,7 @@
 // feature bit 1) set on disk at once, so no later open — ours or QEMU's — writes to it before
 // `check -r all`; further writes through this open are refused. An image open read-only is left
 // untouched and only the request fails.
-import BlockLayer
+import BlockGraph
 
 extension Qcow2Driver {
     /// The error to throw for `message`, after marking the image corrupt if this open may write.

@@ -4,7 +4,7 @@
 // data clusters it maps — so `qemu-img check` finds it clean.
 // Like every creation (ImageCreation.swift), an image some process holds is never truncated,
 // and every byte goes through the new file's FileDriver, the one fenced path.
-import BlockLayer
+import BlockGraph
 import BlockLocking
 
 extension Qcow2Format {

@@ -8,7 +8,7 @@
 // L2 entry:  bit 63 COPIED · bit 62 compressed · standard: bits 9–55 host offset, bit 0 "reads
 //            as zeroes" (v3) · compressed: low (62 − (cluster_bits − 8)) bits host byte offset,
 //            then the number of additional 512-byte sectors
-import BlockLayer
+import BlockGraph
 import BlockLocking
 import Synchronization
 

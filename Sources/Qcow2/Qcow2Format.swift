@@ -1,6 +1,6 @@
 // Qcow2Format: qcow2 as a `BlockFormat` — recognised by its magic, opened by reading and
 // checking the header, then the L1 table, then the backing chain.
-import BlockLayer
+import BlockGraph
 
 public enum Qcow2Format: BlockFormat {
     public static let formatName = "qcow2"

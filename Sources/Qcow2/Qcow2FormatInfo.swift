@@ -2,7 +2,7 @@
 // names and in the order qemu-img prints them. As qemu-img, a version 2 image shows only what
 // version 2 has (no lazy refcounts, corrupt bit or extended L2), and persistent bitmaps are
 // listed only while the autoclear bit still vouches for them.
-import BlockLayer
+import BlockGraph
 
 extension Qcow2Driver {
     public func formatInfo() throws(BlockError) -> FormatSpecificInfo {

@@ -11,7 +11,7 @@
 //  36  l1_size                u32
 //  40  l1_table_offset        u64
 // Extensions follow the header (v2: at byte 72): type u32, length u32, data padded to 8 bytes.
-import BlockLayer
+import BlockGraph
 import BlockLocking
 
 public struct Qcow2Header: Sendable, Hashable {

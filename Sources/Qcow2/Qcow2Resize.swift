@@ -8,7 +8,7 @@
 //
 // A crash before 2 leaves the new table as a leak and the image as it was; after 2, the old
 // table is at worst a leak. Shrinking is refused: it would drop guest data.
-import BlockLayer
+import BlockGraph
 
 extension Qcow2Driver {
     public func truncate(to byteCount: Int64) throws(BlockError) {

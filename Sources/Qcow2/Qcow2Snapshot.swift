@@ -6,7 +6,7 @@
 //    8  l1_size          u32    20  date_nsec       u32    40  extra data: vm_state_size_large u64,
 //   12  id_str_size      u16    24  vm_clock_nsec   u64        disk_size u64, icount u64 (each optional)
 //   14  name_size        u16    32  vm_state_size   u32        then the id, then the name
-import BlockLayer
+import BlockGraph
 
 struct Qcow2Snapshot: Sendable, Hashable {
     var id: String

@@ -22,7 +22,7 @@
 // qcow2.rst): a write never changes a shared cluster or table in place. It gets a copy with
 // COPIED set, and the shared one loses this image's reference in step 4 — so the snapshot keeps
 // exactly what it had. Clusters whose L1 and L2 entries both carry COPIED are overwritten in place.
-import BlockLayer
+import BlockGraph
 
 /// What the writer keeps between writes; guarded by `Qcow2Driver.writer`, which also makes
 /// allocating writes one at a time.

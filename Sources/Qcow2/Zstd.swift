@@ -4,7 +4,7 @@
 //
 // A compressed cluster holds one zstd frame followed by padding up to its last sector, so the
 // frame's own size is found first (ZSTD_findFrameCompressedSize) and only that is decompressed.
-import BlockLayer
+import BlockGraph
 import Glibc
 
 enum Zstd {

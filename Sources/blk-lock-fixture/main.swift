@@ -18,7 +18,7 @@
 //   flush HANDLE                      → ok
 //   lease HANDLE                      → ok none|shared|exclusive [lost]
 // Failures answer "err CODE MESSAGE" with newlines in MESSAGE written as "\n".
-import BlockLayer
+import BlockGraph
 import BlockLocking
 import Glibc
 import Qcow2

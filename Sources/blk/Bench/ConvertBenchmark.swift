@@ -4,7 +4,7 @@
 // that compresses about as well as a guest's files (words from a small vocabulary), half zeroes.
 // Both sides run in the same cache mode: durable (flushed at the end: blk's default, qemu-img's
 // -t writeback) and unflushed (qemu-img's default, -t unsafe, blk's -t unsafe).
-import BlockLayer
+import BlockGraph
 import BlockLocking
 import FoundationEssentials
 import Glibc

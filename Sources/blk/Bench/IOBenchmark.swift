@@ -4,7 +4,7 @@
 // and wrap at the image size, as qemu-img 7.2's do (later versions wrap at size − request size);
 // a step that is not a multiple of the request size can then run a request past the end, which
 // fails in both.
-import BlockLayer
+import BlockGraph
 import BlockLocking
 import Dispatch
 import FoundationEssentials

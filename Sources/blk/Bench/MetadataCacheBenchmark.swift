@@ -3,7 +3,7 @@
 // 2 MiB — each in the range of a new L2 table — so its L2 tables (128 MiB of them by default,
 // and their refcount blocks) come into being, then every block is read back. The baseline is that metadata itself: what memory would
 // grow by if nothing were ever evicted.
-import BlockLayer
+import BlockGraph
 import FoundationEssentials
 import Glibc
 import Qcow2

@@ -1,6 +1,6 @@
 // ImageOptions: the options every command that opens an image shares (interface.md §1).
 import ArgumentParser
-import BlockLayer
+import BlockGraph
 import BlockLocking
 import Qcow2
 

@@ -2,7 +2,7 @@
 // (L2ReadIndex), so this is where a stale or misplaced table would show — as a cluster with
 // another cluster's bytes, or a cluster read as zeroes after its write returned. The metadata cache holds four tables of the image's 48, so tables are
 // evicted and their buffers reused all the while, and a resize midway replaces the L1 table.
-import BlockLayer
+import BlockGraph
 import Foundation
 import Qcow2
 import Synchronization

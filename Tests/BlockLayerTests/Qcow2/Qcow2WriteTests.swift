@@ -1,7 +1,7 @@
 // blk writing qcow2 images: `qemu-img check` finds them clean (exit 0) and QEMU reads back
 // exactly what blk wrote — fresh images, mixed writers, copy-up over a backing file, overwriting
 // compressed clusters.
-import BlockLayer
+import BlockGraph
 import Foundation
 import Qcow2
 import Testing

@@ -1,6 +1,6 @@
 // `blk resize`: growing qcow2 images (within the L1 table, and past it, which moves the table)
 // and raw ones; qemu-img check stays clean, old data stays, new space reads as zeroes.
-import BlockLayer
+import BlockGraph
 import Foundation
 import Qcow2
 import Testing
