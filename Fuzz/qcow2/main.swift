@@ -53,7 +53,7 @@ func readImage(_ input: UnsafeRawBufferPointer) {
     for offset in [Int64(0), 65536, 131072, max(0, length - 65536)] where offset < length {
         let count = Int(min(Int64(buffer.count), length - offset))
         _ = try? root.driver.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]))
-        _ = try? root.driver.readsAsZeroes(at: offset, byteCount: Int64(count))
+        _ = try? root.driver.blockStatus(at: offset, byteCount: Int64(count))
     }
 }
 

@@ -18,4 +18,6 @@ int blk_o_direct(void) { return O_DIRECT; }
 
 int blk_seek_data(void) { return SEEK_DATA; }
 
+int blk_seek_hole(void) { return SEEK_HOLE; }
+
 int blk_dup3_cloexec(int from, int onto) { return dup3(from, onto, O_CLOEXEC); }

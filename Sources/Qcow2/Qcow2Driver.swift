@@ -26,6 +26,8 @@ public final class Qcow2Driver: BlockDriver {
     /// Version 3: bit 0 of an L2 entry means "reads as zeroes".
     let hasZeroClusters: Bool
     public let file: BlockNode
+    /// The path of the image file, as block status names it.
+    let fileName: String
     /// `file.driver`, one load from self: reached through `file` the compiler retains and
     /// releases the driver on every request, an atomic on a line every reader thread shares.
     let fileDriver: any BlockDriver
@@ -57,7 +59,7 @@ public final class Qcow2Driver: BlockDriver {
     static let compressedBit: UInt64 = 1 << 62
     static let zeroBit: UInt64 = 1
 
-    init(header: Qcow2Header, file: BlockNode, backing: BlockImage?, writable: Bool, repairing: Bool, forceShare: Bool,
+    init(header: Qcow2Header, file: BlockNode, fileName: String, backing: BlockImage?, writable: Bool, repairing: Bool, forceShare: Bool,
          cacheBytes: Int) throws(BlockError) {
         openedForRepair = repairing
         self.header = header
@@ -68,6 +70,7 @@ public final class Qcow2Driver: BlockDriver {
         refcountWidth = RefcountWidth(order: header.refcountOrder)
         hasZeroClusters = header.version >= 3
         self.file = file
+        self.fileName = fileName
         fileDriver = file.driver
         self.backing = backing
         self.forceShare = forceShare
@@ -112,20 +115,21 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     func mapping(ofGuestCluster cluster: UInt64) throws(BlockError) -> ClusterMapping {
+        try checkedMapping(ofEntry: try l2Entry(ofGuestCluster: cluster), cluster: cluster)
+    }
+
+    /// The L2 entry of a guest cluster: 0 (unallocated) when its L1 entry names no table.
+    func l2Entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> UInt64 {
         let (l1Index, l2Index) = tableIndices(ofGuestCluster: cluster)
-        if let entry = readIndex.entry(l1Index: l1Index, entryIndex: l2Index) {
-            return try checkedMapping(ofEntry: entry, cluster: cluster)
-        }
+        if let entry = readIndex.entry(l1Index: l1Index, entryIndex: l2Index) { return entry }
         while true {
             // The L1 entry and the generation in one look: a table read from disk is kept only
             // if the writer changed nothing since — it may have moved the table meanwhile.
             let (l1Entry, cached, generation) = cache.withLock { $0.lookup(l1Index: l1Index, entryIndex: l2Index) }
             let l2Offset = l1Entry & Self.offsetMask
-            guard l2Offset != 0 else { return .unallocated }
-            if let cached { return try checkedMapping(ofEntry: cached, cluster: cluster) }
-            if let table = try loadL2Table(at: l2Offset, readAt: generation) {
-                return try checkedMapping(ofEntry: table[l2Index], cluster: cluster)
-            }
+            guard l2Offset != 0 else { return 0 }
+            if let cached { return cached }
+            if let table = try loadL2Table(at: l2Offset, readAt: generation) { return table[l2Index] }
         }
     }
 
@@ -260,28 +264,6 @@ public final class Qcow2Driver: BlockDriver {
         if inside < target.count {
             UnsafeMutableRawBufferPointer(rebasing: target[inside...]).initializeMemory(as: UInt8.self, repeating: 0)
         }
-    }
-
-    /// Zero clusters, and unallocated ones where the backing image (if any) reads as zeroes.
-    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
-        let clusterSize = Int64(self.clusterSize)
-        var cluster = byteOffset / clusterSize
-        while cluster * clusterSize < byteOffset + byteCount {
-            switch try mapping(ofGuestCluster: UInt64(cluster)) {
-            case .zeroes:
-                break
-            case .unallocated:
-                if let backing {
-                    let start = max(byteOffset, cluster * clusterSize)
-                    let end = min(byteOffset + byteCount, (cluster + 1) * clusterSize, max(start, try backing.length()))
-                    if end > start, try !backing.readsAsZeroes(at: start, byteCount: end - start) { return false }
-                }
-            case .data, .compressed:
-                return false
-            }
-            cluster += 1
-        }
-        return true
     }
 
     /// Going read-only writes back what is cached first; going read-write is refused for an

@@ -33,7 +33,7 @@ public enum Qcow2Format: BlockFormat {
             options.writeJournalPath = nil
             backing = try BlockImage.open(path, backingOf: context, options: options)
         }
-        let driver = try Qcow2Driver(header: header, file: file, backing: backing, writable: context.options.writable,
+        let driver = try Qcow2Driver(header: header, file: file, fileName: context.path, backing: backing, writable: context.options.writable,
                                      repairing: context.options.repairing, forceShare: context.options.forceShare,
                                      cacheBytes: context.options.metadataCacheBytes ?? defaultCacheBytes)
         return BlockNode(driver: driver, children: [(.file, file)])

@@ -165,8 +165,8 @@ public final class FaultInjectionDriver: BlockDriver {
 
     public func truncate(to byteCount: Int64) throws(BlockError) { try file.driver.truncate(to: byteCount) }
 
-    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
-        try file.driver.readsAsZeroes(at: byteOffset, byteCount: byteCount)
+    public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
+        try file.driver.blockStatus(at: byteOffset, byteCount: byteCount)
     }
 
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }

@@ -312,11 +312,23 @@ public final class FileDriver: BlockDriver {
         }
     }
 
-    /// A hole: lseek(SEEK_DATA) finds no data before the range ends (ENXIO: none up to the end).
-    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
-        let next = lseek(descriptor.rawValue, off_t(byteOffset), blk_seek_data())
-        if next == -1 { return Errno(rawValue: errno) == .noSuchAddressOrDevice }
-        return Int64(next) >= byteOffset + byteCount
+    /// Holes and data as lseek(2) finds them (QEMU's file-posix find_allocation): a hole reads
+    /// as zeroes and is not data; both are present, at their own offset. A file system that
+    /// cannot tell (or a hole past data that SEEK_HOLE does not find) is taken as all data.
+    public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
+        func run(_ count: Int64, isData: Bool) -> BlockStatus {
+            BlockStatus(byteCount: min(count, byteCount), isData: isData, isZero: !isData, isAllocated: true,
+                        hostOffset: byteOffset, file: path)
+        }
+        let data = lseek(descriptor.rawValue, off_t(byteOffset), blk_seek_data())
+        if data == -1 {
+            // ENXIO: no data from here to the end of the file.
+            return run(byteCount, isData: Errno(rawValue: errno) != .noSuchAddressOrDevice)
+        }
+        if Int64(data) > byteOffset { return run(Int64(data) - byteOffset, isData: false) }
+        let hole = lseek(descriptor.rawValue, off_t(byteOffset), blk_seek_hole())
+        guard hole != -1, Int64(hole) > byteOffset else { return run(byteCount, isData: true) }
+        return run(Int64(hole) - byteOffset, isData: true)
     }
 
     public func allocatedBytes() throws(BlockError) -> Int64? {

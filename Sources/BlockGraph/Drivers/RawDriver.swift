@@ -44,8 +44,10 @@ public final class RawDriver: BlockDriver {
 
     public func flush() throws(BlockError) { try fileDriver.flush() }
 
-    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
-        try fileDriver.readsAsZeroes(at: self.byteOffset + byteOffset, byteCount: byteCount)
+    /// The file's status where the window puts the range (QEMU's raw answers BDRV_BLOCK_RAW:
+    /// ask the file), host offsets included.
+    public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
+        try fileDriver.blockStatus(at: self.byteOffset + byteOffset, byteCount: byteCount)
     }
 
     public func truncate(to byteCount: Int64) throws(BlockError) {

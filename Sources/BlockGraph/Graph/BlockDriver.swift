@@ -50,9 +50,10 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// later need not allocate: what a format growing its file ahead of allocation asks for.
     func extend(to byteCount: Int64) throws(BlockError)
 
-    /// Whether `byteCount` bytes at `byteOffset` are known to read as zeroes without reading them
-    /// (holes, unallocated or zero clusters): copies skip them. False when unknown.
-    func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool
+    /// What the run of bytes from `byteOffset` is, at most `byteCount` (at least 1) of them,
+    /// with the backing chain below this node walked (BlockStatus.swift). The caller has checked
+    /// the range against `length()`.
+    func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus
 
     /// Bytes the node occupies on its storage (qemu-img's "disk size"); nil when unknown.
     func allocatedBytes() throws(BlockError) -> Int64?
@@ -110,7 +111,9 @@ extension BlockDriver {
     }
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest { parentsNeed }
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {}
-    public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool { false }
+    public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
+        throw BlockError(.unsupported, "the \(formatName) driver cannot tell block status")
+    }
     public func reopen(writable: Bool) throws(BlockError) {}
     public var transactionLock: TransactionLock? { nil }
     public var cachesMetadata: Bool { false }

@@ -172,7 +172,15 @@ public final class BlockImage: Sendable {
         }
     }
 
-    /// Whether the range is known to read as zeroes without reading it (see BlockDriver).
+    /// What the run of bytes from `byteOffset` is (data, zeroes, unallocated; which node of the
+    /// backing chain holds it, and where), at most `byteCount` of them (BlockStatus.swift).
+    public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
+        try checkRange(byteOffset, byteCount)
+        guard byteCount > 0 else { throw BlockError(.invalidRequest, "block status of an empty range (offset \(byteOffset))") }
+        return try rootDriver.blockStatus(at: byteOffset, byteCount: byteCount)
+    }
+
+    /// Whether the range is known to read as zeroes without reading it: its block status says so.
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
         try checkRange(byteOffset, byteCount)
         return try rootDriver.readsAsZeroes(at: byteOffset, byteCount: byteCount)

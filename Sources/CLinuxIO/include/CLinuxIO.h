@@ -1,5 +1,5 @@
 // CLinuxIO: the file-I/O calls and flags Swift's Glibc module hides behind _GNU_SOURCE:
-// fallocate(2) and its modes, O_DIRECT, SEEK_DATA and dup3(2). Values are kernel ABI (include/uapi/linux/falloc.h).
+// fallocate(2) and its modes, O_DIRECT, SEEK_DATA, SEEK_HOLE and dup3(2). Values are kernel ABI (include/uapi/linux/falloc.h).
 #ifndef CLINUXIO_H
 #define CLINUXIO_H
 
@@ -19,6 +19,10 @@ int blk_o_direct(void);
 
 /// lseek's SEEK_DATA whence: the next offset at or after the given one that holds data.
 int blk_seek_data(void);
+
+/// lseek's SEEK_HOLE whence: the next offset at or after the given one that starts a hole (the
+/// end of the file counts as one).
+int blk_seek_hole(void);
 
 /// dup3(2) with O_CLOEXEC: makes `onto` refer to `from`'s open file description in one step,
 /// so the number `onto` is never free in between, and no child process inherits it.
