@@ -83,8 +83,8 @@ extension Qcow2Driver {
     /// An unallocated run: the backing image's status, up to its end; zeroes past it or without one.
     private func backingStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
         guard let backing else { return .unallocatedZeroes(byteCount: byteCount) }
-        let backingLength = try backing.length()
+        let backingLength = try backing.driver.length()
         guard byteOffset < backingLength else { return .unallocatedZeroes(byteCount: byteCount) }
-        return try backing.blockStatus(at: byteOffset, byteCount: min(byteCount, backingLength - byteOffset)).inBacking()
+        return try backing.driver.blockStatus(at: byteOffset, byteCount: min(byteCount, backingLength - byteOffset)).inBacking()
     }
 }

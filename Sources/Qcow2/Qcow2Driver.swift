@@ -31,8 +31,8 @@ public final class Qcow2Driver: BlockDriver {
     /// `file.driver`, one load from self: reached through `file` the compiler retains and
     /// releases the driver on every request, an atomic on a line every reader thread shares.
     let fileDriver: any BlockDriver
-    /// The image reads fall through to, kept open (with its own locks) while this one is.
-    public let backing: BlockImage?
+    /// The node unallocated clusters read from: this node's `.backing` child.
+    public let backing: BlockNode?
     let forceShare: Bool
     /// The virtual size now: the header's, until a resize grows it.
     let virtualSize: Atomic<Int64>
@@ -59,7 +59,7 @@ public final class Qcow2Driver: BlockDriver {
     static let compressedBit: UInt64 = 1 << 62
     static let zeroBit: UInt64 = 1
 
-    init(header: Qcow2Header, file: BlockNode, fileName: String, backing: BlockImage?, writable: Bool, repairing: Bool, forceShare: Bool,
+    init(header: Qcow2Header, file: BlockNode, fileName: String, backing: BlockNode?, writable: Bool, repairing: Bool, forceShare: Bool,
          cacheBytes: Int) throws(BlockError) {
         openedForRepair = repairing
         self.header = header
@@ -258,9 +258,9 @@ public final class Qcow2Driver: BlockDriver {
             return
         }
         // A backing image shorter than this one reads as zeroes past its end.
-        let backingLength = try backing.length()
+        let backingLength = try backing.driver.length()
         let inside = Int(max(0, min(Int64(target.count), backingLength - offset)))
-        if inside > 0 { try backing.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: target[0..<inside])) }
+        if inside > 0 { try backing.driver.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: target[0..<inside])) }
         if inside < target.count {
             UnsafeMutableRawBufferPointer(rebasing: target[inside...]).initializeMemory(as: UInt8.self, repeating: 0)
         }
@@ -286,15 +286,29 @@ public final class Qcow2Driver: BlockDriver {
         holdsWrite.store(request.held.contains(.write), ordering: .releasing)
     }
 
-    public func eventBegan(_ event: BlockEvent) { file.driver.eventBegan(event) }
-    public func eventEnded(_ event: BlockEvent) { file.driver.eventEnded(event) }
+    /// Both children: a copy-on-write reads the backing image during its step.
+    public func eventBegan(_ event: BlockEvent) {
+        file.driver.eventBegan(event)
+        backing?.driver.eventBegan(event)
+    }
 
-    /// QEMU's bdrv_default_perms_for_storage: the metadata must not change under us, so write
-    /// and resize are never shared — unless the user forced sharing (-U).
+    public func eventEnded(_ event: BlockEvent) {
+        file.driver.eventEnded(event)
+        backing?.driver.eventEnded(event)
+    }
+
+    /// The file: QEMU's bdrv_default_perms_for_storage — the metadata must not change under us,
+    /// so write and resize are never shared, unless the user forced sharing (-U). The backing
+    /// image: QEMU's bdrv_default_perms_for_cow — it is only read, consistently if the parents
+    /// read so, and may be written or resized by others only if the parents share write.
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest {
         // No parent (closed, or inactive for a migration hand-over): the format needs nothing
         // either, or an inactive source would keep a destination from activating.
         guard parentsNeed != .none else { return .none }
+        if role == .backing {
+            return PermissionRequest(held: parentsNeed.held.intersection(.consistentRead),
+                                     unshared: parentsNeed.unshared.contains(.write) ? [.write, .resize] : [])
+        }
         var request = parentsNeed
         if request.held.contains(.write) { request.held.insert(.resize) }
         if !forceShare { request.unshared.formUnion([.write, .resize]) }

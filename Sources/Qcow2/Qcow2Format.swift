@@ -23,20 +23,13 @@ public enum Qcow2Format: BlockFormat {
             && !context.options.repairing {
             throw BlockError(.corrupt, "qcow2: Image is corrupt; cannot be opened read/write")
         }
-        var backing: BlockImage?
-        if let name = header.backingFile {
-            let path = backingPath(name, besides: context.path)
-            var options = context.options
-            options.format = header.backingFormat
-            options.writable = false
-            options.faults = []
-            options.writeJournalPath = nil
-            backing = try BlockImage.open(path, backingOf: context, options: options)
+        let backing = try header.backingFile.map { (name) throws(BlockError) in
+            try context.openBacking(backingPath(name, besides: context.path), format: header.backingFormat)
         }
         let driver = try Qcow2Driver(header: header, file: file, fileName: context.path, backing: backing, writable: context.options.writable,
                                      repairing: context.options.repairing, forceShare: context.options.forceShare,
                                      cacheBytes: context.options.metadataCacheBytes ?? defaultCacheBytes)
-        return BlockNode(driver: driver, children: [(.file, file)])
+        return BlockNode(driver: driver, children: [(.file, file)] + (backing.map { [(.backing, $0)] } ?? []))
     }
 
     /// The backing file's path as QEMU makes it (path_combine): an absolute name as it is, a

@@ -34,24 +34,47 @@ public final class BlockImage: Sendable {
     private let inactiveSince: Mutex<FileDriver.ChangeStamp?>
 
     /// Opens `path`: the file node, then the format node on top (built by the first of
-    /// `formats` that matches, or the one `options.format` names), then (unless inactive) the
-    /// permission locks — all undone if any step fails.
+    /// `formats` that matches, or the one `options.format` names) with the children it opens (a
+    /// backing chain), then (unless inactive) the permission locks — all undone if any step fails.
     public static func open(_ path: String, options: OpenOptions = OpenOptions(),
                             formats: [any BlockFormat.Type] = [RawFormat.self]) throws(BlockError) -> BlockImage {
-        try open(path, options: options, formats: formats, chain: [])
-    }
-
-    /// Opens the backing image of the image `context` is opening, refusing a chain that loops.
-    public static func open(_ path: String, backingOf context: FormatOpenContext, options: OpenOptions) throws(BlockError) -> BlockImage {
-        guard context.chain.count < 64 else { throw BlockError(.corrupt, "Could not open '\(path)': the backing chain is too deep") }
-        return try open(path, options: options, formats: context.formats, chain: context.chain)
-    }
-
-    static func open(_ path: String, options: OpenOptions, formats: [any BlockFormat.Type],
-                     chain: [FileIdentity]) throws(BlockError) -> BlockImage {
         if options.forceShare && options.writable {
             throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
         }
+        let graph = try openGraph(path, options: options, formats: formats, chain: [])
+        var warnings = graph.warnings
+        if graph.formatWasProbed && graph.format == "raw" && options.writable {
+            warnings.append("Image format was not specified for '\(path)' and probing guessed raw; writes to block 0 that would make it look like another format are refused. Specify -f raw to remove the restriction.")
+        }
+        let image = BlockImage(path: path, root: graph.root, format: graph.format, probed: graph.formatWasProbed, warnings: warnings,
+                               options: options, inactiveSince: graph.inactiveSince)
+        if !options.inactive {
+            do throws(BlockError) {
+                try graph.root.setNeeds(options.userRequest, of: ObjectIdentifier(image))
+            } catch {
+                var refused = error
+                refused.message = "Could not open '\(path)': " + error.message
+                throw refused
+            }
+        }
+        return image
+    }
+
+    /// The nodes of one image, before any parent has asked anything of them.
+    struct OpenedGraph {
+        var root: BlockNode
+        var format: String
+        var formatWasProbed: Bool
+        var warnings: [String]
+        /// The file as it was before the format read its metadata, for an inactive open.
+        var inactiveSince: FileDriver.ChangeStamp?
+    }
+
+    /// The file node of `path` (with the test wrappers `options` asks for), the format node over
+    /// it and what the format opens below it, refusing a file `chain` already holds. No lock is
+    /// taken: the permissions come down from whoever holds the top node.
+    static func openGraph(_ path: String, options: OpenOptions, formats: [any BlockFormat.Type],
+                          chain: [FileIdentity]) throws(BlockError) -> OpenedGraph {
         let fileDriver = try FileDriver(path: path, writable: options.writable, locking: options.locking, cache: options.cache,
                                         lease: options.forceShare ? .none : options.lease) // -U reads beside writers
         var fileNode = BlockNode(driver: fileDriver)
@@ -61,7 +84,6 @@ public final class BlockImage: Sendable {
         if !options.faults.isEmpty {
             fileNode = BlockNode(driver: FaultInjectionDriver(file: fileNode, rules: options.faults), children: [(.file, fileNode)])
         }
-        var warnings = fileDriver.locks.decision.warnings
         let identity: FileIdentity
         // A loop is one file met twice by this process, which fstat's device and inode show
         // alike for every open, with no /proc reading (the mount is known only when locking).
@@ -89,21 +111,8 @@ public final class BlockImage: Sendable {
         let inactiveSince = options.inactive ? try fileDriver.changeStamp() : nil
         let context = FormatOpenContext(path: path, options: options, formats: formats, chain: chain + [identity])
         let root = try driver.open(file: fileNode, context: context)
-        if probed && format == "raw" && options.writable {
-            warnings.append("Image format was not specified for '\(path)' and probing guessed raw; writes to block 0 that would make it look like another format are refused. Specify -f raw to remove the restriction.")
-        }
-        let image = BlockImage(path: path, root: root, format: format, probed: probed, warnings: warnings, options: options,
-                               inactiveSince: inactiveSince)
-        if !options.inactive {
-            do throws(BlockError) {
-                try root.setNeeds(options.userRequest, of: ObjectIdentifier(image))
-            } catch {
-                var refused = error
-                refused.message = "Could not open '\(path)': " + error.message
-                throw refused
-            }
-        }
-        return image
+        return OpenedGraph(root: root, format: format, formatWasProbed: probed, warnings: fileDriver.locks.decision.warnings,
+                           inactiveSince: inactiveSince)
     }
 
     private init(path: String, root: BlockNode, format: String, probed: Bool, warnings: [String], options: OpenOptions,
@@ -357,9 +366,9 @@ public final class BlockImage: Sendable {
             reopened.writable = writable
             if isActive { try root.setNeeds(reopened.userRequest, of: ObjectIdentifier(self)) }
             do throws(BlockError) {
-                for node in root.subtree { try node.driver.reopen(writable: writable) }
+                for node in root.writableSubtree { try node.driver.reopen(writable: writable) }
             } catch {
-                for node in root.subtree { try? node.driver.reopen(writable: !writable) }
+                for node in root.writableSubtree { try? node.driver.reopen(writable: !writable) }
                 if isActive { try? root.setNeeds(before, of: ObjectIdentifier(self)) }
                 throw error
             }

@@ -64,6 +64,12 @@ public final class BlockNode: Sendable {
         return children.first { $0.role == .file }?.node.protocolNode ?? self
     }
 
-    /// Every node below and including this one, depth first.
+    /// Every node below and including this one, depth first: backing chains included.
     public var subtree: [BlockNode] { [self] + children.flatMap { $0.node.subtree } }
+
+    /// This node and those below it that a write to it may reach: not into a backing chain,
+    /// which stays read-only however the image above it is reopened.
+    public var writableSubtree: [BlockNode] {
+        [self] + children.filter { $0.role != .backing }.flatMap { $0.node.writableSubtree }
+    }
 }
