@@ -21,7 +21,7 @@ extension Qcow2Driver {
             fields.append(.init("corrupt", .boolean(features & Qcow2Header.corruptBit != 0)))
             fields.append(.init("extended-l2", .boolean(features & Qcow2Header.extendedL2Bit != 0)))
         }
-        return FormatSpecificInfo(clusterSize: header.clusterSize, backingFile: header.backingFile, fullBackingFile: backing?.path,
+        return FormatSpecificInfo(clusterSize: header.clusterSize, backingFile: header.backingFile, fullBackingFile: header.backingFile.map { Qcow2Format.backingPath($0, besides: fileName) },
                                   backingFormat: header.backingFormat, isDirty: features & Qcow2Header.dirtyBit != 0, fields: fields)
     }
 
