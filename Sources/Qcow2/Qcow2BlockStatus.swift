@@ -4,6 +4,8 @@
 // the end of the L2 table its first cluster is in, so one status costs at most one table read;
 // a compressed cluster is a run of its own. An unallocated run is the backing image's status
 // there, one node deeper, and reads as zeroes where there is no backing image or it has ended.
+// In an image whose metadata was preallocated, data clusters over holes of the file read as
+// zeroes too, as QEMU reports them.
 import BlockGraph
 
 extension Qcow2Driver {
@@ -30,8 +32,16 @@ extension Qcow2Driver {
         let inCluster = UInt64(byteOffset) & UInt64(clusterSize - 1)
         switch kind {
         case .data(let hostOffset):
-            return BlockStatus(byteCount: runBytes, isData: true, isZero: false, isAllocated: true,
-                               hostOffset: Int64(hostOffset + inCluster), file: fileName)
+            var status = BlockStatus(byteCount: runBytes, isData: true, isZero: false, isAllocated: true,
+                                     hostOffset: Int64(hostOffset + inCluster), file: fileName)
+            // QEMU's BDRV_BLOCK_RECURSE: in an image whose clusters were allocated ahead of its
+            // data, the file's holes say which data clusters still read as zeroes. The file's
+            // answer only refines this one, so a file that cannot give one is not an error.
+            if isMetadataPreallocated, let inFile = try? file.driver.blockStatus(at: Int64(hostOffset + inCluster), byteCount: runBytes) {
+                status.byteCount = inFile.byteCount
+                status.isZero = inFile.isZero
+            }
+            return status
         case .compressed:
             return BlockStatus(byteCount: runBytes, isData: true, isZero: false, isAllocated: true, isCompressed: true)
         case .zeroes(let hostOffset):
@@ -40,6 +50,49 @@ extension Qcow2Driver {
         case .unallocated:
             return try backingStatus(at: byteOffset, byteCount: runBytes)
         }
+    }
+
+    /// Whether the image was created with its metadata preallocated, as QEMU's
+    /// qcow2_detect_metadata_preallocation decides it once per open: more clusters have a
+    /// refcount than the file has blocks allocated (by a ninth, and at least two).
+    var isMetadataPreallocated: Bool {
+        metadataPreallocation.withLock { known in
+            if let known { return known }
+            let detected = (try? detectMetadataPreallocation()) ?? false
+            known = detected
+            return detected
+        }
+    }
+
+    /// Counts clusters with a refcount, from the start of the file, until the count passes what
+    /// the allocated blocks account for: one refcount block in memory at a time.
+    private func detectMetadataPreallocation() throws(BlockError) -> Bool {
+        guard let allocated = try file.driver.allocatedBytes() else { return false }
+        let clusterSize = UInt64(self.clusterSize)
+        let fileLength = UInt64(try fileDriver.length())
+        let realClusters = UInt64(allocated) / clusterSize
+        let threshold = max(realClusters * 10 / 9, realClusters + 2)
+        let endCluster = fileLength / clusterSize + (fileLength % clusterSize == 0 ? 0 : 1)
+        let perBlock = refcountWidth.entriesPerBlock(clusterSize: self.clusterSize)
+        let (tableOffset, tableClusters) = writer.withLock { ($0.refcountTableOffset, $0.refcountTableClusters) }
+        var counted: UInt64 = 0
+        var cluster: UInt64 = 0
+        while cluster < endCluster && counted < threshold {
+            let tableIndex = cluster / perBlock
+            guard tableIndex < tableClusters * clusterSize / 8 else { break }
+            let blockOffset = try Self.readBytes(file, at: tableOffset + tableIndex * 8, count: 8).bigEndian(UInt64.self, at: 0) & Self.offsetMask
+            let blockEnd = min(endCluster, (tableIndex + 1) * perBlock)
+            if blockOffset != 0 {
+                guard blockOffset % clusterSize == 0, blockOffset + clusterSize <= fileLength else { return false }
+                let block = try Self.readBytes(file, at: blockOffset, count: self.clusterSize)
+                while cluster < blockEnd && counted < threshold {
+                    if refcountWidth.value(in: block, at: Int(cluster % perBlock)) != 0 { counted += 1 }
+                    cluster += 1
+                }
+            }
+            cluster = max(cluster, blockEnd)
+        }
+        return counted >= threshold
     }
 
     /// The kind of the cluster at `byteOffset` and how many bytes from there share it.

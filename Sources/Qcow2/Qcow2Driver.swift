@@ -54,6 +54,8 @@ public final class Qcow2Driver: BlockDriver {
     let dirtyBitCleared = Atomic(false)
     /// Opened by `check -r`: a dirty image waits for the check's repair instead of its own.
     let openedForRepair: Bool
+    /// Whether the image's metadata was preallocated, found at its first block status.
+    let metadataPreallocation = Mutex<Bool?>(nil)
 
     static let offsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let compressedBit: UInt64 = 1 << 62

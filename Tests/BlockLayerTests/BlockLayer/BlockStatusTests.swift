@@ -115,6 +115,22 @@ struct BlockStatusTests {
         #expect(try !image.readsAsZeroes(at: 128 << 10, byteCount: 512 << 10))
     }
 
+    @Test("metadata preallocation: data clusters over holes of the file read as zeroes, as QEMU detects and reports them")
+    func metadataPreallocation() throws {
+        let path = scratch.directory + "/preallocated.qcow2"
+        try qemuImg(["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", path, "4M"])
+        try qemuIO(["-f", "qcow2", "-c", "write -P 1 1M 64k", path])
+        let runs = try statuses(of: try open(path))
+        #expect(runs.contains { $0.status.isData && $0.status.isZero })
+        #expect(mapJSON(runs) == (try qemuMap(path)))
+        // Clusters allocated with their blocks (falloc) are data, not zeroes: no preallocated metadata is detected.
+        let allocated = scratch.directory + "/falloc.qcow2"
+        try qemuImg(["create", "-q", "-f", "qcow2", "-o", "preallocation=falloc", allocated, "4M"])
+        let allocatedRuns = try statuses(of: try open(allocated))
+        #expect(allocatedRuns.allSatisfy { $0.status.isData && !$0.status.isZero })
+        #expect(mapJSON(allocatedRuns) == (try qemuMap(allocated)))
+    }
+
     @Test("a three-deep chain with shorter backing images: depth, and zeroes past each end")
     func backingChain() throws {
         let directory = scratch.directory
