@@ -72,6 +72,17 @@ struct BackingChildTests {
         try image.read(at: 0, into: buffer)
     }
 
+    @Test("an inactive open (a migration destination) locks its backing file when it is activated, and frees it when inactivated")
+    func backingLockedOnActivation() throws {
+        let image = try BlockImage.open(top, options: OpenOptions(writable: true, inactive: true), formats: [Qcow2Format.self, RawFormat.self])
+        #expect(try kernelLocks(on: base).isEmpty)
+        try image.activate()
+        let bytes = try kernelLocks(on: base).map(\.firstByte).sorted()
+        #expect(bytes == [100, 201, 203], "\(bytes)")
+        try image.inactivate()
+        #expect(try kernelLocks(on: base).isEmpty)
+    }
+
     @Test("a chain of 64 images opens; one of 65 is refused as too deep")
     func chainDepth() throws {
         var below = "base.raw", format = "raw"
