@@ -1,14 +1,15 @@
 // swift-tools-version:6.0
 // BlockLayer: a block layer for VM images that many processes and hosts can share safely.
-// Modules in dependency order: CLinuxLocking and CSanlock (C shims) → BlockLocking → BlockLayer (with the
-// CLinuxIO shim) → Qcow2 (with zlib) → DeviceState (with the CChecksum shim and swift-crypto)
-// → blk (CLI).
+// Modules in dependency order: CLinuxLocking and CSanlock (C shims) → BlockLocking → BlockGraph
+// (the node graph, file and raw drivers, with the CLinuxIO shim) → Qcow2 (with zlib) →
+// BlockLayer (the front door: re-exports both, the format registry, opening with every format)
+// → DeviceState (with the CChecksum shim and swift-crypto) → blk (CLI).
 import PackageDescription
 
 let package = Package(
     name: "BlockLayer",
     products: [
-        .library(name: "BlockLayer", targets: ["BlockGraph", "BlockLocking", "Qcow2", "DeviceState"]),
+        .library(name: "BlockLayer", targets: ["BlockLayer", "BlockLocking", "DeviceState"]),
         .executable(name: "blk", targets: ["blk"]),
     ],
     dependencies: [
@@ -48,13 +49,14 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // The front door: the format registry needs every format, so it sits above them all.
+        .target(name: "BlockLayer", dependencies: ["BlockGraph", "Qcow2"]),
         .target(name: "CChecksum"),
         .target(
             name: "DeviceState",
             dependencies: [
-                "BlockGraph",
+                "BlockLayer",
                 "BlockLocking",
-                "Qcow2",
                 "CChecksum",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
@@ -66,8 +68,7 @@ let package = Package(
             name: "blk",
             dependencies: [
                 "BlockIOScript",
-                "BlockGraph",
-                "Qcow2",
+                "BlockLayer",
                 "DeviceState",
                 "BlockLocking",
                 "CSanlock", // the lease benchmark's baseline calls sanlock's C API directly
@@ -78,7 +79,7 @@ let package = Package(
         ),
         // A process that takes locks on command, so tests can put holders and waiters in
         // separate processes: locks held and checked by one process prove nothing.
-        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockGraph", "BlockLocking", "Qcow2"]),
+        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLayer", "BlockLocking"]),
         // A long-running device that keeps its state store open read-write, for the migration
         // and concurrency tests: it commits and hands over on command.
         .executableTarget(name: "blk-state-fixture", dependencies: ["DeviceState"]),
@@ -87,7 +88,7 @@ let package = Package(
         .executableTarget(name: "blk-peak-fixture"),
         .testTarget(
             name: "BlockLayerTests",
-            dependencies: ["BlockGraph", "BlockLocking", "DeviceState", "Qcow2"]
+            dependencies: ["BlockLayer", "BlockLocking", "DeviceState"]
         ),
     ],
     swiftLanguageModes: [.v6]
@@ -98,7 +99,7 @@ let package = Package(
 if Context.environment["BLK_FUZZ"] != nil {
     package.targets += [
         .target(name: "FuzzSupport", path: "Fuzz/Support"),
-        .executableTarget(name: "fuzz-qcow2", dependencies: ["FuzzSupport", "BlockGraph", "BlockLocking", "Qcow2"],
+        .executableTarget(name: "fuzz-qcow2", dependencies: ["FuzzSupport", "BlockLayer", "BlockLocking"],
                           path: "Fuzz/qcow2"),
         .executableTarget(name: "fuzz-state", dependencies: ["FuzzSupport", "DeviceState", .product(name: "Crypto", package: "swift-crypto")],
                           path: "Fuzz/state"),

@@ -4,7 +4,7 @@
 // Past what was written the node reads as zeroes, so growing it (the writer's growth ahead, a
 // truncate) costs nothing; what is written is capped, so a hostile image cannot make the fuzzer
 // hold more than `capacity` bytes.
-import BlockGraph
+import BlockLayer
 import Synchronization
 
 final class MemoryDriver: BlockDriver {

@@ -7,11 +7,10 @@
 // The image lives in memory (MemoryDriver) and the qcow2 format opens straight over it, so an
 // input costs the parsing and no system calls. The name it is opened under is in an empty folder
 // of its own: a relative backing-file name in a hostile header finds nothing.
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import FuzzSupport
 import Glibc
-import Qcow2
 
 let imagePath: String = {
     var template = Array("/tmp/blk-fuzz-qcow2-XXXXXX".utf8CString)
@@ -22,14 +21,13 @@ let imagePath: String = {
 /// What BlockImage asks of its top node for a guest that reads, or reads and writes.
 let guestRead = PermissionRequest(held: [.consistentRead], unshared: [])
 let guestReadWrite = PermissionRequest(held: [.consistentRead, .write], unshared: [.write])
-nonisolated(unsafe) let formats: [any BlockFormat.Type] = [Qcow2Format.self]
 
 /// The image in `input` opened as qcow2 over memory, with what an image open asks of its nodes;
 /// nil when the format refuses it.
 func openImage(_ input: UnsafeRawBufferPointer, writable: Bool) -> (root: BlockNode, opener: MemoryDriver)? {
     let options = OpenOptions(format: "qcow2", writable: writable, locking: .off, metadataCacheBytes: 1 << 20, lease: .none)
     let file = MemoryDriver(input)
-    let context = FormatOpenContext(path: imagePath, options: options, formats: formats)
+    let context = FormatOpenContext(path: imagePath, options: options, formats: BlockFormats.all)
     guard let root = try? Qcow2Format.open(file: BlockNode(driver: file), context: context),
           (try? root.setNeeds(writable ? guestReadWrite : guestRead, of: ObjectIdentifier(file))) != nil else { return nil }
     return (root, file)

@@ -1,7 +1,7 @@
 // StateError: the one error type of the device-state store. The code tells a script what went
 // wrong (interface.md §3 maps each to an exit code); the key problems are three codes of their
 // own so that a wrong key is never reported as corruption, nor corruption as a wrong key.
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import FoundationEssentials
 import Glibc

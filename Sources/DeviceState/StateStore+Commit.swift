@@ -13,7 +13,7 @@
 // checksum failure is then damage, reported as such, never a torn commit silently rolled back
 // (for a TPM, a silent rollback would undo its anti-hammering counters). Small blobs kept inline
 // in the directory (Directory.swift) and removes write no extent: steps 3–4 only, one flush.
-import BlockGraph
+import BlockLayer
 import Crypto
 
 extension StateStore {

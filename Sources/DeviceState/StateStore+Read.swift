@@ -1,6 +1,6 @@
 // Reads: get, list, verify — each one transaction under the shared transaction lock, so a
 // commit is seen whole or not at all.
-import BlockGraph
+import BlockLayer
 
 /// What `list` shows: no key needed.
 public struct StateListing: Sendable, Hashable {

@@ -15,9 +15,8 @@
 // The transaction lock is taken through a descriptor of the store's own (OFD locks belong to an
 // open file description), so a one-shot command can hold it across its whole open–commit–close
 // and a second one waits for it instead of failing on the permission locks.
-import BlockGraph
+import BlockLayer
 import BlockLocking
-import Qcow2
 import Synchronization
 
 public final class StateStore: Sendable {
@@ -59,8 +58,6 @@ public final class StateStore: Sendable {
         }
     }
 
-    nonisolated(unsafe) static let formats: [any BlockFormat.Type] = [Qcow2Format.self, RawFormat.self]
-
     public let path: String
     public let options: Options
     let lockFile: LockedImageFile
@@ -97,7 +94,7 @@ public final class StateStore: Sendable {
             break
         case .inactive:
             let image = try blockCall { () throws(BlockError) in
-                try BlockImage.open(path, options: options.openOptions(writable: true, inactive: true), formats: formats)
+                try BlockImage.open(path, options: options.openOptions(writable: true, inactive: true))
             }
             store.state.withLock { $0.image = image }
         case .writer:
@@ -132,7 +129,7 @@ public final class StateStore: Sendable {
 
     private func openWriterImage() throws(StateError) {
         let image = try blockCall { () throws(BlockError) in
-            try BlockImage.open(path, options: options.openOptions(writable: true), formats: Self.formats)
+            try BlockImage.open(path, options: options.openOptions(writable: true))
         }
         state.withLock {
             $0.image = image
@@ -182,7 +179,7 @@ public final class StateStore: Sendable {
                 // now, so the next open reads what it left.
                 var attempts = 0
                 while true {
-                    let fresh = try BlockImage.open(path, options: options.openOptions(writable: true, inactive: true), formats: Self.formats)
+                    let fresh = try BlockImage.open(path, options: options.openOptions(writable: true, inactive: true))
                     do throws(BlockError) {
                         try fresh.activate()
                         return fresh
@@ -238,7 +235,7 @@ public final class StateStore: Sendable {
                     return try body(view, image, &state)
                 }
                 let image = try blockCall { () throws(BlockError) in
-                    try BlockImage.open(path, options: options.openOptions(writable: false), formats: Self.formats)
+                    try BlockImage.open(path, options: options.openOptions(writable: false))
                 }
                 defer { try? image.close() }
                 return try body(try StoreView.load(image, path: path), image, &state)

@@ -1,6 +1,6 @@
 // StoreView: the store as one transaction sees it — the superblock, both directory slots and
 // which of them is current — read from the disk under the transaction lock.
-import BlockGraph
+import BlockLayer
 
 /// What a directory slot holds.
 public enum SlotState: Sendable, Hashable {

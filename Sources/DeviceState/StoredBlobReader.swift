@@ -2,7 +2,7 @@
 // checksummed on the way, so checking a blob takes memory for a chunk, not for the blob. The
 // blob's extent was checked against the store when its directory was parsed; nothing is
 // allocated from its size here.
-import BlockGraph
+import BlockLayer
 
 struct StoredBlobReader {
     static let chunkBytes = 1 << 20

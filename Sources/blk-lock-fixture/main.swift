@@ -18,10 +18,9 @@
 //   flush HANDLE                      → ok
 //   lease HANDLE                      → ok none|shared|exclusive [lost]
 // Failures answer "err CODE MESSAGE" with newlines in MESSAGE written as "\n".
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import Glibc
-import Qcow2
 
 func reply(_ line: String) {
     let text = line + "\n"
@@ -66,7 +65,7 @@ func blockCommand(_ words: ArraySlice<Substring>) -> String? {
             let path = String(words[words.startIndex + 1])
             let locking = words.dropFirst(3).compactMap { LockingMode(rawValue: String($0)) }.first ?? .auto
             let options = OpenOptions(writable: words[words.startIndex + 2] == "rw", locking: locking, inactive: words.contains("inactive"))
-            blockImages[nextHandle] = try BlockImage.open(path, options: options, formats: [Qcow2Format.self, RawFormat.self])
+            blockImages[nextHandle] = try BlockImage.open(path, options: options)
             defer { nextHandle += 1 }
             return "ok \(nextHandle)"
         case ("reopen", let image?) where words.count == 3:

@@ -37,7 +37,7 @@ public final class BlockImage: Sendable {
     /// `formats` that matches, or the one `options.format` names) with the children it opens (a
     /// backing chain), then (unless inactive) the permission locks — all undone if any step fails.
     public static func open(_ path: String, options: OpenOptions = OpenOptions(),
-                            formats: [any BlockFormat.Type] = [RawFormat.self]) throws(BlockError) -> BlockImage {
+                            formats: [any BlockFormat.Type]) throws(BlockError) -> BlockImage {
         if options.forceShare && options.writable {
             throw BlockError(.invalidRequest, "force-share=on can only be used with read-only images")
         }

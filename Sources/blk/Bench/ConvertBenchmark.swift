@@ -4,7 +4,7 @@
 // that compresses about as well as a guest's files (words from a small vocabulary), half zeroes.
 // Both sides run in the same cache mode: durable (flushed at the end: blk's default, qemu-img's
 // -t writeback) and unflushed (qemu-img's default, -t unsafe, blk's -t unsafe).
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import FoundationEssentials
 import Glibc
@@ -76,7 +76,7 @@ struct ConvertBenchmark {
     /// Every other MiB written with words drawn from a small vocabulary, the rest left zero.
     private func makeSource() throws(BlockError) {
         try RawFormat.create(at: source, options: ImageCreateOptions(virtualSize: sourceBytes))
-        let image = try BlockImage.open(source, options: OpenOptions(format: "raw", writable: true), formats: blkFormats)
+        let image = try BlockImage.open(source, options: OpenOptions(format: "raw", writable: true))
         let words = ["block", "layer", "qcow2", "cluster", "refcount", "snapshot", "guest", "kernel", "lock", "image", "\n", " "]
         var generator = SplitMix(seed: 0x5eed)
         var chunk = [UInt8]()

@@ -4,12 +4,11 @@
 // and wrap at the image size, as qemu-img 7.2's do (later versions wrap at size − request size);
 // a step that is not a multiple of the request size can then run a request past the end, which
 // fails in both.
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import Dispatch
 import FoundationEssentials
 import Glibc
-import Qcow2
 import Synchronization
 
 struct IOBenchmarkPlan: Sendable {
@@ -75,8 +74,7 @@ enum IOBenchmark {
     /// the file system serializes on the inode's lock anyway (a second writer only convoys).
     static func runBlk(_ plan: IOBenchmarkPlan) throws(BlockError) -> Double {
         try plan.refresh()
-        let image = try BlockImage.open(plan.image, options: OpenOptions(format: plan.format, writable: plan.write, cache: plan.cache),
-                                        formats: blkFormats)
+        let image = try BlockImage.open(plan.image, options: OpenOptions(format: plan.format, writable: plan.write, cache: plan.cache))
         let length = try image.length()
         guard length >= Int64(plan.requestBytes) else {
             throw BlockError(.invalidRequest, "the image (\(length) bytes) is smaller than one request")

@@ -3,10 +3,9 @@
 // 2 MiB — each in the range of a new L2 table — so its L2 tables (128 MiB of them by default,
 // and their refcount blocks) come into being, then every block is read back. The baseline is that metadata itself: what memory would
 // grow by if nothing were ever evicted.
-import BlockGraph
+import BlockLayer
 import FoundationEssentials
 import Glibc
-import Qcow2
 
 struct MetadataCacheBenchmark {
     struct Results: Encodable {
@@ -31,8 +30,7 @@ struct MetadataCacheBenchmark {
         let clusterSize = 4096
         let tableSpan: Int64 = Int64(clusterSize / 8 * clusterSize) // guest bytes one L2 table maps
         try Qcow2Format.create(at: path, options: ImageCreateOptions(virtualSize: virtualBytes, clusterSize: clusterSize))
-        let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, metadataCacheBytes: cacheBytes),
-                                        formats: blkFormats)
+        let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, metadataCacheBytes: cacheBytes))
         let writes = max(4, Int(virtualBytes / tableSpan))
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
         defer { block.deallocate() }

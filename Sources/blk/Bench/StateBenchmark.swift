@@ -4,13 +4,12 @@
 // Commits go through the library with the store open as a device keeps it (a writer), into a
 // raw and a qcow2 image; 16 KiB and 256 KiB blobs, plain and AES-256-GCM. Then CRC32C's
 // throughput with the SSE4.2 instruction beside the byte-table loop, over the same 1 MiB buffer.
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import Crypto
 import DeviceState
 import FoundationEssentials
 import Glibc
-import Qcow2
 
 struct StateBenchmark {
     struct Results: Encodable {

@@ -1,6 +1,6 @@
 // `blk bench cache`: resident memory while qcow2 metadata outgrows the metadata cache (Bench/MetadataCacheBenchmark.swift).
 import ArgumentParser
-import BlockGraph
+import BlockLayer
 import FoundationEssentials
 
 struct CacheBenchCommand: ParsableCommand {

@@ -1,6 +1,6 @@
 // `blk bench convert`: blk convert beside qemu-img convert on the same source (Bench/ConvertBenchmark.swift).
 import ArgumentParser
-import BlockGraph
+import BlockLayer
 import FoundationEssentials
 
 struct ConvertBenchCommand: ParsableCommand {

@@ -1,7 +1,7 @@
 // `blk convert`: copy an image into a new raw or qcow2 one, skipping runs of zeroes so the copy
 // stays sparse (unallocated, in qcow2); with -c, qcow2 clusters are stored compressed.
 import ArgumentParser
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import FoundationEssentials
 
@@ -26,7 +26,7 @@ struct ConvertCommand: ParsableCommand {
     static let holeBytes = 64 << 10
 
     func run() throws {
-        guard let format = blkFormats.first(where: { $0.formatName == outputFormat }) else {
+        guard let format = BlockFormats.named(outputFormat) else {
             throw report(BlockError(.unsupported, "Unknown file format '\(outputFormat)'"), json: json)
         }
         if compress && !format.writesCompressed {
@@ -63,7 +63,6 @@ struct ConvertCommand: ParsableCommand {
         return try BlockImage.open(path, options: OpenOptions(format: outputFormat, writable: true, locking: imageOptions.locking,
                                                               cache: outputCache == .writeback ? .unsafe : outputCache,
                                                               metadataCacheBytes: imageOptions.cacheSize.map { Int($0.value) },
-                                                              lease: imageOptions.leases.policy),
-                                    formats: blkFormats)
+                                                              lease: imageOptions.leases.policy))
     }
 }

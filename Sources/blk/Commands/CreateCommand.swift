@@ -1,6 +1,6 @@
 // `blk create`: make a new image; over an image in use it is refused with QEMU's words.
 import ArgumentParser
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import FoundationEssentials
 
@@ -29,7 +29,7 @@ struct CreateCommand: ParsableCommand {
 
     func run() throws {
         do throws(BlockError) {
-            guard let driver = blkFormats.first(where: { $0.formatName == format }) else {
+            guard let driver = BlockFormats.named(format) else {
                 throw BlockError(.unsupported, "Unknown file format '\(format)'")
             }
             var options = ImageCreateOptions(virtualSize: 0, backingFile: backing, preallocation: preallocation, locking: locking,
@@ -62,8 +62,7 @@ struct CreateCommand: ParsableCommand {
         guard let backing else { return (size!.value, nil) }
         let directory = URL(fileURLWithPath: image).deletingLastPathComponent().path
         let path = backing.hasPrefix("/") ? backing : directory + "/" + backing
-        let opened = try BlockImage.open(path, options: OpenOptions(format: backingFormat, forceShare: true, locking: locking),
-                                         formats: blkFormats)
+        let opened = try BlockImage.open(path, options: OpenOptions(format: backingFormat, forceShare: true, locking: locking))
         var virtualSize = try opened.length()
         if let size { virtualSize = size.value }
         return (virtualSize, backingFormat ?? opened.format)

@@ -7,7 +7,7 @@
 // should not be one lucky tenth of a second.
 import ArgumentParser
 import BlockIOScript
-import BlockGraph
+import BlockLayer
 import FoundationEssentials
 import Glibc
 

@@ -2,7 +2,7 @@
 // reported and the next one still runs; the exit status is 1 if any failed (as qemu-io).
 import ArgumentParser
 import BlockIOScript
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import FoundationEssentials
 import Glibc

@@ -1,6 +1,6 @@
 // `blk resize`: grow an image, as `qemu-img resize` does (SIZE, or +SIZE to add).
 import ArgumentParser
-import BlockGraph
+import BlockLayer
 import BlockLocking
 
 struct ResizeCommand: ParsableCommand {

@@ -3,7 +3,7 @@
 // clusters — in parallel; the chunks are then written strictly in order, so the new image is
 // laid out as the guest sees it (no fragmentation), as qemu-img convert does without -W. On a
 // 2-core machine reading and compressing one chunk overlaps writing the one before it.
-import BlockGraph
+import BlockLayer
 import Dispatch
 import Glibc
 import Synchronization

@@ -1,7 +1,7 @@
 // CommandFailure: how a failed command ends — its message on stderr (and, with --json, one
 // JSON object on stdout), and the sysexits code of interface.md §3.
 import ArgumentParser
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import FoundationEssentials
 

@@ -1,11 +1,7 @@
 // ImageOptions: the options every command that opens an image shares (interface.md §1).
 import ArgumentParser
-import BlockGraph
+import BlockLayer
 import BlockLocking
-import Qcow2
-
-/// Every format blk opens, in probing order. (Metatypes of stateless enums: nothing to race on.)
-nonisolated(unsafe) let blkFormats: [any BlockFormat.Type] = [Qcow2Format.self, RawFormat.self]
 
 extension LockingMode: ExpressibleByArgument {}
 extension CacheMode: ExpressibleByArgument {}
@@ -60,7 +56,7 @@ struct ImageOptions: ParsableArguments {
 /// reported and becomes the exit code.
 func openImage(_ path: String, _ options: OpenOptions, json: Bool) throws -> BlockImage {
     do {
-        let image = try BlockImage.open(path, options: options, formats: blkFormats)
+        let image = try BlockImage.open(path, options: options)
         image.warnings.forEach(printWarning)
         return image
     } catch {

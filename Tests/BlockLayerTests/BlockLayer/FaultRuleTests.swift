@@ -1,6 +1,6 @@
 // Fault rules (FaultInjectionDriver): the `--inject-fault` syntax, and which requests a counted,
 // event-scoped or byte-range rule picks, on a real raw image opened through the block layer.
-import BlockGraph
+import BlockLayer
 import Foundation
 import SystemPackage
 import Testing

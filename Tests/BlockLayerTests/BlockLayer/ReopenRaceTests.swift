@@ -4,7 +4,7 @@
 // all the while, to take every number that comes free. And a write that had passed the image's
 // checks could land after inactivate or a reopen read-only returned, once the write permission
 // was given up.
-import BlockGraph
+import BlockLayer
 import Foundation
 import Glibc
 import Synchronization

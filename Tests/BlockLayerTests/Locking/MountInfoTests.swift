@@ -2,7 +2,7 @@
 // it, and how an EIO after locking on NFS is reported. The mount table parser is pure, so these
 // tests feed it mountinfo texts; no NFS server runs here, so the kernel's side (NLM, NFSv4 lease
 // loss) is not exercised.
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import Foundation
 import SystemPackage

@@ -2,9 +2,8 @@
 // (L2ReadIndex), so this is where a stale or misplaced table would show — as a cluster with
 // another cluster's bytes, or a cluster read as zeroes after its write returned. The metadata cache holds four tables of the image's 48, so tables are
 // evicted and their buffers reused all the while, and a resize midway replaces the L1 table.
-import BlockGraph
+import BlockLayer
 import Foundation
-import Qcow2
 import Synchronization
 import Testing
 
@@ -45,8 +44,7 @@ struct Qcow2ConcurrencyTests {
         // 20 KiB of metadata cache: four L2 tables (of 2 MiB of guest data each). Flushes do
         // nothing (cache=unsafe): the race is in memory, and the writer writes back often.
         let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, cache: .unsafe,
-                                                                   metadataCacheBytes: 20 << 10),
-                                        formats: [Qcow2Format.self])
+                                                                   metadataCacheBytes: 20 << 10))
         let clusters = Int(grownSize) / Self.clusterSize
         // Every 8th cluster, in an order that jumps between L2 tables.
         let order = stride(from: 0, to: clusters, by: 8).shuffled()
@@ -142,13 +140,13 @@ struct Qcow2ConcurrencyTests {
     /// A new qcow2 image at `path` and a writer open on it that has filled guest cluster 0 with 1s.
     static func writerWithFirstCluster(at path: String) throws -> BlockImage {
         try Qcow2Format.create(at: path, options: ImageCreateOptions(virtualSize: 64 << 20, clusterSize: 65536))
-        let writer = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true), formats: [Qcow2Format.self])
+        let writer = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true))
         try fill(writer, cluster: 0, with: 1)
         return writer
     }
 
     static func openInactive(_ path: String) throws -> BlockImage {
-        try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, inactive: true), formats: [Qcow2Format.self])
+        try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, inactive: true))
     }
 
     // As a migration destination beside its source: the writer allocates past the end of the

@@ -1,9 +1,8 @@
 // blk writing qcow2 images: `qemu-img check` finds them clean (exit 0) and QEMU reads back
 // exactly what blk wrote — fresh images, mixed writers, copy-up over a backing file, overwriting
 // compressed clusters.
-import BlockGraph
+import BlockLayer
 import Foundation
-import Qcow2
 import Testing
 
 @Suite("qcow2 images written by blk")
@@ -108,7 +107,7 @@ struct Qcow2WriteTests {
     func growthAhead() throws {
         let path = scratch.directory + "/ahead.qcow2"
         try Qcow2Format.create(at: path, options: ImageCreateOptions(virtualSize: 1 << 30))
-        let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true), formats: [Qcow2Format.self])
+        let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true))
         let cluster = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 4096)
         defer { cluster.deallocate() }
         cluster.initializeMemory(as: UInt8.self, repeating: 0x5a)

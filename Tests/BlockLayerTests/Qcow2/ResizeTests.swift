@@ -1,8 +1,7 @@
 // `blk resize`: growing qcow2 images (within the L1 table, and past it, which moves the table)
 // and raw ones; qemu-img check stays clean, old data stays, new space reads as zeroes.
-import BlockGraph
+import BlockLayer
 import Foundation
-import Qcow2
 import Testing
 
 @Suite("blk resize")
@@ -30,7 +29,7 @@ struct ResizeTests {
     @Test("an open reopened read-write still holds write after a resize")
     func resizeAfterReopen() throws {
         let image = try scratch.qcow2Image(size: "1M")
-        let opened = try BlockImage.open(image, options: OpenOptions(format: "qcow2"), formats: [Qcow2Format.self])
+        let opened = try BlockImage.open(image, options: OpenOptions(format: "qcow2"))
         try opened.reopen(writable: true)
         try opened.resize(to: 2 << 20)
         #expect(try kernelLocks(on: image).contains { $0.covers(byte: 101) }, "write (byte 101) is still held")
