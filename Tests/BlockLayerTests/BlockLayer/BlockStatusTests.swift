@@ -2,7 +2,7 @@
 // merged and printed as qemu-img prints them, are its output byte for byte — raw sparse files,
 // qcow2 with every kind of cluster, compressed clusters, a three-deep chain with shorter backing
 // images, and a 1 TiB sparse qcow2 walked a table at a time.
-import BlockGraph
+import BlockLayer
 import Qcow2
 import Testing
 

@@ -2,7 +2,7 @@
 // parents as QEMU's backing children do (bdrv_default_perms_for_cow), shows in the overlay's
 // subtree, is reached by the events the image is marked with, and a chain that loops or goes
 // deeper than 64 images is still refused.
-import BlockGraph
+import BlockLayer
 import BlockLocking
 import Qcow2
 import Testing
