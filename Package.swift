@@ -1,9 +1,9 @@
 // swift-tools-version:6.0
 // BlockLayer: a block layer for VM images that many processes and hosts can share safely.
-// Modules in dependency order: CLinuxLocking and CSanlock (C shims) → BlockLocking → BlockGraph
-// (the node graph, file and raw drivers, with the CLinuxIO shim) → Qcow2 (with zlib) →
-// BlockLayer (the front door: re-exports both, the format registry, opening with every format)
-// → DeviceState (with the CChecksum shim and swift-crypto) → blk (CLI).
+// Modules in dependency order: Posix (system calls, with the CLinuxIO shim) → BlockLocking (with
+// the CLinuxLocking and CSanlock shims) → BlockGraph (the node graph, file and raw drivers) →
+// Qcow2 (with zlib) → BlockLayer (the front door: re-exports both, the format registry, opening
+// with every format) → DeviceState (with the CChecksum shim and swift-crypto) → blk (CLI).
 import PackageDescription
 
 let package = Package(
@@ -18,6 +18,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
     ],
     targets: [
+        .target(name: "CLinuxIO"),
+        // The errno/EINTR rule and the calls every module makes on files: full transfers,
+        // fallocate, SEEK_DATA/SEEK_HOLE, fdatasync.
+        .target(
+            name: "Posix",
+            dependencies: ["CLinuxIO", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .target(name: "CLinuxLocking"),
         // sanlock's client ABI, loaded with dlopen: the package builds where sanlock is absent.
         .target(name: "CSanlock"),
@@ -26,16 +33,16 @@ let package = Package(
             dependencies: [
                 "CLinuxLocking",
                 "CSanlock",
+                "Posix",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
-        .target(name: "CLinuxIO"),
         .target(
             name: "BlockGraph",
             dependencies: [
                 "BlockLocking",
-                "CLinuxIO",
+                "Posix",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
@@ -57,9 +64,11 @@ let package = Package(
             dependencies: [
                 "BlockLayer",
                 "BlockLocking",
+                "Posix",
                 "CChecksum",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
@@ -71,6 +80,7 @@ let package = Package(
                 "BlockLayer",
                 "DeviceState",
                 "BlockLocking",
+                "Posix",
                 "CSanlock", // the lease benchmark's baseline calls sanlock's C API directly
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -85,10 +95,10 @@ let package = Package(
         .executableTarget(name: "blk-state-fixture", dependencies: ["DeviceState"]),
         // Runs a program and reports its own peak memory, which the tests cannot measure of a
         // child they spawn themselves (see its main.swift).
-        .executableTarget(name: "blk-peak-fixture"),
+        .executableTarget(name: "blk-peak-fixture", dependencies: ["Posix"]),
         .testTarget(
             name: "BlockLayerTests",
-            dependencies: ["BlockLayer", "BlockLocking", "DeviceState"]
+            dependencies: ["BlockLayer", "BlockLocking", "DeviceState", "Posix"]
         ),
     ],
     swiftLanguageModes: [.v6]
@@ -98,7 +108,7 @@ let package = Package(
 // link only with -sanitize=fuzzer.
 if Context.environment["BLK_FUZZ"] != nil {
     package.targets += [
-        .target(name: "FuzzSupport", path: "Fuzz/Support"),
+        .target(name: "FuzzSupport", dependencies: ["Posix"], path: "Fuzz/Support"),
         .executableTarget(name: "fuzz-qcow2", dependencies: ["FuzzSupport", "BlockLayer", "BlockLocking"],
                           path: "Fuzz/qcow2"),
         .executableTarget(name: "fuzz-state", dependencies: ["FuzzSupport", "DeviceState", .product(name: "Crypto", package: "swift-crypto")],

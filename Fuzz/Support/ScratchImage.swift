@@ -2,6 +2,8 @@
 // writes a real file through the kernel as it does in use. It lives in a folder of its own on
 // tmpfs: a backing-file name in a hostile header resolves next to it and finds nothing else.
 import Glibc
+import Posix
+import SystemPackage
 
 public final class ScratchImage: @unchecked Sendable {
     public let path: String
@@ -19,12 +21,7 @@ public final class ScratchImage: @unchecked Sendable {
     /// The file becomes `input`, then grows (sparse) to at least `minimumLength` bytes.
     public func replace(with input: UnsafeRawBufferPointer, minimumLength: Int = 0) {
         precondition(ftruncate(descriptor, 0) == 0)
-        var written = 0
-        while written < input.count {
-            let count = pwrite(descriptor, input.baseAddress! + written, input.count - written, off_t(written))
-            precondition(count > 0, "cannot write \(path)")
-            written += count
-        }
+        if case .failure = FileDescriptor(rawValue: descriptor).writeFully(at: 0, from: input) { preconditionFailure("cannot write \(path)") }
         if minimumLength > input.count { precondition(ftruncate(descriptor, off_t(minimumLength)) == 0) }
     }
 }

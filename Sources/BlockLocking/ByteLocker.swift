@@ -15,6 +15,7 @@
 // found through /proc (see LockHolderScan.swift).
 import CLinuxLocking
 import Glibc
+import Posix
 import SystemPackage
 
 /// Which family of fcntl locks a descriptor uses.
@@ -119,11 +120,15 @@ public struct ByteLocker: Sendable {
         let command = flavor.waitCommand
         let fd = descriptor.rawValue
         while true {
-            if blk_fcntl_flock(fd, command, &lock) == 0 { return .success(.acquired) }
-            let error = Errno.current
-            guard error == .interrupted else { return .failure(SystemCallError("fcntl(F_OFD_SETLKW)", error)) }
-            if interrupt?.isInterrupted == true { return .success(.interrupted) }
-            if deadline.hasPassed { return .success(.timedOut) }
+            switch valueOrErrno("fcntl(F_OFD_SETLKW)", retryOnInterrupt: false, { blk_fcntl_flock(fd, command, &lock) }) {
+            case .success:
+                return .success(.acquired)
+            case .failure(let failure) where failure.errno == .interrupted:
+                if interrupt?.isInterrupted == true { return .success(.interrupted) }
+                if deadline.hasPassed { return .success(.timedOut) }
+            case .failure(let failure):
+                return .failure(failure)
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 // locks (held for as long as the image is open and active) and the transaction lock.
 import CLinuxLocking
 import Glibc
+import Posix
 import Synchronization
 import SystemPackage
 

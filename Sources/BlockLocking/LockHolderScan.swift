@@ -12,6 +12,7 @@
 // `blk locks`, never on the lock fast path.
 import CLinuxLocking
 import Glibc
+import Posix
 import SystemPackage
 
 public struct LockHolderScan: Sendable {
@@ -130,13 +131,7 @@ public struct LockHolderScan: Sendable {
 func readProcFile(_ path: String) -> String? {
     guard let descriptor = try? FileDescriptor.open(path, .readOnly, options: [.closeOnExec]) else { return nil }
     defer { try? descriptor.close() }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while true {
-        guard let count = try? chunk.withUnsafeMutableBytes({ try descriptor.read(into: $0) }) else { return nil }
-        if count == 0 { break }
-        bytes += chunk[0..<count]
-    }
+    guard let bytes = try? descriptor.readToEnd(expectedCount: 4096).get() else { return nil }
     return String(decoding: bytes, as: UTF8.self)
 }
 

@@ -12,8 +12,16 @@
 // wait is already over its deadline or interrupted, so an ordinary wait never polls.
 import CLinuxLocking
 import Glibc
+import Posix
 import Synchronization
 import SystemPackage
+
+/// The current CLOCK_MONOTONIC time in nanoseconds: the clock lock deadlines are kept in.
+public func currentMonotonicNanoseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}
 
 /// When a lock wait gives up: never, or at a point on the CLOCK_MONOTONIC clock.
 public struct LockDeadline: Sendable, Hashable {

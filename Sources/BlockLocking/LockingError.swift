@@ -1,6 +1,7 @@
 // LockingError: the one error type of the locking module. A code scripts can switch on (an
 // extensible struct, not a frozen enum), a message that names the image and what to do, the
 // processes that hold what was wanted, the failed system call if any, and where it was thrown.
+import Posix
 import SystemPackage
 
 public struct LockingError: Error, Sendable, CustomStringConvertible {

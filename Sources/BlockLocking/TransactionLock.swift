@@ -16,6 +16,7 @@
 // squares the kernel lock with the counts when its wait ends. Only one thread of an open waits
 // at a time: a second is refused (use an open per thread to wait in parallel).
 import Dispatch
+import Posix
 import Synchronization
 import SystemPackage
 

@@ -80,8 +80,6 @@ int blk_wake_timer_delete(long timer_id) { return timer_delete((timer_t)(intptr_
 unsigned int blk_dev_major(unsigned long long device) { return major(device); }
 unsigned int blk_dev_minor(unsigned long long device) { return minor(device); }
 
-int blk_o_direct_flag(void) { return O_DIRECT; }
-
 int blk_o_path_flag(void) { return O_PATH; }
 
 int blk_pass_credentials(int socket) {

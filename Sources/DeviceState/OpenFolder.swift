@@ -5,6 +5,8 @@
 // So a file is read only when it is a regular file no larger than the caller's limit, and a file
 // is written under a fresh unpredictable name created exclusively, then renamed into place.
 import Glibc
+import Posix
+import SystemPackage
 
 public final class OpenFolder {
     public let path: String
@@ -61,22 +63,15 @@ public final class OpenFolder {
             throw StateError(.corrupt, "'\(location(of: name))' holds \(status.st_size) bytes, more than the \(limit >> 20) MiB such a file may hold")
         }
         // The file may grow after fstat: read at most limit + 1 bytes, so memory stays bounded.
-        var bytes = [UInt8](repeating: 0, count: Int(status.st_size) + 1)
-        var filled = 0
-        while true {
-            if filled == bytes.count {
-                guard bytes.count <= limit else {
-                    throw StateError(.corrupt, "'\(location(of: name))' grew past the \(limit >> 20) MiB such a file may hold while it was read")
-                }
-                bytes += [UInt8](repeating: 0, count: min(bytes.count, limit + 1 - bytes.count))
-            }
-            let count = bytes.withUnsafeMutableBytes { read(file, $0.baseAddress! + filled, $0.count - filled) }
-            if count < 0 && errno == EINTR { continue }
-            guard count >= 0 else { throw Self.failure("read", location(of: name)) }
-            if count == 0 { break }
-            filled += count
+        let bytes: [UInt8]
+        switch FileDescriptor(rawValue: file).readToEnd(limit: limit + 1, expectedCount: Int(status.st_size) + 1) {
+        case .success(let read): bytes = read
+        case .failure(let failure): throw Self.failure("read", location(of: name), failure.errno)
         }
-        return Array(bytes[0..<filled])
+        guard bytes.count <= limit else {
+            throw StateError(.corrupt, "'\(location(of: name))' grew past the \(limit >> 20) MiB such a file may hold while it was read")
+        }
+        return bytes
     }
 
     /// Replaces `name` with a new file holding `bytes`, mode 0600: written under an unpredictable
@@ -93,8 +88,12 @@ public final class OpenFolder {
             if givingToFolderOwner && geteuid() == 0 && fchown(file, ownerID, groupID) != 0 {
                 throw Self.failure("give the folder's owner", location(of: temporary))
             }
-            try writeAll(file, bytes, temporary)
-            guard fsync(file) == 0 else { throw Self.failure("fsync", location(of: temporary)) }
+            if case .failure(let short) = bytes.withUnsafeBytes({ FileDescriptor(rawValue: file).writeFully($0) }) {
+                throw Self.failure("write", location(of: temporary), short.error?.errno ?? .current)
+            }
+            if case .failure(let failure) = FileDescriptor(rawValue: file).synchronize() {
+                throw Self.failure("fsync", location(of: temporary), failure.errno)
+            }
             guard renameat(descriptor, temporary, descriptor, name) == 0 else { throw Self.failure("rename", location(of: temporary)) }
         } catch {
             unlinkat(descriptor, temporary, 0)
@@ -109,7 +108,9 @@ public final class OpenFolder {
 
     /// Makes the renames and removals in the folder durable.
     public func sync() throws(StateError) {
-        guard fsync(descriptor) == 0 else { throw Self.failure("fsync", path) }
+        if case .failure(let failure) = FileDescriptor(rawValue: descriptor).synchronize() {
+            throw Self.failure("fsync", path, failure.errno)
+        }
     }
 
     func location(of name: String) -> String { path + "/" + name }
@@ -126,18 +127,8 @@ public final class OpenFolder {
         throw StateError(.invalidRequest, "Could not create a temporary file in '\(path)': every random name tried was taken")
     }
 
-    private func writeAll(_ file: Int32, _ bytes: [UInt8], _ name: String) throws(StateError) {
-        var written = 0
-        while written < bytes.count {
-            let count = bytes.withUnsafeBytes { write(file, $0.baseAddress! + written, $0.count - written) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { throw Self.failure("write", location(of: name)) }
-            written += count
-        }
-    }
-
-    static func failure(_ action: String, _ path: String) -> StateError {
-        StateError(errno == ENOENT ? .notFound : .invalidRequest, "Could not \(action) '\(path)': \(String(cString: strerror(errno)))")
+    static func failure(_ action: String, _ path: String, _ error: Errno = .current) -> StateError {
+        StateError(error == .noSuchFileOrDirectory ? .notFound : .invalidRequest, "Could not \(action) '\(path)': \(error)")
     }
 
     private static func kind(of mode: mode_t) -> String {

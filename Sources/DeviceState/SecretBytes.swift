@@ -2,6 +2,8 @@
 // SymmetricKey), in memory of its own that is zeroed when the last reference goes — Swift arrays
 // may be copied behind our back, so secrets never live in one longer than a single expression.
 import Glibc
+import Posix
+import SystemPackage
 
 public final class SecretBytes: @unchecked Sendable {
     // Written only in init; read-only afterwards, so sharing across threads is safe.
@@ -27,15 +29,10 @@ public final class SecretBytes: @unchecked Sendable {
             explicit_bzero(buffer.baseAddress!, buffer.count)
             buffer.deallocate()
         }
-        var filled = 0
-        while filled <= limit {
-            let got = read(descriptor, buffer.baseAddress! + filled, limit + 1 - filled)
-            if got < 0 && errno == EINTR { continue }
-            guard got >= 0 else {
-                throw StateError(.invalidRequest, "Could not read the key file '\(path)': \(String(cString: strerror(errno)))")
-            }
-            if got == 0 { break }
-            filled += got
+        var filled = buffer.count
+        if case .failure(let short) = FileDescriptor(rawValue: descriptor).readFully(into: buffer) {
+            if let error = short.error { throw StateError(.invalidRequest, "Could not read the key file '\(path)': \(error.errno)") }
+            filled = short.transferred
         }
         guard filled <= limit else { throw StateError(.wrongKey, "the key file '\(path)' is larger than 64 KiB: not a key") }
         return SecretBytes(copying: UnsafeRawBufferPointer(rebasing: buffer[0..<filled]))

@@ -8,6 +8,7 @@
 //                                          peak RSS in KiB to FILE, and exits with its status
 //                                          (128+N when signal N ended it, as a shell does)
 import Glibc
+import Posix
 
 func complain(_ text: String) { _ = text.withCString { write(2, $0, strlen($0)) } }
 
@@ -25,7 +26,7 @@ guard spawned == 0 else {
 }
 var status: Int32 = 0
 var usage = rusage()
-while wait4(child, &status, 0, &usage) == -1 && errno == EINTR {}
+_ = valueOrErrno("wait4", { wait4(child, &status, 0, &usage) })
 guard let file = fopen(arguments[1], "w") else { exit(70) }
 fputs("\(usage.ru_maxrss)\n", file)
 fclose(file)

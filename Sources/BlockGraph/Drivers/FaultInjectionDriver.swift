@@ -4,6 +4,7 @@
 // Nth read, write or flush among those it matches — all of that kind, those made during a named
 // step (BlockEvent), or those touching a byte range of the file — once or from then on.
 import BlockLocking
+import Posix
 import Synchronization
 import SystemPackage
 

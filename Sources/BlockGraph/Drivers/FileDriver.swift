@@ -1,6 +1,6 @@
 // FileDriver: the protocol driver for an image file on a local or network file system.
 //
-// Map: opening (two descriptors) · positional I/O with short-count and EINTR loops · O_DIRECT
+// Map: opening (two descriptors) · positional I/O (Posix's full transfers) · O_DIRECT
 // bounce buffers · zeroes through fallocate · flush and its poisoning · locks.
 //
 // The one fenced path: every system call that changes an image file or forces it to storage
@@ -21,8 +21,8 @@
 // read-write from the start: a read-only open reopened read-write keeps its read-only lock
 // descriptor, since a new one would be a new open file description, without our locks.
 import BlockLocking
-import CLinuxIO
 import Glibc
+import Posix
 import Synchronization
 import SystemPackage
 
@@ -107,7 +107,7 @@ public final class FileDriver: BlockDriver {
     }
 
     private static func openIO(_ path: String, writable: Bool, cache: CacheMode) throws(BlockError) -> FileDescriptor {
-        let flags = O_CLOEXEC | (writable ? O_RDWR : O_RDONLY) | (cache == .none ? blk_o_direct() : 0)
+        let flags = O_CLOEXEC | (writable ? O_RDWR : O_RDONLY) | (cache == .none ? FileDescriptor.OpenOptions.direct.rawValue : 0)
         switch valueOrErrno("open", { Glibc.open(path, flags) }) {
         case .success(let raw): return FileDescriptor(rawValue: raw)
         case .failure(let failure) where failure.errno == .invalidArgument && cache == .none:
@@ -212,8 +212,7 @@ public final class FileDriver: BlockDriver {
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
         let zeroed = try leased { () throws(BlockError) -> Bool in
             let descriptor = try writableDescriptor()
-            let mode = blk_FALLOC_FL_KEEP_SIZE | (mayUnmap ? blk_FALLOC_FL_PUNCH_HOLE : blk_FALLOC_FL_ZERO_RANGE)
-            switch valueOrErrno("fallocate", { blk_fallocate(descriptor.rawValue, Int32(mode), byteOffset, byteCount) }) {
+            switch descriptor.allocate([.keepSize, mayUnmap ? AllocationMode.punchHole : .zeroRange], at: byteOffset, byteCount: byteCount) {
             case .success:
                 return true
             case .failure(let failure) where failure.errno == .notSupported || failure.errno == .invalidArgument:
@@ -260,7 +259,7 @@ public final class FileDriver: BlockDriver {
                                  cause: failure)
             }
             guard writableFlag.load(ordering: .acquiring), cache != .unsafe || evenIfUnsafe else { return }
-            if case .failure(let failure) = valueOrErrno("fdatasync", { fdatasync(descriptor.rawValue) }) {
+            if case .failure(let failure) = descriptor.synchronizeData() {
                 flushFailure = failure
                 throw storageFailure(failure, "flush of '\(path)'")
             }
@@ -288,7 +287,7 @@ public final class FileDriver: BlockDriver {
             let descriptor = try writableDescriptor()
             let start = try length()
             guard byteCount > start else { return }
-            switch valueOrErrno("fallocate", { blk_fallocate(descriptor.rawValue, 0, start, byteCount - start) }) {
+            switch descriptor.allocate(at: start, byteCount: byteCount - start) {
             case .success:
                 cachedLength.max(byteCount, ordering: .relaxed)
             case .failure(let failure) where failure.errno == .notSupported || failure.errno == .invalidArgument:
@@ -305,7 +304,7 @@ public final class FileDriver: BlockDriver {
         guard !range.isEmpty else { return }
         try leased { () throws(BlockError) in
             let descriptor = try writableDescriptor()
-            if case .failure(let failure) = valueOrErrno("fallocate", { blk_fallocate(descriptor.rawValue, 0, range.lowerBound, range.upperBound - range.lowerBound) }) {
+            if case .failure(let failure) = descriptor.allocate(at: range.lowerBound, byteCount: range.upperBound - range.lowerBound) {
                 throw failedByReopen(failure) ?? BlockError.systemCall(failure, "allocate \(range.upperBound - range.lowerBound) bytes at \(range.lowerBound) of '\(path)'")
             }
             cachedLength.max(range.upperBound, ordering: .relaxed)
@@ -320,15 +319,16 @@ public final class FileDriver: BlockDriver {
             BlockStatus(byteCount: min(count, byteCount), isData: isData, isZero: !isData, isAllocated: true,
                         hostOffset: byteOffset, file: path)
         }
-        let data = lseek(descriptor.rawValue, off_t(byteOffset), blk_seek_data())
-        if data == -1 {
-            // ENXIO: no data from here to the end of the file.
-            return run(byteCount, isData: Errno(rawValue: errno) != .noSuchAddressOrDevice)
+        switch descriptor.seekData(from: byteOffset) {
+        case .success(nil): return run(byteCount, isData: false) // no data from here to the end
+        case .failure: return run(byteCount, isData: true)
+        case .success(let data?) where data > byteOffset: return run(data - byteOffset, isData: false)
+        case .success: break
         }
-        if Int64(data) > byteOffset { return run(Int64(data) - byteOffset, isData: false) }
-        let hole = lseek(descriptor.rawValue, off_t(byteOffset), blk_seek_hole())
-        guard hole != -1, Int64(hole) > byteOffset else { return run(byteCount, isData: true) }
-        return run(Int64(hole) - byteOffset, isData: true)
+        guard case .success(let hole?) = descriptor.seekHole(from: byteOffset), hole > byteOffset else {
+            return run(byteCount, isData: true)
+        }
+        return run(hole - byteOffset, isData: true)
     }
 
     public func allocatedBytes() throws(BlockError) -> Int64? {
@@ -360,7 +360,7 @@ public final class FileDriver: BlockDriver {
         // Going read-only, new writes are refused before the description changes; going
         // read-write, they are admitted only once it has.
         if !writable { writableFlag.store(false, ordering: .releasing) }
-        if case .failure(let failure) = valueOrErrno("dup3", { blk_dup3_cloexec(opened.rawValue, descriptor.rawValue) }) {
+        if case .failure(let failure) = descriptor.replaceDescription(with: opened) {
             writableFlag.store(!writable, ordering: .releasing)
             throw BlockError.systemCall(failure, "Could not reopen '\(path)'\(writable ? " for writing" : "")")
         }
@@ -388,37 +388,22 @@ public final class FileDriver: BlockDriver {
 
     private func readFully(_ descriptor: FileDescriptor, at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer,
                            allowShort: Bool = false) throws(BlockError) {
-        var done = 0
-        while done < buffer.count {
-            let target = UnsafeMutableRawBufferPointer(rebasing: buffer[done...])
-            switch valueOrErrno("pread", { pread(descriptor.rawValue, target.baseAddress, target.count, off_t(byteOffset) + off_t(done)) }) {
-            case .success(0):
-                if allowShort {
-                    UnsafeMutableRawBufferPointer(rebasing: buffer[done...]).initializeMemory(as: UInt8.self, repeating: 0)
-                    return
-                }
-                throw BlockError(.ioError, "read at \(byteOffset + Int64(done)) of '\(path)' found the end of the file: the image shrank while open")
-            case .success(let count):
-                done += Int(count)
-            case .failure(let failure):
-                throw storageFailure(failure, "read at \(byteOffset + Int64(done)) of '\(path)'")
-            }
+        guard case .failure(let short) = descriptor.readFully(at: byteOffset, into: buffer) else { return }
+        let done = short.transferred
+        if let failure = short.error { throw storageFailure(failure, "read at \(byteOffset + Int64(done)) of '\(path)'") }
+        guard allowShort else {
+            throw BlockError(.ioError, "read at \(byteOffset + Int64(done)) of '\(path)' found the end of the file: the image shrank while open")
         }
+        UnsafeMutableRawBufferPointer(rebasing: buffer[done...]).initializeMemory(as: UInt8.self, repeating: 0)
     }
 
     private func writeFully(_ descriptor: FileDescriptor, at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
-        var done = 0
-        while done < buffer.count {
-            let source = UnsafeRawBufferPointer(rebasing: buffer[done...])
-            switch valueOrErrno("pwrite", { pwrite(descriptor.rawValue, source.baseAddress, source.count, off_t(byteOffset) + off_t(done)) }) {
-            case .success(let count) where count > 0:
-                done += Int(count)
-            case .success:
-                throw BlockError(.ioError, "write at \(byteOffset + Int64(done)) of '\(path)' made no progress")
-            case .failure(let failure):
-                throw failedByReopen(failure) ?? storageFailure(failure, "write at \(byteOffset + Int64(done)) of '\(path)'")
-            }
+        guard case .failure(let short) = descriptor.writeFully(at: byteOffset, from: buffer) else { return }
+        let done = short.transferred
+        guard let failure = short.error else {
+            throw BlockError(.ioError, "write at \(byteOffset + Int64(done)) of '\(path)' made no progress")
         }
+        throw failedByReopen(failure) ?? storageFailure(failure, "write at \(byteOffset + Int64(done)) of '\(path)'")
     }
 
     private static func isAligned(_ byteOffset: Int64, _ count: Int, _ address: UnsafeRawPointer?) -> Bool {

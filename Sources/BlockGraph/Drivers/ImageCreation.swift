@@ -6,6 +6,7 @@
 // stops a creation as it stops any other writer.
 import BlockLocking
 import Glibc
+import Posix
 
 /// How much of a new image is allocated up front (qemu-img's preallocation option). `metadata`
 /// is qcow2's alone: every table and cluster mapped, the data left to the file's holes.

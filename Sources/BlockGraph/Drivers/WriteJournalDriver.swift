@@ -8,7 +8,9 @@
 // big-endian), then for a write its bytes.
 import BlockLocking
 import Glibc
+import Posix
 import Synchronization
+import SystemPackage
 
 public final class WriteJournalDriver: BlockDriver {
     public let formatName = "journal"
@@ -31,21 +33,13 @@ public final class WriteJournalDriver: BlockDriver {
         for value in [UInt64(byteOffset), UInt64(bytes?.count ?? 0)] {
             for shift in stride(from: 56, through: 0, by: -8) { header.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
         }
-        let failed = journal.withLock { descriptor in
-            header.withUnsafeBytes { Self.writeAll(descriptor, $0) } == false || (bytes.map { Self.writeAll(descriptor, $0) } == false)
+        let appended = journal.withLock { descriptor in
+            let journalFile = FileDescriptor(rawValue: descriptor)
+            return header.withUnsafeBytes { journalFile.writeFully($0) }.flatMap { bytes.map { journalFile.writeFully($0) } ?? .success(()) }
         }
-        if failed { throw BlockError(.ioError, "Could not append to the write journal: \(String(cString: strerror(errno)))") }
-    }
-
-    private static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        var done = 0
-        while done < bytes.count {
-            let count = Glibc.write(descriptor, bytes.baseAddress! + done, bytes.count - done)
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { return false }
-            done += count
+        if case .failure(let short) = appended {
+            throw BlockError(.ioError, "Could not append to the write journal: \(short.error?.errno ?? .current)")
         }
-        return true
     }
 
     public func length() throws(BlockError) -> Int64 { try file.driver.length() }

@@ -1,6 +1,7 @@
 // BlockError: the one error type of the block layer. A lock conflict keeps the locking
 // module's error (QEMU's words and the holders) as its cause.
 import BlockLocking
+import Posix
 import SystemPackage
 
 public struct BlockError: Error, Sendable, CustomStringConvertible {

@@ -3,8 +3,8 @@
 // failing that, the name comes from the host's delta lease — the leader record in sector
 // host_id-1 of the lockspace, whose resource_name field holds what the host's daemon announces
 // (sanlock daemon -e NAME).
-import CLinuxLocking
 import Glibc
+import Posix
 import SystemPackage
 
 struct LeaseHostNames {
@@ -37,9 +37,9 @@ struct LeaseHostNames {
             throw LockingError(.ioError, "Could not record this host's name in '\(settings.location)': \(Errno.current)", path: path)
         }
         let bytes = Array((name + "\n").utf8)
-        let written = write(descriptor, bytes, bytes.count)
+        let written = bytes.withUnsafeBytes { FileDescriptor(rawValue: descriptor).writeFully($0) }
         close(descriptor)
-        guard written == bytes.count, rename(temporary, path) == 0 else {
+        guard case .success = written, rename(temporary, path) == 0 else {
             unlink(temporary)
             throw LockingError(.ioError, "Could not record this host's name in '\(settings.location)': \(Errno.current)", path: path)
         }
@@ -63,13 +63,16 @@ struct LeaseHostNames {
     /// host wrote it.
     private func readSector(_ offset: Int64) -> [UInt8]? {
         let path = settings.lockspacePath
-        var descriptor = open(path, O_RDONLY | O_CLOEXEC | blk_o_direct_flag())
+        var descriptor = open(path, O_RDONLY | O_CLOEXEC | FileDescriptor.OpenOptions.direct.rawValue)
         if descriptor < 0 { descriptor = open(path, O_RDONLY | O_CLOEXEC) }
         guard descriptor >= 0 else { return nil }
         defer { close(descriptor) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { buffer.deallocate() }
-        let count = pread(descriptor, buffer.baseAddress, 4096, off_t(offset))
+        let count = switch FileDescriptor(rawValue: descriptor).readFully(at: offset, into: buffer) {
+        case .success: buffer.count
+        case .failure(let short): short.transferred // the lockspace may end within the page
+        }
         guard count >= Self.sectorSize else { return nil }
         return Array(buffer[0..<Self.sectorSize])
     }

@@ -3,6 +3,7 @@
 // (BLK_LEASE_DIR, BLK_LOCKSPACE, BLK_HOST_ID, BLK_HOST_NAME), else a config file (BLK_LEASE_CONFIG,
 // default /etc/blocklayer/leases.conf), as libvirt reads its sanlock settings from qemu-sanlock.conf.
 import Glibc
+import Posix
 import SystemPackage
 
 public struct LeaseSettings: Sendable, Hashable {

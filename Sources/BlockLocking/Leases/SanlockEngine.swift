@@ -9,6 +9,7 @@
 import CSanlock
 import Crypto
 import Glibc
+import Posix
 import Synchronization
 import SystemPackage
 

@@ -2,6 +2,7 @@
 // on this host, and who is in it. (`blk lease init|join|leave|status`.)
 import CSanlock
 import Glibc
+import Posix
 import SystemPackage
 
 public struct SanlockLockspace: Sendable {

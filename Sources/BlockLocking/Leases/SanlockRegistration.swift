@@ -13,6 +13,7 @@
 import CLinuxLocking
 import CSanlock
 import Glibc
+import Posix
 import Synchronization
 import SystemPackage
 
@@ -182,7 +183,7 @@ final class SanlockRegistration: Sendable {
         connection.withLock { connection in
             for hold in connection.holds.values {
                 for copy in hold.descriptors where copy.synced >= 0 {
-                    _ = fdatasync(copy.synced)
+                    _ = FileDescriptor(rawValue: copy.synced).synchronizeData()
                     close(copy.synced)
                 }
             }

@@ -1,5 +1,6 @@
-// CLinuxIO: the file-I/O calls and flags Swift's Glibc module hides behind _GNU_SOURCE:
-// fallocate(2) and its modes, O_DIRECT, SEEK_DATA, SEEK_HOLE and dup3(2). Values are kernel ABI (include/uapi/linux/falloc.h).
+// CLinuxIO: the shim of the Posix module — the file-I/O calls and flags Swift's Glibc module
+// hides behind _GNU_SOURCE: fallocate(2) and its modes, O_DIRECT, SEEK_DATA, SEEK_HOLE and
+// dup3(2). Values are kernel ABI (include/uapi/linux/falloc.h).
 #ifndef CLINUXIO_H
 #define CLINUXIO_H
 

@@ -45,10 +45,7 @@ int blk_wake_timer_arm(long timer, long long deadline_ns, long long interval_ns)
 /// Deletes a timer made by blk_wake_timer_create.
 int blk_wake_timer_delete(long timer);
 
-/// O_DIRECT, whose value differs between architectures and which Glibc hides behind _GNU_SOURCE.
-int blk_o_direct_flag(void);
-
-/// O_PATH (a descriptor that names a file without opening it), also behind _GNU_SOURCE.
+/// O_PATH (a descriptor that names a file without opening it), behind _GNU_SOURCE.
 int blk_o_path_flag(void);
 
 /// Makes `socket` (AF_UNIX) attach its senders' credentials to what it receives (SO_PASSCRED).

@@ -2,6 +2,7 @@
 // with posix_spawn with its standard streams as pipes, /dev/null or ours — what they need of
 // Foundation's Process, without loading Foundation into every blk command.
 import Glibc
+import Posix
 
 final class BenchProcess {
     /// `sameAsOutput` is for stderr: both into the stdout pipe, as a terminal would show them.
@@ -93,9 +94,8 @@ final class BenchProcess {
     func wait() -> Int32 {
         if let exitStatus { return exitStatus }
         var raw: Int32 = 0
-        var result: pid_t
-        repeat { result = waitpid(pid, &raw, 0) } while result == -1 && errno == EINTR
-        let status = result == pid ? shellStatus(ofWaitStatus: raw) : -1
+        let result = valueOrErrno("waitpid", { waitpid(pid, &raw, 0) })
+        let status = result == .success(pid) ? shellStatus(ofWaitStatus: raw) : -1
         exitStatus = status
         return status
     }

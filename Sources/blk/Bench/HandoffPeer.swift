@@ -6,6 +6,7 @@ import BlockLocking
 import CLinuxLocking
 import FoundationEssentials
 import Glibc
+import Posix
 import SystemPackage
 
 final class HandoffPeer {
@@ -24,13 +25,8 @@ final class HandoffPeer {
 
     func acquiredAt() throws -> Int64 {
         var acquiredAt: Int64 = 0
-        var done = 0
-        while done < 8 {
-            let count = withUnsafeMutableBytes(of: &acquiredAt) { read(process.output!, $0.baseAddress! + done, 8 - done) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { throw LockingError(.ioError, "the hand-over peer process stopped") }
-            done += count
-        }
+        let read = withUnsafeMutableBytes(of: &acquiredAt) { FileDescriptor(rawValue: process.output!).readFully(into: $0) }
+        guard case .success = read else { throw LockingError(.ioError, "the hand-over peer process stopped") }
         return acquiredAt
     }
 
@@ -51,7 +47,7 @@ struct HandoffPeerCommand: ParsableCommand {
         let descriptor = try FileDescriptor.open(image, .readWrite, options: [.closeOnExec])
         let locks = try ImageLocks(descriptor: descriptor, path: image, mode: .on, writable: true)
         var command: UInt8 = 0
-        while read(STDIN_FILENO, &command, 1) == 1 {
+        while case .success = withUnsafeMutableBytes(of: &command, { FileDescriptor.standardInput.readFully(into: $0) }) {
             var acquiredAt: Int64
             switch mode {
             case .ours:

@@ -10,6 +10,8 @@ import Crypto
 import DeviceState
 import FoundationEssentials
 import Glibc
+import Posix
+import SystemPackage
 
 struct StateBenchmark {
     struct Results: Encodable {
@@ -43,7 +45,7 @@ struct StateBenchmark {
             for format in ["raw", "qcow2"] { for encrypted in [false, true] { unlink(prefix + "-\(format)-\(encrypted).img") } }
         }
         let baseline = try BaselineFile(path: baselinePath)
-        defer { close(baseline.descriptor) }
+        defer { try? baseline.descriptor.close() }
         let key = try StateCredential.key(SymmetricKey(size: .bits256))
         var stores: [String: StateStore] = [:]
         for scenario in Self.scenarios {
@@ -117,21 +119,22 @@ struct StateBenchmark {
 
 /// The baseline: a 1 MiB file written and synced once, then 4 KiB overwrites + fdatasync.
 private struct BaselineFile {
-    let descriptor: Int32
+    let descriptor: FileDescriptor
     let block: UnsafeMutableRawBufferPointer
 
     init(path: String) throws {
-        descriptor = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw BlockError(.ioError, "Could not create '\(path)': \(String(cString: strerror(errno)))") }
+        let opened = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard opened >= 0 else { throw BlockError(.ioError, "Could not create '\(path)': \(String(cString: strerror(errno)))") }
+        descriptor = FileDescriptor(rawValue: opened)
         block = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
         block.initializeMemory(as: UInt8.self, repeating: 0x5a)
-        for offset in stride(from: 0, to: 1 << 20, by: 4096) { _ = pwrite(descriptor, block.baseAddress, 4096, off_t(offset)) }
-        fsync(descriptor)
+        for offset in stride(from: 0, to: 1 << 20, by: 4096) { _ = descriptor.writeFully(at: Int64(offset), from: UnsafeRawBufferPointer(block)) }
+        _ = descriptor.synchronize()
     }
 
     func overwriteAndSync() throws {
-        guard pwrite(descriptor, block.baseAddress, 4096, 0) == 4096, fdatasync(descriptor) == 0 else {
-            throw BlockError(.ioError, "baseline write failed: \(String(cString: strerror(errno)))")
+        guard case .success = descriptor.writeFully(at: 0, from: UnsafeRawBufferPointer(block)), case .success = descriptor.synchronizeData() else {
+            throw BlockError(.ioError, "baseline write failed: \(Errno.current)")
         }
     }
 }

@@ -6,6 +6,7 @@ import BlockLayer
 import BlockLocking
 import FoundationEssentials
 import Glibc
+import Posix
 
 struct IOCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -106,7 +107,11 @@ struct IOCommand: ParsableCommand {
             // Parsing bounded it: the product fits, and nanosleep takes any length usleep does not.
             var request = timespec(tv_sec: Int(milliseconds / 1000), tv_nsec: Int(milliseconds % 1000) * 1_000_000)
             var left = timespec()
-            while nanosleep(&request, &left) != 0 && errno == EINTR { request = left }
+            // Interrupted, nanosleep leaves in `left` the time still to sleep: the retry sleeps that.
+            _ = valueOrErrno("nanosleep", {
+                defer { request = left }
+                return nanosleep(&request, &left)
+            })
         case .lock(let kind):
             do throws(LockingError) {
                 try image.transactionLock.acquire(kind, deadline: .after(timeout.duration))

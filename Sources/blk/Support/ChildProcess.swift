@@ -12,6 +12,7 @@
 // is waited for without reaping (WNOWAIT) until the pid is cleared, so a late signal can never
 // hit an unrelated process that reused it.
 import Glibc
+import Posix
 import Synchronization
 
 /// The pid of the running child, for the signal handler (a global, since a C handler captures
@@ -78,15 +79,13 @@ enum ChildProcess {
         pthread_sigmask(SIG_UNBLOCK, &handledSet, nil) // signals that came meanwhile go through now
 
         var info = siginfo_t()
-        while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) == -1 {
-            guard errno == EINTR else {
-                printError("waiting for \(arguments[0]): \(String(cString: strerror(errno)))")
-                return 1
-            }
+        if case .failure(let failure) = valueOrErrno("waitid", { waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) }) {
+            printError("waiting for \(arguments[0]): \(failure.errno)")
+            return 1
         }
         runningChild.store(0, ordering: .relaxed)
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        _ = valueOrErrno("waitpid", { waitpid(pid, &status, 0) })
         return shellStatus(ofWaitStatus: status)
     }
 

@@ -7,7 +7,9 @@
 import BlockLayer
 import Foundation
 import Glibc
+import Posix
 import Synchronization
+import SystemPackage
 import Testing
 
 @Suite("reopen racing I/O")
@@ -176,8 +178,9 @@ struct ReopenRaceTests {
         defer { close(observer) }
         func contents() -> [UInt8] {
             var bytes = [UInt8](repeating: 0, count: Self.writers * Self.blockSize)
-            let count = bytes.withUnsafeMutableBytes { pread(observer, $0.baseAddress, $0.count, 0) }
-            return Array(bytes.prefix(max(count, 0)))
+            let read = bytes.withUnsafeMutableBytes { FileDescriptor(rawValue: observer).readFully(at: 0, into: $0) }
+            guard case .failure(let short) = read else { return bytes }
+            return Array(bytes.prefix(short.transferred))
         }
 
         let done = Atomic(false)

@@ -5,6 +5,7 @@
 import BlockLayer
 import BlockLocking
 import Foundation
+import Posix
 import SystemPackage
 import Testing
 

@@ -2,6 +2,8 @@
 // with deadlines of seconds, never sleeps, so the tests hold on a loaded 2-core machine.
 import Foundation
 import Glibc
+import Posix
+import SystemPackage
 import Testing
 
 /// The folder holding the binaries `swift build` made (next to this test bundle).
@@ -88,7 +90,7 @@ final class Spawned: @unchecked Sendable {
         errors = errorPipe[0]
         Thread.detachNewThread { [self, child] in
             var status: Int32 = 0
-            while waitpid(child, &status, 0) == -1 && errno == EINTR {}
+            _ = valueOrErrno("waitpid", { waitpid(child, &status, 0) })
             statusLock.withLock { waitStatus = status }
             exited.signal()
         }
@@ -134,15 +136,7 @@ private func makePipe(_ ends: inout [Int32]) -> Bool {
 
 /// Reads a descriptor to its end.
 func readAll(_ descriptor: Int32) -> String {
-    var data = [UInt8]()
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = read(descriptor, &buffer, buffer.count)
-        if count > 0 { data += buffer[0..<count]; continue }
-        if count < 0 && errno == EINTR { continue }
-        break
-    }
-    return String(decoding: data, as: UTF8.self)
+    String(decoding: (try? FileDescriptor(rawValue: descriptor).readToEnd().get()) ?? [], as: UTF8.self)
 }
 
 /// Runs a program to completion within `seconds`; kills it and throws if it takes longer.
@@ -195,10 +189,8 @@ final class LineProcess: @unchecked Sendable {
         Thread.detachNewThread { [self, child] in
             var pending = [UInt8]()
             var buffer = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let count = read(child.output, &buffer, buffer.count)
-                if count < 0 && errno == EINTR { continue }
-                if count <= 0 { break }
+            // Whatever has arrived, not a full buffer: the lines come one at a time.
+            while case .success(let count) = valueOrErrno("read", { read(child.output, &buffer, buffer.count) }), count > 0 {
                 pending += buffer[0..<count]
                 while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
                     let line = String(decoding: pending[..<newline], as: UTF8.self)
