@@ -33,16 +33,25 @@ public enum LockFlavor: Sendable, Hashable {
 
 /// A lock found by a probe: its kind, and the pid F_GETLK reports (-1 for OFD locks).
 public struct ProbedLock: Sendable, Hashable {
+    /// Whether the lock in the way is shared or exclusive: a shared one blocks only writers.
     public var kind: LockKind
+    /// Kept for classic POSIX locks, the one flavor whose owner the kernel names; -1 for OFD locks,
+    /// whose holders only /proc can tell.
     public var reportedPID: Int32
 }
 
 /// Sets, releases, probes and waits for locks on single bytes of a file through one descriptor,
 /// which it does not own.
 public struct ByteLocker: Sendable {
+    /// The descriptor every lock goes through. OFD locks belong to its open file description, so
+    /// probes must use this same one: locks of one description never conflict with each other.
     public let descriptor: FileDescriptor
+    /// Decided once per descriptor (LockingDecision): mixing flavors on one file would let an open
+    /// conflict with itself.
     public let flavor: LockFlavor
 
+    /// Borrows `descriptor`: closing it stays the owner's job, since closing the last descriptor of
+    /// the description is what releases its locks.
     public init(descriptor: FileDescriptor, flavor: LockFlavor) {
         self.descriptor = descriptor
         self.flavor = flavor

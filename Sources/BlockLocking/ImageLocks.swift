@@ -6,11 +6,21 @@ import Posix
 import Synchronization
 import SystemPackage
 
+/// Every lock of one open image in one place, so the block layer's file driver, `blk hold` and
+/// the state store lock an image the same way: the permission locks, the transaction lock and
+/// the lease all on the descriptor the opener owns.
 public final class ImageLocks: Sendable {
+    /// The descriptor every lock lives on; it is never replaced, since a new one would be a new
+    /// open file description without these locks. Owned by the opener, which closes it.
     public let descriptor: FileDescriptor
+    /// For messages: every error names the image as the user gave it.
     public let path: String
+    /// What the locking mode came to on this descriptor (which flavor, if any, and the warnings to
+    /// show), decided once at open.
     public let decision: LockingDecision
+    /// The mode asked for, kept to judge a later reopen read-write as the open itself would have.
     public let mode: LockingMode
+    /// The image's transaction lock (byte 300), on this same descriptor.
     public let transaction: TransactionLock
     private let permissions: Mutex<PermissionLocks?>
 
@@ -77,7 +87,10 @@ public final class ImageLocks: Sendable {
 /// It never takes a lease: whatever writes to a leased image must do it through the file
 /// driver, whose requests a fence can stop.
 public final class LockedImageFile: Sendable {
+    /// The locks, reached through the one descriptor this object owns.
     public let locks: ImageLocks
+    /// The descriptor to hand to `LockReport` as `excluding`, or to a child process that should
+    /// inherit the locks (`blk hold`).
     public var descriptor: FileDescriptor { locks.descriptor }
 
     /// Opens `path` (O_CLOEXEC, so no child process inherits the locks) without locking it.

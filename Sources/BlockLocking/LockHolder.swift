@@ -6,10 +6,12 @@ public struct LockHolder: Sendable, Hashable {
     public var pid: Int32?
     /// /proc/PID/comm: the program name, cut to 15 characters by the kernel.
     public var program: String?
+    /// The holder's locks on the image, from which its meanings are read.
     public var locks: [LockRecord]
     /// Why the holder is unknown, when it is.
     public var visibilityNote: String?
 
+    /// Usually made by a scan; by hand for tests and for holders named by other means.
     public init(pid: Int32?, program: String?, locks: [LockRecord], visibilityNote: String? = nil) {
         self.pid = pid
         self.program = program
@@ -17,6 +19,7 @@ public struct LockHolder: Sendable, Hashable {
         self.visibilityNote = visibilityNote
     }
 
+    /// Whether this holder explains a byte found locked: bytes no holder covers are another host's.
     public func covers(byte: Int64) -> Bool { locks.contains { $0.covers(byte: byte) } }
 
     /// Each lock in words: "holds write", "does not share resize", "transaction lock exclusive".

@@ -15,11 +15,17 @@ import Glibc
 import Posix
 import SystemPackage
 
+/// Answers "who holds this file's locks?", which OFD locks cannot: they report pid -1, so the
+/// holders are found by matching /proc/locks against every process's /proc/PID/fdinfo.
 public struct LockHolderScan: Sendable {
+    /// The file as /proc/locks names it: device and inode, never a path, which holders may spell
+    /// differently.
     public var file: FileIdentity
     /// Our own descriptor whose locks are not "held by someone else".
     public var excluding: FileDescriptor?
 
+    /// A scan of `file`, leaving out the locks of `excluding`: an open that asks who is in its way
+    /// must not find itself.
     public init(file: FileIdentity, excluding: FileDescriptor? = nil) {
         self.file = file
         self.excluding = excluding
@@ -45,10 +51,15 @@ public struct LockHolderScan: Sendable {
 
     /// The result of one scan: holders of granted locks, and how many requests wait.
     public struct Findings: Sendable, Hashable {
+        /// Processes with granted locks on the file, this process first; locks no process could be
+        /// found for are one holder with no pid.
         public var holders: [LockHolder]
+        /// Requests blocked in the kernel: a queue behind a holder, which `blk locks` shows.
         public var waiters: [LockRecord]
     }
 
+    /// Reads /proc now: what it finds may change the moment after, so it serves messages and
+    /// reports, never decisions.
     public func scan() -> Findings {
         let everything = LockRecord.records(in: readProcFile("/proc/locks") ?? "", on: file)
         let granted = everything.filter { !$0.isWaiting }

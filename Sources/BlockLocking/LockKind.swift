@@ -3,11 +3,15 @@ import Glibc
 
 /// The two kinds of byte lock: many shared holders, or one exclusive holder.
 public enum LockKind: Int, Sendable, Hashable, Comparable, CustomStringConvertible, CaseIterable {
+    /// Many holders at once: readers, and every QEMU permission lock.
     case shared = 0
+    /// One holder: a commit. Needs a descriptor open for writing.
     case exclusive = 1
 
+    /// Exclusive is the stronger kind: a lock held covers a request when it is at least as strong.
     public static func < (lhs: LockKind, rhs: LockKind) -> Bool { lhs.rawValue < rhs.rawValue }
 
+    /// The word messages use: "shared" or "exclusive".
     public var description: String {
         switch self {
         case .shared: "shared"
@@ -35,6 +39,8 @@ public enum LockKind: Int, Sendable, Hashable, Comparable, CustomStringConvertib
 /// What a non-blocking lock attempt came to. Contention is an expected outcome, not a failure,
 /// so it is not thrown (as Rust's `TryLockError::WouldBlock` is kept apart from real errors).
 public enum LockAttempt: Sendable, Hashable {
+    /// The lock is held now.
     case acquired
+    /// Another owner's lock is in the way; nothing changed.
     case wouldBlock
 }

@@ -8,10 +8,15 @@
 
 /// The file a lock is on, as /proc identifies it.
 public struct FileIdentity: Sendable, Hashable {
+    /// The major number of the file system's device, as /proc/locks prints it (hex there).
     public var deviceMajor: UInt32
+    /// The minor number of the file system's device.
     public var deviceMinor: UInt32
+    /// The file's inode on that device.
     public var inode: UInt64
 
+    /// Usually made by `LockHolderScan.identity(of:)`, which takes the device from the mount as the
+    /// kernel prints it; by hand for tests of parsed lines.
     public init(deviceMajor: UInt32, deviceMinor: UInt32, inode: UInt64) {
         self.deviceMajor = deviceMajor
         self.deviceMinor = deviceMinor
@@ -19,19 +24,25 @@ public struct FileIdentity: Sendable, Hashable {
     }
 }
 
+/// One lock line of /proc/locks or /proc/PID/fdinfo/FD, parsed: the raw facts `LockHolder`
+/// turns into words. Pure, so the parser is tested on literal lines.
 public struct LockRecord: Sendable, Hashable {
     /// OFDLCK, POSIX, FLOCK, LEASE, …
     public var family: String
+    /// READ is shared, WRITE exclusive.
     public var kind: LockKind
     /// A blocked request ("->") rather than a granted lock.
     public var isWaiting: Bool
     /// The pid the kernel prints: -1 for OFD locks.
     public var reportedPID: Int32
+    /// The file the lock is on, to match lines of /proc/locks to one image.
     public var file: FileIdentity
+    /// The first byte locked; with `lastByte`, which of the image's lock bytes the lock covers.
     public var firstByte: Int64
     /// The last byte, inclusive; nil for "to end of file".
     public var lastByte: Int64?
 
+    /// Whether this lock is on `byte`: how a lock is matched to its meaning (LockByte).
     public func covers(byte: Int64) -> Bool {
         byte >= firstByte && (lastByte.map { byte <= $0 } ?? true)
     }

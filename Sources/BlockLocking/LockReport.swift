@@ -6,7 +6,11 @@
 // that no local holder explains is reported as held by a process this host cannot see.
 import SystemPackage
 
+/// Everything known about the locks on one image, in one value (what `blk locks` prints and
+/// encodes), gathered from two sources because neither sees everything: byte probes see other
+/// hosts' locks, /proc names local holders.
 public struct LockReport: Sendable, Hashable {
+    /// The image as the caller named it, for the report's first line.
     public var path: String
     /// Permissions some open holds (a shared lock on byte 100+i).
     public var heldPermissions: ImagePermissions
@@ -14,6 +18,7 @@ public struct LockReport: Sendable, Hashable {
     public var unsharedPermissions: ImagePermissions
     /// The transaction lock's kind, nil when free.
     public var transactionLock: LockKind?
+    /// The local processes holding locks on the image, with their locks in words.
     public var holders: [LockHolder]
     /// Requests blocked in the kernel, waiting for a lock on the image.
     public var waiters: [LockRecord]

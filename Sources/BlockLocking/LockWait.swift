@@ -28,6 +28,7 @@ public struct LockDeadline: Sendable, Hashable {
     /// Nanoseconds on CLOCK_MONOTONIC; nil waits for ever.
     public let monotonicNanoseconds: Int64?
 
+    /// Waits as long as the holder holds: for locks whose holder is known to let go (`blk hold`).
     public static let never = LockDeadline(monotonicNanoseconds: nil)
 
     /// A deadline `duration` from now; zero or negative means "try once, do not wait".
@@ -88,6 +89,7 @@ public final class LockWaitInterrupt: Sendable {
 
     private let state = Mutex(State())
 
+    /// One per wait (or per task that may cancel it), made before the wait starts.
     public init() {}
 
     /// Makes the wait (current or future) return `.interrupted` without taking the lock.
@@ -98,6 +100,7 @@ public final class LockWaitInterrupt: Sendable {
         }
     }
 
+    /// Lets a waiter tell an interrupt from a deadline when its wait ends early.
     public var isInterrupted: Bool { state.withLock { $0.isInterrupted } }
 
     /// Publishes the waiting thread's timer; false when already interrupted.

@@ -4,11 +4,17 @@
 import Posix
 import SystemPackage
 
+/// The one error of the locking module: a code a program can switch on, QEMU's words for
+/// messages, and who was in the way, so a refusal tells the user what to do.
 public struct LockingError: Error, Sendable, CustomStringConvertible {
     /// What kind of failure this is; the CLI maps each to an exit code.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
+        /// The code's stable name ("conflict", "timeout"): what scripts and JSON output see.
         public let name: String
+        /// An extensible struct, not a frozen enum, so a new kind of failure breaks no caller's
+        /// switch.
         public init(_ name: String) { self.name = name }
+        /// The stable name, as JSON output prints it.
         public var description: String { name }
 
         /// Another open holds or refuses to share a permission this open needs.
@@ -32,18 +38,24 @@ public struct LockingError: Error, Sendable, CustomStringConvertible {
         public static let lockLost = Code("lock-lost")
     }
 
+    /// What kind of failure, for the caller to act on: retry a conflict, report a lost lock.
     public var code: Code
     /// The complete message: for conflicts QEMU's two lines, word for word.
     public var message: String
+    /// The image the failure concerns, when there is one.
     public var path: String?
     /// Who holds the lock that was in the way, where this host can tell.
     public var holders: [LockHolder]
     /// The hosts holding the lease that was in the way.
     public var leaseOwners: [LeaseOwner]
+    /// The system call that failed, for the detailed description and for logs.
     public var cause: SystemCallError?
+    /// Where the error was thrown (#fileID), for the detailed description.
     public var file: String
+    /// The line it was thrown at.
     public var line: Int
 
+    /// A failure with its words; holders and lease owners when someone was in the way.
     public init(
         _ code: Code, _ message: String, path: String? = nil, holders: [LockHolder] = [], leaseOwners: [LeaseOwner] = [],
         cause: SystemCallError? = nil, file: String = #fileID, line: Int = #line

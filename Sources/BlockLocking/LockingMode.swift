@@ -12,8 +12,15 @@
 import CLinuxLocking
 import SystemPackage
 
+/// QEMU's `locking` option, kept as QEMU has it so `blk` and QEMU given the same option protect
+/// an image the same way (the table above says what each comes to).
 public enum LockingMode: String, Sendable, Hashable, CaseIterable {
-    case auto, on, off
+    /// Lock where the kernel and file system can, warn where they cannot: QEMU's default.
+    case auto
+    /// Refuse to go on without the protection asked for.
+    case on
+    /// No locks: for images nothing else opens, or tools that only look.
+    case off
 }
 
 /// The locks one descriptor will use, decided once at open.

@@ -4,15 +4,26 @@
 // protect nothing across hosts, silently. The parser is pure, so tests can feed it any mount table.
 import SystemPackage
 
+/// One mount, read to tell whether an image's locks reach the other hosts that share its storage
+/// (an NFS mount with `nolock` keeps them here), and to name the file system in /proc/locks'
+/// terms.
 public struct MountInfo: Sendable, Hashable {
+    /// The id /proc/self/fdinfo gives for a descriptor's mount: how an image's mount is found.
     public var mountID: Int
+    /// The device major number as /proc/locks prints it, which fstat's st_dev is not on btrfs.
     public var deviceMajor: UInt32
+    /// The device minor number, with `deviceMajor` the device of the file system's superblock.
     public var deviceMinor: UInt32
+    /// Where the file system is mounted, for messages.
     public var mountPoint: String
+    /// "nfs", "nfs4", "ext4", …: which rules for locks across hosts apply.
     public var fileSystemType: String
+    /// The mounted source ("server:/export" for NFS), for messages.
     public var source: String
     /// Per-mount options (`rw,relatime`) and the file system's own (`vers=3,…,nolock,…`).
     public var mountOptions: [String]
+    /// The file system's own options (`vers=3,…,nolock`), where NFS says whether locks leave
+    /// the host.
     public var superOptions: [String]
 
     /// Every well-formed line of a mountinfo text; others are skipped.
@@ -60,6 +71,7 @@ public struct MountInfo: Sendable, Hashable {
         return mountinfo.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap(parseLine)
     }
 
+    /// Kernel NFS clients are the one file system whose locks may or may not reach other hosts.
     public var isNFS: Bool { fileSystemType == "nfs" || fileSystemType == "nfs4" }
 
     /// Why locks taken on this mount stay on this host, or nil when they reach the others that

@@ -16,12 +16,15 @@
 
 /// The permission locks of one open image. Not thread-safe by itself: `ImageLocks` guards it.
 public struct PermissionLocks: Sendable {
+    /// The descriptor the permission bytes are locked through, which is also the one probes go
+    /// through, so this open's own locks never count as conflicts.
     public let locker: ByteLocker
     /// The image's name as the user gave it, for QEMU's "Is another process using the image [PATH]?".
     public let path: String
     /// What the bytes currently locked stand for.
     public private(set) var locked: PermissionRequest = .none
 
+    /// Starts holding nothing: the first `change(to:)` takes the locks.
     public init(locker: ByteLocker, path: String) {
         self.locker = locker
         self.path = path

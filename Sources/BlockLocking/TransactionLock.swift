@@ -20,10 +20,15 @@ import Posix
 import Synchronization
 import SystemPackage
 
+/// A lock for short critical sections across processes (a state-store commit), beside QEMU's
+/// permission locks: counted per open, so nested acquisitions cost no system call, and waited
+/// for in the kernel, so a release wakes the next holder at once.
 public final class TransactionLock: Sendable {
     /// nil under `locking=off`: counting still works, the kernel is not asked.
     public let locker: ByteLocker?
+    /// For messages: timeouts and conflicts name the image.
     public let path: String
+    /// Byte 300 for images (LockByte.transaction); tests may lock another byte of a scratch file.
     public let byte: Int64
 
     private struct State {
@@ -44,6 +49,7 @@ public final class TransactionLock: Sendable {
 
     private let state = Mutex(State())
 
+    /// Usually made by `ImageLocks`, on the image's lock descriptor; holds nothing until acquired.
     public init(locker: ByteLocker?, path: String, byte: Int64 = LockByte.transaction) {
         self.locker = locker
         self.path = path

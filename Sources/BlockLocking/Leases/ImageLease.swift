@@ -4,14 +4,19 @@
 // caches may hold what another host has since overwritten, so only a new open may write.
 import Synchronization
 
+/// One open image's lease, kept apart from the engine so an open that lost its lease stays
+/// refused even after the engine registers afresh for other opens.
 public final class ImageLease: Sendable {
+    /// The engine that grants the lease and fences this process when it takes it away.
     public let engine: any LeaseEngine
+    /// The image as the engine names it, the same name on every host.
     public let image: LeasedImage
     private let held = Mutex<LeaseMode?>(nil)
     /// Whether a lease is held, read on every write without taking `held`'s lock.
     private let isHeld = Atomic<Bool>(false)
     private let lostError = Mutex<LockingError?>(nil)
 
+    /// Takes nothing yet: the lease follows the permission locks, which `set` is told of.
     public init(engine: any LeaseEngine, image: LeasedImage) {
         self.engine = engine
         self.image = image
@@ -55,6 +60,7 @@ public final class ImageLease: Sendable {
         return true
     }
 
+    /// Ends a write `beginWrite` admitted, so a fence waiting for admitted writes can go on.
     public func endWrite() {
         engine.endWrite()
     }

@@ -2,9 +2,12 @@
 
 /// What an open asks of the other hosts: to share the image for reading, or to have it alone.
 public enum LeaseMode: String, Sendable, Hashable, CustomStringConvertible {
+    /// Other hosts may read too: the lease of an open that only reads.
     case shared
+    /// No other host may hold the image: the lease of an open that writes or resizes.
     case exclusive
 
+    /// The word in conflict messages and `blk locks` ("…, generation 3, exclusive").
     public var description: String { rawValue }
 
     /// The lease that stands for a set of held QEMU permissions: any write or resize needs the

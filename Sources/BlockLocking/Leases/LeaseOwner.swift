@@ -14,6 +14,8 @@ public struct LeaseOwner: Sendable, Hashable, CustomStringConvertible {
     /// A failed host's leases can be taken once its own lease on the lockspace expires.
     public var hostState: String?
 
+    /// An owner as an engine reads it from the lease storage; name, mode and state as far as the
+    /// storage tells.
     public init(hostID: UInt64, hostName: String?, generation: UInt64, mode: LeaseMode?, hostState: String? = nil) {
         self.hostID = hostID
         self.hostName = hostName

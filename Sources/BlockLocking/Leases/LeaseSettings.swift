@@ -6,6 +6,8 @@ import Glibc
 import Posix
 import SystemPackage
 
+/// Where one host's image leases live, gathered in one value because every host sharing the
+/// storage must agree on the location and the lockspace, while the host id is this host's own.
 public struct LeaseSettings: Sendable, Hashable {
     /// Where the leases live on the shared storage: a folder holding the lockspace file and one
     /// lease file per image (as libvirt's auto disk leases), or a block device or file holding the
@@ -20,9 +22,12 @@ public struct LeaseSettings: Sendable, Hashable {
     /// The lease renewal I/O timeout in seconds for init and join; sanlock's default is 10.
     public var ioTimeout: UInt32?
 
+    /// The lockspace used when none is named, so hosts configured only with a location still meet.
     public static let defaultLockspace = "blk"
+    /// Read when BLK_LEASE_CONFIG names no other file: a host's settings outlive any one shell.
     public static let defaultConfigFile = "/etc/blocklayer/leases.conf"
 
+    /// Settings given by the program itself, bypassing the environment and the config file.
     public init(location: String, lockspace: String = LeaseSettings.defaultLockspace, hostID: UInt64? = nil,
                 hostName: String? = nil, ioTimeout: UInt32? = nil) {
         self.location = location
@@ -118,6 +123,8 @@ public struct LeaseSettings: Sendable, Hashable {
         return values
     }
 
+    /// This process's environment as a dictionary, read from `environ` without Foundation, for
+    /// `resolve(environment:)`.
     public static func currentEnvironment() -> [String: String] {
         var result: [String: String] = [:]
         var entry = environ

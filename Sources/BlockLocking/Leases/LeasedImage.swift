@@ -10,6 +10,8 @@ public struct LeasedImage: Sendable, Hashable {
     /// the lease up, so what was written under the lease is on the storage before the lease is.
     public var descriptor: Int32
 
+    /// Usually made by `SanlockEngine.leasedImage(path:)`, which derives the name every host
+    /// agrees on.
     public init(path: String, resourceName: String, descriptor: Int32 = -1) {
         self.path = path
         self.resourceName = resourceName

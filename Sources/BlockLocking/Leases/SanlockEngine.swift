@@ -13,7 +13,10 @@ import Posix
 import Synchronization
 import SystemPackage
 
+/// The lease engine libvirt and oVirt use, reached through sanlock's client library loaded at
+/// run time, so programs build and run where sanlock is absent.
 public final class SanlockEngine: LeaseEngine {
+    /// Where this engine's leases live and which lockspace grants them.
     public let settings: LeaseSettings
     /// The registration the lease was acquired through: a new one after a fence is a new client.
     private let registration = Mutex<SanlockRegistration?>(nil)
@@ -23,10 +26,12 @@ public final class SanlockEngine: LeaseEngine {
     static let indexOffset: UInt64 = 1 << 20
     static let leaseBytes: Int = 1 << 20
 
+    /// Connects to nothing yet: the daemon is first asked when a lease is.
     public init(settings: LeaseSettings) {
         self.settings = settings
     }
 
+    /// Names the lockspace and location, so a refusal says which storage was asked.
     public var description: String { "sanlock lockspace '\(settings.lockspace)' in '\(settings.location)'" }
 
     /// The lease name for the image at `path`: "blk." and 40 hex digits of the SHA-256 of its
@@ -42,12 +47,15 @@ public final class SanlockEngine: LeaseEngine {
         return LeasedImage(path: canonical, resourceName: "blk." + hex.prefix(40))
     }
 
+    /// Set by the registration's watcher when sanlock fences this process or its daemon dies.
     public var loss: LockingError? { registration.withLock { $0?.loss } }
 
+    /// Counted by the registration, whose fence waits for the count to fall to zero.
     public func beginWrite() throws(LockingError) {
         try registration.withLock { $0 }?.beginWrite()
     }
 
+    /// Lets a waiting fence go on once the last admitted write has ended.
     public func endWrite() {
         registration.withLock { $0 }?.endWrite()
     }
@@ -57,6 +65,9 @@ public final class SanlockEngine: LeaseEngine {
         try SanlockRegistration.sendFence(to: pid, reason: reason)
     }
 
+    /// A new lease goes through the process's current registration with the daemon, or a new one
+    /// if that was fenced (a fenced registration never grants again); a mode change converts the
+    /// lease held, through the registration it was taken by.
     public func acquire(_ image: LeasedImage, _ mode: LeaseMode, holding held: LeaseMode?) throws(LockingError) {
         let client = try registration.withLock { (current) throws(LockingError) -> SanlockRegistration in
             if let current, held != nil { return current }
@@ -70,6 +81,7 @@ public final class SanlockEngine: LeaseEngine {
         throw refusal(result, image: image, mode: mode)
     }
 
+    /// Nothing to give back once the leases were lost: the fence already released them.
     public func release(_ image: LeasedImage) throws(LockingError) {
         guard let client = registration.withLock({ $0 }), client.loss == nil,
               var resource = try self.resource(image, mode: .exclusive, create: false) else { return }
@@ -79,6 +91,8 @@ public final class SanlockEngine: LeaseEngine {
         }
     }
 
+    /// From `sanlock_read_resource_owners`, named from the lease folder's host files. Of several
+    /// shared holders sanlock may list only some.
     public func owners(of image: LeasedImage) throws(LockingError) -> [LeaseOwner] {
         try SanlockLibrary.load()
         guard var resource = try self.resource(image, mode: .exclusive, create: false) else { return [] }

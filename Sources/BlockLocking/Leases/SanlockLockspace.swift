@@ -5,21 +5,32 @@ import Glibc
 import Posix
 import SystemPackage
 
+/// The host-level half of leases, apart from the engine: laid out once, joined once per boot,
+/// while images take and give back leases all day.
 public struct SanlockLockspace: Sendable {
+    /// Where the lockspace lives and its name.
     public let settings: LeaseSettings
 
+    /// Touches nothing: each operation goes to this host's sanlock daemon when called.
     public init(settings: LeaseSettings) {
         self.settings = settings
     }
 
     /// A host as this host's daemon sees it in the lockspace.
     public struct Host: Sendable, Hashable {
+        /// The host's id in the lockspace (1–2000).
         public var id: UInt64
+        /// The name the host recorded when it joined, for messages.
         public var name: String?
+        /// Bumped on each join: a lease of an older generation is stale.
         public var generation: UInt64
         /// "live", "dead", "fail", "free" or "unknown" (sanlock's host states).
         public var state: String
+        /// When the host last renewed its delta lease, in sanlock's clock: a stalled one is
+        /// failing.
         public var timestamp: UInt64
+        /// The host's lease I/O timeout, which sets how soon its leases expire once it stops
+        /// renewing.
         public var ioTimeout: UInt32
     }
 
