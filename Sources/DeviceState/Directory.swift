@@ -24,7 +24,10 @@
 // checksummed write, so such a commit needs one flush, not two; a torn slot is damage to that
 // slot, which the other slot has always survived.
 
+/// One blob as the directory records it: enough to find, check and decrypt its stored copy
+/// without reading any other blob.
 public struct BlobRecord: Sendable, Hashable {
+    /// The blob's name (1–255 bytes of UTF-8, no control characters): what `get` asks for.
     public var name: String
     /// Where the stored bytes are, in the disk; nil for a blob kept inline in the directory.
     public var byteOffset: UInt64?
@@ -36,6 +39,7 @@ public struct BlobRecord: Sendable, Hashable {
     public var byteCount: UInt64
     /// The directory generation that wrote this copy (bound into its encryption).
     public var generation: UInt64
+    /// CRC32C of the stored bytes, so damage is told apart from a wrong key before decryption.
     public var checksum: UInt32
 
     /// The blocks of its extent, nil when inline.
@@ -45,14 +49,20 @@ public struct BlobRecord: Sendable, Hashable {
     var entryByteCount: Int { 2 + name.utf8.count + 1 + 28 + (inlineBytes?.count ?? 8) }
 }
 
+/// The store's state at one generation: which blobs exist, where, and how they are protected.
+/// Two slots hold two directories, so a torn write of one leaves the other.
 public struct StateDirectory: Sendable, Hashable {
+    /// Counts commits: the valid slot with the higher generation is the current state.
     public var generation: UInt64
+    /// How the blobs of this generation are protected, so a rekey changes key and blobs in one
+    /// directory switch.
     public var keyHeader: KeyHeader
     /// Sorted by name.
     public var blobs: [BlobRecord]
 
     static let magic = Array("BLKSTDIR".utf8)
     static let headerLength = 100
+    /// A blob name's limit in UTF-8 bytes, as file names have: swtpm's file names fit.
     public static let maximumNameBytes = 255
     static let inlineLimit = 32 << 10
     static let entryReserve = 8 << 10
@@ -74,6 +84,7 @@ public struct StateDirectory: Sendable, Hashable {
             && encodedByteCount + 2 + name.utf8.count + 29 + storedByteCount <= slotSize - Self.entryReserve
     }
 
+    /// The record `get` and `remove` work on; nil when this generation has no such blob.
     public func blob(named name: String) -> BlobRecord? { blobs.first { $0.name == name } }
 
     /// The generation of the next commit. The last one, 2^64 − 1, is never reached by commits

@@ -60,23 +60,30 @@ public enum KeyDerivation: Sendable, Hashable {
     }
 }
 
+/// How a store's blobs are protected, kept in each directory so a reader learns what key it
+/// needs (and how to stretch a passphrase) before it reads any blob.
 public struct KeyHeader: Sendable, Hashable {
+    /// What opens the store: nothing, a 256-bit key, or a passphrase and how it is stretched; what
+    /// `blk state list` shows without a key.
     public enum Protection: Sendable, Hashable {
         case none
         case key
         case passphrase(KeyDerivation)
     }
 
+    /// What the store asks for: `list` reports it, so a user knows which credential to give.
     public var protection: Protection
     /// 32 random bytes for passphrase stretching (zero for the other kinds).
     var salt: [UInt8]
     /// HMAC-SHA256(check key, label): 32 bytes (zero when unprotected).
     var keyCheck: [UInt8]
 
+    /// The header of a store without encryption: no salt, no key check.
     public static let unprotected = KeyHeader(protection: .none, salt: zeroes, keyCheck: zeroes)
     static let zeroes = [UInt8](repeating: 0, count: 32)
     static let checkLabel = Array("BlockLayer device-state key check v1".utf8)
 
+    /// Whether a credential is needed: giving one to a plain store is an error of its own.
     public var isEncrypted: Bool { protection != .none }
 
     /// A header protecting a store with `credential` (nil: unprotected), and the keys it opens.

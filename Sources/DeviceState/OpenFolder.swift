@@ -8,7 +8,10 @@ import Glibc
 import Posix
 import SystemPackage
 
+/// A folder another user can write, handled so a link, FIFO or planted file in it redirects
+/// nothing: every file is reached by name through the folder's descriptor, never by path.
 public final class OpenFolder {
+    /// For messages only: files are reached through the descriptor, never by this path.
     public let path: String
     let descriptor: Int32
     /// Who owns the folder: root gives what it writes here to that owner (as swtpm_setup does),

@@ -5,10 +5,13 @@ import Glibc
 import Posix
 import SystemPackage
 
+/// Key material in memory of its own, zeroed when released: Swift arrays may be copied behind
+/// the program's back, so a secret kept in one could outlive every reference to it.
 public final class SecretBytes: @unchecked Sendable {
     // Written only in init; read-only afterwards, so sharing across threads is safe.
     private let storage: UnsafeMutableRawBufferPointer
 
+    /// Copies `bytes` in; zeroing the caller's copy stays the caller's job.
     public init(copying bytes: UnsafeRawBufferPointer) {
         storage = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
         storage.copyMemory(from: bytes)
@@ -38,8 +41,10 @@ public final class SecretBytes: @unchecked Sendable {
         return SecretBytes(copying: UnsafeRawBufferPointer(rebasing: buffer[0..<filled]))
     }
 
+    /// The secret's length in bytes, known without exposing them (an empty passphrase is refused).
     public let count: Int
 
+    /// Lends the bytes to `body` without copying them into an array; they must not escape it.
     public func withUnsafeBytes<Result>(_ body: (UnsafeRawBufferPointer) throws -> Result) rethrows -> Result {
         try body(UnsafeRawBufferPointer(rebasing: storage[0..<count]))
     }

@@ -3,22 +3,29 @@
 // from the command line: argv is world-readable in /proc.
 import Crypto
 
+/// What opens an encrypted store, given once when the store is opened: the store checks it
+/// against its key header before it reads any blob, so a wrong key is never taken for damage.
 public struct StateCredential: Sendable {
+    /// The secret itself: a key used as it is, or a passphrase stretched with the store's salt.
     public enum Material: Sendable {
         case key(SymmetricKey)
         case passphrase(SecretBytes)
     }
 
+    /// The key or passphrase this credential carries.
     public let material: Material
     /// How a passphrase is stretched when this credential protects a store for the first time
     /// (init, rekey); an existing store's own choice is used to open it.
     public var derivation: KeyDerivation
 
+    /// A 256-bit key, as AES-256-GCM needs; any other size is refused as a key problem.
     public static func key(_ key: SymmetricKey) throws(StateError) -> StateCredential {
         guard key.bitCount == 256 else { throw StateError(.wrongKey, "a key is 256 bits; this one has \(key.bitCount)") }
         return StateCredential(material: .key(key), derivation: .scrypt())
     }
 
+    /// A passphrase, stretched into a key with the store's salt and cost; `derivation` is the
+    /// cost a new store or a rekey records (scrypt N = 2^15 by default). An empty one is refused.
     public static func passphrase(_ passphrase: SecretBytes, derivation: KeyDerivation = .scrypt()) throws(StateError) -> StateCredential {
         guard passphrase.count > 0 else { throw StateError(.wrongKey, "the passphrase is empty") }
         return StateCredential(material: .passphrase(passphrase), derivation: derivation)

@@ -6,10 +6,17 @@ import BlockLocking
 import FoundationEssentials
 import Glibc
 
+/// The one error of the state store: a code a script can switch on, with the key problems
+/// apart from damage, and the block layer's error behind a failed image operation.
 public struct StateError: Error, Sendable, CustomStringConvertible {
+    /// What kind of failure this is; `blk` maps each to an exit code (interface.md §3).
     public struct Code: Hashable, Sendable, CustomStringConvertible {
+        /// The code's stable name ("wrong-key", "corrupt"): what scripts and JSON output see.
         public let name: String
+        /// An extensible struct, not a frozen enum, so a new kind of failure breaks no caller's
+        /// switch.
         public init(_ name: String) { self.name = name }
+        /// The stable name, as JSON output prints it.
         public var description: String { name }
 
         /// The state is encrypted and no key was given.
@@ -38,13 +45,18 @@ public struct StateError: Error, Sendable, CustomStringConvertible {
         public static let block = Code("block")
     }
 
+    /// What kind of failure, for the caller to act on: ask for a key, report damage, retry.
     public var code: Code
+    /// What went wrong and what to do, naming the image and the blob.
     public var message: String
     /// The block layer's error, for `.block`: its code, QEMU's words and the holders.
     public var block: BlockError?
+    /// Where the error was thrown (#fileID), for debugging.
     public var file: String
+    /// The line it was thrown at.
     public var line: Int
 
+    /// A failure of the store itself, or (with `block`) of the image under it.
     public init(_ code: Code, _ message: String, block: BlockError? = nil, file: String = #fileID, line: Int = #line) {
         self.code = code
         self.message = message
@@ -53,10 +65,12 @@ public struct StateError: Error, Sendable, CustomStringConvertible {
         self.line = line
     }
 
+    /// Wraps a block-layer failure, keeping its words and its error (with the holders of a lock).
     public init(_ block: BlockError, file: String = #fileID, line: Int = #line) {
         self.init(.block, block.message, block: block, file: file, line: line)
     }
 
+    /// Wraps a locking failure (a transaction lock not had in time), keeping its words and holders.
     public init(_ locking: LockingError, file: String = #fileID, line: Int = #line) {
         self.init(BlockError(locking, file: file, line: line), file: file, line: line)
     }

@@ -6,18 +6,28 @@ import BlockLayer
 public struct StateListing: Sendable, Hashable {
     /// nil: the disk holds no state yet.
     public var generation: UInt64?
+    /// What opens the store, so the user knows which credential to give.
     public var protection: KeyHeader.Protection
+    /// The blobs of the current generation, by name: names and sizes, never contents.
     public var blobs: [BlobRecord]
+    /// Both directory slots, so damage to the older one shows before it is ever needed.
     public var slots: [SlotState]
+    /// Damage found while listing (a damaged slot), which does not stop the listing.
     public var warnings: [String]
 }
 
 /// What `verify` found: every blob read back, checksummed and (when encrypted) authenticated.
 public struct StateVerification: Sendable, Hashable {
+    /// The generation verified; nil: the disk holds no state yet, which is not a failure.
     public var generation: UInt64?
+    /// Whether authentication was checked too, not only checksums.
     public var encrypted: Bool
+    /// How many blobs read back intact.
     public var blobCount: Int
+    /// Their plaintext bytes together.
     public var byteCount: UInt64
+    /// Damage to the other directory slot: the current state is intact and serves, and the next
+    /// commit rewrites the damaged slot.
     public var warnings: [String]
 }
 
@@ -50,6 +60,7 @@ extension StateStore {
         }
     }
 
+    /// What the store holds, read from the directory alone: no key needed and no blob read.
     public func list() throws(StateError) -> StateListing {
         try reading { (view, _, _) throws(StateError) in
             StateListing(generation: view.directory?.generation, protection: view.directory?.keyHeader.protection ?? .none,
@@ -85,10 +96,12 @@ extension StateStore {
         try await holding(.shared) { () throws(StateError) in try self.get(name) }
     }
 
+    /// `verify()` for async code.
     public func verify() async throws(StateError) -> StateVerification {
         try await holding(.shared) { () throws(StateError) in try self.verify() }
     }
 
+    /// `put(_:_:)` for async code.
     @discardableResult
     public func put(_ name: String, _ bytes: [UInt8]) async throws(StateError) -> BlobRecord {
         try await holding(.exclusive) { () throws(StateError) in try self.put(name, bytes) }

@@ -19,17 +19,28 @@ import BlockLayer
 import BlockLocking
 import Synchronization
 
+/// A device's persistent state (a virtual TPM's) kept in its image, so it travels with the disk
+/// over shared storage and survives crashes: every commit is atomic and every read verified.
 public final class StateStore: Sendable {
+    /// How this store uses the image, which decides what it holds between transactions (the roles
+    /// in the chart at the top of this file).
     public enum Role: Sendable, Hashable {
+        /// The running device: the image open read-write and active for as long as the store is.
         case writer
+        /// A tool that looks: nothing held between reads, so it runs beside a writer.
         case reader
+        /// A migration destination: reads now, becomes the writer on `activate()`.
         case inactive
     }
 
+    /// How the store opens its image, as `OpenOptions` would for a `BlockImage`, plus how long a
+    /// transaction waits for the lock.
     public struct Options: Sendable {
         /// The image format; nil probes it.
         public var format: String?
+        /// QEMU's locking option for every open the store makes.
         public var locking: LockingMode
+        /// The cache mode of the writer's image; commits flush whatever it is, except `unsafe`.
         public var cache: CacheMode
         /// How long a transaction waits for the transaction lock before `.block`/timeout (75).
         public var timeout: Duration
@@ -40,6 +51,8 @@ public final class StateStore: Sendable {
         /// The image's lease on shared storage for the writer (readers force-share and take none).
         public var lease: LeasePolicy
 
+        /// Defaults for a device's own store: probed format, QEMU's locking, 10 s to wait for a
+        /// commit.
         public init(format: String? = nil, locking: LockingMode = .auto, cache: CacheMode = .writeback,
                     timeout: Duration = .seconds(10), faults: [FaultRule] = [], writeJournalPath: String? = nil,
                     lease: LeasePolicy = .configured) {
@@ -58,7 +71,9 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// The image, as every open of it and every message names it.
     public let path: String
+    /// The options every open of the image uses.
     public let options: Options
     let lockFile: LockedImageFile
 
@@ -137,6 +152,8 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// The role now: an inactive store becomes the writer when activated, a writer inactive when it
+    /// hands over.
     public var role: Role { state.withLock { $0.role } }
 
     /// Warnings of the image open (a probed raw image, locking fallbacks).

@@ -14,15 +14,25 @@
 // The rest of the block is zero. Slot A starts at one block, slot B one slot later, the data area
 // after slot B.
 
+/// Block 0 of a store: what marks a disk as holding one, written once by init, so every later
+/// commit touches only the directory slots and the data area.
 public struct Superblock: Sendable, Hashable {
     static let magic = Array("BLKSTATE".utf8)
+    /// The layout this build writes and reads; a store of a newer version is refused as unsupported
+    /// rather than misread.
     public static let formatVersion: UInt32 = 1
     static let headerLength: UInt32 = 52
+    /// Every slot and extent starts on a block, so no write of one shares a sector with another.
     public static let blockSize = 4096
+    /// Room for a directory of many blobs plus the small ones kept inline.
     public static let defaultSlotSize = 64 << 10
 
+    /// The bytes of the disk the store may use: the disk's size when it was laid out.
     public var storeSize: UInt64
+    /// The size of each directory slot, a multiple of the block size.
     public var slotSize: Int
+    /// 16 random bytes, bound into every blob's encryption and the key check, so a blob copied from
+    /// another store does not decrypt here.
     public var storeID: [UInt8]
 
     var slotOffsets: [Int64] { [Int64(Self.blockSize), Int64(Self.blockSize + slotSize)] }

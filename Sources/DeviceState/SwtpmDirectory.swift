@@ -12,6 +12,8 @@ import Crypto
 import FoundationEssentials
 import Glibc
 
+/// A swtpm state folder, for moving a TPM's state between swtpm's files and a state store
+/// without ever reading a running swtpm's files mid-write.
 public struct SwtpmDirectory: Sendable {
     /// swtpm's file names (TPM 2) and the names the store gives their blobs.
     public static let files: [(file: String, blob: String)] = [
@@ -22,8 +24,10 @@ public struct SwtpmDirectory: Sendable {
     /// KiB, so this is far above any real file and far below what memory allows.
     public static let maximumFileBytes = 16 << 20
 
+    /// The folder as swtpm's `--tpmstate dir=` names it.
     public let path: String
 
+    /// Opens nothing yet: each read or write opens the folder afresh and takes swtpm's lock.
     public init(path: String) { self.path = path }
 
     /// The blobs of the state files present, decrypted with `key` when swtpm encrypted them.

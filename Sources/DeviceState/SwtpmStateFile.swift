@@ -17,6 +17,8 @@ import Crypto
 import CryptoExtras
 import FoundationEssentials
 
+/// swtpm's state file format, kept apart from the folder handling so it is tested on bytes alone
+/// and stays byte-for-byte what swtpm writes.
 public enum SwtpmStateFile {
     static let tagData: UInt16 = 1
     static let tagEncryptedData: UInt16 = 2
