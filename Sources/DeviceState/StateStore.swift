@@ -121,6 +121,7 @@ public final class StateStore: Sendable {
     /// Runs `body` with a writer that holds the exclusive transaction lock from before it opens
     /// the image until after it closes it: one-shot commands (`blk state put`), which then
     /// queue behind each other instead of failing on the permission locks.
+    @discardableResult
     public static func withWriter<Result>(_ path: String, credential: StateCredential? = nil, options: Options = Options(),
                                           _ body: (StateStore) throws(StateError) -> Result) throws(StateError) -> Result {
         let store = StateStore(path: path, options: options, lockFile: try lockFile(path, writable: true, options),
