@@ -15,7 +15,6 @@
 // the kernel leaves its siblings free to take nested acquisitions and to release; the waiter
 // squares the kernel lock with the counts when its wait ends. Only one thread of an open waits
 // at a time: a second is refused (use an open per thread to wait in parallel).
-import Dispatch
 import Posix
 import Synchronization
 import SystemPackage
@@ -139,26 +138,13 @@ public final class TransactionLock: Sendable {
         }
     }
 
-    /// Takes the lock, waiting on a thread of its own so no task thread blocks; cancelling the
-    /// task ends the wait at once with `.cancelled`.
+    /// Takes the lock, waiting on a thread of BlockingThreadPool so no task thread blocks;
+    /// cancelling the task ends the wait at once with `.cancelled`.
     public func acquire(_ kind: LockKind, deadline: LockDeadline = .never) async throws(LockingError) {
         if try tryAcquire(kind) == .acquired { return }
-        let interrupt = LockWaitInterrupt()
-        let result: Result<Void, LockingError> = await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                DispatchQueue(label: "blk.transaction-lock-wait").async {
-                    do throws(LockingError) {
-                        try self.acquire(kind, deadline: deadline, interrupt: interrupt)
-                        continuation.resume(returning: .success(()))
-                    } catch {
-                        continuation.resume(returning: .failure(error))
-                    }
-                }
-            }
-        } onCancel: {
-            interrupt.interrupt()
+        try await BlockingThreadPool.shared.wait { (interrupt) throws(LockingError) in
+            try self.acquire(kind, deadline: deadline, interrupt: interrupt)
         }
-        try result.get()
     }
 
     /// Gives back one acquisition of `kind`; the kernel lock is downgraded or released when no

@@ -90,8 +90,9 @@ extension StateStore {
         }
     }
 
-    /// Async twins: they wait for the transaction lock without blocking a task thread, and a
-    /// cancelled task stops waiting at once.
+    /// Async twins: the lock wait and the work (reads, writes, fdatasync) run on threads of
+    /// their own, never on a task thread; a cancelled task stops waiting at once, and a commit
+    /// that has begun completes.
     public func get(_ name: String) async throws(StateError) -> [UInt8] {
         try await holding(.shared) { () throws(StateError) in try self.get(name) }
     }

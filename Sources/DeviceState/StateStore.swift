@@ -228,17 +228,20 @@ public final class StateStore: Sendable {
         return try body()
     }
 
-    /// The same, waiting for the lock without blocking a task thread; cancelling the task ends
-    /// the wait at once.
-    func holding<Result: Sendable>(_ kind: LockKind, _ body: @Sendable () throws(StateError) -> Result) async throws(StateError) -> Result {
+    /// The same for async callers: the wait and `body` run on threads of BlockingThreadPool, so
+    /// no task thread blocks. Cancelling the task ends the wait at once; once the lock is taken,
+    /// `body` runs to the end (a commit is never torn).
+    func holding<Result: Sendable>(_ kind: LockKind, _ body: @escaping @Sendable () throws(StateError) -> Result) async throws(StateError) -> Result {
         let lock = lockFile.locks.transaction
         do throws(LockingError) {
             try await lock.acquire(kind, deadline: deadline)
         } catch {
             throw StateError(error)
         }
-        defer { try? lock.release(kind) }
-        return try body()
+        return try await BlockingThreadPool.shared.run { () throws(StateError) -> Result in
+            defer { try? lock.release(kind) }
+            return try body()
+        }
     }
 
     /// A read transaction: the shared lock, then the writer's own view, or a fresh image's.

@@ -43,3 +43,41 @@ struct StateAsyncTests {
         }
     }
 }
+
+extension StateAsyncTests {
+    @Test("more async commits than cores, all waiting for locks, leave a task thread for other work")
+    func waitingCommitsDoNotStarve() async throws {
+        // One thread stands for the pool: were a waiting commit to block its thread, no other
+        // task of the executor would run until that commit timed out.
+        let executor = SerialQueueExecutor("blk.test.async-commits")
+        try await withTaskExecutorPreference(executor) {
+            let commitCount = max(8, 2 * ProcessInfo.processInfo.activeProcessorCount)
+            let holder = try LineProcess.fixture()
+            var images: [String] = [], stores: [StateStore] = []
+            for index in 0..<commitCount {
+                let image = try scratch.rawImage("disk\(index).raw", bytes: 1 << 20)
+                stores.append(try StateStore.open(image, role: .writer, options: .init(timeout: .seconds(60))))
+                let handle = try holder.open(image, "ro")
+                #expect(try holder.request("lock \(handle) shared") == "ok")
+                images.append(image)
+            }
+            let commits = stores.enumerated().map { index, store in
+                Task(executorPreference: executor) { try await store.put("permall", [UInt8](repeating: UInt8(index), count: 64 << 10)) }
+            }
+            #expect(try await executor.eventually { try images.allSatisfy { try hasKernelWaiter(on: $0) } },
+                    "every commit waits in the kernel")
+
+            let unrelated = Task(executorPreference: executor) { (1...1000).reduce(0, +) }
+            #expect(await unrelated.value == 500_500)
+            #expect(try images.allSatisfy { try hasKernelWaiter(on: $0) }, "the commits were still waiting when it completed")
+
+            try holder.finish()
+            for commit in commits { _ = try await commit.value }
+            for (index, image) in images.enumerated() {
+                let reader = try StateStore.open(image, role: .reader)
+                #expect(try await reader.get("permall") == [UInt8](repeating: UInt8(index), count: 64 << 10))
+            }
+            for store in stores { try store.close() }
+        }
+    }
+}
