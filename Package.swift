@@ -91,10 +91,10 @@ let package = Package(
         ),
         // A process that takes locks on command, so tests can put holders and waiters in
         // separate processes: locks held and checked by one process prove nothing.
-        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLayer", "BlockLocking"]),
+        .executableTarget(name: "blk-lock-fixture", dependencies: ["BlockLayer", "BlockLocking", "Posix"]),
         // A long-running device that keeps its state store open read-write, for the migration
         // and concurrency tests: it commits and hands over on command.
-        .executableTarget(name: "blk-state-fixture", dependencies: ["DeviceState"]),
+        .executableTarget(name: "blk-state-fixture", dependencies: ["DeviceState", "Posix"]),
         // Runs a program and reports its own peak memory, which the tests cannot measure of a
         // child they spawn themselves (see its main.swift).
         .executableTarget(name: "blk-peak-fixture", dependencies: ["Posix"]),

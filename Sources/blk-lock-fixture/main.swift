@@ -21,15 +21,15 @@
 import BlockLayer
 import BlockLocking
 import Glibc
+import Posix
+import SystemPackage
 
 func reply(_ line: String) {
-    let text = line + "\n"
-    _ = text.withCString { write(1, $0, strlen($0)) }
+    _ = Array((line + "\n").utf8).withUnsafeBytes { FileDescriptor.standardOutput.writeFully($0) }
 }
 
 func warn(_ message: String) {
-    let text = "warning: " + message + "\n"
-    _ = text.withCString { write(2, $0, strlen($0)) }
+    _ = Array(("warning: " + message + "\n").utf8).withUnsafeBytes { FileDescriptor.standardError.writeFully($0) }
 }
 
 func errorReply(_ error: LockingError) -> String {

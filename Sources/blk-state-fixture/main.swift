@@ -17,10 +17,11 @@
 import BlockLocking
 import DeviceState
 import Glibc
+import Posix
+import SystemPackage
 
 func reply(_ line: String) {
-    let text = line + "\n"
-    _ = text.withCString { write(1, $0, strlen($0)) }
+    _ = Array((line + "\n").utf8).withUnsafeBytes { FileDescriptor.standardOutput.writeFully($0) }
 }
 
 func errorReply(_ error: StateError) -> String {
