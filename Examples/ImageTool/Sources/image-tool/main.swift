@@ -1,21 +1,20 @@
 // image-tool FOLDER: the common jobs of a BlockLayer user — create a raw and a qcow2 image, write
-// and read them, see who holds one, and keep named device state in one — on images in FOLDER.
+// and read them, map them, see who holds one, and keep named device state in one — in FOLDER.
 import BlockLayer
 import BlockLocking
 import DeviceState
 import Glibc
-import Qcow2
 
 let folder = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : "."
-// BlockImage.open tries these formats in turn when the options name none.
-let formats: [any BlockFormat.Type] = [Qcow2Format.self, RawFormat.self]
 
 do {
-    try RawDriver.create(at: "\(folder)/disk.raw", byteCount: 1 << 20)
-    try Qcow2Format.create(at: "\(folder)/disk.qcow2", virtualSize: 1 << 30)
-    for path in ["\(folder)/disk.raw", "\(folder)/disk.qcow2"] {
-        // Read-write: this open takes the same locks as a QEMU that runs the image.
-        let image = try BlockImage.open(path, options: OpenOptions(writable: true), formats: formats)
+    for (name, size) in [("raw", Int64(1) << 20), ("qcow2", Int64(1) << 30)] {
+        let path = "\(folder)/disk.\(name)"
+        // The registry holds every format of the build; creating is an operation of the format.
+        guard let format = BlockFormats.named(name) else { fail("this build has no \(name)") }
+        try format.create(at: path, options: ImageCreateOptions(virtualSize: size))
+        // Any format of the build, named or probed; read-write takes the locks a running QEMU takes.
+        let image = try BlockImage.open(path, options: OpenOptions(format: name, writable: true))
         let message = Array("written by image-tool".utf8)
         try message.withUnsafeBytes { try image.write(at: 65536, from: $0) }
         try image.flush()
@@ -23,6 +22,9 @@ do {
         try readBack.withUnsafeMutableBytes { try image.read(at: 65536, into: $0) }
         guard readBack == message else { fail("\(path) reads back what was not written") }
         print("\(path): \(image.format), \(try image.length()) bytes, read back intact")
+        // Block status, as `qemu-img map` walks it: what each run is, without reading it.
+        let first = try image.blockStatus(at: 0, byteCount: try image.length())
+        print("  first \(first.byteCount) bytes: \(first.isData ? "data" : first.isZero ? "zeroes" : "unknown")")
 
         // Who holds the image, as `blk locks` asks: through a descriptor that holds no lock.
         let probe = try LockedImageFile(path: path, writable: false, mode: .off)
