@@ -1,6 +1,8 @@
 // Sizes and offsets as qemu-img and qemu-io take them — decimal or 0x hex, with an optional
 // K/M/G/T/P/E suffix (powers of 1024) — rejected, never wrapped, when they overflow.
 
+/// The number `text` stands for, or nil for anything else — an overflow included — so a hostile
+/// command line is refused instead of wrapping.
 public func parseByteCount(_ text: String) -> Int64? {
     var digits = Substring(text)
     var multiplier: Int64 = 1

@@ -3,7 +3,9 @@
 // parser can be fuzzed without the CLI (Fuzz/).
 import BlockLocking
 
+/// One parsed command of a `blk io` script, checked before any runs.
 public enum IOCommandStep: Equatable, Sendable {
+    /// What a `write` step writes.
     public enum WriteKind: Equatable, Sendable {
         case pattern(UInt8)
         /// `-z`: the range reads as zeroes afterwards, however the format stores that.
@@ -115,7 +117,9 @@ extension IOCommandStep {
     }
 }
 
+/// A script that does not parse: no step of it has run.
 public struct IOScriptError: Error, CustomStringConvertible {
+    /// What is wrong, in qemu-io's words where it has words for it.
     public var description: String
     init(_ description: String) { self.description = description }
 }

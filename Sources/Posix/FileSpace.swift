@@ -7,7 +7,9 @@ import SystemPackage
 
 /// fallocate(2)'s modes (include/uapi/linux/falloc.h). Empty: allocate, growing the file.
 public struct AllocationMode: OptionSet, Sendable, Hashable {
+    /// The FALLOC_FL_* bits as fallocate(2) takes them.
     public let rawValue: Int32
+    /// A mode from bits, for the OptionSet operations.
     public init(rawValue: Int32) { self.rawValue = rawValue }
 
     /// The file's size stays as it is, whatever the range covers.

@@ -15,6 +15,7 @@ public struct ShortTransfer: Error, Sendable, Hashable {
     /// read, no progress for a write.
     public var error: SystemCallError?
 
+    /// A short transfer as the loop that ended it sees it.
     public init(transferred: Int, error: SystemCallError?) {
         self.transferred = transferred
         self.error = error

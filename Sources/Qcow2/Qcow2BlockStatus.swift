@@ -27,6 +27,8 @@ extension Qcow2Driver {
         }
     }
 
+    /// From the L2 entries, one table at a time: normal, zero, compressed and unallocated clusters,
+    /// with unallocated runs answered by the backing child one level deeper.
     public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
         let (kind, runBytes) = try run(at: UInt64(byteOffset), byteCount: UInt64(byteCount))
         let inCluster = UInt64(byteOffset) & UInt64(clusterSize - 1)

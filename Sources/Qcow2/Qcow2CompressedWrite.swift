@@ -6,6 +6,7 @@
 import BlockGraph
 
 extension Qcow2Driver {
+    /// One cluster: the unit a compressed cluster replaces whole.
     public func compressedClusterSize() throws(BlockError) -> Int { clusterSize }
 
     /// The deflate stream for one cluster (zero-padded to a whole cluster), or the whole cluster

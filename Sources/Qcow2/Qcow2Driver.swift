@@ -12,9 +12,16 @@ import BlockGraph
 import BlockLocking
 import Synchronization
 
+/// The qcow2 format's node: maps guest clusters through L1 and L2 tables, allocates with
+/// refcounts in QEMU's crash-safe order, and falls through to its backing child for what it
+/// does not hold.
 public final class Qcow2Driver: BlockDriver {
+    /// "qcow2", as `-f qcow2` names it.
     public let formatName = "qcow2"
+    /// The L2 and refcount caches hold what was read: a migration destination must not take over
+    /// an image the source changed since.
     public var cachesMetadata: Bool { true }
+    /// The header as opened: the geometry and features every request relies on.
     public let header: Qcow2Header
     /// The header's geometry as plain stored values: read through `header`, every request
     /// copied the whole header and retained its strings and feature table.
@@ -25,6 +32,7 @@ public final class Qcow2Driver: BlockDriver {
     let refcountWidth: RefcountWidth
     /// Version 3: bit 0 of an L2 entry means "reads as zeroes".
     let hasZeroClusters: Bool
+    /// The image file's node, which holds the metadata and the clusters.
     public let file: BlockNode
     /// The path of the image file, as block status names it.
     let fileName: String
@@ -101,6 +109,7 @@ public final class Qcow2Driver: BlockDriver {
         return Array(buffer)
     }
 
+    /// The virtual size, which a resize changes under the writer lock.
     public func length() throws(BlockError) -> Int64 { virtualSize.load(ordering: .acquiring) }
 
     /// Where the bytes of one guest cluster are.
@@ -210,6 +219,8 @@ public final class Qcow2Driver: BlockDriver {
         }
     }
 
+    /// Cluster by cluster: data from the file, zeroes for zero clusters, inflated compressed
+    /// clusters, and the backing image (or zeroes) for unallocated ones.
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
         try forEachCluster(at: byteOffset, count: buffer.count) { (cluster, inCluster, range) throws(BlockError) in
             let target = UnsafeMutableRawBufferPointer(rebasing: buffer[range])
@@ -282,8 +293,10 @@ public final class Qcow2Driver: BlockDriver {
         writable.store(newValue, ordering: .releasing)
     }
 
+    /// The file's blocks: metadata and data alike count as the image's disk size.
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }
 
+    /// Remembers whether the graph holds write on the file: metadata is written only then.
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {
         holdsWrite.store(request.held.contains(.write), ordering: .releasing)
     }
@@ -294,6 +307,7 @@ public final class Qcow2Driver: BlockDriver {
         backing?.driver.eventBegan(event)
     }
 
+    /// Ends the step on both children, as it began.
     public func eventEnded(_ event: BlockEvent) {
         file.driver.eventEnded(event)
         backing?.driver.eventEnded(event)

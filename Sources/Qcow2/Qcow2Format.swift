@@ -2,7 +2,10 @@
 // checking the header, then the L1 table, then the backing chain.
 import BlockGraph
 
+/// qcow2 as a format of the registry: recognised by its magic, opened with its backing chain,
+/// and created with QEMU's layout.
 public enum Qcow2Format: BlockFormat {
+    /// "qcow2", as `-f qcow2` names it.
     public static let formatName = "qcow2"
 
     /// Memory for cached metadata per open image, four fifths for L2 tables and one fifth for
@@ -10,10 +13,14 @@ public enum Qcow2Format: BlockFormat {
     /// large image off the disk).
     public static let defaultCacheBytes = 4 << 20
 
+    /// The magic "QFI\xfb" in the first four bytes.
     public static func matches(header: [UInt8]) -> Bool { header.starts(with: FormatProbe.qcow2Magic) }
 
+    /// qcow2 stores compressed clusters (deflate, or zstd where the image says so).
     public static var writesCompressed: Bool { true }
 
+    /// Parses and checks the header, opens the backing image as a `.backing` child, and builds the
+    /// driver; a corrupt image opens read-write only for repair.
     public static func open(file: BlockNode, context: FormatOpenContext) throws(BlockError) -> BlockNode {
         let headerBytes = try readHeaderCluster(file, fileLength: try file.driver.length())
         // The length now, after the header: a writer beside us grows the file before it points

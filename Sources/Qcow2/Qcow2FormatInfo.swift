@@ -5,6 +5,8 @@
 import BlockGraph
 
 extension Qcow2Driver {
+    /// qemu-img info's qcow2 section: its fields in qemu-img's order, with its rules for
+    /// version 2 images and for bitmaps.
     public func formatInfo() throws(BlockError) -> FormatSpecificInfo {
         let features = header.incompatibleFeatures
         var fields: [FormatSpecificInfo.Field] = [

@@ -14,54 +14,91 @@
 import BlockGraph
 import BlockLocking
 
+/// The header as parsed and checked: every later read trusts these fields only because `parse`
+/// bounded them against the file. Public for `blk info`'s fields and for tests that build images.
 public struct Qcow2Header: Sendable, Hashable {
+    /// 2 (compat=0.10) or 3 (compat=1.1): v2 lacks the feature bits and refcount widths.
     public var version: UInt32
+    /// Where the backing file's name is stored; 0 when there is none.
     public var backingFileOffset: UInt64
+    /// The name's length in bytes: at most 1023, as QEMU allows.
     public var backingFileSize: UInt32
+    /// log2 of the cluster size, 9 to 21.
     public var clusterBits: UInt32
+    /// The size the guest sees.
     public var virtualSize: UInt64
+    /// 0 unencrypted; encrypted images are refused as unsupported.
     public var cryptMethod: UInt32
+    /// Entries of the L1 table, enough for the virtual size.
     public var l1Size: UInt32
+    /// Where the L1 table starts: cluster-aligned.
     public var l1TableOffset: UInt64
+    /// Where the refcount table starts: cluster-aligned.
     public var refcountTableOffset: UInt64
+    /// The refcount table's size, in clusters.
     public var refcountTableClusters: UInt32
+    /// Internal snapshots in the snapshot table.
     public var snapshotCount: UInt32
+    /// Where the snapshot table starts.
     public var snapshotsOffset: UInt64
+    /// Features a reader must know to open the image at all (dirty, corrupt, extended L2, ...).
     public var incompatibleFeatures: UInt64
+    /// Features a reader may ignore (lazy refcounts).
     public var compatibleFeatures: UInt64
+    /// Features a writer that does not know them clears (bitmaps, raw external data).
     public var autoclearFeatures: UInt64
+    /// log2 of the refcount width in bits: 4 (16-bit) unless created otherwise.
     public var refcountOrder: UInt32
+    /// Where the extensions start: 72 for v2, 104 or more for v3.
     public var headerLength: UInt32
+    /// 0 deflate, 1 zstd: how compressed clusters are stored.
     public var compressionType: UInt8
+    /// The backing file's name as stored, which the opener resolves beside the image.
     public var backingFile: String?
+    /// The backing file's format from its extension; nil makes the opener probe.
     public var backingFormat: String?
     /// Feature names the image itself declares (the feature name table), by (type, bit).
     public var featureNames: [FeatureKey: String]
     /// Where the persistent bitmaps' directory is (the bitmaps extension), if the image has one.
     public var bitmapDirectory: BitmapDirectory?
 
+    /// The bitmaps extension's fields: enough for `blk info` to list bitmaps.
     public struct BitmapDirectory: Sendable, Hashable {
+        /// Bitmaps in the directory.
         public var count: UInt32
+        /// The directory's size in bytes, bounded before it is read.
         public var byteCount: UInt64
+        /// Where the directory starts.
         public var offset: UInt64
     }
 
+    /// A feature bit as the feature name table keys it, so `blk info` names unknown bits as the
+    /// image names them.
     public struct FeatureKey: Sendable, Hashable {
+        /// 0 incompatible, 1 compatible, 2 autoclear.
         public var type: UInt8 // 0 incompatible, 1 compatible, 2 autoclear
+        /// The bit's number within its field.
         public var bit: UInt8
     }
 
+    /// The allocation unit in bytes.
     public var clusterSize: Int { 1 << Int(clusterBits) }
     /// Entries in one L2 table: a cluster of 8-byte entries.
     public var l2Entries: Int { clusterSize / 8 }
 
     // Incompatible feature bits (qcow2.rst, bytes 72–79).
+    /// Refcounts may be out of date (lazy refcounts): a writable open repairs them first.
     public static let dirtyBit: UInt64 = 1 << 0
+    /// QEMU found the metadata damaged: the image opens read-only until repaired.
     public static let corruptBit: UInt64 = 1 << 1
+    /// Guest data lives in another file: refused as unsupported.
     public static let externalDataFileBit: UInt64 = 1 << 2
+    /// The compression type field is in use (zstd).
     public static let compressionTypeBit: UInt64 = 1 << 3
+    /// L2 entries carry subcluster bitmaps: refused as unsupported.
     public static let extendedL2Bit: UInt64 = 1 << 4
 
+    /// The extension that records the backing file's format.
     public static let backingFormatExtension: UInt32 = 0xe279_2aca
     static let featureNameTableExtension: UInt32 = 0x6803_f857
     static let bitmapsExtension: UInt32 = 0x2385_2875

@@ -237,6 +237,8 @@ extension Qcow2Driver {
         try file.driver.flush()
     }
 
+    /// Writes zeroes only where the range does not already read as zeroes, a cluster at a time, so
+    /// zeroing unallocated space allocates nothing; `mayUnmap` is not used yet.
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
         // Ranges that already read as zeroes need nothing; the rest gets zeroes written.
         let chunk = Int64(clusterSize)

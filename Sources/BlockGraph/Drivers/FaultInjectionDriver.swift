@@ -8,7 +8,10 @@ import Posix
 import Synchronization
 import SystemPackage
 
+/// Which request fails and how: one rule of `--inject-fault`, named by the step it fails rather
+/// than by a request count that shifts whenever an operation changes.
 public struct FaultRule: Sendable, Hashable, CustomStringConvertible {
+    /// The kinds of request a rule can fail; zero writes count as writes.
     public enum Operation: String, Sendable, Hashable, CaseIterable {
         case read, write, flush
     }
@@ -22,14 +25,18 @@ public struct FaultRule: Sendable, Hashable, CustomStringConvertible {
         case bytes(ClosedRange<Int64>)
     }
 
+    /// The kind of request the rule counts.
     public var operation: Operation
+    /// Which of those requests it counts.
     public var scope: Scope
     /// Which matching request fails, counting from 1.
     public var occurrence: Int
+    /// What the failed request fails with: EIO for an I/O error, ENOSPC for a full device.
     public var errno: Errno
     /// Every matching request from the `occurrence`th on fails, not just that one.
     public var always: Bool
 
+    /// A rule made in code, as tests make them.
     public init(_ operation: Operation, _ scope: Scope = .every, occurrence: Int, errno: Errno = .ioError, always: Bool = false) {
         self.operation = operation
         self.scope = scope
@@ -69,6 +76,7 @@ public struct FaultRule: Sendable, Hashable, CustomStringConvertible {
         self.init(operation, scope, occurrence: occurrence, errno: errno, always: always)
     }
 
+    /// The rule as `--inject-fault` takes it, so a test's failure message can be pasted back.
     public var description: String {
         let scopeText = switch scope {
         case .every: ""
@@ -88,9 +96,14 @@ public struct FaultRule: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// A node that fails the requests its rules pick, put between a format node and its file when
+/// the open asks for faults: tests only, never in the graph otherwise.
 public final class FaultInjectionDriver: BlockDriver {
+    /// QEMU's name for the same driver, so messages read alike.
     public let formatName = "blkdebug"
+    /// The node the requests that pass go to.
     public let file: BlockNode
+    /// The rules, each counted on its own.
     public let rules: [FaultRule]
 
     private struct Tally {
@@ -102,6 +115,7 @@ public final class FaultInjectionDriver: BlockDriver {
 
     private let tally: Mutex<Tally>
 
+    /// A node over `file` that fails what `rules` pick.
     public init(file: BlockNode, rules: [FaultRule]) {
         self.file = file
         self.rules = rules
@@ -129,11 +143,13 @@ public final class FaultInjectionDriver: BlockDriver {
         count > 0 ? byteOffset...byteOffset + count - 1 : nil
     }
 
+    /// Remembers the step, for rules scoped to it, and passes it down.
     public func eventBegan(_ event: BlockEvent) {
         tally.withLock { $0.events.append(event) }
         file.driver.eventBegan(event)
     }
 
+    /// Forgets the innermost instance of the step, and passes the end down.
     public func eventEnded(_ event: BlockEvent) {
         tally.withLock { tally in
             if let index = tally.events.lastIndex(of: event) { tally.events.remove(at: index) }
@@ -141,34 +157,43 @@ public final class FaultInjectionDriver: BlockDriver {
         file.driver.eventEnded(event)
     }
 
+    /// The file's length: the driver changes no sizes.
     public func length() throws(BlockError) -> Int64 { try file.driver.length() }
+    /// The file's length as the storage has it now.
     public func refreshedLength() throws(BlockError) -> Int64 { try file.driver.refreshedLength() }
 
+    /// Fails if a read rule picks this request; passes it down otherwise.
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
         try check(.read, bytes: Self.range(byteOffset, Int64(buffer.count)), "read of \(buffer.count) bytes at \(byteOffset)")
         try file.driver.read(at: byteOffset, into: buffer)
     }
 
+    /// Fails if a write rule picks this request; passes it down otherwise.
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
         try check(.write, bytes: Self.range(byteOffset, Int64(buffer.count)), "write of \(buffer.count) bytes at \(byteOffset)")
         try file.driver.write(at: byteOffset, from: buffer)
     }
 
+    /// Counted as a write: a failed zero write is a failed write to the format above.
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
         try check(.write, bytes: Self.range(byteOffset, byteCount), "zero write of \(byteCount) bytes at \(byteOffset)")
         try file.driver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
     }
 
+    /// Fails if a flush rule picks this flush, as a lost write-back would.
     public func flush() throws(BlockError) {
         try check(.flush, bytes: nil, "flush")
         try file.driver.flush()
     }
 
+    /// Never failed: no operation's failure path depends on a failed truncation yet.
     public func truncate(to byteCount: Int64) throws(BlockError) { try file.driver.truncate(to: byteCount) }
 
+    /// The file's answer: faults change no allocation.
     public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
         try file.driver.blockStatus(at: byteOffset, byteCount: byteCount)
     }
 
+    /// The file's figure.
     public func allocatedBytes() throws(BlockError) -> Int64? { try file.driver.allocatedBytes() }
 }

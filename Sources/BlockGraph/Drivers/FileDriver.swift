@@ -37,10 +37,17 @@ public enum CacheMode: String, Sendable, Hashable, CaseIterable {
     case unsafe
 }
 
+/// The protocol driver at the bottom of every graph: the only driver that makes system calls on
+/// the image file, so locks, leases, O_DIRECT and flush failures are handled in one place.
 public final class FileDriver: BlockDriver {
+    /// "file", QEMU's name for the protocol.
     public let formatName = "file"
+    /// The path the file was opened by, for messages and for block status's file name.
     public let path: String
+    /// How writes reach the disk, chosen at open and kept across reopens.
     public let cache: CacheMode
+    /// The permission locks, transaction lock and lease of this open, on the descriptor that
+    /// never changes.
     public let locks: ImageLocks
 
     /// O_DIRECT needs offsets, lengths and buffer addresses aligned to the logical block size;
@@ -58,6 +65,8 @@ public final class FileDriver: BlockDriver {
     /// Set by the first failed flush: every later flush fails too.
     private let flushFailure = Mutex<SystemCallError?>(nil)
 
+    /// Opens `path` with its lock descriptor and its I/O descriptor, taking no permission lock yet:
+    /// the graph asks for those once it is built.
     public init(path: String, writable: Bool, locking: LockingMode, cache: CacheMode = .writeback,
                 lease: LeasePolicy = .none) throws(BlockError) {
         self.path = path
@@ -91,6 +100,7 @@ public final class FileDriver: BlockDriver {
         try? locks.descriptor.close() // releases every OFD lock of this open
     }
 
+    /// The lock on byte 300 of this file, through the descriptor the permission locks live on.
     public var transactionLock: TransactionLock? { locks.transaction }
 
     /// The descriptor the locks live on, opened as the open itself is: read-only for a read-only
@@ -125,6 +135,8 @@ public final class FileDriver: BlockDriver {
         var changedSeconds: Int, changedNanoseconds: Int
     }
 
+    /// The file's stamp now, to compare with one taken earlier: a migration destination learns
+    /// whether the source wrote while it was inactive.
     public func changeStamp() throws(BlockError) -> ChangeStamp {
         let status = try Self.status(of: descriptor, path: path)
         return ChangeStamp(size: status.st_size, modifiedSeconds: status.st_mtim.tv_sec, modifiedNanoseconds: status.st_mtim.tv_nsec,
@@ -143,8 +155,10 @@ public final class FileDriver: BlockDriver {
         Int64(try status(of: descriptor, path: path).st_size)
     }
 
+    /// The length as this open last saw or made it: no system call on the I/O path.
     public func length() throws(BlockError) -> Int64 { cachedLength.load(ordering: .relaxed) }
 
+    /// Asks the file system, for when another process may have grown or shrunk the file.
     public func refreshedLength() throws(BlockError) -> Int64 {
         let seen = cachedLength.load(ordering: .relaxed)
         let now = try Self.size(of: descriptor, path: path)
@@ -157,6 +171,7 @@ public final class FileDriver: BlockDriver {
         return now
     }
 
+    /// pread until full; under O_DIRECT an unaligned request goes through an aligned bounce buffer.
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
         if cache == .none && !Self.isAligned(byteOffset, buffer.count, buffer.baseAddress) {
             return try withBounce(byteOffset, buffer.count) { (bounce, start) throws(BlockError) in
@@ -179,6 +194,7 @@ public final class FileDriver: BlockDriver {
         return try request()
     }
 
+    /// pwrite until done, admitted by the lease if there is one.
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
         try leased { () throws(BlockError) in try unleasedWrite(at: byteOffset, from: buffer) }
     }
@@ -209,6 +225,8 @@ public final class FileDriver: BlockDriver {
         cachedLength.max(byteOffset + Int64(buffer.count), ordering: .relaxed)
     }
 
+    /// fallocate (punching a hole where `mayUnmap` allows), and written zeroes where the file system
+    /// cannot.
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
         let zeroed = try leased { () throws(BlockError) -> Bool in
             let descriptor = try writableDescriptor()
@@ -242,6 +260,7 @@ public final class FileDriver: BlockDriver {
 
     static let zeroChunkBytes = 1 << 20
 
+    /// fdatasync, unless the cache mode is `unsafe`; a failure poisons every later flush.
     public func flush() throws(BlockError) {
         try leased { () throws(BlockError) in try unleasedFlush(evenIfUnsafe: false) }
     }
@@ -266,6 +285,7 @@ public final class FileDriver: BlockDriver {
         }
     }
 
+    /// ftruncate, admitted by the lease.
     public func truncate(to byteCount: Int64) throws(BlockError) {
         try leased { () throws(BlockError) in try unleasedTruncate(to: byteCount) }
     }
@@ -331,10 +351,12 @@ public final class FileDriver: BlockDriver {
         return run(hole - byteOffset, isData: true)
     }
 
+    /// The file's blocks, as `du` counts them: qemu-img's "disk size".
     public func allocatedBytes() throws(BlockError) -> Int64? {
         Int64(try Self.status(of: descriptor, path: path).st_blocks) * 512
     }
 
+    /// Turns the graph's permissions into QEMU's lock bytes on this file.
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {
         do {
             try locks.setPermissions(request)

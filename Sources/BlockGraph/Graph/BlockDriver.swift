@@ -18,6 +18,9 @@ public enum ChildRole: String, Sendable, Hashable {
     case backing
 }
 
+/// The table of operations a node's driver implements (QEMU's `BlockDriver`): I/O, permissions,
+/// events and the format operations. Every operation but the I/O core has a default, so a
+/// driver implements only what its format has and the rest says "not supported".
 public protocol BlockDriver: AnyObject, Sendable {
     /// The format or protocol name: "file", "raw", "qcow2".
     var formatName: String { get }
@@ -104,39 +107,55 @@ public protocol BlockDriver: AnyObject, Sendable {
 }
 
 extension BlockDriver {
+    /// Most drivers see their length only through this open; protocol drivers ask the storage again.
     public func refreshedLength() throws(BlockError) -> Int64 { try length() }
+    /// Without a way to reserve storage, growing is a truncation that only ever grows.
     public func extend(to byteCount: Int64) throws(BlockError) {
         guard byteCount > (try length()) else { return }
         try truncate(to: byteCount)
     }
+    /// A driver that adds nothing of its own passes its parents' needs through unchanged.
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest { parentsNeed }
+    /// Only a protocol driver holds locks; the others have nothing to take.
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {}
+    /// A driver that cannot tell fails, so callers (map, compare, convert) fall back to reading.
     public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
         throw BlockError(.unsupported, "the \(formatName) driver cannot tell block status")
     }
+    /// Nothing to reopen for drivers that hold no storage of their own.
     public func reopen(writable: Bool) throws(BlockError) {}
+    /// Only a protocol driver over a file has a transaction lock.
     public var transactionLock: TransactionLock? { nil }
+    /// Drivers that read what they need on every request may take over a changed image.
     public var cachesMetadata: Bool { false }
+    /// Drivers that neither pass events down nor act on them ignore them.
     public func eventBegan(_ event: BlockEvent) {}
+    /// The end of an event: ignored where its beginning was.
     public func eventEnded(_ event: BlockEvent) {}
 }
 
 extension BlockDriver {
+    /// A format without metadata to check says so, as `qemu-img check` says it of raw.
     public func check(repair: RepairMode?) throws(BlockError) -> ImageCheckResult {
         throw BlockError(.notSupportedByFormat, "This image format does not support checks")
     }
+    /// A format with nothing beyond the size says so; `blk info` then prints no such section.
     public func formatInfo() throws(BlockError) -> FormatSpecificInfo {
         throw BlockError(.notSupportedByFormat, "The \(formatName) format has no format-specific information")
     }
+    /// A format without a snapshot table says so.
     public func snapshots() throws(BlockError) -> [SnapshotInfo] {
         throw BlockError(.notSupportedByFormat, "The \(formatName) format has no internal snapshots")
     }
+    /// A format without compressed clusters refuses before any data is compressed.
     public func compressedClusterSize() throws(BlockError) -> Int {
         throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")
     }
+    /// Refused for formats without compressed clusters.
     public func compressCluster(at byteOffset: Int64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> CompressedCluster {
         throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")
     }
+    /// Refused for formats without compressed clusters.
     public func writeCompressed(_ cluster: CompressedCluster) throws(BlockError) {
         throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")
     }

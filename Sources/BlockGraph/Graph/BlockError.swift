@@ -4,10 +4,17 @@ import BlockLocking
 import Posix
 import SystemPackage
 
+/// The one error every block-layer call throws (typed throws): a code to switch on, a message in
+/// QEMU's words where QEMU has words for it, and the causes behind it.
 public struct BlockError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong, as a kind a caller can act on; `blk` maps each to its exit code. An open
+    /// set of names rather than an enum, so a module can add a kind without breaking switches.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
+        /// The kind's stable name, as `--json` output prints it.
         public let name: String
+        /// A kind of its own; the static members are the kinds the block layer throws.
         public init(_ name: String) { self.name = name }
+        /// The name, for messages and logs.
         public var description: String { name }
 
         /// The image, or a file it needs, is missing or unreadable.
@@ -43,14 +50,21 @@ public struct BlockError: Error, Sendable, CustomStringConvertible {
         public static let leaseUnavailable = Code("lease-unavailable")
     }
 
+    /// The kind of failure, for callers that react to it (retry, another exit code).
     public var code: Code
+    /// The words for the user, QEMU's where QEMU has them, so scripts that match qemu-img's
+    /// messages keep working.
     public var message: String
     /// For lock failures: the locking module's error, which names the holders.
     public var locking: LockingError?
+    /// The failed system call and its errno, when one is behind the error.
     public var cause: SystemCallError?
+    /// Where in the source the error was made (`#fileID`), for reports of bugs rather than users.
     public var file: String
+    /// The line of `file` the error was made at.
     public var line: Int
 
+    /// An error of kind `code`; the place in the source is filled in by the compiler.
     public init(_ code: Code, _ message: String, locking: LockingError? = nil, cause: SystemCallError? = nil,
                 file: String = #fileID, line: Int = #line) {
         self.code = code

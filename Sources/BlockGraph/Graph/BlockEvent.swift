@@ -3,6 +3,8 @@
 // an operation changes. Format drivers and the state store mark the requests of each step; the
 // fault-injection driver below them matches rules against the steps in progress. Names are
 // QEMU's where QEMU has the step.
+/// A named step of an operation, so fault rules and the write journal can name the step a
+/// request belongs to.
 public enum BlockEvent: String, Sendable, Hashable, CaseIterable {
     /// Guest data written to its clusters (in place or newly allocated).
     case dataWrite = "write_aio"

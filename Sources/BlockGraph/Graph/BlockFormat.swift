@@ -5,6 +5,8 @@
 // there is no node yet to ask.
 import BlockLocking
 
+/// How a format plugs into the opener: a type, not an instance, because recognising and creating
+/// an image come before there is a node to ask.
 public protocol BlockFormat: Sendable {
     static var formatName: String { get }
 
@@ -24,17 +26,22 @@ public protocol BlockFormat: Sendable {
 }
 
 extension BlockFormat {
+    /// A format that cannot make images (none yet, but a read-only one would) says so with exit 69.
     public static func create(at path: String, options: ImageCreateOptions) throws(BlockError) {
         throw BlockError(.notSupportedByFormat, "Format driver '\(formatName)' does not support image creation")
     }
+    /// Most formats store clusters only as they read.
     public static var writesCompressed: Bool { false }
 }
 
 /// What a format needs to open its node: the user's options and the rest of the format list,
 /// for backing files.
 public struct FormatOpenContext: Sendable {
+    /// The image's path as given, from which relative backing file names are resolved.
     public var path: String
+    /// The open's options, which the format reads its own settings from (writable, cache size).
     public var options: OpenOptions
+    /// The formats a backing image may be opened with: the same as the image's own.
     public var formats: [any BlockFormat.Type]
     /// Files already open below this one in a backing chain, to refuse loops.
     public var chain: [FileIdentity]
@@ -63,6 +70,7 @@ public struct FormatOpenContext: Sendable {
     }
 }
 
+/// Recognising a format from an image's first bytes, as QEMU's bdrv_probe_all does.
 public enum FormatProbe {
     /// qcow2's magic, "QFI\xfb" (docs/interop/qcow2.rst, header bytes 0–3, big-endian). Known
     /// here even without the qcow2 driver, so a raw image is never written into looking like one.
@@ -78,10 +86,13 @@ public enum FormatProbe {
 
 /// The raw format (Drivers/RawDriver.swift) as a `BlockFormat`.
 public enum RawFormat: BlockFormat {
+    /// "raw", as `-f raw` and qemu-img name it.
     public static let formatName = "raw"
 
+    /// Any bytes are a raw image: probing tries raw last.
     public static func matches(header: [UInt8]) -> Bool { true }
 
+    /// A raw node over `file`, limited to the window `offset`/`size` options name.
     public static func open(file: BlockNode, context: FormatOpenContext) throws(BlockError) -> BlockNode {
         let driver = try RawDriver(file: file, byteOffset: context.options.rawByteOffset, windowSize: context.options.rawWindowSize)
         return BlockNode(driver: driver, children: [(.file, file)])

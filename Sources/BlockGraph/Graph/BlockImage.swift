@@ -8,17 +8,23 @@ import BlockLocking
 import Synchronization
 import SystemPackage
 
+/// An open image: what a program holds and sends its requests to. The place where requests are
+/// checked against the size and access, and where reopen and the migration hand-over happen.
 public final class BlockImage: Sendable {
+    /// The path the image was opened by, as given: messages name the image the way the user did.
     public let path: String
+    /// The top node of the image's graph (the format node), for code that walks the graph.
     public let root: BlockNode
     /// `root.driver`, one load from self: reached through `root` the compiler retains and
     /// releases the driver on every request, an atomic on a line every thread shares.
     private let rootDriver: any BlockDriver
+    /// The format the image was opened as ("raw", "qcow2").
     public let format: String
     /// The format was guessed from the image's first bytes (no -f).
     public let formatWasProbed: Bool
     /// Lines to show the user (locking fallbacks, a write-enabled probed raw image).
     public let warnings: [String]
+    /// The options the image was opened with, kept for reopening and for backing images.
     public let options: OpenOptions
 
     // Read on every request without a lock (see FileDriver); changed only by reopen and the
@@ -144,11 +150,15 @@ public final class BlockImage: Sendable {
     /// The virtual size: the bytes a guest sees.
     public func length() throws(BlockError) -> Int64 { try rootDriver.length() }
 
+    /// Fills `buffer` with the guest's bytes at `byteOffset`; a range past the end is refused before
+    /// any I/O.
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
         try checkRange(byteOffset, Int64(buffer.count))
         try rootDriver.read(at: byteOffset, into: buffer)
     }
 
+    /// Writes all of `buffer` at `byteOffset`, or throws: refused on a read-only or inactive image,
+    /// and past the end.
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
         try admittedWrite { () throws(BlockError) in
             try checkRange(byteOffset, Int64(buffer.count))
@@ -159,6 +169,8 @@ public final class BlockImage: Sendable {
         }
     }
 
+    /// Makes a range read as zeroes without sending zeroes, deallocating it where `mayUnmap` allows
+    /// and the format can.
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool = false) throws(BlockError) {
         try admittedWrite { () throws(BlockError) in
             try checkRange(byteOffset, byteCount)
@@ -290,7 +302,10 @@ public final class BlockImage: Sendable {
         return current.userRequest
     }
 
+    /// Whether writes are allowed now: changed by `reopen(writable:)`.
     public var isWritable: Bool { writableFlag.load(ordering: .acquiring) }
+    /// Whether the image holds its permission locks: false for an inactive migration destination,
+    /// and for a source after `inactivate()`.
     public var isActive: Bool { activeFlag.load(ordering: .acquiring) }
 
     private func checkWritable() throws(BlockError) {

@@ -8,11 +8,17 @@
 import BlockLocking
 import Synchronization
 
+/// One node of the graph: a driver with its children, and the permissions its parents ask for,
+/// which it passes down so the file node can take them as locks.
 public final class BlockNode: Sendable {
+    /// What runs this node's requests.
     public let driver: any BlockDriver
+    /// The nodes below, each in its role: a format's file, and its backing image.
     public let children: [(role: ChildRole, node: BlockNode)]
     private let parentNeeds = Mutex<[ObjectIdentifier: PermissionRequest]>([:])
 
+    /// A node over `children`, which it holds for as long as it lives: a parent keeps its children
+    /// open.
     public init(driver: any BlockDriver, children: [(role: ChildRole, node: BlockNode)] = []) {
         self.driver = driver
         self.children = children

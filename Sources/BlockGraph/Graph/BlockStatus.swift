@@ -24,6 +24,7 @@ public struct BlockStatus: Sendable, Hashable {
     /// The file `hostOffset` is in, as its path was given or derived (qemu-img map's filename).
     public var file: String?
 
+    /// A status as a driver answers it; depth and offset are filled in on the way down the chain.
     public init(byteCount: Int64, isData: Bool, isZero: Bool, isAllocated: Bool, isCompressed: Bool = false,
                 depth: Int = 0, hostOffset: Int64? = nil, file: String? = nil) {
         self.byteCount = byteCount

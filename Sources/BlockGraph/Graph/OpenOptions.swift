@@ -2,13 +2,18 @@
 // the migration target's inactive open — as one value.
 import BlockLocking
 
+/// The choices an open makes, QEMU's open options as one value: kept by the image for its
+/// reopen and passed to the backing chain.
 public struct OpenOptions: Sendable, Hashable {
     /// The format; nil probes it from the image's first bytes.
     public var format: String?
+    /// Read-write access, and with it the write permission locks.
     public var writable: Bool
     /// QEMU's -U / force-share=on: take no permission others could mind. Read-only opens only.
     public var forceShare: Bool
+    /// QEMU's locking=auto|on|off: whether the permission locks are taken.
     public var locking: LockingMode
+    /// QEMU's cache modes: write-back, O_DIRECT, or no flushes at all.
     public var cache: CacheMode
     /// Open without permission locks (a migration target before `activate`).
     public var inactive: Bool
@@ -27,8 +32,10 @@ public struct OpenOptions: Sendable, Hashable {
     public var lease: LeasePolicy
     /// The raw format's window into its file.
     public var rawByteOffset: Int64
+    /// The window's length; nil to the end of the file.
     public var rawWindowSize: Int64?
 
+    /// QEMU's defaults: read-only, probed, locked, write-back.
     public init(format: String? = nil, writable: Bool = false, forceShare: Bool = false, locking: LockingMode = .auto,
                 cache: CacheMode = .writeback, inactive: Bool = false, repairing: Bool = false, metadataCacheBytes: Int? = nil,
                 faults: [FaultRule] = [], writeJournalPath: String? = nil, lease: LeasePolicy = .configured,
