@@ -139,7 +139,7 @@ extension Qcow2Driver {
     private func backingStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
         guard let backing else { return .unallocatedZeroes(byteCount: byteCount) }
         let backingLength = try backing.driver.length()
-        guard byteOffset < backingLength else { return .unallocatedZeroes(byteCount: byteCount) }
+        guard byteOffset < backingLength else { return .unallocatedZeroes(byteCount: byteCount, pastBackingEnd: true) }
         return try backing.driver.blockStatus(at: byteOffset, byteCount: min(byteCount, backingLength - byteOffset)).inBacking()
     }
 }

@@ -23,10 +23,15 @@ public struct BlockStatus: Sendable, Hashable {
     public var hostOffset: Int64?
     /// The file `hostOffset` is in, as its path was given or derived (qemu-img map's filename).
     public var file: String?
+    /// Unallocated, and read as zeroes because the backing image of the node at `depth` ends
+    /// before the run. qemu-img map shows it as any unallocated run; QEMU's
+    /// bdrv_block_status_above counts these zeroes as allocated in the shorter image, so
+    /// qemu-img compare -s tells them from zeroes that no image of the chain holds.
+    public var isPastBackingEnd: Bool
 
     /// A status as a driver answers it; depth and offset are filled in on the way down the chain.
     public init(byteCount: Int64, isData: Bool, isZero: Bool, isAllocated: Bool, isCompressed: Bool = false,
-                depth: Int = 0, hostOffset: Int64? = nil, file: String? = nil) {
+                depth: Int = 0, hostOffset: Int64? = nil, file: String? = nil, isPastBackingEnd: Bool = false) {
         self.byteCount = byteCount
         self.isData = isData
         self.isZero = isZero
@@ -35,11 +40,13 @@ public struct BlockStatus: Sendable, Hashable {
         self.depth = depth
         self.hostOffset = hostOffset
         self.file = file
+        self.isPastBackingEnd = isPastBackingEnd
     }
 
-    /// A run no node of the chain holds, which reads as zeroes.
-    public static func unallocatedZeroes(byteCount: Int64) -> BlockStatus {
-        BlockStatus(byteCount: byteCount, isData: false, isZero: true, isAllocated: false)
+    /// A run no node of the chain holds, which reads as zeroes; `pastBackingEnd`: because the
+    /// backing image ends before it.
+    public static func unallocatedZeroes(byteCount: Int64, pastBackingEnd: Bool = false) -> BlockStatus {
+        BlockStatus(byteCount: byteCount, isData: false, isZero: true, isAllocated: false, isPastBackingEnd: pastBackingEnd)
     }
 
     /// The same answer one node further down a backing chain.
