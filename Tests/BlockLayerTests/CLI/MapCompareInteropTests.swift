@@ -1,4 +1,4 @@
-// `blk map` beside qemu-img 7.2 on a matrix of images made by QEMU's own
+// `blk map` and `blk compare` beside qemu-img 7.2 on a matrix of images made by QEMU's own
 // tools: each command line runs through both programs, and stdout must be the same byte for
 // byte, the exit status the same, and stderr the same but for the program's name.
 import Foundation
@@ -152,6 +152,7 @@ struct MapInteropTests {
         let writer = try qemuHolder(OpenKind.qcow2Kinds[0], image)
         defer { _ = try? writer.finish() }
         #expect(try differenceFromQEMU(["map", "-U", "--output=json", image]) == nil)
+        #expect(try differenceFromQEMU(["compare", "-U", image, image]) == nil)
     }
 
     @Test("without -f the format is probed, and --json is --output=json")
@@ -162,5 +163,123 @@ struct MapInteropTests {
         let theirs = try run("/usr/bin/qemu-img", ["map", "--output=json", image])
         let ours = try blk("map", "--json", image)
         #expect(ours.status == 0 && ours.stdout == theirs.stdout, "\(ours)")
+    }
+}
+
+@Suite("blk compare beside qemu-img compare")
+struct CompareInteropTests {
+    func expectSameVerdict(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        for quiet in [[], ["-q"]] {
+            let difference = try differenceFromQEMU(["compare"] + quiet + arguments)
+            #expect(difference == nil, "\(difference ?? "")", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test("identical contents in different layouts: raw, qcow2, compressed, a chain and its flat copy, snapshots")
+    func identical() throws {
+        let images = try InteropImages()
+        let kinds = try images.everyClusterKind()
+        let raw = try images.converted(kinds, to: "raw", name: "kinds.raw")
+        let compressed = try images.compressed(from: kinds)
+        let top = try images.chain()
+        let flat = try images.converted(top, to: "qcow2", name: "flat.qcow2")
+        let snapshots = try images.withSnapshots()
+        let snapshotsRaw = try images.converted(snapshots, to: "raw", name: "snapshots.raw")
+        for pair in [[kinds, raw], [raw, kinds], [kinds, compressed], [compressed, raw], [top, flat], [flat, top], [snapshots, snapshotsRaw]] {
+            try expectSameVerdict(pair)
+            try expectSameVerdict(["-s"] + pair)
+        }
+        try expectSameVerdict(["-f", "qcow2", "-F", "raw", kinds, raw])
+    }
+
+    @Test("different contents: the first differing sector, in data, over zeroes and past a shorter backing image")
+    func different() throws {
+        let images = try InteropImages()
+        let kinds = try images.everyClusterKind()
+        let raw = try images.converted(kinds, to: "raw", name: "kinds.raw")
+        let top = try images.chain()
+        let flat = try images.converted(top, to: "qcow2", name: "flat.qcow2")
+        let cases: [(String, String, [String])] = [
+            (kinds, "in-data.qcow2", ["write -P 0x99 1030k 1k"]),
+            (kinds, "over-unallocated.qcow2", ["write -P 0x99 1700k 512"]),
+            (kinds, "over-zero.qcow2", ["write -P 0x99 130k 3k"]),
+            (kinds, "in-compressed.qcow2", ["write -P 0x99 600k 1"]),
+            (kinds, "zeroed.qcow2", ["write -z 0 64k"]),
+            (flat, "past-backing.qcow2", ["write -P 0x99 2100k 4k"]),
+        ]
+        for (source, name, commands) in cases {
+            let changed = try images.copy(source, name: name, format: "qcow2", commands)
+            let original = source == kinds ? raw : top
+            try expectSameVerdict([original, changed])
+            try expectSameVerdict([changed, original])
+            try expectSameVerdict(["-s", original, changed])
+        }
+    }
+
+    @Test("strict mode: allocation that differs where the contents do not")
+    func strictAllocation() throws {
+        let images = try InteropImages()
+        let kinds = try images.everyClusterKind()
+        let unallocatedZeroes = images.path("empty.qcow2")
+        try qemuImg(["create", "-q", "-f", "qcow2", unallocatedZeroes, "4M"])
+        let zeroCluster = try images.copy(unallocatedZeroes, name: "zero-cluster.qcow2", format: "qcow2", ["write -z 1M 64k"])
+        // The same bytes, in two clusters that do not follow each other, or in one run.
+        let split = try images.path("split.qcow2"), whole = try images.path("whole.qcow2")
+        try qemuImg(["create", "-q", "-f", "qcow2", split, "128k"])
+        try qemuIO(["-f", "qcow2", "-c", "write -P 1 64k 64k", "-c", "write -P 1 0 64k", split])
+        try qemuImg(["create", "-q", "-f", "qcow2", whole, "128k"])
+        try qemuIO(["-f", "qcow2", "-c", "write -P 1 0 128k", whole])
+        for pair in [[unallocatedZeroes, zeroCluster], [zeroCluster, unallocatedZeroes], [split, whole], [kinds, try images.compressed(from: kinds)]] {
+            try expectSameVerdict(pair)
+            try expectSameVerdict(["-s"] + pair)
+        }
+    }
+
+    @Test("images of different sizes: the tail must be zeroes; strict mode refuses at once")
+    func sizeMismatch() throws {
+        let images = try InteropImages()
+        let small = images.path("small.qcow2"), emptyTail = images.path("empty-tail.qcow2")
+        try qemuImg(["create", "-q", "-f", "qcow2", small, "1M"])
+        try qemuIO(["-f", "qcow2", "-c", "write -P 5 0 64k", small])
+        try qemuImg(["create", "-q", "-f", "qcow2", emptyTail, "3M"])
+        try qemuIO(["-f", "qcow2", "-c", "write -P 5 0 64k", "-c", "write -z 2M 64k", emptyTail])
+        let dataTail = try images.copy(emptyTail, name: "data-tail.qcow2", format: "qcow2", ["write -P 6 1600k 4k"])
+        let differentHead = try images.copy(dataTail, name: "different-head.qcow2", format: "qcow2", ["write -P 7 0 512"])
+        for pair in [[small, emptyTail], [emptyTail, small], [small, dataTail], [dataTail, small], [small, differentHead]] {
+            try expectSameVerdict(pair)
+            try expectSameVerdict(["-s"] + pair)
+        }
+    }
+
+    @Test("an image that cannot be opened: exit 2")
+    func unopenable() throws {
+        let images = try InteropImages()
+        let image = try images.sparseRaw()
+        let missing = images.path("missing.qcow2")
+        for pair in [[image, missing], [missing, image]] {
+            let ours = try run(blkPath, ["compare"] + pair)
+            let theirs = try run("/usr/bin/qemu-img", ["compare"] + pair)
+            #expect(ours.status == 2 && theirs.status == 2 && ours.stdout.isEmpty, "\(ours)")
+        }
+    }
+
+    @Test("unallocated runs are compared unread: two 1 TiB images, a few KiB of reads")
+    func readsOnlyAllocated() throws {
+        guard TracedCommand.available else { return }
+        let images = try InteropImages()
+        let first = images.path("first.qcow2"), second = images.path("second.qcow2")
+        for image in [first, second] {
+            try qemuImg(["create", "-q", "-f", "qcow2", image, "1T"])
+            try qemuIO(["-f", "qcow2", "-c", "write -P 8 700G 64k", image])
+        }
+        let log = images.path("strace.log")
+        let traced = try run(TracedCommand.stracePath, ["-f", "-qq", "-e", "trace=pread64,preadv,preadv2,read", "-o", log,
+                                                        blkPath, "compare", first, second])
+        #expect(traced.status == 0 && traced.stdout == "Images are identical.\n", "\(traced)")
+        // Each line ends "= N", the bytes the call returned.
+        let bytesRead = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+            .compactMap { line in line.split(separator: "=").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+            .reduce(0, +)
+        #expect(bytesRead < 16 << 20, "read \(bytesRead) bytes of two 1 TiB images")
     }
 }
