@@ -283,3 +283,42 @@ struct CompareInteropTests {
         #expect(bytesRead < 16 << 20, "read \(bytesRead) bytes of two 1 TiB images")
     }
 }
+
+@Suite("blk bench map and bench compare")
+struct MapCompareBenchTests {
+    @Test("numbers out of range are refused before anything runs", arguments: [
+        ["bench", "map", "--writes", "0"], ["bench", "map", "--size", "4k"], ["bench", "map", "--rounds", "9223372036854775807"],
+        ["bench", "compare", "--size", "4k"], ["bench", "compare", "--rounds", "0"],
+        ["map", "--start-offset", "-1", "IMAGE"], ["map", "--max-length", "8E", "IMAGE"], ["map", "--output", "xml", "IMAGE"],
+    ])
+    func hostileNumbers(arguments: [String]) throws {
+        let scratch = try Scratch()
+        let image = try scratch.rawImage()
+        let result = try run(blkPath, arguments.map { $0 == "IMAGE" ? image : $0 } + (arguments[0] == "bench" ? ["--dir", scratch.directory] : []))
+        #expect(result.status == 64 && result.stderr.contains("Error:") && result.stdout.isEmpty, "\(arguments): \(result)")
+    }
+
+    func expectBothReported(_ arguments: [String], scenarios: Int, directory: String) throws {
+        let bench = try run(blkPath, arguments + ["--json", "--rounds", "1", "--dir", directory], within: 120)
+        #expect(bench.status == 0, "\(bench)")
+        let results = try #require(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [[String: Any]])
+        #expect(results.count == scenarios)
+        for result in results {
+            #expect((result["blk-seconds"] as? Double ?? 0) > 0 && (result["qemu-img-seconds"] as? Double ?? 0) > 0, "\(result)")
+            #expect((result["ratio"] as? Double ?? 0) > 0 && result["same-output"] as? Bool == true, "\(result)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).isEmpty, "the benchmark removes its images")
+    }
+
+    @Test("bench map maps the same image with blk and qemu-img, both formats, and the maps agree")
+    func map() throws {
+        let scratch = try Scratch()
+        try expectBothReported(["bench", "map", "--size", "4G", "--writes", "64"], scenarios: 2, directory: scratch.directory)
+    }
+
+    @Test("bench compare compares the same pairs with blk and qemu-img, and both find them identical")
+    func compare() throws {
+        let scratch = try Scratch()
+        try expectBothReported(["bench", "compare", "--size", "16M"], scenarios: 3, directory: scratch.directory)
+    }
+}

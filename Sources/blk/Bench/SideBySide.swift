@@ -1,0 +1,73 @@
+// SideBySide: a blk command and the same qemu-img command on the same images, each a process of
+// its own, alternating who goes first; the best wall time of each side is compared
+// (Statistics.swift says why the best), and the two outputs must be the same — a benchmark of
+// a command that printed something else would measure nothing.
+import BlockLayer
+import BlockLocking
+
+struct SideBySide: Encodable {
+    var scenario: String
+    var blkSeconds: Double
+    var qemuImgSeconds: Double?
+    var ratio: Double?
+    /// Whether blk printed exactly what qemu-img printed; nil without qemu-img.
+    var sameOutput: Bool?
+    var target: String
+
+    /// Runs `blk ARGUMENTS` and `qemu-img ARGUMENTS` `rounds` times each; both must exit with
+    /// `expectedStatus`.
+    static func measure(_ scenario: String, _ arguments: [String], rounds: Int, expectedStatus: Int32 = 0,
+                        target: String = "≥ 1.0×") throws(BlockError) -> SideBySide {
+        var ours: [Double] = [], theirs: [Double] = []
+        var outputs: (blk: [UInt8], qemuImg: [UInt8]?) = ([], nil)
+        for round in 0..<rounds {
+            func runBlk() throws(BlockError) {
+                let (seconds, output) = try timedRun(BenchPrograms.blk, arguments, expectedStatus: expectedStatus)
+                ours.append(seconds)
+                outputs.blk = output
+            }
+            if round.isMultiple(of: 2) { try runBlk() }
+            if let qemuImg = BenchPrograms.qemuImg {
+                let (seconds, output) = try timedRun(qemuImg, arguments, expectedStatus: expectedStatus)
+                theirs.append(seconds)
+                outputs.qemuImg = output
+            }
+            if !round.isMultiple(of: 2) { try runBlk() }
+        }
+        let qemuSeconds = theirs.isEmpty ? nil : theirs.best
+        return SideBySide(scenario: scenario, blkSeconds: ours.best, qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best },
+                          sameOutput: outputs.qemuImg.map { $0 == outputs.blk }, target: target)
+    }
+
+    /// Wall time and output (stdout and stderr together) of one run of `executable`.
+    private static func timedRun(_ executable: String, _ arguments: [String],
+                                 expectedStatus: Int32) throws(BlockError) -> (seconds: Double, output: [UInt8]) {
+        let started = currentMonotonicNanoseconds()
+        let process: BenchProcess
+        do {
+            process = try BenchProcess(executable, arguments, stdout: .pipe, stderr: .sameAsOutput)
+        } catch {
+            throw BlockError(.ioError, error.description)
+        }
+        let output = (try? readToEnd(process.output!)) ?? []
+        let status = process.wait()
+        let seconds = Double(currentMonotonicNanoseconds() - started) / 1e9
+        guard status == expectedStatus else {
+            throw BlockError(.ioError, "\(executable) \(arguments) exited with \(status): \(String(decoding: output.suffix(2000), as: UTF8.self))")
+        }
+        return (seconds, output)
+    }
+
+    /// The lines `blk bench map` and `blk bench compare` print for each scenario.
+    func printed(command: String) -> String {
+        var lines = ["blk bench \(command): \(scenario)", "  blk        " + formatted("%8.3f s", blkSeconds)]
+        if let qemuImgSeconds, let ratio {
+            lines.append("  qemu-img   " + formatted("%8.3f s", qemuImgSeconds))
+            lines.append("  ratio      " + formatted("%.2f×", ratio) + " (target \(target))")
+            lines.append("  output     " + (sameOutput == true ? "the same as qemu-img's" : "DIFFERENT from qemu-img's"))
+        } else {
+            lines.append("  qemu-img   not installed (Debian package qemu-utils): no baseline")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
