@@ -18,7 +18,10 @@ import Dispatch
 import Glibc
 import Synchronization
 
+/// Two images compared as `qemu-img compare` compares them: guest-visible bytes (and in strict
+/// mode allocation), reading only what block status cannot settle.
 public struct ImageComparison: Sendable {
+    /// The verdict, with the offset qemu-img's message names.
     public enum Outcome: Sendable, Hashable {
         /// The same guest-visible bytes (and, in strict mode, the same allocation).
         case identical
@@ -30,20 +33,25 @@ public struct ImageComparison: Sendable {
         case statusMismatch(byteOffset: Int64)
     }
 
+    /// What a finished comparison found.
     public struct Result: Sendable, Hashable {
+        /// The verdict.
         public var outcome: Outcome
         /// The sizes differ and the common part is identical: the comparison went on into the
         /// longer image's tail (where qemu-img warns of the size mismatch).
         public var reachedTail: Bool
     }
 
+    /// The two images, in the order messages and exit codes name them.
     public let images: (BlockImage, BlockImage)
+    /// qemu-img's -s: allocation must match too, and sizes must be equal.
     public let strict: Bool
 
     /// qemu-img's IO_BUF_SIZE: the most one read takes.
     static let chunkBytes = 2 << 20
     static let sectorBytes = 512
 
+    /// A comparison of `first` with `second`; nothing is read until `run`.
     public init(_ first: BlockImage, _ second: BlockImage, strict: Bool) {
         images = (first, second)
         self.strict = strict
@@ -240,15 +248,21 @@ public struct ImageComparison: Sendable {
 /// Why a comparison could not finish: qemu-img tells a failed block status (exit 3) from a
 /// failed read (exit 4).
 public struct ComparisonError: Error, Sendable {
+    /// What was being done when it failed, which decides qemu-img's exit code.
     public enum Step: Sendable, Hashable {
+        /// Reading an image's length.
         case size
+        /// Asking block status (exit 3).
         case blockStatus
+        /// Reading the bytes at this offset (exit 4).
         case read(byteOffset: Int64)
     }
 
+    /// The step that failed.
     public var step: Step
     /// 0: the first image; 1: the second.
     public var imageIndex: Int
+    /// The block layer's error, whose message is shown.
     public var cause: BlockError
     /// It happened in the longer image's tail, after the common part compared equal.
     public var reachedTail = false

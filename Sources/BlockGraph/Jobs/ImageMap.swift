@@ -9,13 +9,17 @@
 
 /// One line of the map: a range of guest bytes and where they come from.
 public struct MapEntry: Sendable, Hashable {
+    /// The first guest byte of the range (qemu-img's "start").
     public var start: Int64
+    /// How many guest bytes the range covers; 0 only for the entry past the end.
     public var length: Int64
     /// The image of the backing chain that answered: 0 the image itself, 1 its backing file…
     public var depth: Int
     /// Allocated in that image (qemu-img's "present").
     public var isAllocated: Bool
+    /// The bytes read as zeroes (qemu-img's "zero").
     public var isZero: Bool
+    /// The bytes are stored data rather than known zeroes (qemu-img's "data").
     public var isData: Bool
     /// Where the bytes are in `file`; nil where they are not stored as they are (unallocated,
     /// zero without a cluster, compressed).
@@ -23,6 +27,7 @@ public struct MapEntry: Sendable, Hashable {
     /// The file holding them, as the user would name it; only with a host offset.
     public var file: String?
 
+    /// The first guest byte after the range: where the next entry starts.
     public var end: Int64 { start + length }
 
     /// qemu-img's entry_mergeable: `next` continues this entry when everything but the range
@@ -41,9 +46,13 @@ public struct MapEntry: Sendable, Hashable {
 /// qemu-img merges them. The last entry comes even when it is empty (a start at or past the
 /// end): qemu-img's JSON prints it.
 public struct ImageMap: Sendable {
+    /// The image walked, whose backing chain answers for unallocated runs.
     public let image: BlockImage
+    /// The first guest byte mapped (`--start-offset`).
     public let start: Int64
+    /// Where mapping stops: the start plus `--max-length`, at most the image's end.
     public let end: Int64
+    /// Merges as qemu-img's human format does, which does not tell zeroes from unallocated.
     public let foldingZeroes: Bool
     private var current: MapEntry
     /// The last entry has been returned.
