@@ -118,9 +118,10 @@ extension BlockDriver {
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest { parentsNeed }
     /// Only a protocol driver holds locks; the others have nothing to take.
     public func applyPermissions(_ request: PermissionRequest) throws(BlockError) {}
-    /// A driver that cannot tell fails, so callers (map, compare, convert) fall back to reading.
+    /// A driver that cannot tell says so, as the other format operations do; `readsAsZeroes`
+    /// takes that as "unknown", so copies read what they cannot skip.
     public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
-        throw BlockError(.unsupported, "the \(formatName) driver cannot tell block status")
+        throw BlockError(.notSupportedByFormat, "the \(formatName) driver cannot tell block status")
     }
     /// Nothing to reopen for drivers that hold no storage of their own.
     public func reopen(writable: Bool) throws(BlockError) {}

@@ -64,7 +64,13 @@ extension BlockDriver {
         var offset = byteOffset
         let end = byteOffset + byteCount
         while offset < end {
-            let status = try blockStatus(at: offset, byteCount: end - offset)
+            let status: BlockStatus
+            do {
+                status = try blockStatus(at: offset, byteCount: end - offset)
+            } catch {
+                if error.code == .notSupportedByFormat { return false }
+                throw error
+            }
             guard status.isZero, status.byteCount > 0 else { return false }
             offset += status.byteCount
         }
