@@ -1,6 +1,8 @@
 // BenchProcess: a program the benchmarks run beside blk (qemu-img, a hand-over peer), started
 // with posix_spawn with its standard streams as pipes, /dev/null or ours — what they need of
 // Foundation's Process, without loading Foundation into every blk command.
+import BlockLayer
+import BlockLocking
 import Glibc
 import Posix
 
@@ -70,6 +72,25 @@ final class BenchProcess {
         // Closed first: a child reading its stdin sees the end and exits, so the wait returns.
         [input, output, errors].compactMap { $0 }.forEach { close($0) }
         wait()
+    }
+
+    /// Wall time and output (stdout and stderr together) of one run of `executable`.
+    static func timedRun(_ executable: String, _ arguments: [String],
+                                 expectedStatus: Int32 = 0) throws(BlockError) -> (seconds: Double, output: [UInt8]) {
+        let started = currentMonotonicNanoseconds()
+        let process: BenchProcess
+        do {
+            process = try BenchProcess(executable, arguments, stdout: .pipe, stderr: .sameAsOutput)
+        } catch {
+            throw BlockError(.ioError, error.description)
+        }
+        let output = (try? readToEnd(process.output!)) ?? []
+        let status = process.wait()
+        let seconds = Double(currentMonotonicNanoseconds() - started) / 1e9
+        guard status == expectedStatus else {
+            throw BlockError(.ioError, "\(executable) \(arguments) exited with \(status): \(String(decoding: output.suffix(2000), as: UTF8.self))")
+        }
+        return (seconds, output)
     }
 
     /// Ends the child's stdin: it reads end of file.

@@ -56,21 +56,10 @@ struct ConvertBenchmark {
         return results
     }
 
-    /// Wall time of one run of `executable`, which must succeed; the output is removed after.
+    /// Wall time of one run of `executable`, which must succeed, into a fresh output file.
     private func time(_ executable: String, _ arguments: [String]) throws(BlockError) -> Double {
         unlink(output)
-        let started = currentMonotonicNanoseconds()
-        let process: BenchProcess
-        do {
-            process = try BenchProcess(executable, arguments, stdout: .null, stderr: .pipe)
-        } catch {
-            throw BlockError(.ioError, error.description)
-        }
-        let text = String(decoding: (try? readToEnd(process.errors!)) ?? [], as: UTF8.self)
-        let status = process.wait()
-        let seconds = Double(currentMonotonicNanoseconds() - started) / 1e9
-        guard status == 0 else { throw BlockError(.ioError, "\(executable) \(arguments) failed: \(text)") }
-        return seconds
+        return try BenchProcess.timedRun(executable, arguments).seconds
     }
 
     /// Every other MiB written with words drawn from a small vocabulary, the rest left zero.

@@ -3,7 +3,6 @@
 // (Statistics.swift says why the best), and the two outputs must be the same — a benchmark of
 // a command that printed something else would measure nothing.
 import BlockLayer
-import BlockLocking
 
 struct SideBySide: Encodable {
     var scenario: String
@@ -22,13 +21,13 @@ struct SideBySide: Encodable {
         var outputs: (blk: [UInt8], qemuImg: [UInt8]?) = ([], nil)
         for round in 0..<rounds {
             func runBlk() throws(BlockError) {
-                let (seconds, output) = try timedRun(BenchPrograms.blk, arguments, expectedStatus: expectedStatus)
+                let (seconds, output) = try BenchProcess.timedRun(BenchPrograms.blk, arguments, expectedStatus: expectedStatus)
                 ours.append(seconds)
                 outputs.blk = output
             }
             if round.isMultiple(of: 2) { try runBlk() }
             if let qemuImg = BenchPrograms.qemuImg {
-                let (seconds, output) = try timedRun(qemuImg, arguments, expectedStatus: expectedStatus)
+                let (seconds, output) = try BenchProcess.timedRun(qemuImg, arguments, expectedStatus: expectedStatus)
                 theirs.append(seconds)
                 outputs.qemuImg = output
             }
@@ -37,25 +36,6 @@ struct SideBySide: Encodable {
         let qemuSeconds = theirs.isEmpty ? nil : theirs.best
         return SideBySide(scenario: scenario, blkSeconds: ours.best, qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best },
                           sameOutput: outputs.qemuImg.map { $0 == outputs.blk }, target: target)
-    }
-
-    /// Wall time and output (stdout and stderr together) of one run of `executable`.
-    private static func timedRun(_ executable: String, _ arguments: [String],
-                                 expectedStatus: Int32) throws(BlockError) -> (seconds: Double, output: [UInt8]) {
-        let started = currentMonotonicNanoseconds()
-        let process: BenchProcess
-        do {
-            process = try BenchProcess(executable, arguments, stdout: .pipe, stderr: .sameAsOutput)
-        } catch {
-            throw BlockError(.ioError, error.description)
-        }
-        let output = (try? readToEnd(process.output!)) ?? []
-        let status = process.wait()
-        let seconds = Double(currentMonotonicNanoseconds() - started) / 1e9
-        guard status == expectedStatus else {
-            throw BlockError(.ioError, "\(executable) \(arguments) exited with \(status): \(String(decoding: output.suffix(2000), as: UTF8.self))")
-        }
-        return (seconds, output)
     }
 
     /// The lines `blk bench map` and `blk bench compare` print for each scenario.
