@@ -86,31 +86,31 @@ public struct ImageComparison: Sendable {
             progress(Double(offset) / Double(total))
         }
         guard sizes.0 != sizes.1 else { return Result(outcome: .identical, reachedTail: false) }
-        let longer = sizes.0 > sizes.1 ? 0 : 1
+        do throws(ComparisonError) {
+            let mismatch = try firstNonZeroByte(ofTail: sizes.0 > sizes.1 ? 0 : 1, from: offset, to: total, buffers, progress: progress)
+            return Result(outcome: mismatch.map { .contentMismatch(byteOffset: $0) } ?? .identical, reachedTail: true)
+        } catch {
+            var failure = error
+            failure.reachedTail = true
+            throw failure
+        }
+    }
+
+    /// The longer image's tail past the common part must read as zeroes: the first sector that
+    /// does not, or nil.
+    private func firstNonZeroByte(ofTail longer: Int, from start: Int64, to total: Int64, _ buffers: ChunkBuffers,
+                                  progress: (Double) -> Void) throws(ComparisonError) -> Int64? {
+        var offset = start
         while offset < total {
-            let run: Run
-            do throws(ComparisonError) {
-                run = try self.run(of: longer, at: offset, size: total)
-            } catch {
-                var failure = error
-                failure.reachedTail = true
-                throw failure
-            }
-            if run.status.isAllocated && !run.status.isZero {
-                do throws(ComparisonError) {
-                    if let mismatch = try firstNonZeroSector(of: longer, in: offset..<run.end, buffers) {
-                        return Result(outcome: .contentMismatch(byteOffset: mismatch), reachedTail: true)
-                    }
-                } catch {
-                    var failure = error
-                    failure.reachedTail = true
-                    throw failure
-                }
+            let run = try self.run(of: longer, at: offset, size: total)
+            if run.status.isAllocated && !run.status.isZero,
+               let mismatch = try firstNonZeroSector(of: longer, in: offset..<run.end, buffers) {
+                return mismatch
             }
             offset = run.end
             progress(Double(offset) / Double(total))
         }
-        return Result(outcome: .identical, reachedTail: true)
+        return nil
     }
 
     // MARK: block status
