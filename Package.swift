@@ -3,7 +3,8 @@
 // Modules in dependency order: Posix (system calls, with the CLinuxIO shim) → BlockLocking (with
 // the CLinuxLocking and CSanlock shims) → BlockGraph (the node graph, file and raw drivers) →
 // Qcow2 (with zlib) → BlockLayer (the front door: re-exports both, the format registry, opening
-// with every format) → DeviceState (with the CChecksum shim and swift-crypto) → blk (CLI).
+// with every format) → DeviceState (with the CChecksum shim and swift-crypto) → BlockBench (the
+// benchmarks, each beside its baseline) → blk (CLI: parsing, printing and exit codes).
 import PackageDescription
 
 let package = Package(
@@ -73,17 +74,32 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // `blk bench`'s measurements, each beside a baseline measured in the same run: raw
+        // syscalls, sanlock's C API, qemu-img. The CLI only parses their options and prints them.
+        .target(
+            name: "BlockBench",
+            dependencies: [
+                "BlockLayer",
+                "BlockLocking",
+                "CLinuxLocking",
+                "CSanlock", // the lease benchmark's baseline calls sanlock's C API directly
+                "DeviceState",
+                "Posix",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
         .target(name: "BlockIOScript", dependencies: ["BlockLocking"]),
         .executableTarget(
             name: "blk",
             dependencies: [
+                "BlockBench",
                 "BlockIOScript",
                 "BlockLayer",
                 "DeviceState",
                 "BlockLocking",
                 "Posix",
-                "CSanlock", // the lease benchmark's baseline calls sanlock's C API directly
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),

@@ -1,7 +1,9 @@
-// `blk bench cache`: resident memory while qcow2 metadata outgrows the metadata cache (Bench/MetadataCacheBenchmark.swift).
+// `blk bench cache`: resident memory while qcow2 metadata outgrows the metadata cache (BlockBench's MetadataCacheBenchmark).
 import ArgumentParser
+import BlockBench
 import BlockLayer
 import FoundationEssentials
+import Posix
 
 struct CacheBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -6,6 +6,7 @@ import ArgumentParser
 import BlockLayer
 import BlockLocking
 import FoundationEssentials
+import Posix
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

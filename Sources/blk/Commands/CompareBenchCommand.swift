@@ -1,5 +1,6 @@
-// `blk bench compare`: blk compare beside qemu-img compare on pairs of identical images (Bench/CompareBenchmark.swift).
+// `blk bench compare`: blk compare beside qemu-img compare on pairs of identical images (BlockBench's CompareBenchmark).
 import ArgumentParser
+import BlockBench
 import BlockLayer
 import FoundationEssentials
 

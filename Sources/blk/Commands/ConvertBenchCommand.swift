@@ -1,7 +1,9 @@
-// `blk bench convert`: blk convert beside qemu-img convert on the same source (Bench/ConvertBenchmark.swift).
+// `blk bench convert`: blk convert beside qemu-img convert on the same source (BlockBench's ConvertBenchmark).
 import ArgumentParser
+import BlockBench
 import BlockLayer
 import FoundationEssentials
+import Posix
 
 struct ConvertBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -3,7 +3,6 @@
 import ArgumentParser
 import BlockLayer
 import BlockLocking
-import FoundationEssentials
 
 struct ConvertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "convert", abstract: "Copy an image into a new image.")
@@ -19,12 +18,6 @@ struct ConvertCommand: ParsableCommand {
     @Argument(help: "The source image.") var source: String
     @Argument(help: "The image to create.") var destination: String
 
-    /// Bytes a worker reads and then writes in its turn: large enough that syscalls and the
-    /// hand-over between workers (a futex wake-up each) cost nothing next to the copy.
-    static let chunkBytes = 4 << 20
-    /// The granularity at which runs of zeroes are left as holes in a raw copy.
-    static let holeBytes = 64 << 10
-
     func run() throws {
         guard let format = BlockFormats.named(outputFormat) else {
             throw report(BlockError(.unsupported, "Unknown file format '\(outputFormat)'"), json: json)
@@ -37,18 +30,10 @@ struct ConvertCommand: ParsableCommand {
         do throws(BlockError) {
             let length = try input.length()
             let output = try createOutput(format, destination, length: length)
-            // Zeroes are skipped cluster by cluster in a format with clusters (an unallocated
-            // cluster), in 64 KiB holes in raw.
-            let pieceBytes = try unlessNotSupportedByFormat { () throws(BlockError) in try output.formatInfo() }?.clusterSize ?? Self.holeBytes
-            let pipeline = try ConvertPipeline(input: input, output: output, compressed: compress, pieceBytes: pieceBytes,
-                                               chunkBytes: max(Self.chunkBytes, pieceBytes))
-            try pipeline.run(workers: ProcessInfo.processInfo.activeProcessorCount) { done in
+            let conversion = try ImageConversion(from: input, to: output, compressed: compress)
+            try conversion.run(syncAtEnd: outputCache == .writeback) { done in
                 bar.update(Double(done) / Double(max(length, 1)), "\(humanSize(done)) of \(humanSize(length))")
             }
-            // The copy is written without the flushes that order a live image's metadata — a copy
-            // cut short by a crash is made again, not repaired — and made durable by one
-            // fdatasync at the end, so the page cache writes everything back in one go.
-            if outputCache == .writeback { try output.flushIgnoringCacheMode() } else { try output.flush() }
             bar.finish()
         } catch {
             bar.finish()
@@ -56,7 +41,8 @@ struct ConvertCommand: ParsableCommand {
         }
     }
 
-    /// The new image, `length` bytes of zeroes, opened read-write (with its locks) for the copy.
+    /// The new image, `length` bytes of zeroes, opened read-write (with its locks) for the copy:
+    /// unflushed until the conversion's one sync at the end when the copy is to be durable.
     private func createOutput(_ format: any BlockFormat.Type, _ path: String, length: Int64) throws(BlockError) -> BlockImage {
         try format.create(at: path, options: ImageCreateOptions(virtualSize: length, clusterSize: Int(clusterSize.value),
                                                                  locking: imageOptions.locking, lease: imageOptions.leases.policy))

@@ -1,15 +1,14 @@
 // `blk bench io`: qemu-img bench's options, run by blk and by qemu-img bench on the same file in
-// the same run. Without an image, the standard suite on temporary 1 GiB raw and qcow2 images:
-// 64 KiB sequential writes into a fresh image (recreated before every run of either side), then
-// 300,000 4 KiB reads of the written image scattered by a 1236 KiB step (qemu-img bench has no
-// random mode; 1236 KiB is 309 blocks of 4 KiB, and 309 is prime to the image's 262144 blocks,
-// so the reads visit every block, out of order). 300,000, not qemu-img's 75,000: a best run
-// should not be one lucky tenth of a second.
+// the same run (BlockBench's IOBenchmark). Without an image, the standard suite on temporary
+// raw and qcow2 images, with 300,000 reads, not qemu-img's 75,000: a best run should not be one
+// lucky tenth of a second.
 import ArgumentParser
+import BlockBench
 import BlockIOScript
 import BlockLayer
 import FoundationEssentials
 import Glibc
+import Posix
 
 struct IOBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -42,60 +41,23 @@ struct IOBenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        var plans: [IOBenchmarkPlan] = []
+        let plans: [IOBenchmarkPlan]
         var temporaries: [String] = []
         if let image {
-            plans.append(IOBenchmarkPlan(image: image, format: f, write: w, requestBytes: Int(s.value), count: c ?? 75_000, depth: d,
-                                         stepBytes: step?.value ?? s.value, startOffset: o.value, cache: t, pattern: pattern))
+            plans = [IOBenchmarkPlan(image: image, format: f, write: w, requestBytes: Int(s.value), count: c ?? 75_000, depth: d,
+                                     stepBytes: step?.value ?? s.value, startOffset: o.value, cache: t, pattern: pattern)]
         } else {
             let path = URL(fileURLWithPath: dir).appendingPathComponent("blk-bench-io-\(getpid())").path
             temporaries = [path + ".raw", path + ".qcow2"]
-            for (image, format) in [(path + ".raw", "raw"), (path + ".qcow2", "qcow2")] {
-                plans.append(IOBenchmarkPlan(image: image, format: format, write: true, requestBytes: 64 << 10, count: 16_384,
-                                             depth: d, stepBytes: 64 << 10, startOffset: 0, cache: t, pattern: 0x5a,
-                                             freshBytes: 1 << 30, target: format == "qcow2" ? "≥ 1.3×" : "≥ 0.95×"))
-                plans.append(IOBenchmarkPlan(image: image, format: format, write: false, requestBytes: 4096, count: c ?? 300_000, depth: d,
-                                             stepBytes: 1236 << 10, startOffset: 0, cache: t, pattern: 0,
-                                             target: format == "qcow2" ? "≥ 1.0×" : "≥ 0.95×"))
-            }
+            plans = IOBenchmarkPlan.standardSuite(at: path, reads: c ?? 300_000, depth: d, cache: t)
         }
         defer { temporaries.forEach { unlink($0) } }
-
-        let bar = Progress(forced: p)
-        var results: [IOBenchmarkResult] = []
+        let results: [IOBenchmarkResult]
         do throws(BlockError) {
-            // Rounds outside, plans inside: every scenario sees the same stretch of the machine's
-            // weather, so ratios between scenarios (qcow2 ÷ raw) are as fair as those within one.
-            // Every other round starts with the second half (the qcow2 pair of the standard
-            // suite), so neither format always runs after the other: measured apart, fresh qcow2
-            // writes ran as fast as raw, and always after raw 5–8 % slower.
-            var ours = [[Double]](repeating: [], count: plans.count), theirs = ours
-            for round in 0..<rounds {
-                let half = round.isMultiple(of: 2) ? 0 : plans.count / 2
-                let order = Array(plans.indices.dropFirst(half)) + Array(plans.indices.prefix(half))
-                for (step, number) in order.enumerated() {
-                    let plan = plans[number]
-                    bar.update(Double(round * plans.count + step) / Double(plans.count * rounds), plan.summary)
-                    // Alternate who goes first, so neither always meets the other's cache state.
-                    if round.isMultiple(of: 2) { ours[number].append(try IOBenchmark.runBlk(plan)) }
-                    if let seconds = try IOBenchmark.runQEMU(plan) { theirs[number].append(seconds) }
-                    if !round.isMultiple(of: 2) { ours[number].append(try IOBenchmark.runBlk(plan)) }
-                }
-            }
-            for (number, plan) in plans.enumerated() {
-                let bytes = Double(plan.count * plan.requestBytes)
-                let blkSeconds = ours[number].best
-                let qemuSeconds = theirs[number].isEmpty ? nil : theirs[number].best
-                results.append(IOBenchmarkResult(
-                    scenario: plan.summary, blkMbPerS: bytes / blkSeconds / 1e6, blkIops: Double(plan.count) / blkSeconds,
-                    qemuImgMbPerS: qemuSeconds.map { bytes / $0 / 1e6 }, qemuImgIops: qemuSeconds.map { Double(plan.count) / $0 },
-                    ratio: qemuSeconds.map { $0 / blkSeconds }, target: plan.target))
-            }
+            results = try IOBenchmark.run(plans, rounds: rounds, progress: Progress(forced: p))
         } catch {
-            bar.finish()
             throw report(error, json: json)
         }
-        bar.finish()
         if json {
             printJSON(results)
             return

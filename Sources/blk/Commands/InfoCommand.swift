@@ -1,8 +1,9 @@
 // `blk info`: what an image is and who else holds it, in qemu-img's words and JSON field names.
 import ArgumentParser
 import BlockLayer
-import Glibc
 import BlockLocking
+import Glibc
+import Posix
 
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "info", abstract: "Show an image's format, sizes and holders.")

@@ -1,7 +1,9 @@
-// `blk bench lock`: the locking benchmark (Bench/LockBenchmark.swift) and its report.
+// `blk bench lock`: the locking benchmark (BlockBench's LockBenchmark) and its report.
 import ArgumentParser
+import BlockBench
 import BlockLocking
 import FoundationEssentials
+import Posix
 
 struct LockBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,5 +1,6 @@
-// `blk bench map`: blk map beside qemu-img map on a sparse qcow2 image with scattered data (Bench/MapBenchmark.swift).
+// `blk bench map`: blk map beside qemu-img map on a sparse qcow2 image with scattered data (BlockBench's MapBenchmark).
 import ArgumentParser
+import BlockBench
 import BlockLayer
 import FoundationEssentials
 

@@ -5,6 +5,7 @@ import ArgumentParser
 import BlockLayer
 import BlockLocking
 import Glibc
+import Posix
 
 struct MapCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,8 +1,10 @@
 // `blk bench state`: device-state commit latency beside one 4 KiB overwrite + fdatasync, and
-// CRC32C throughput beside a byte-table loop (Bench/StateBenchmark.swift).
+// CRC32C throughput beside a byte-table loop (BlockBench's StateBenchmark).
 import ArgumentParser
+import BlockBench
 import DeviceState
 import FoundationEssentials
+import Posix
 
 struct StateBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -108,9 +108,3 @@ enum ChildProcess {
         return entries + [strdup(prefix + String(descriptor)), nil]
     }
 }
-
-/// A waitpid status as a shell reports it: the exit code, or 128 + the signal that ended it.
-func shellStatus(ofWaitStatus status: Int32) -> Int32 {
-    let signalNumber = status & 0x7f
-    return signalNumber == 0 ? (status >> 8) & 0xff : 128 + signalNumber
-}

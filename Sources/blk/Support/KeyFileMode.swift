@@ -3,6 +3,7 @@
 // refusal would break a setup that shares a key through a group on purpose), but whoever can
 // read it can open the state, so the owner should know.
 import Glibc
+import Posix
 
 /// Warns when `path` (followed as the read follows it) grants its group or others any access.
 func warnIfExposed(keyFile path: String) {

@@ -2,11 +2,12 @@
 // forced with -p, never mixed into stdout. It redraws only when the whole percent changes, and
 // builds its label only then: convert reports after every megabyte, and formatting two sizes
 // each time was 8 % of a fast convert's time — spent even when nothing was shown.
+import BlockBench
 import FoundationEssentials
 import Glibc
 import Synchronization
 
-final class Progress: Sendable {
+final class Progress: BenchmarkProgress {
     let enabled: Bool
     private let shownPercent = Atomic(-1)
 

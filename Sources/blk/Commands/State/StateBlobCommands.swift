@@ -2,6 +2,7 @@
 import ArgumentParser
 import DeviceState
 import FoundationEssentials
+import Posix
 
 struct StatePutCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -8,20 +8,26 @@ import CSanlock
 import FoundationEssentials
 import Glibc
 
-struct LeaseBenchmark {
-    var settings: LeaseSettings
-    var directory: String
-    var rounds: Int
+package struct LeaseBenchmark {
+    package var settings: LeaseSettings
+    package var directory: String
+    package var rounds: Int
 
-    struct Results: Encodable {
-        var lockspace: String
-        var acquireMedianMs: Double
-        var releaseMedianMs: Double
-        var baselineAcquireMedianMs: Double
-        var baselineReleaseMedianMs: Double
+    package init(settings: LeaseSettings, directory: String, rounds: Int) {
+        self.settings = settings
+        self.directory = directory
+        self.rounds = rounds
     }
 
-    func run() throws -> Results {
+    package struct Results: Encodable {
+        package var lockspace: String
+        package var acquireMedianMs: Double
+        package var releaseMedianMs: Double
+        package var baselineAcquireMedianMs: Double
+        package var baselineReleaseMedianMs: Double
+    }
+
+    package func run() throws -> Results {
         // One image name for every run: each new name takes a lease slot in the area for good.
         let path = URL(fileURLWithPath: directory).appendingPathComponent("blk-bench-lease.img").path
         if access(path, F_OK) != 0 {

@@ -4,18 +4,18 @@
 // a command that printed something else would measure nothing.
 import BlockLayer
 
-struct SideBySide: Encodable {
-    var scenario: String
-    var blkSeconds: Double
-    var qemuImgSeconds: Double?
-    var ratio: Double?
+package struct SideBySide: Encodable {
+    package var scenario: String
+    package var blkSeconds: Double
+    package var qemuImgSeconds: Double?
+    package var ratio: Double?
     /// Whether blk printed exactly what qemu-img printed; nil without qemu-img.
-    var sameOutput: Bool?
-    var target: String
+    package var sameOutput: Bool?
+    package var target: String
 
     /// Runs `blk ARGUMENTS` and `qemu-img ARGUMENTS` `rounds` times each; both must exit with
     /// `expectedStatus`.
-    static func measure(_ scenario: String, _ arguments: [String], rounds: Int, expectedStatus: Int32 = 0,
+    package static func measure(_ scenario: String, _ arguments: [String], rounds: Int, expectedStatus: Int32 = 0,
                         target: String = "≥ 1.0×") throws(BlockError) -> SideBySide {
         var ours: [Double] = [], theirs: [Double] = []
         var outputs: (blk: [UInt8], qemuImg: [UInt8]?) = ([], nil)
@@ -36,18 +36,5 @@ struct SideBySide: Encodable {
         let qemuSeconds = theirs.isEmpty ? nil : theirs.best
         return SideBySide(scenario: scenario, blkSeconds: ours.best, qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best },
                           sameOutput: outputs.qemuImg.map { $0 == outputs.blk }, target: target)
-    }
-
-    /// The lines `blk bench map` and `blk bench compare` print for each scenario.
-    func printed(command: String) -> String {
-        var lines = ["blk bench \(command): \(scenario)", "  blk        " + formatted("%8.3f s", blkSeconds)]
-        if let qemuImgSeconds, let ratio {
-            lines.append("  qemu-img   " + formatted("%8.3f s", qemuImgSeconds))
-            lines.append("  ratio      " + formatted("%.2f×", ratio) + " (target \(target))")
-            lines.append("  output     " + (sameOutput == true ? "the same as qemu-img's" : "DIFFERENT from qemu-img's"))
-        } else {
-            lines.append("  qemu-img   not installed (Debian package qemu-utils): no baseline")
-        }
-        return lines.joined(separator: "\n")
     }
 }

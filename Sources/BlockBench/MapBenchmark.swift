@@ -7,16 +7,24 @@ import BlockLayer
 import Glibc
 import Qcow2
 
-struct MapBenchmark {
-    let directory: String
-    let virtualBytes: Int64
-    let writes: Int
-    let rounds: Int
-    let progress: Progress
+package struct MapBenchmark {
+    package let directory: String
+    package let virtualBytes: Int64
+    package let writes: Int
+    package let rounds: Int
+    package let progress: any BenchmarkProgress
 
-    var image: String { directory + "/blk-bench-map-\(getpid()).qcow2" }
+    package init(directory: String, virtualBytes: Int64, writes: Int, rounds: Int, progress: any BenchmarkProgress) {
+        self.directory = directory
+        self.virtualBytes = virtualBytes
+        self.writes = writes
+        self.rounds = rounds
+        self.progress = progress
+    }
 
-    func run() throws(BlockError) -> [SideBySide] {
+    private var image: String { directory + "/blk-bench-map-\(getpid()).qcow2" }
+
+    package func run() throws(BlockError) -> [SideBySide] {
         defer { unlink(image) }
         try makeImage()
         let scenarios: [(String, [String])] = [("--output=json", ["--output=json"]), ("human", [])]

@@ -12,25 +12,32 @@ import FoundationEssentials
 import Glibc
 import SystemPackage
 
-struct LockBenchmark {
-    var directory: String
-    var iterations: Int
-    var handoffs: Int
-    var progress: Progress
+package struct LockBenchmark {
+    package var directory: String
+    package var iterations: Int
+    package var handoffs: Int
+    package var progress: any BenchmarkProgress
 
-    struct Results: Encodable {
-        var uncontendedPairNs: Double
-        var baselineUncontendedPairNs: Double
-        var nestedAcquireNs: Double
-        var permissionOpenNs: Double
-        var baselinePermissionOpenNs: Double
-        var handoffMedianUs: Double
-        var handoffP99Us: Double
-        var baselineHandoffMedianUs: Double
-        var baselineHandoffP99Us: Double
+    package init(directory: String, iterations: Int, handoffs: Int, progress: any BenchmarkProgress) {
+        self.directory = directory
+        self.iterations = iterations
+        self.handoffs = handoffs
+        self.progress = progress
     }
 
-    func run() throws -> Results {
+    package struct Results: Encodable {
+        package var uncontendedPairNs: Double
+        package var baselineUncontendedPairNs: Double
+        package var nestedAcquireNs: Double
+        package var permissionOpenNs: Double
+        package var baselinePermissionOpenNs: Double
+        package var handoffMedianUs: Double
+        package var handoffP99Us: Double
+        package var baselineHandoffMedianUs: Double
+        package var baselineHandoffP99Us: Double
+    }
+
+    package func run() throws -> Results {
         let path = URL(fileURLWithPath: directory).appendingPathComponent("blk-bench-lock-\(getpid()).img").path
         guard FileManager.default.createFile(atPath: path, contents: Data(count: 4096)) else {
             throw LockingError(.ioError, "could not create \(path)", path: path)

@@ -5,6 +5,7 @@ import BlockLayer
 import BlockLocking
 import Glibc
 import Posix
+import SystemPackage
 
 final class BenchProcess {
     /// `sameAsOutput` is for stderr: both into the stdout pipe, as a terminal would show them.
@@ -84,7 +85,7 @@ final class BenchProcess {
         } catch {
             throw BlockError(.ioError, error.description)
         }
-        let output = (try? readToEnd(process.output!)) ?? []
+        let output = (try? FileDescriptor(rawValue: process.output!).readToEnd().get()) ?? []
         let status = process.wait()
         let seconds = Double(currentMonotonicNanoseconds() - started) / 1e9
         guard status == expectedStatus else {

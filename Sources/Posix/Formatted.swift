@@ -3,7 +3,7 @@
 import Glibc
 
 /// `format` filled in by vsnprintf: numbers only (no %@).
-func formatted(_ format: String, _ arguments: CVarArg...) -> String {
+package func formatted(_ format: String, _ arguments: CVarArg...) -> String {
     withVaList(arguments) { list in
         var buffer = [CChar](repeating: 0, count: 256)
         let needed = Int(vsnprintf(&buffer, buffer.count, format, list))

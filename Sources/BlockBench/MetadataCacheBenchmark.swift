@@ -7,24 +7,31 @@ import BlockLayer
 import FoundationEssentials
 import Glibc
 
-struct MetadataCacheBenchmark {
-    struct Results: Encodable {
-        var cacheBytes: Int
-        var writes: Int
+package struct MetadataCacheBenchmark {
+    package struct Results: Encodable {
+        package var cacheBytes: Int
+        package var writes: Int
         /// Resident set after 25, 50, 75 and 100 % of the writes, then after reading all back.
-        var residentMebibytes: [Double]
-        var metadataMebibytes: Double
+        package var residentMebibytes: [Double]
+        package var metadataMebibytes: Double
         /// Growth from the first sample to the largest later one, against the metadata made in between.
-        var residentGrowthMebibytes: Double
-        var metadataGrowthMebibytes: Double
+        package var residentGrowthMebibytes: Double
+        package var metadataGrowthMebibytes: Double
     }
 
-    let directory: String
-    let cacheBytes: Int
-    let virtualBytes: Int64
-    let progress: Progress
+    package let directory: String
+    package let cacheBytes: Int
+    package let virtualBytes: Int64
+    package let progress: any BenchmarkProgress
 
-    func run() throws(BlockError) -> Results {
+    package init(directory: String, cacheBytes: Int, virtualBytes: Int64, progress: any BenchmarkProgress) {
+        self.directory = directory
+        self.cacheBytes = cacheBytes
+        self.virtualBytes = virtualBytes
+        self.progress = progress
+    }
+
+    package func run() throws(BlockError) -> Results {
         let path = directory + "/blk-bench-cache-\(getpid()).qcow2"
         defer { unlink(path) }
         let clusterSize = 4096
@@ -62,7 +69,7 @@ struct MetadataCacheBenchmark {
     }
 
     /// VmRSS from /proc/self/status.
-    static func residentMebibytes() -> Double {
+    package static func residentMebibytes() -> Double {
         guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
               let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else { return .nan }

@@ -13,31 +13,37 @@ import Glibc
 import Posix
 import SystemPackage
 
-struct StateBenchmark {
-    struct Results: Encodable {
-        var rounds: Int
-        var baselineMicroseconds: Double
+package struct StateBenchmark {
+    package struct Results: Encodable {
+        package var rounds: Int
+        package var baselineMicroseconds: Double
         /// Median commit latency by scenario ("raw 16 KiB", "qcow2 256 KiB encrypted", …).
-        var commitMicroseconds: [String: Double]
-        var crcHardware: Bool
-        var crcGigabytesPerSecond: Double
-        var crcTableGigabytesPerSecond: Double
+        package var commitMicroseconds: [String: Double]
+        package var crcHardware: Bool
+        package var crcGigabytesPerSecond: Double
+        package var crcTableGigabytesPerSecond: Double
     }
 
-    static let scenarios: [(format: String, bytes: Int, encrypted: Bool)] = [
+    package static let scenarios: [(format: String, bytes: Int, encrypted: Bool)] = [
         ("raw", 16 << 10, false), ("raw", 16 << 10, true), ("raw", 256 << 10, false), ("raw", 256 << 10, true),
         ("qcow2", 16 << 10, false), ("qcow2", 256 << 10, true),
     ]
 
-    static func name(_ scenario: (format: String, bytes: Int, encrypted: Bool)) -> String {
+    package static func name(_ scenario: (format: String, bytes: Int, encrypted: Bool)) -> String {
         "\(scenario.format) \(scenario.bytes >> 10) KiB\(scenario.encrypted ? " encrypted" : "")"
     }
 
-    let directory: String
-    let rounds: Int
-    let progress: Progress
+    package let directory: String
+    package let rounds: Int
+    package let progress: any BenchmarkProgress
 
-    func run() throws -> Results {
+    package init(directory: String, rounds: Int, progress: any BenchmarkProgress) {
+        self.directory = directory
+        self.rounds = rounds
+        self.progress = progress
+    }
+
+    package func run() throws -> Results {
         let prefix = directory + "/blk-bench-state-\(getpid())"
         let baselinePath = prefix + ".baseline"
         defer {

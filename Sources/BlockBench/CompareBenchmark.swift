@@ -7,11 +7,18 @@ import BlockLayer
 import Glibc
 import Qcow2
 
-struct CompareBenchmark {
-    let directory: String
-    let imageBytes: Int64
-    let rounds: Int
-    let progress: Progress
+package struct CompareBenchmark {
+    package let directory: String
+    package let imageBytes: Int64
+    package let rounds: Int
+    package let progress: any BenchmarkProgress
+
+    package init(directory: String, imageBytes: Int64, rounds: Int, progress: any BenchmarkProgress) {
+        self.directory = directory
+        self.imageBytes = imageBytes
+        self.rounds = rounds
+        self.progress = progress
+    }
 
     private struct Scenario {
         var name: String
@@ -20,7 +27,7 @@ struct CompareBenchmark {
         var dataMebibytesPer16: Int64
     }
 
-    func run() throws(BlockError) -> [SideBySide] {
+    package func run() throws(BlockError) -> [SideBySide] {
         let scenarios = [
             Scenario(name: "raw, fully allocated random data", format: "raw", dataMebibytesPer16: 16),
             Scenario(name: "qcow2, fully allocated random data", format: "qcow2", dataMebibytesPer16: 16),

@@ -1,22 +1,9 @@
-// Threads of our own for the copy and benchmark workers: blocking I/O on each, which a
-// dispatch queue's few threads would serialize.
+// OrderedTurns: the conversion job's workers prepare chunks in parallel but write them strictly
+// in order; each waits on a condition variable (a futex), not a spin, for its turn.
 import Glibc
 
-/// Runs `body` on a new detached thread.
-func startThread(_ body: @escaping @Sendable () -> Void) {
-    final class Job { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
-    var thread = pthread_t()
-    let job = Unmanaged.passRetained(Job(body)).toOpaque()
-    let started = pthread_create(&thread, nil, { raw in
-        Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue().body()
-        return nil
-    }, job)
-    precondition(started == 0, "pthread_create failed: \(started)")
-    pthread_detach(thread)
-}
-
 /// Turns taken in order — 0, 1, 2… — by threads that each wait until their number comes up
-/// (the convert workers writing their chunks in order).
+/// (the conversion workers writing their chunks in order).
 final class OrderedTurns: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)

@@ -9,24 +9,31 @@ import BlockLocking
 import FoundationEssentials
 import Glibc
 
-struct ConvertBenchmark {
-    struct Scenario: Encodable {
-        var scenario: String
-        var blkSeconds: Double
-        var qemuImgSeconds: Double?
-        var ratio: Double?
-        var target: String
+package struct ConvertBenchmark {
+    package struct Scenario: Encodable {
+        package var scenario: String
+        package var blkSeconds: Double
+        package var qemuImgSeconds: Double?
+        package var ratio: Double?
+        package var target: String
     }
 
-    let directory: String
-    let sourceBytes: Int64
-    let rounds: Int
-    let progress: Progress
+    package let directory: String
+    package let sourceBytes: Int64
+    package let rounds: Int
+    package let progress: any BenchmarkProgress
 
-    var source: String { directory + "/blk-bench-convert-\(getpid()).raw" }
-    var output: String { directory + "/blk-bench-convert-\(getpid()).out" }
+    package init(directory: String, sourceBytes: Int64, rounds: Int, progress: any BenchmarkProgress) {
+        self.directory = directory
+        self.sourceBytes = sourceBytes
+        self.rounds = rounds
+        self.progress = progress
+    }
 
-    func run() throws(BlockError) -> [Scenario] {
+    private var source: String { directory + "/blk-bench-convert-\(getpid()).raw" }
+    private var output: String { directory + "/blk-bench-convert-\(getpid()).out" }
+
+    package func run() throws(BlockError) -> [Scenario] {
         try makeSource()
         defer {
             unlink(source)

@@ -1,7 +1,6 @@
 // HandoffPeer: the waiting side of the hand-over benchmark, a `blk bench handoff-peer` process.
 // For each "g" on its stdin it waits for the exclusive transaction lock (blocking in the
 // kernel), notes the time it got it, releases, and writes the time (8 bytes) to stdout.
-import ArgumentParser
 import BlockLocking
 import CLinuxLocking
 import FoundationEssentials
@@ -9,8 +8,9 @@ import Glibc
 import Posix
 import SystemPackage
 
-final class HandoffPeer {
-    enum Mode: String, ExpressibleByArgument { case ours, raw }
+package final class HandoffPeer {
+    /// Whose locking the peer times: BlockLocking's transaction lock, or the raw fcntl baseline.
+    package enum Mode: String, Sendable, CaseIterable { case ours, raw }
 
     private let process: BenchProcess
 
@@ -21,7 +21,7 @@ final class HandoffPeer {
 
     var isRunning: Bool { process.isRunning }
 
-    func startWaiting() { try? writeAll(process.input!, "g".utf8) } // a peer gone shows in acquiredAt
+    func startWaiting() { _ = [UInt8(ascii: "g")].withUnsafeBytes { FileDescriptor(rawValue: process.input!).writeFully($0) } } // a peer gone shows in acquiredAt
 
     func acquiredAt() throws -> Int64 {
         var acquiredAt: Int64 = 0
@@ -34,16 +34,10 @@ final class HandoffPeer {
         process.closeInput()
         process.wait()
     }
-}
 
-struct HandoffPeerCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "handoff-peer", abstract: "The waiting process of `blk bench lock` (internal).", shouldDisplay: false)
-
-    @Option var mode: HandoffPeer.Mode
-    @Argument var image: String
-
-    func run() throws {
+    /// The peer's side, in the process `blk bench handoff-peer` starts: for each byte on stdin,
+    /// wait for the transaction lock on `image`, note the time, release, and write the time.
+    package static func serve(image: String, mode: Mode) throws {
         let descriptor = try FileDescriptor.open(image, .readWrite, options: [.closeOnExec])
         let locks = try ImageLocks(descriptor: descriptor, path: image, mode: .on, writable: true)
         var command: UInt8 = 0

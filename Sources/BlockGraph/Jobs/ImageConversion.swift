@@ -1,0 +1,169 @@
+// ImageConversion: the copy behind `blk convert`, as a job any tool of the block layer can run.
+// Worker threads (one per core) each take the next chunk, read it and prepare it — which pieces
+// are zeroes, and when compressing the compressed clusters — in parallel; the chunks are then
+// written strictly in order, so the new image is laid out as the guest sees it (no
+// fragmentation), as qemu-img convert does without -W. On a 2-core machine reading and
+// compressing one chunk overlaps writing the one before it.
+//
+// Zeroes are skipped cluster by cluster in a format with clusters (an unallocated cluster), in
+// 64 KiB holes in raw; what reads as zeroes by block status is not even read, since the new
+// image reads as zeroes already and writing zeroes would only fill its holes.
+import Dispatch
+import Glibc
+import Posix
+import Synchronization
+
+/// A copy of every guest-visible byte of one image into another of at least its length, as
+/// `qemu-img convert` makes it: sparse (runs of zeroes left unallocated), laid out in guest
+/// order, optionally with every cluster compressed.
+///
+/// The target is written without the flushes that order a live image's metadata — a copy cut
+/// short by a crash is made again, not repaired — so open it with ``CacheMode/unsafe`` and let
+/// ``run(workers:syncAtEnd:progress:)`` make it durable with one `fdatasync` at the end, which
+/// lets the page cache write everything back in one go.
+public final class ImageConversion: Sendable {
+    /// The image read.
+    public let source: BlockImage
+    /// The image written: new, reading as zeroes, opened writable.
+    public let target: BlockImage
+    /// Clusters are compressed by the workers and stored compressed, in order.
+    public let compressing: Bool
+    /// The granularity at which zeroes are skipped: a cluster of the target's format, or a hole
+    /// of `holeBytes` where the format has no clusters.
+    let pieceBytes: Int
+    let chunkBytes: Int
+    let length: Int64
+    private let nextChunk = Atomic(0)
+    /// The chunk whose turn it is to be written, and the first failure (which ends every worker).
+    private let turns = OrderedTurns()
+    private let failure = Mutex<BlockError?>(nil)
+    private let written = Atomic<Int64>(0)
+
+    /// Bytes a worker reads and then writes in its turn: large enough that syscalls and the
+    /// hand-over between workers (a futex wake-up each) cost nothing next to the copy.
+    static let chunkBytes = 4 << 20
+    /// The granularity at which runs of zeroes are left as holes in a target without clusters.
+    static let holeBytes = 64 << 10
+
+    /// A conversion of `source` into `target`; nothing is copied until `run`. Fails with
+    /// `notSupportedByFormat` when `compressed` is asked of a format that cannot store
+    /// compressed clusters, and when `target` is shorter than `source`.
+    public init(from source: BlockImage, to target: BlockImage, compressed: Bool) throws(BlockError) {
+        self.source = source
+        self.target = target
+        compressing = compressed
+        length = try source.length()
+        let targetLength = try target.length()
+        guard targetLength >= length else {
+            throw BlockError(.invalidRequest, "the target image (\(targetLength) bytes) is shorter than the source (\(length) bytes)")
+        }
+        let clusterBytes: Int?
+        do {
+            clusterBytes = try target.formatInfo().clusterSize
+        } catch where error.code == .notSupportedByFormat {
+            clusterBytes = nil
+        }
+        pieceBytes = clusterBytes ?? Self.holeBytes
+        chunkBytes = max(Self.chunkBytes, pieceBytes)
+    }
+
+    /// The workers a conversion starts unless told otherwise: one per online core.
+    public static var defaultWorkers: Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+    /// Copies everything, calling `progress` with the bytes done after each chunk, then flushes
+    /// the target: with `syncAtEnd`, whatever its cache mode (one `fdatasync` that makes the
+    /// copy durable); without, as its cache mode says.
+    public func run(workers: Int = ImageConversion.defaultWorkers, syncAtEnd: Bool,
+                    progress: @escaping @Sendable (Int64) -> Void = { _ in }) throws(BlockError) {
+        let group = DispatchGroup()
+        for _ in 0..<max(1, workers) {
+            group.enter()
+            startThread {
+                defer { group.leave() }
+                self.work(progress)
+            }
+        }
+        group.wait()
+        if let failure = failure.withLock({ $0 }) { throw failure }
+        if syncAtEnd { try target.flushIgnoringCacheMode() } else { try target.flush() }
+    }
+
+    /// One piece of a prepared chunk: bytes to copy as they are, or a compressed cluster.
+    private enum Piece {
+        case copy(Range<Int>)
+        case compressed(CompressedCluster)
+    }
+
+    private func work(_ progress: @Sendable (Int64) -> Void) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkBytes, alignment: 4096)
+        defer { buffer.deallocate() }
+        let chunkCount = Int((length + Int64(chunkBytes) - 1) / Int64(chunkBytes))
+        while true {
+            let index = nextChunk.wrappingAdd(1, ordering: .relaxed).oldValue
+            guard index < chunkCount else { return }
+            let offset = Int64(index) * Int64(chunkBytes)
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(Int64(chunkBytes), length - offset))])
+            var pieces: Result<[Piece], BlockError>
+            do throws(BlockError) {
+                pieces = .success(try prepare(chunk, at: offset))
+            } catch {
+                pieces = .failure(error)
+            }
+            turns.wait(for: index)
+            defer { turns.endTurn() }
+            guard failure.withLock({ $0 == nil }) else { return }
+            do throws(BlockError) {
+                try store(try pieces.get(), of: UnsafeRawBufferPointer(chunk), at: offset)
+                progress(written.add(Int64(chunk.count), ordering: .relaxed).newValue)
+            } catch {
+                failure.withLock { $0 = $0 ?? error }
+                return
+            }
+        }
+    }
+
+    /// Reads a chunk and says what to write of it. Holes are found a probe (a megabyte) at a
+    /// time.
+    private func prepare(_ chunk: UnsafeMutableRawBufferPointer, at offset: Int64) throws(BlockError) -> [Piece] {
+        var pieces: [Piece] = []
+        let probeBytes = max(Self.probeBytes, pieceBytes)
+        for probeStart in stride(from: 0, to: chunk.count, by: probeBytes) {
+            let probe = probeStart..<min(probeStart + probeBytes, chunk.count)
+            if try source.readsAsZeroes(at: offset + Int64(probe.lowerBound), byteCount: Int64(probe.count)) { continue }
+            try source.read(at: offset + Int64(probe.lowerBound), into: UnsafeMutableRawBufferPointer(rebasing: chunk[probe]))
+            for start in stride(from: probe.lowerBound, to: probe.upperBound, by: pieceBytes) {
+                let range = start..<min(start + pieceBytes, probe.upperBound)
+                let piece = UnsafeRawBufferPointer(rebasing: chunk[range])
+                if Self.isZero(piece) { continue }
+                if compressing {
+                    pieces.append(.compressed(try target.compressCluster(at: offset + Int64(start), piece)))
+                } else if case .copy(let run) = pieces.last, run.upperBound == start {
+                    pieces[pieces.count - 1] = .copy(run.lowerBound..<range.upperBound) // runs go out as one write
+                } else {
+                    pieces.append(.copy(range))
+                }
+            }
+        }
+        return pieces
+    }
+
+    /// How much of a chunk one hole probe covers (at least a piece).
+    static let probeBytes = 1 << 20
+
+    private func store(_ pieces: [Piece], of chunk: UnsafeRawBufferPointer, at offset: Int64) throws(BlockError) {
+        for piece in pieces {
+            switch piece {
+            case .copy(let range):
+                try target.write(at: offset + Int64(range.lowerBound), from: UnsafeRawBufferPointer(rebasing: chunk[range]))
+            case .compressed(let cluster):
+                try target.writeCompressed(cluster)
+            }
+        }
+    }
+
+    /// All zero: the first byte is, and every byte equals the one before it (one memcmp).
+    static func isZero(_ piece: UnsafeRawBufferPointer) -> Bool {
+        guard let start = piece.baseAddress, let first = piece.first else { return true }
+        return first == 0 && memcmp(start, start + 1, piece.count - 1) == 0
+    }
+}
