@@ -38,6 +38,7 @@ public final class ImageConversion: Sendable {
     private let turns = OrderedTurns()
     private let failure = Mutex<BlockError?>(nil)
     private let written = Atomic<Int64>(0)
+    private let started = Atomic(false)
 
     /// Bytes a worker reads and then writes in its turn: large enough that syscalls and the
     /// hand-over between workers (a futex wake-up each) cost nothing next to the copy.
@@ -45,9 +46,9 @@ public final class ImageConversion: Sendable {
     /// The granularity at which runs of zeroes are left as holes in a target without clusters.
     static let holeBytes = 64 << 10
 
-    /// A conversion of `source` into `target`; nothing is copied until `run`. Fails with
-    /// `notSupportedByFormat` when `compressed` is asked of a format that cannot store
-    /// compressed clusters, and when `target` is shorter than `source`.
+    /// A conversion of `source` into `target`; nothing is copied until `run`. Fails when
+    /// `target` is shorter than `source`. A target format that cannot store compressed clusters
+    /// fails the run with `notSupportedByFormat` before anything is written.
     public init(from source: BlockImage, to target: BlockImage, compressed: Bool) throws(BlockError) {
         self.source = source
         self.target = target
@@ -70,11 +71,13 @@ public final class ImageConversion: Sendable {
     /// The workers a conversion starts unless told otherwise: one per online core.
     public static var defaultWorkers: Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
 
-    /// Copies everything, calling `progress` with the bytes done after each chunk, then flushes
+    /// Copies everything, once, calling `progress` with the bytes done after each chunk, then flushes
     /// the target: with `syncAtEnd`, whatever its cache mode (one `fdatasync` that makes the
     /// copy durable); without, as its cache mode says.
     public func run(workers: Int = ImageConversion.defaultWorkers, syncAtEnd: Bool,
                     progress: @escaping @Sendable (Int64) -> Void = { _ in }) throws(BlockError) {
+        // The chunk counter and the turns only go forward: a second run would copy nothing.
+        guard !started.exchange(true, ordering: .relaxed) else { throw BlockError(.invalidRequest, "a conversion runs once") }
         let group = DispatchGroup()
         for _ in 0..<max(1, workers) {
             group.enter()
