@@ -8,13 +8,30 @@ import BlockGraph
 import BlockLocking
 
 extension Qcow2Format {
+    /// qcow2 images read through to a backing file.
+    public static var storesBackingFile: Bool { true }
+
+    /// qemu-img 7.2's words for what `create` makes: v3, no extended L2 entries, zlib, 16-bit
+    /// refcounts, no lazy refcounts, whatever was asked.
+    public static func creationSummary(_ options: ImageCreateOptions) -> String {
+        var words = ["cluster_size=\(options.clusterSize ?? defaultClusterBytes)", "extended_l2=off"]
+        if options.preallocation != .off { words.append("preallocation=\(options.preallocation)") }
+        words += ["compression_type=zlib", "size=\(options.virtualSize)"]
+        if let backingFile = options.backingFile { words.append("backing_file=\(backingFile)") }
+        if let backingFormat = options.backingFormat { words.append("backing_fmt=\(backingFormat)") }
+        return (words + ["lazy_refcounts=off", "refcount_bits=16"]).joined(separator: " ")
+    }
+
+    /// The cluster size of an image made without one asked for, as qemu-img's.
+    static let defaultClusterBytes = 65536
+
     /// Creates (or replaces) `path` as a qcow2 image of `options.virtualSize` bytes (64 KiB
     /// clusters unless asked), reading through to `options.backingFile` (a name relative to the
     /// image's folder, or absolute). With preallocation other than `.off` every guest cluster
     /// is mapped to a host cluster up front (`metadata`: left to the file's holes; `falloc`:
     /// reserved; `full`: written with zeroes).
     public static func create(at path: String, options: ImageCreateOptions) throws(BlockError) {
-        let clusterSize = options.clusterSize ?? 65536, virtualSize = options.virtualSize
+        let clusterSize = options.clusterSize ?? defaultClusterBytes, virtualSize = options.virtualSize
         let backingFile = options.backingFile, backingFormat = options.backingFormat, preallocation = options.preallocation
         guard clusterSize.nonzeroBitCount == 1, (512...(2 << 20)).contains(clusterSize) else {
             throw BlockError(.invalidRequest, "Cluster size must be a power of two between 512 and 2048k")

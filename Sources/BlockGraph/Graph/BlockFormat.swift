@@ -23,6 +23,16 @@ public protocol BlockFormat: Sendable {
     /// Whether the format stores compressed clusters (QEMU's block_driver_can_compress): a
     /// compressed copy is refused before its image is made.
     static var writesCompressed: Bool { get }
+
+    /// Whether an image of this format can read through to a backing file (QEMU's
+    /// supports_backing): a backing file or size taken from one is refused for the others
+    /// before anything is made.
+    static var storesBackingFile: Bool { get }
+
+    /// The options a creation with `options` makes, as qemu-img prints them after
+    /// "Formatting 'PATH', fmt=NAME ": every option the format has, given or defaulted, in
+    /// QEMU's order, so scripts that read one tool's line read the other's.
+    static func creationSummary(_ options: ImageCreateOptions) -> String
 }
 
 extension BlockFormat {
@@ -32,6 +42,13 @@ extension BlockFormat {
     }
     /// Most formats store clusters only as they read.
     public static var writesCompressed: Bool { false }
+    /// Backing files are a feature of formats with allocation maps.
+    public static var storesBackingFile: Bool { false }
+    /// What qemu-img prints for a format without options of its own (raw): the size, and the
+    /// preallocation when not off.
+    public static func creationSummary(_ options: ImageCreateOptions) -> String {
+        "size=\(options.virtualSize)" + (options.preallocation == .off ? "" : " preallocation=\(options.preallocation)")
+    }
 }
 
 /// What a format needs to open its node: the user's options and the rest of the format list,
@@ -104,6 +121,7 @@ public enum RawFormat: BlockFormat {
         guard options.backingFile == nil && options.backingFormat == nil else {
             throw BlockError(.invalidRequest, "raw images have no backing file")
         }
+        guard options.clusterSize == nil else { throw BlockError(.invalidRequest, "Invalid parameter 'cluster_size'") }
         guard options.preallocation != .metadata else { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
         let file = try createImageFile(at: path, byteCount: options.virtualSize, locking: options.locking, lease: options.lease)
         try file.preallocate(0..<options.virtualSize, options.preallocation)

@@ -9,7 +9,7 @@ struct ConvertCommand: ParsableCommand {
 
     @OptionGroup var imageOptions: ImageOptions
     @Option(name: .customShort("O"), help: "The output format: raw or qcow2.") var outputFormat = "raw"
-    @Option(help: "qcow2 output: the cluster size.") var clusterSize = ByteCount(65536)
+    @Option(help: "qcow2 output: the cluster size (default 64k).") var clusterSize: ByteCount?
     @Option(name: .customShort("t"), help: "The new image's cache mode: writeback (flushed when done: durable), none, or unsafe (never flushed, as qemu-img convert's default).")
     var outputCache = CacheMode.writeback
     @Flag(name: .customShort("c"), help: "qcow2 output: compress every cluster (deflate, readable by any QEMU).") var compress = false
@@ -44,7 +44,7 @@ struct ConvertCommand: ParsableCommand {
     /// The new image, `length` bytes of zeroes, opened read-write (with its locks) for the copy:
     /// unflushed until the conversion's one sync at the end when the copy is to be durable.
     private func createOutput(_ format: any BlockFormat.Type, _ path: String, length: Int64) throws(BlockError) -> BlockImage {
-        try format.create(at: path, options: ImageCreateOptions(virtualSize: length, clusterSize: Int(clusterSize.value),
+        try format.create(at: path, options: ImageCreateOptions(virtualSize: length, clusterSize: clusterSize.map { Int($0.value) },
                                                                  locking: imageOptions.locking, lease: imageOptions.leases.policy))
         return try BlockImage.open(path, options: OpenOptions(format: outputFormat, writable: true, locking: imageOptions.locking,
                                                               cache: outputCache == .writeback ? .unsafe : outputCache,

@@ -11,7 +11,7 @@ struct CreateCommand: ParsableCommand {
     )
 
     @Option(name: .shortAndLong, help: "raw or qcow2 (the default).") var format = "qcow2"
-    @Option(help: "qcow2 cluster size, a power of two from 512 to 2M.") var clusterSize = ByteCount(65536)
+    @Option(help: "qcow2 cluster size, a power of two from 512 to 2M (default 64k).") var clusterSize: ByteCount?
     @Option(name: .customShort("b"), help: "qcow2: the backing image, relative to the new image's folder or absolute.") var backing: String?
     @Option(name: .customShort("F"), help: "qcow2: the backing image's format (probed when not given).") var backingFormat: String?
     @Option(help: "off (sparse); metadata (qcow2: every cluster mapped, the data left sparse); falloc (blocks reserved); full (zeroes written).")
@@ -24,7 +24,9 @@ struct CreateCommand: ParsableCommand {
 
     func validate() throws {
         if size == nil && backing == nil { throw ValidationError("missing the image size") }
-        if format == "raw" && (backing != nil || backingFormat != nil) { throw ValidationError("raw images have no backing file") }
+        if let driver = BlockFormats.named(format), !driver.storesBackingFile && (backing != nil || backingFormat != nil) {
+            throw ValidationError("\(format) images have no backing file")
+        }
     }
 
     func run() throws {
@@ -32,24 +34,11 @@ struct CreateCommand: ParsableCommand {
             guard let driver = BlockFormats.named(format) else {
                 throw BlockError(.unsupported, "Unknown file format '\(format)'")
             }
-            var options = ImageCreateOptions(virtualSize: 0, backingFile: backing, preallocation: preallocation, locking: locking,
-                                             lease: leases.policy)
-            // qemu-img's line: the options the format takes, as they were given or found.
-            var line = "Formatting '\(image)', fmt=\(format)"
-            if format == "raw" {
-                if preallocation == .metadata { throw BlockError(.invalidRequest, "Unsupported preallocation mode: metadata") }
-                options.virtualSize = size!.value
-                line += " size=\(options.virtualSize)" + (preallocation == .off ? "" : " preallocation=\(preallocation)")
-            } else {
-                (options.virtualSize, options.backingFormat) = try sizeAndBackingFormat()
-                options.clusterSize = Int(clusterSize.value)
-                line += " cluster_size=\(clusterSize.value)"
-                if let backing { line += " backing_file=\(backing)" }
-                if let backingFormat = options.backingFormat { line += " backing_fmt=\(backingFormat)" }
-                if preallocation != .off { line += " preallocation=\(preallocation)" }
-                line += " size=\(options.virtualSize)"
-            }
-            print(line)
+            var options = ImageCreateOptions(virtualSize: 0, clusterSize: clusterSize.map { Int($0.value) }, backingFile: backing,
+                                             preallocation: preallocation, locking: locking, lease: leases.policy)
+            (options.virtualSize, options.backingFormat) = try sizeAndBackingFormat()
+            // qemu-img's line, then the format's refusals, as qemu-img orders them.
+            print("Formatting '\(image)', fmt=\(format) " + driver.creationSummary(options))
             try driver.create(at: image, options: options)
         } catch {
             throw report(error, json: json)

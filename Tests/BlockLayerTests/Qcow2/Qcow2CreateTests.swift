@@ -30,13 +30,60 @@ struct Qcow2CreateTests {
         try qemuIO(["-f", "qcow2", "-c", "write -P 0x5e 0 1M", base])
         let overlay = scratch.directory + "/overlay.qcow2"
         let created = try blk("create", "-b", "base.qcow2", overlay)
-        #expect(created.stdout == "Formatting '\(overlay)', fmt=qcow2 cluster_size=65536 backing_file=base.qcow2 backing_fmt=qcow2 size=16777216\n")
+        #expect(created.stdout == "Formatting '\(overlay)', fmt=qcow2 cluster_size=65536 extended_l2=off compression_type=zlib "
+                + "size=16777216 backing_file=base.qcow2 backing_fmt=qcow2 lazy_refcounts=off refcount_bits=16\n")
         let info = try run("/usr/bin/qemu-img", ["info", "--output=json", overlay])
         #expect(info.stdout.contains("\"backing-filename\": \"base.qcow2\"") && info.stdout.contains("\"backing-filename-format\": \"qcow2\""), "\(info)")
         #expect(try run("/usr/bin/qemu-img", ["check", overlay]).status == 0)
         try qemuIO(["-f", "qcow2", "-c", "read -P 0x5e 0 1M", overlay])
         let read = try blk("io", "-r", overlay, "-c", "read -P 0x5e 0 1M", "-c", "read -P 0 1M 15M")
         #expect(read.status == 0 && !read.stdout.contains("failed"), "\(read)")
+    }
+
+    /// blk's options and qemu-img's -o for the same creation.
+    struct Creation: Sendable, CustomTestStringConvertible {
+        var format: String
+        var clusterSize: String?
+        var preallocation: String?
+        var backing: Bool
+        var succeeds = true
+        var testDescription: String { "\(format) \(clusterSize ?? "") \(preallocation ?? "") \(backing ? "backed" : "")" }
+    }
+
+    @Test("the Formatting line is qemu-img's byte for byte, and refusals come after it as qemu-img's do", arguments: [
+        Creation(format: "qcow2", backing: false), Creation(format: "qcow2", clusterSize: "4k", preallocation: "falloc", backing: false),
+        Creation(format: "qcow2", clusterSize: "2M", backing: true), Creation(format: "qcow2", preallocation: "metadata", backing: true, succeeds: false),
+        Creation(format: "raw", backing: false), Creation(format: "raw", preallocation: "full", backing: false),
+        Creation(format: "raw", preallocation: "metadata", backing: false, succeeds: false),
+    ])
+    func formattingLine(_ creation: Creation) throws {
+        let base = scratch.directory + "/base.qcow2"
+        try qemuImg(["create", "-q", "-f", "qcow2", base, "16M"])
+        var ours = ["create", "-f", creation.format], qemuOptions: [String] = []
+        if let clusterSize = creation.clusterSize {
+            ours += ["--cluster-size", clusterSize]
+            qemuOptions.append("cluster_size=\(clusterSize)")
+        }
+        if let preallocation = creation.preallocation {
+            ours += ["--preallocation", preallocation]
+            qemuOptions.append("preallocation=\(preallocation)")
+        }
+        let backing = creation.backing ? ["-b", "base.qcow2", "-F", "qcow2"] : []
+        let image = scratch.directory + "/new." + creation.format
+        let theirs = try run("/usr/bin/qemu-img", ["create", "-f", creation.format] + (qemuOptions.isEmpty ? [] : ["-o", qemuOptions.joined(separator: ",")])
+                             + backing + [image, "32M"])
+        unlink(image)
+        let created = try run(blkPath, ours + backing + [image, "32M"])
+        #expect(created.stdout == theirs.stdout, "\(created)")
+        #expect((created.status == 0) == creation.succeeds && (theirs.status == 0) == creation.succeeds, "\(created) \(theirs)")
+    }
+
+    @Test("raw refuses a cluster size, as qemu-img refuses the option, and makes no file")
+    func rawClusterSize() throws {
+        let image = scratch.directory + "/new.raw"
+        let refused = try blk("create", "-f", "raw", "--cluster-size", "4k", image, "1M")
+        #expect(refused.status != 0 && refused.stderr.contains("Invalid parameter 'cluster_size'"), "\(refused)")
+        #expect(access(image, F_OK) != 0)
     }
 
     @Test("creating over a qcow2 image QEMU has open is refused, and the image is left whole")
