@@ -5,7 +5,6 @@
 // made, measured and removed before the next.
 import BlockLayer
 import Glibc
-import Qcow2
 
 package struct CompareBenchmark {
     package let directory: String
@@ -55,12 +54,7 @@ package struct CompareBenchmark {
     private func makePair(_ paths: (String, String), _ scenario: Scenario) throws(BlockError) {
         var images: [BlockImage] = []
         for path in [paths.0, paths.1] {
-            let options = ImageCreateOptions(virtualSize: imageBytes)
-            if scenario.format == "qcow2" {
-                try Qcow2Format.create(at: path, options: options)
-            } else {
-                try RawFormat.create(at: path, options: options)
-            }
+            try createBenchImage(scenario.format, at: path, ImageCreateOptions(virtualSize: imageBytes))
             images.append(try BlockImage.open(path, options: OpenOptions(format: scenario.format, writable: true)))
         }
         let chunkBytes: Int64 = 1 << 20

@@ -71,7 +71,7 @@ package struct ConvertBenchmark {
 
     /// Every other MiB written with words drawn from a small vocabulary, the rest left zero.
     private func makeSource() throws(BlockError) {
-        try RawFormat.create(at: source, options: ImageCreateOptions(virtualSize: sourceBytes))
+        try createBenchImage("raw", at: source, ImageCreateOptions(virtualSize: sourceBytes))
         let image = try BlockImage.open(source, options: OpenOptions(format: "raw", writable: true))
         let words = ["block", "layer", "qcow2", "cluster", "refcount", "snapshot", "guest", "kernel", "lock", "image", "\n", " "]
         var generator = SplitMix(seed: 0x5eed)

@@ -68,10 +68,7 @@ package struct IOBenchmarkPlan: Sendable {
     /// cores from whichever run it happens to meet.
     func refresh() throws(BlockError) {
         if let freshBytes {
-            guard let driver = BlockFormats.named(format ?? "raw") else {
-                throw BlockError(.unsupported, "Unknown file format '\(format ?? "raw")'")
-            }
-            try driver.create(at: image, options: ImageCreateOptions(virtualSize: freshBytes))
+            try createBenchImage(format ?? "raw", at: image, ImageCreateOptions(virtualSize: freshBytes))
         }
         sync()
     }

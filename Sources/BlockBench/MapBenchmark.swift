@@ -5,7 +5,6 @@
 // every L2 table. Both formats are measured; their outputs must be the same.
 import BlockLayer
 import Glibc
-import Qcow2
 
 package struct MapBenchmark {
     package let directory: String
@@ -40,7 +39,7 @@ package struct MapBenchmark {
 
     private func makeImage() throws(BlockError) {
         let clusterBytes: Int64 = 65536
-        try Qcow2Format.create(at: image, options: ImageCreateOptions(virtualSize: virtualBytes, clusterSize: Int(clusterBytes)))
+        try createBenchImage("qcow2", at: image, ImageCreateOptions(virtualSize: virtualBytes, clusterSize: Int(clusterBytes)))
         let opened = try BlockImage.open(image, options: OpenOptions(format: "qcow2", writable: true))
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(clusterBytes), alignment: 4096)
         defer { block.deallocate() }

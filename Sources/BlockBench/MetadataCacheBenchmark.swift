@@ -36,7 +36,7 @@ package struct MetadataCacheBenchmark {
         defer { unlink(path) }
         let clusterSize = 4096
         let tableSpan: Int64 = Int64(clusterSize / 8 * clusterSize) // guest bytes one L2 table maps
-        try Qcow2Format.create(at: path, options: ImageCreateOptions(virtualSize: virtualBytes, clusterSize: clusterSize))
+        try createBenchImage("qcow2", at: path, ImageCreateOptions(virtualSize: virtualBytes, clusterSize: clusterSize))
         let image = try BlockImage.open(path, options: OpenOptions(format: "qcow2", writable: true, metadataCacheBytes: cacheBytes))
         let writes = max(4, Int(virtualBytes / tableSpan))
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)

@@ -58,11 +58,7 @@ package struct StateBenchmark {
             let path = prefix + "-\(scenario.format)-\(scenario.encrypted).img"
             let storeKey = "\(scenario.format)-\(scenario.encrypted)"
             if stores[storeKey] != nil { continue }
-            if scenario.format == "qcow2" {
-                try Qcow2Format.create(at: path, options: ImageCreateOptions(virtualSize: 16 << 20))
-            } else {
-                try RawFormat.create(at: path, options: ImageCreateOptions(virtualSize: 16 << 20))
-            }
+            try createBenchImage(scenario.format, at: path, ImageCreateOptions(virtualSize: 16 << 20))
             stores[storeKey] = try StateStore.open(path, role: .writer, credential: scenario.encrypted ? key : nil,
                                                    options: .init(format: scenario.format))
         }
