@@ -49,7 +49,7 @@ public struct LockRecord: Sendable, Hashable {
 
     /// Parses the text after "lock:\t" in fdinfo, or a whole /proc/locks line.
     public init?(line: Substring) {
-        var fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })[...]
+        var fields = line.byteFields[...]
         guard let id = fields.popFirst(), id.hasSuffix(":") else { return nil }
         isWaiting = fields.first == "->"
         if isWaiting { fields.removeFirst() }
@@ -63,7 +63,7 @@ public struct LockRecord: Sendable, Hashable {
         }
         guard let pid = Int32(columns[3]) else { return nil }
         reportedPID = pid
-        let device = columns[4].split(separator: ":")
+        let device = columns[4].splitBytes { $0 == UInt8(ascii: ":") }
         guard device.count == 3, let major = UInt32(device[0], radix: 16), let minor = UInt32(device[1], radix: 16),
               let inode = UInt64(device[2]) else { return nil }
         file = FileIdentity(deviceMajor: major, deviceMinor: minor, inode: inode)
@@ -91,7 +91,7 @@ public struct LockRecord: Sendable, Hashable {
 extension LockRecord {
     /// The lock records of `file` in a /proc/locks or fdinfo text; fdinfo lines start "lock:".
     static func records(in text: String, on file: FileIdentity) -> [LockRecord] {
-        text.split(separator: "\n").compactMap { line in
+        Substring(text).byteLines.compactMap { line in
             let body = line.hasPrefix("lock:") ? line.dropFirst(5) : line
             guard let record = LockRecord(line: body), record.file == file else { return nil }
             return record

@@ -28,16 +28,16 @@ public struct MountInfo: Sendable, Hashable {
 
     /// Every well-formed line of a mountinfo text; others are skipped.
     public static func parse(_ text: String) -> [MountInfo] {
-        text.split(separator: "\n").compactMap(parseLine)
+        Substring(text).byteLines.compactMap(parseLine)
     }
 
     // 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
     // (1)(2)(3)  (4)   (5)   (6)       (7…)     (8)(9)   (10)      (11)
     private static func parseLine(_ line: Substring) -> MountInfo? {
-        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        let fields = line.splitBytes { $0 == UInt8(ascii: " ") }
         guard let separator = fields.firstIndex(of: "-"), separator >= 6, fields.count >= separator + 3,
               let mountID = Int(fields[0]) else { return nil }
-        let device = fields[2].split(separator: ":")
+        let device = fields[2].splitBytes { $0 == UInt8(ascii: ":") }
         guard device.count == 2, let major = UInt32(device[0]), let minor = UInt32(device[1]) else { return nil }
         return MountInfo(mountID: mountID, deviceMajor: major, deviceMinor: minor, mountPoint: unescape(fields[4]),
                          fileSystemType: String(fields[separator + 1]), source: unescape(fields[separator + 2]),
@@ -63,12 +63,12 @@ public struct MountInfo: Sendable, Hashable {
     /// The mount a descriptor's file lives on, found by the mount id in its fdinfo.
     public static func of(_ descriptor: FileDescriptor) -> MountInfo? {
         guard let fdinfo = readProcFile("/proc/self/fdinfo/\(descriptor.rawValue)"),
-              let mountLine = fdinfo.split(separator: "\n").first(where: { $0.hasPrefix("mnt_id:") }),
-              let mountID = mountLine.split(whereSeparator: { $0 == "\t" || $0 == " " }).last.flatMap({ Int($0) }),
+              let mountLine = Substring(fdinfo).byteLines.first(where: { $0.hasPrefix("mnt_id:") }),
+              let mountID = mountLine.byteFields.last.flatMap({ Int($0) }),
               let mountinfo = readProcFile("/proc/self/mountinfo") else { return nil }
         // Only the one line is parsed: a container host's table runs to thousands of mounts.
         let prefix = "\(mountID) "
-        return mountinfo.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap(parseLine)
+        return Substring(mountinfo).byteLines.first { $0.hasPrefix(prefix) }.flatMap(parseLine)
     }
 
     /// Kernel NFS clients are the one file system whose locks may or may not reach other hosts.
