@@ -3,11 +3,26 @@ import ArgumentParser
 import BlockLayer
 import BlockLocking
 
-extension LockingMode: ExpressibleByArgument {}
-extension CacheMode: ExpressibleByArgument {}
+// ArgumentParser's own allValueStrings and allValueDescriptions reach an enum's values through
+// key paths and unspecialised generics: four lookups in the Swift runtime's conformance tables,
+// each a scan of all of them, at every start of a command that opens an image. The same
+// strings, said directly (no value has a description other than its name):
+extension LockingMode: ExpressibleByArgument {
+    /// The values help lists, in declaration order.
+    public static var allValueStrings: [String] { allCases.map { $0.rawValue } }
+    /// None: each value's description is its name.
+    public static var allValueDescriptions: [String: String] { [:] }
+}
+extension CacheMode: ExpressibleByArgument {
+    /// The values help lists, in declaration order.
+    public static var allValueStrings: [String] { allCases.map { $0.rawValue } }
+    /// None: each value's description is its name.
+    public static var allValueDescriptions: [String: String] { [:] }
+}
 extension Preallocation: ExpressibleByArgument {}
 
 extension FaultRule: ExpressibleByArgument {
+    /// A rule in --inject-fault's syntax; nil (a usage error) for anything else.
     public init?(argument: String) { self.init(parsing: argument) }
 }
 
