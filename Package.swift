@@ -103,6 +103,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            // The Swift runtime, Foundation and Dispatch linked in: loading and binding their
+            // shared libraries was a third of a short command's start-up (README, Start-up).
+            // FoundationEssentials' static archive does not name the two it needs.
+            linkerSettings: [
+                .unsafeFlags(["-static-stdlib"], .when(configuration: .release)),
+                .linkedLibrary("_FoundationCollections", .when(configuration: .release)),
+                .linkedLibrary("_FoundationCShims", .when(configuration: .release)),
             ]
         ),
         // A process that takes locks on command, so tests can put holders and waiters in
