@@ -4,7 +4,8 @@
 // the CLinuxLocking and CSanlock shims) → BlockGraph (the node graph, file and raw drivers) →
 // Qcow2 (with zlib) → BlockLayer (the front door: re-exports both, the format registry, opening
 // with every format) → DeviceState (with the CChecksum shim and swift-crypto) → BlockBench (the
-// benchmarks, each beside its baseline) → blk (CLI: parsing, printing and exit codes).
+// benchmarks, each beside its baseline) → blk (CLI: parsing, printing and exit codes); NBD (the
+// wire protocol, swift-nio).
 import PackageDescription
 
 let package = Package(
@@ -19,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
         // `swift package generate-documentation` (README): the DocC catalogs in Sources/*/*.docc.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
+        // `blk serve`: the NBD server's networking.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
     ],
     targets: [
         .target(name: "CLinuxIO"),
@@ -89,6 +92,9 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // The NBD wire protocol (docs/serve.md): handshake, options, requests and replies as bytes,
+        // apart from any block layer so it can be fuzzed and reused.
+        .target(name: "NBD", dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
         // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
         .target(name: "BlockIOScript", dependencies: ["BlockLocking"]),
         .executableTarget(
