@@ -4,8 +4,8 @@
 // the CLinuxLocking and CSanlock shims) → BlockGraph (the node graph, file and raw drivers) →
 // Qcow2 (with zlib) → BlockLayer (the front door: re-exports both, the format registry, opening
 // with every format) → DeviceState (with the CChecksum shim and swift-crypto) → BlockBench (the
-// benchmarks, each beside its baseline) → blk (CLI: parsing, printing and exit codes); NBD (the
-// wire protocol, swift-nio).
+// benchmarks, each beside its baseline); NBD (the wire protocol, swift-nio) → BlockServe (the NBD
+// server over BlockLayer) → blk (CLI: parsing, printing and exit codes).
 import PackageDescription
 
 let package = Package(
@@ -20,8 +20,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
         // `swift package generate-documentation` (README): the DocC catalogs in Sources/*/*.docc.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
-        // `blk serve`: the NBD server's networking.
+        // `blk serve`: the NBD server's networking and its diagnostics.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
     ],
     targets: [
         .target(name: "CLinuxIO"),
@@ -95,6 +96,18 @@ let package = Package(
         // The NBD wire protocol (docs/serve.md): handshake, options, requests and replies as bytes,
         // apart from any block layer so it can be fuzzed and reused.
         .target(name: "NBD", dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
+        // `blk serve`: images exported over NBD, block I/O on threads of its own.
+        .target(
+            name: "BlockServe",
+            dependencies: [
+                "NBD",
+                "BlockLayer",
+                "BlockLocking",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
         .target(name: "BlockIOScript", dependencies: ["BlockLocking"]),
         .executableTarget(
@@ -103,12 +116,14 @@ let package = Package(
                 "BlockBench",
                 "BlockIOScript",
                 "BlockLayer",
+                "BlockServe",
                 "DeviceState",
                 "BlockLocking",
                 "Posix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             // The Swift runtime, Foundation and Dispatch linked in: loading and binding their
             // shared libraries was a third of a short command's start-up (README, Start-up).

@@ -1,0 +1,128 @@
+// ExportCommands: how transmission requests map onto BlockImage calls, and the checks before
+// them. Blocking: the caller runs it on a thread of its own, never on an event loop. The whole
+// reply is made before any of it is sent, so a failure half way still gets a well-formed reply.
+//
+// Checks, in the spec's terms: an unknown command or a flag not valid for the command (or not
+// advertised: DF, FAST_ZERO) is EINVAL; a write, trim or write-zeroes on a read-only export is
+// EPERM; a range past the end is ENOSPC for writes and write-zeroes, EINVAL for the rest; a read
+// over the maximum payload is EOVERFLOW with structured replies (EINVAL without); a range not a
+// multiple of the minimum block size is EINVAL.
+import BlockLayer
+import NBD
+import NIOCore
+
+extension NBDExport {
+    /// The reply to `request` (any command but NBD_CMD_DISC) under `session`'s terms.
+    public func reply(to request: NBDRequest, in session: NBDSession, allocator: ByteBufferAllocator) -> ByteBuffer {
+        do throws(NBDCommandFailure) {
+            let range = try checkedRange(of: request, in: session)
+            switch request.command {
+            case .read:
+                return try read(range, cookie: request.cookie, structured: session.structuredReplies, allocator: allocator)
+            case .blockStatus:
+                return try blockStatus(range, contexts: session.metaContexts, onlyOne: request.flags.contains(.requestOne),
+                                       cookie: request.cookie, allocator: allocator)
+            default:
+                try perform(request, range)
+                var reply = allocator.buffer(capacity: ByteBuffer.nbdSimpleReplyHeaderSize)
+                reply.writeSimpleReply(cookie: request.cookie, error: nil)
+                return reply
+            }
+        } catch {
+            var reply = allocator.buffer(capacity: 64 + error.message.utf8.count)
+            // Structured replies carry the message; reads and block status must use them once
+            // negotiated, the other commands may answer simply.
+            if session.structuredReplies && (request.command == .read || request.command == .blockStatus) {
+                reply.writeErrorChunk(cookie: request.cookie, error: error.code, message: error.message)
+            } else {
+                reply.writeSimpleReply(cookie: request.cookie, error: error.code)
+            }
+            return reply
+        }
+    }
+
+    /// The flags valid for each command this export serves.
+    private static let validFlags: [NBDCommand: NBDCommandFlags] = [
+        .read: [.fua], .write: [.fua], .flush: [.fua], .trim: [.fua], .cache: [.fua],
+        .writeZeroes: [.fua, .noHole], .blockStatus: [.fua, .requestOne],
+    ]
+
+    /// The request's range, once the command, its flags, the export's access and the range
+    /// itself are checked.
+    private func checkedRange(of request: NBDRequest, in session: NBDSession) throws(NBDCommandFailure) -> Range<Int64> {
+        guard let valid = Self.validFlags[request.command] else {
+            throw NBDCommandFailure(.invalid, "unknown command \(request.command.rawValue)")
+        }
+        guard valid.isSuperset(of: request.flags) else {
+            throw NBDCommandFailure(.invalid, "flags 0x\(String(request.flags.rawValue, radix: 16)) are not valid for \(request.command)")
+        }
+        let writes = request.command == .write || request.command == .trim || request.command == .writeZeroes
+        if writes && isReadOnly { throw NBDCommandFailure(.permission, "the export is read-only") }
+        if request.command == .flush { return 0..<0 }
+        if request.command == .blockStatus {
+            guard !session.metaContexts.isEmpty else { throw NBDCommandFailure(.invalid, "no metadata context was selected") }
+            guard request.length > 0 else { throw NBDCommandFailure(.invalid, "block status of an empty range") }
+        }
+        let size: UInt64
+        do { size = try self.size() } catch { throw NBDCommandFailure(error) }
+        let (end, overflow) = request.offset.addingReportingOverflow(UInt64(request.length))
+        guard !overflow, end <= size else {
+            let code: NBDErrorCode = request.command == .write || request.command == .writeZeroes ? .noSpace : .invalid
+            throw NBDCommandFailure(code, "\(request.length) bytes at offset \(request.offset) reach past the end of the export (\(size) bytes)")
+        }
+        guard request.offset % UInt64(minimumBlockSize) == 0, request.length % minimumBlockSize == 0 else {
+            throw NBDCommandFailure(.invalid, "offset and length must be multiples of \(minimumBlockSize)")
+        }
+        if request.command == .read && request.length > maximumPayload {
+            throw NBDCommandFailure(session.structuredReplies ? .overflow : .invalid,
+                                    "a read of \(request.length) bytes, over the maximum of \(maximumPayload)")
+        }
+        // Both ends are within a size that fits Int64.
+        return Int64(request.offset)..<Int64(end)
+    }
+
+    /// The commands whose reply is only a status: write, flush, trim, write-zeroes, cache.
+    private func perform(_ request: NBDRequest, _ range: Range<Int64>) throws(NBDCommandFailure) {
+        do throws(BlockError) {
+            switch request.command {
+            case .write:
+                var failure: BlockError?
+                request.payload.withUnsafeReadableBytes { bytes in
+                    do throws(BlockError) { try image.write(at: range.lowerBound, from: bytes) } catch { failure = error }
+                }
+                if let failure { throw failure }
+            case .flush:
+                try image.flush()
+            case .trim:
+                // What a trimmed range reads is unspecified: zeroes, deallocated where possible.
+                if !range.isEmpty { try image.writeZeroes(at: range.lowerBound, byteCount: Int64(range.count), mayUnmap: true) }
+            case .writeZeroes:
+                if !range.isEmpty {
+                    try image.writeZeroes(at: range.lowerBound, byteCount: Int64(range.count), mayUnmap: !request.flags.contains(.noHole))
+                }
+            case .cache:
+                try prefetch(range)
+            default:
+                preconditionFailure("\(request.command) has a reply of its own")
+            }
+            if request.flags.contains(.fua) && request.command != .flush && request.command != .cache { try image.flush() }
+        } catch {
+            throw NBDCommandFailure(error)
+        }
+    }
+
+    /// NBD_CMD_CACHE: reads the range, a piece at a time, so that the page cache and the
+    /// format's metadata cache hold it; the bytes go nowhere.
+    private func prefetch(_ range: Range<Int64>) throws(BlockError) {
+        let piece = Int(min(Int64(1 << 20), Int64(range.count)))
+        guard piece > 0 else { return }
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 4096)
+        defer { scratch.deallocate() }
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let count = Int(min(Int64(piece), range.upperBound - offset))
+            try image.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<count]))
+            offset += Int64(count)
+        }
+    }
+}

@@ -1,0 +1,129 @@
+// ExportReads: the replies that carry the image's contents or its map — NBD_CMD_READ (a simple
+// reply with the data, or structured chunks: data where the image has data, holes where block
+// status says the range reads as zeroes, so zeroes never cross the wire) and
+// NBD_CMD_BLOCK_STATUS (one chunk of descriptors per selected metadata context).
+import BlockLayer
+import NBD
+import NIOCore
+
+extension NBDExport {
+    /// The most descriptors one block status chunk carries (the spec asks for at most 2^20).
+    static let maximumDescriptors = 1 << 16
+
+    /// NBD_CMD_READ of `range`, whose length the caller checked against `maximumPayload`.
+    func read(_ range: Range<Int64>, cookie: UInt64, structured: Bool, allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ByteBuffer {
+        do throws(BlockError) {
+            guard structured else {
+                var reply = allocator.buffer(capacity: ByteBuffer.nbdSimpleReplyHeaderSize + range.count)
+                reply.writeSimpleReply(cookie: cookie, error: nil)
+                try readImage(range.lowerBound, count: range.count, into: &reply)
+                return reply
+            }
+            var reply = allocator.buffer(capacity: range.count + 64)
+            var lastChunk: Int?
+            for run in try statusRuns(range, key: \.isZero) {
+                lastChunk = reply.writerIndex
+                if run.key {
+                    reply.writeHoleChunk(cookie: cookie, offset: UInt64(run.range.lowerBound), length: UInt32(run.range.count))
+                } else {
+                    reply.writeChunkHeader(cookie: cookie, type: .offsetData, flags: [], length: 8 + run.range.count)
+                    reply.writeInteger(UInt64(run.range.lowerBound))
+                    try readImage(run.range.lowerBound, count: run.range.count, into: &reply)
+                }
+            }
+            // Every byte is read before anything is sent, so the last content chunk may end the
+            // reply: no error can follow it.
+            if let lastChunk {
+                reply.setInteger(NBDReplyFlags.done.rawValue, at: lastChunk + 4)
+            } else {
+                reply.writeDoneChunk(cookie: cookie)
+            }
+            return reply
+        } catch {
+            throw NBDCommandFailure(error)
+        }
+    }
+
+    /// The range cut into runs by block status, neighbours with the same `key` merged, at most
+    /// `maximumRuns` of them (the last may end before the range does). A format that cannot
+    /// tell gives one run of allocated data, which is always true.
+    private func statusRuns<Key: Equatable>(_ range: Range<Int64>, maximumRuns: Int = .max,
+                                            key: (BlockStatus) -> Key) throws(BlockError) -> [(range: Range<Int64>, key: Key)] {
+        var runs: [(range: Range<Int64>, key: Key)] = []
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let status: BlockStatus
+            do {
+                status = try image.blockStatus(at: offset, byteCount: range.upperBound - offset)
+            } catch where error.code == .notSupportedByFormat {
+                status = BlockStatus(byteCount: range.upperBound - offset, isData: true, isZero: false, isAllocated: true)
+            }
+            let end = offset + status.byteCount
+            let value = key(status)
+            if let last = runs.last, last.key == value {
+                runs[runs.count - 1].range = last.range.lowerBound..<end
+            } else if runs.count == maximumRuns {
+                break
+            } else {
+                runs.append((offset..<end, value))
+            }
+            offset = end
+        }
+        return runs
+    }
+
+    /// Appends `count` bytes of the image at `offset` to `buffer`, read straight into it.
+    private func readImage(_ offset: Int64, count: Int, into buffer: inout ByteBuffer) throws(BlockError) {
+        guard count > 0 else { return }
+        var failure: BlockError?
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { space in
+            do throws(BlockError) {
+                try image.read(at: offset, into: UnsafeMutableRawBufferPointer(rebasing: space[0..<count]))
+                return count
+            } catch {
+                failure = error
+                return 0
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// NBD_CMD_BLOCK_STATUS of `range`: for each context one chunk, its descriptors merged where
+    /// the status stays the same; with `onlyOne`, a single descriptor per context.
+    func blockStatus(_ range: Range<Int64>, contexts: [NBDMetaContext], onlyOne: Bool, cookie: UInt64,
+                     allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ByteBuffer {
+        var reply = allocator.buffer(capacity: 64 * contexts.count)
+        for (index, context) in contexts.enumerated() {
+            let descriptors: [(range: Range<Int64>, key: UInt32)]
+            do {
+                descriptors = try statusRuns(range, maximumRuns: onlyOne ? 1 : Self.maximumDescriptors) { context.value(of: $0) }
+            } catch {
+                throw NBDCommandFailure(error)
+            }
+            reply.writeChunkHeader(cookie: cookie, type: .blockStatus, flags: index == contexts.count - 1 ? .done : [],
+                                   length: 4 + 8 * descriptors.count)
+            reply.writeInteger(context.id)
+            for descriptor in descriptors {
+                // At most the request's 32-bit length.
+                reply.writeInteger(UInt32(descriptor.range.count))
+                reply.writeInteger(descriptor.key)
+            }
+        }
+        return reply
+    }
+}
+
+extension NBDMetaContext {
+    /// The status of a run in this context.
+    func value(of status: BlockStatus) -> UInt32 {
+        switch self {
+        case .baseAllocation:
+            var flags: NBDAllocationStatus = []
+            if !status.isData { flags.insert(.hole) }
+            if status.isZero { flags.insert(.zero) }
+            return flags.rawValue
+        case .allocationDepth:
+            return status.isAllocated ? UInt32(clamping: status.depth + 1) : 0
+        }
+    }
+}

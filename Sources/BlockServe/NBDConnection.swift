@@ -1,0 +1,105 @@
+// NBDConnection: one client from greeting to close. Negotiation runs option by option on the
+// connection's task; in transmission each request's block I/O goes to the block layer's thread
+// pool (BlockingThreadPool: never the event loop, never the concurrency pool), and its reply is
+// written as soon as it is ready, so replies may come out of order, as NBD allows.
+//
+// Backpressure: at most `maximumInFlight` requests are under way; at the limit the connection
+// stops taking requests from the channel, whose inbound buffer then fills and stops reading
+// from the socket (NIOAsyncChannel's watermarks), until one completes.
+//
+// Ending: NBD_CMD_DISC, the client's EOF, a framing error or the server's shutdown (which
+// closes the channel's input) stop the reading; the requests under way still complete and are
+// answered where the client is still there: a client that vanished leaves the image as every
+// completed write made it, and no request torn.
+import BlockLocking
+import Logging
+import NBD
+import NIOCore
+
+/// One client connection.
+struct NBDConnection {
+    let exports: [NBDExport]
+    let maximumInFlight: Int
+    let logger: Logger
+
+    /// Serves `channel` until it ends.
+    func run(_ channel: NIOAsyncChannel<NBDClientMessage, ByteBuffer>) async {
+        let allocator = channel.channel.allocator
+        do {
+            try await channel.executeThenClose { inbound, outbound in
+                var messages = inbound.makeAsyncIterator()
+                try await outbound.write(NBDHandshake.greeting(allocator: allocator))
+                guard let session = try await negotiate(&messages, outbound, allocator) else { return }
+                logger.info("transmission", metadata: ["export": "\(session.export.name)", "structured": "\(session.structuredReplies)"])
+                await transmit(session, &messages, outbound, allocator)
+            }
+        } catch {
+            logger.info("connection ended", metadata: ["reason": "\(error)"])
+        }
+    }
+
+    /// Option haggling until transmission (the session) or the end of the connection (nil).
+    private func negotiate(_ messages: inout NIOAsyncChannelInboundStream<NBDClientMessage>.AsyncIterator,
+                           _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+                           _ allocator: ByteBufferAllocator) async throws -> NBDSession? {
+        var negotiation = NBDNegotiation(exports: exports, allocator: allocator)
+        var sawFlags = false
+        while let message = try await messages.next() {
+            let outcome: NBDNegotiation.Outcome
+            switch message {
+            case .clientFlags(let flags):
+                outcome = negotiation.receive(flags)
+                sawFlags = true
+            case .option(let option) where sawFlags:
+                logger.debug("option", metadata: ["option": "\(option.option)", "length": "\(option.data.readableBytes)"])
+                let step = negotiation.receive(option)
+                try await outbound.write(step.replies)
+                outcome = step.outcome
+            case .option, .request:
+                outcome = .close("a transmission request during negotiation")
+            }
+            switch outcome {
+            case .negotiating: continue
+            case .transmission(let session): return session
+            case .close(let reason):
+                logger.info("negotiation ended", metadata: ["reason": "\(reason)"])
+                return nil
+            }
+        }
+        return nil
+    }
+
+    /// Requests until the client disconnects or the input ends, then the rest of those under way.
+    private func transmit(_ session: NBDSession,
+                          _ messages: inout NIOAsyncChannelInboundStream<NBDClientMessage>.AsyncIterator,
+                          _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+                          _ allocator: ByteBufferAllocator) async {
+        await withTaskGroup(of: Void.self) { requests in
+            // Started and not yet reaped: at least the number under way.
+            var started = 0
+            do {
+                while let message = try await messages.next() {
+                    guard case .request(let request) = message else {
+                        logger.info("connection ended", metadata: ["reason": "an option during transmission"])
+                        return
+                    }
+                    if request.command == .disconnect { return }
+                    if started == maximumInFlight {
+                        await requests.next()
+                        started -= 1
+                    }
+                    started += 1
+                    let export = session.export
+                    requests.addTask {
+                        let reply = await BlockingThreadPool.shared.run { export.reply(to: request, in: session, allocator: allocator) }
+                        // A client gone leaves nobody to answer; the request itself has completed.
+                        try? await outbound.write(reply)
+                    }
+                }
+            } catch {
+                logger.info("connection ended", metadata: ["reason": "\(error)"])
+            }
+            // Leaving the group waits for every request under way.
+        }
+    }
+}

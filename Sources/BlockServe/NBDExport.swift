@@ -1,0 +1,53 @@
+// NBDExport: one image served under a name — what negotiation tells a client about it (size,
+// transmission flags, block sizes, metadata contexts). The commands are in ExportCommands.swift.
+import BlockLayer
+import NBD
+
+/// An open image served under a name.
+public final class NBDExport: Sendable {
+    /// The name clients ask for; empty for the default export.
+    public let name: String
+    /// The image every connection to this export shares.
+    public let image: BlockImage
+    /// The least a request's offset and length must be multiples of.
+    public let minimumBlockSize: UInt32
+    /// The size requests are efficient at: the format's cluster, or 4 KiB.
+    public let preferredBlockSize: UInt32
+    /// The most one request carries: payload of a write, data of a read.
+    public let maximumPayload: UInt32
+
+    /// The largest payload this server takes in one request, 32 MiB: the size the spec asks
+    /// every peer to accept without calling it a denial of service.
+    public static let payloadLimit: UInt32 = 32 << 20
+
+    /// An export of `image` named `name`. The block sizes come from the image: a minimum of 512
+    /// when it bypasses the page cache (O_DIRECT), else 1; the qcow2 cluster size preferred.
+    public init(name: String, image: BlockImage) {
+        self.name = name
+        self.image = image
+        minimumBlockSize = image.options.cache == .none ? 512 : 1
+        let cluster = (try? image.compressedClusterSize()).map(UInt32.init) ?? 4096
+        preferredBlockSize = max(4096, cluster)
+        maximumPayload = Self.payloadLimit
+    }
+
+    /// Whether writes are refused.
+    public var isReadOnly: Bool { !image.isWritable }
+
+    /// The transmission flags: what this export does, and nothing else. Not advertised: DF (reads
+    /// are sent as data and hole chunks), FAST_ZERO (the block layer cannot tell beforehand
+    /// whether zeroing a range is fast), ROTATIONAL, RESIZE.
+    ///
+    /// CAN_MULTI_CONN: every connection to the export shares this one `image`, so they see one
+    /// another's writes at once, and a flush goes to `BlockImage.flush()`, which writes back the
+    /// format's metadata cached for all of them and then fdatasyncs the whole file: a flush
+    /// on any connection makes every connection's completed writes durable, as the flag promises.
+    public var transmissionFlags: NBDTransmissionFlags {
+        var flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .sendCache, .canMultiConn]
+        if isReadOnly { flags.insert(.readOnly) }
+        return flags
+    }
+
+    /// The export's size in bytes.
+    public func size() throws(BlockError) -> UInt64 { UInt64(try image.length()) }
+}

@@ -1,0 +1,151 @@
+// NBDServer: the listening socket and its connections — swift-nio's ServerBootstrap, each
+// connection's bytes framed by NBDMessageDecoder and served by an NBDConnection.
+//
+// Connection limit (--shared N): a connection beyond N is closed before the greeting.
+// Lifetime: `run` returns once the server has stopped and every connection has ended; it stops
+// on `shutdown()` (SIGTERM, SIGINT), and, unless persistent, when the last client leaves (as
+// qemu-nbd without --persistent). Stopping closes the listening socket and the input of every
+// connection: requests under way complete and are answered, then the connections close. The
+// caller then flushes and closes the images.
+import BlockLayer
+import Logging
+import NBD
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// An NBD server over open images.
+public final class NBDServer: Sendable {
+    /// The exports, each name once.
+    public let exports: [NBDExport]
+    /// Where to listen.
+    public let address: NBDListenAddress
+    /// The most connections at once.
+    public let connectionLimit: Int
+    /// Keep serving after the last client leaves.
+    public let persistent: Bool
+    /// The most requests under way on one connection.
+    public let maximumInFlight: Int
+    private let logger: Logger
+
+    private struct State {
+        var listener: Channel?
+        var connections: [ObjectIdentifier: Channel] = [:]
+        var stopping = false
+    }
+    private let state = Mutex(State())
+
+    /// A server of `exports` (their names distinct) at `address`.
+    public init(exports: [NBDExport], address: NBDListenAddress, connectionLimit: Int = 1, persistent: Bool = false,
+                maximumInFlight: Int = 16, logger: Logger) throws(BlockError) {
+        guard Set(exports.map(\.name)).count == exports.count else {
+            throw BlockError(.invalidRequest, "two exports have the same name")
+        }
+        guard connectionLimit >= 1, maximumInFlight >= 1 else {
+            throw BlockError(.invalidRequest, "the connection limit and the requests in flight must be at least 1")
+        }
+        self.exports = exports
+        self.address = address
+        self.connectionLimit = connectionLimit
+        self.persistent = persistent
+        self.maximumInFlight = maximumInFlight
+        self.logger = logger
+    }
+
+    /// Binds, calls `listening` with where (the real port when 0 was asked), serves until
+    /// stopped, and returns when every connection has ended. A Unix socket path that exists is
+    /// refused (`conflict`) and never replaced; the socket made is removed on return.
+    public func run(listening: @Sendable (String) -> Void) async throws(BlockError) {
+        let decoder = NBDMessageDecoder(maximumOptionLength: 64 << 10, maximumPayload: Int(NBDExport.payloadLimit))
+        let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
+        let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<NBDClientMessage, ByteBuffer>> = { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumFrameSize))
+                return try NIOAsyncChannel(wrappingChannelSynchronously: channel)
+            }
+        }
+        var socketFile: OwnedSocketPath?
+        let listener: NIOAsyncChannel<NIOAsyncChannel<NBDClientMessage, ByteBuffer>, Never>
+        do {
+            switch address {
+            case .unix(let path):
+                try OwnedSocketPath.checkFree(path)
+                listener = try await OwnedSocketPath.bindingOwnerOnly {
+                    try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false, childChannelInitializer: initializer)
+                }
+                socketFile = try OwnedSocketPath(boundAt: path)
+            case .tcp(let host, let port):
+                listener = try await bootstrap.bind(host: host, port: port, childChannelInitializer: initializer)
+            }
+        } catch let error as BlockError {
+            throw error
+        } catch {
+            throw BlockError(.ioError, "Could not listen on \(address): \(error)")
+        }
+        defer { socketFile?.removeIfOurs() }
+        let stoppedEarly = state.withLock { state in
+            state.listener = listener.channel
+            return state.stopping
+        }
+        if stoppedEarly { listener.channel.close(promise: nil) }
+        listening(listenedAddress(listener.channel))
+
+        do {
+            try await withThrowingDiscardingTaskGroup { group in
+                try await listener.executeThenClose { connections in
+                    for try await connection in connections {
+                        guard admit(connection.channel) else {
+                            logger.notice("connection refused: the limit of \(connectionLimit) is reached, or the server is stopping")
+                            connection.channel.close(promise: nil)
+                            continue
+                        }
+                        group.addTask { [self] in
+                            await NBDConnection(exports: exports, maximumInFlight: maximumInFlight, logger: logger).run(connection)
+                            leave(connection.channel)
+                        }
+                    }
+                }
+            }
+        } catch {
+            throw BlockError(.ioError, "The server on \(address) failed: \(error)")
+        }
+    }
+
+    /// Stops accepting, ends every connection's input and lets the requests under way finish;
+    /// `run` then returns. Safe from any thread, and more than once.
+    public func shutdown() {
+        let (listener, connections) = state.withLock { state in
+            state.stopping = true
+            return (state.listener, Array(state.connections.values))
+        }
+        listener?.close(promise: nil)
+        for connection in connections { connection.close(mode: .input, promise: nil) }
+    }
+
+    private func admit(_ channel: Channel) -> Bool {
+        state.withLock { state in
+            guard !state.stopping, state.connections.count < connectionLimit else { return false }
+            state.connections[ObjectIdentifier(channel)] = channel
+            return true
+        }
+    }
+
+    private func leave(_ channel: Channel) {
+        let last = state.withLock { state in
+            state.connections[ObjectIdentifier(channel)] = nil
+            return state.connections.isEmpty
+        }
+        if last && !persistent {
+            logger.info("the last client left: stopping (no --persistent)")
+            shutdown()
+        }
+    }
+
+    private func listenedAddress(_ channel: Channel) -> String {
+        guard case .tcp(let host, _) = address, let port = channel.localAddress?.port else { return address.description }
+        return NBDListenAddress.tcp(host: host, port: port).description
+    }
+}
