@@ -1,0 +1,119 @@
+// `blk serve` against hostile local users and clients: a file or symlink planted at the socket
+// path, the socket's mode, garbage and oversized lengths in the handshake and in requests, and
+// a client that vanishes in the middle of a write. The server survives each, serves the next
+// client, and leaves the image as its tools expect.
+import Foundation
+import Glibc
+import Testing
+
+@Suite("blk serve: hostile paths and clients")
+struct ServeSafetyTests {
+    let scratch: Scratch
+
+    init() throws { scratch = try Scratch() }
+
+    @Test("a file or symlink already at the socket path is refused and left alone")
+    func plantedSocketPath() throws {
+        let image = try scratch.rawImage(bytes: 1 << 20)
+        let victim = scratch.directory + "/victim"
+        try scratch.write(victim, Data("precious".utf8))
+        let socket = scratch.directory + "/nbd.sock"
+        for planted in ["file", "symlink"] {
+            if planted == "file" { try scratch.write(socket, Data("planted".utf8)) } else { symlink(victim, socket) }
+            let refused = try run(blkPath, ["serve", "-f", "raw", "--socket", socket, image], within: 30)
+            #expect(refused.status == 75, "\(refused)")
+            #expect(refused.stderr.contains("already exists"), "\(refused)")
+            var status = stat()
+            #expect(lstat(socket, &status) == 0 && (status.st_mode & S_IFMT) == (planted == "file" ? S_IFREG : S_IFLNK))
+            #expect(try String(contentsOfFile: victim, encoding: .utf8) == "precious")
+            unlink(socket)
+        }
+    }
+
+    @Test("the socket is its owner's alone, and is removed on exit")
+    func socketMode() throws {
+        let image = try scratch.rawImage(bytes: 1 << 20)
+        let served = try ServedExport(scratch, [image], options: ["-f", "raw", "--persistent"])
+        var status = stat()
+        #expect(lstat(served.socket, &status) == 0)
+        #expect(status.st_mode & S_IFMT == S_IFSOCK)
+        #expect(status.st_mode & 0o777 == 0o600)
+        #expect(try served.stop() == 0)
+        #expect(access(served.socket, F_OK) != 0)
+    }
+
+    @Test("garbage and oversized lengths end only their own connection; the image is untouched")
+    func malformedInput() throws {
+        let image = try scratch.rawImage(bytes: 4 << 20)
+        try qemuIO(["-f", "raw", "-c", "write -P 0x99 0 4M", image])
+        let served = try ServedExport(scratch, [image], options: ["-f", "raw", "--persistent", "--shared", "4"])
+
+        let garbage = try RawNBDClient(served.socket)
+        try garbage.handshake()
+        try garbage.send(Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        #expect(garbage.isClosedByServer())
+
+        let hugeOption = try RawNBDClient(served.socket)
+        try hugeOption.handshake()
+        try hugeOption.send(bigEndian(UInt64(0x4948_4156_454f_5054)) + bigEndian(UInt32(7)) + bigEndian(UInt32.max))
+        #expect(hugeOption.isClosedByServer())
+
+        let hugeWrite = try RawNBDClient(served.socket)
+        try hugeWrite.handshake()
+        try hugeWrite.go()
+        try hugeWrite.request(command: 1, cookie: 1, offset: 0, length: UInt32.max)
+        #expect(hugeWrite.isClosedByServer())
+
+        let errors = try RawNBDClient(served.socket)
+        try errors.handshake()
+        try errors.go()
+        try errors.request(command: 42, cookie: 7, offset: 0, length: 0)
+        #expect(try errors.simpleReply() == .init(error: 22, cookie: 7))           // unknown command: EINVAL
+        try errors.request(command: 0, cookie: 8, offset: 4 << 20, length: 512)
+        #expect(try errors.simpleReply() == .init(error: 22, cookie: 8))           // read past the end: EINVAL
+        try errors.request(command: 6, cookie: 9, offset: 4 << 20, length: 512)
+        #expect(try errors.simpleReply() == .init(error: 28, cookie: 9))           // write-zeroes past the end: ENOSPC
+        try errors.request(command: 0, flags: 1 << 2, cookie: 10, offset: 0, length: 512)
+        #expect(try errors.simpleReply() == .init(error: 22, cookie: 10))          // DF, not advertised: EINVAL
+        try errors.request(command: 7, cookie: 11, offset: 0, length: 512)
+        #expect(try errors.simpleReply() == .init(error: 22, cookie: 11))          // block status, no context: EINVAL
+        try errors.request(command: 2, cookie: 12, offset: 0, length: 0)
+        #expect(errors.isClosedByServer())                     // NBD_CMD_DISC
+
+        try qemuIO(["-f", "raw", "-c", "read -P 0x99 0 4M", served.uri])
+        #expect(try served.stop() == 0)
+        try qemuIO(["-f", "raw", "-c", "read -P 0x99 0 4M", image])
+    }
+
+    @Test("a write to a read-only export is EPERM")
+    func readOnlyWriteIsEPERM() throws {
+        let image = try scratch.rawImage(bytes: 1 << 20)
+        let served = try ServedExport(scratch, [image], options: ["-f", "raw", "-r", "--persistent"])
+        let client = try RawNBDClient(served.socket)
+        try client.handshake()
+        try client.go()
+        try client.request(command: 1, cookie: 3, offset: 0, length: 512)
+        try client.send([UInt8](repeating: 0xee, count: 512))
+        #expect(try client.simpleReply() == .init(error: 1, cookie: 3))
+        try client.request(command: 4, cookie: 4, offset: 0, length: 512)
+        #expect(try client.simpleReply() == .init(error: 1, cookie: 4))
+        #expect(try served.stop() == 0)
+    }
+
+    @Test("a client vanishing in the middle of a write hurts neither the image nor the next client")
+    func clientVanishesMidWrite() throws {
+        let image = try scratch.qcow2Image(size: "16M")
+        let served = try ServedExport(scratch, [image], options: ["-f", "qcow2", "--persistent", "--shared", "2"])
+        let vanishing = try RawNBDClient(served.socket)
+        try vanishing.handshake()
+        try vanishing.go()
+        try vanishing.request(command: 1, cookie: 1, offset: 1 << 20, length: 1 << 20)
+        try vanishing.send([UInt8](repeating: 0xde, count: 300 << 10))
+        vanishing.hangUp()
+        try qemuIO(["-f", "raw", "-c", "write -P 0x33 0 64k", "-c", "read -P 0x33 0 64k", served.uri])
+        #expect(try served.stop() == 0)
+        try qemuIO(["-f", "qcow2", "-c", "read -P 0x33 0 64k", "-c", "read -P 0 1M 1M", image])
+        let check = try run("/usr/bin/qemu-img", ["check", image])
+        #expect(check.status == 0, "\(check)")
+    }
+}
