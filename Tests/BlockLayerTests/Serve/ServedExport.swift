@@ -12,13 +12,21 @@ final class ServedExport {
     /// The export's URI for qemu tools.
     let uri: String
 
-    /// Starts `blk serve` on `images` with a socket in `scratch`, plus `options`.
-    init(_ scratch: Scratch, _ images: [String], options: [String] = [], exportName: String = "") throws {
+    /// Starts `blk serve` on `images` with a socket in `scratch` (or, with `tcp`, on a free
+    /// loopback port), plus `options`.
+    init(_ scratch: Scratch, _ images: [String], options: [String] = [], exportName: String = "", tcp: Bool = false) throws {
         socket = scratch.directory + "/nbd.sock"
-        process = try LineProcess(blkPath, ["serve", "--socket", socket] + options + images)
+        process = try LineProcess(blkPath, ["serve"] + (tcp ? ["--bind", "127.0.0.1:0"] : ["--socket", socket]) + options + images)
         let line = try process.nextLine(within: 30)
-        guard line == "listening on unix:\(socket)" else { throw TestFailure("blk serve said '\(line)'; stderr: \(process.stderr)") }
-        uri = "nbd+unix:///\(exportName)?socket=\(socket)"
+        if tcp {
+            guard line.hasPrefix("listening on 127.0.0.1:"), let port = Int(line.dropFirst("listening on 127.0.0.1:".count)), port > 0 else {
+                throw TestFailure("blk serve said '\(line)'; stderr: \(process.stderr)")
+            }
+            uri = "nbd://127.0.0.1:\(port)/\(exportName)"
+        } else {
+            guard line == "listening on unix:\(socket)" else { throw TestFailure("blk serve said '\(line)'; stderr: \(process.stderr)") }
+            uri = "nbd+unix:///\(exportName)?socket=\(socket)"
+        }
     }
 
     /// SIGTERM, then the exit status (which a clean stop makes 0).
