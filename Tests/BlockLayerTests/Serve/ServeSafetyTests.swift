@@ -116,4 +116,23 @@ struct ServeSafetyTests {
         let check = try run("/usr/bin/qemu-img", ["check", image])
         #expect(check.status == 0, "\(check)")
     }
+
+    @Test("SIGTERM with a client connected: its requests answered, then exit 0 and the image released")
+    func sigtermWithClientConnected() throws {
+        let image = try scratch.qcow2Image(size: "16M")
+        let served = try ServedExport(scratch, [image], options: ["-f", "qcow2", "--persistent"])
+        let client = try RawNBDClient(served.socket)
+        try client.handshake()
+        try client.go()
+        try client.request(command: 1, cookie: 5, offset: 0, length: 64 << 10)
+        try client.send([UInt8](repeating: 0x6b, count: 64 << 10))
+        try client.request(command: 3, cookie: 6, offset: 0, length: 0)
+        // Replies may come in either order: the two run at once.
+        let replies = [try client.simpleReply(), try client.simpleReply()].sorted { $0.cookie < $1.cookie }
+        #expect(replies == [.init(error: 0, cookie: 5), .init(error: 0, cookie: 6)])
+        #expect(try served.stop() == 0)
+        #expect(client.isClosedByServer())
+        try qemuIO(["-f", "qcow2", "-c", "read -P 0x6b 0 64k", "-c", "write 1M 4k", image])
+        #expect(try run("/usr/bin/qemu-img", ["check", image]).status == 0)
+    }
 }
