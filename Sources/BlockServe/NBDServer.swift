@@ -8,6 +8,7 @@
 // connection: requests under way complete and are answered, then the connections close. The
 // caller then flushes and closes the images.
 import BlockLayer
+import Glibc
 import Logging
 import NBD
 import NIOCore
@@ -82,6 +83,8 @@ public final class NBDServer: Sendable {
             }
         } catch let error as BlockError {
             throw error
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw BlockError(.conflict, "Could not listen on \(address): the address is in use")
         } catch {
             throw BlockError(.ioError, "Could not listen on \(address): \(error)")
         }

@@ -78,11 +78,16 @@ struct ServeLibnbdTests {
         #expect(served.process.exitStatus(within: 30) == 0)
     }
 
-    @Test("over TCP on loopback")
+    @Test("over TCP on loopback, and a port in use refused")
     func tcp() throws {
         let image = try scratch.qcow2Image(size: "8M")
         let served = try ServedExport(scratch, [image], options: ["-f", "qcow2", "--persistent"], tcp: true)
         try qemuIO(["-f", "raw", "-c", "write -P 0x5e 0 128k", "-c", "read -P 0x5e 0 128k", served.uri])
+        // A second server on the same port: the address is in use, which retrying may cure.
+        let other = try scratch.rawImage(bytes: 1 << 20)
+        let port = served.uri.split(separator: ":").last!.split(separator: "/").first!
+        let second = try run(blkPath, ["serve", "-f", "raw", "--bind", "127.0.0.1:\(port)", other], within: 30)
+        #expect(second.status == 75 && second.stderr.contains("in use"), "\(second)")
         #expect(try served.stop() == 0)
         try qemuIO(["-f", "qcow2", "-c", "read -P 0x5e 0 128k", image])
     }
