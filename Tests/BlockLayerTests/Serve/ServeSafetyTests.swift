@@ -135,4 +135,17 @@ struct ServeSafetyTests {
         try qemuIO(["-f", "qcow2", "-c", "read -P 0x6b 0 64k", "-c", "write 1M 4k", image])
         #expect(try run("/usr/bin/qemu-img", ["check", image]).status == 0)
     }
+
+    @Test("numbers out of range on the command line are usage errors", arguments: [
+        (["--shared", "0"], "--shared must be from 1 to 1000"),
+        (["--shared", "99999999999999999999"], "--shared"),
+        (["--bind", ":70000"], "the port must be a number from 0 to 65535"),
+        (["--bind", "127.0.0.1:ten"], "the port must be a number from 0 to 65535"),
+        (["--bind", "[::1"], "no ']'"),
+    ])
+    func numbersOutOfRange(options: [String], words: String) throws {
+        let image = try scratch.rawImage(bytes: 1 << 20)
+        let refused = try run(blkPath, ["serve", "-f", "raw"] + options + [image], within: 30)
+        #expect(refused.status == 64 && refused.stderr.contains(words), "\(refused)")
+    }
 }
