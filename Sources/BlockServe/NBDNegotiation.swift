@@ -68,7 +68,9 @@ public struct NBDNegotiation {
         }
         switch option {
         case .exportName:
-            let name = String(buffer: request.data)
+            guard let name = String(validating: request.data.readableBytesView, as: UTF8.self) else {
+                return (replies, .close("an export name that is not UTF-8 (NBD_OPT_EXPORT_NAME)"))
+            }
             guard let export = exports.first(where: { $0.name == name }), let size = try? export.size() else {
                 return (replies, .close("no export named '\(name)' (NBD_OPT_EXPORT_NAME)"))
             }

@@ -62,10 +62,15 @@ public struct NBDMetaContextRequest: NBDExportOptionData, Sendable, Hashable {
 }
 
 extension ByteBuffer {
-    /// A string with its 32-bit length before it, the length checked against what is left.
+    /// A string with its 32-bit length before it, the length checked against what is left; the
+    /// spec's strings are UTF-8, and bytes that are not are refused rather than repaired (a
+    /// repaired name could match an export the client did not name).
     mutating func readNBDString() throws(NBDMalformedOption) -> String {
         guard let length = readInteger(as: UInt32.self) else { throw NBDMalformedOption("no string length") }
         guard Int(length) <= readableBytes else { throw NBDMalformedOption("a string of \(length) bytes in \(readableBytes)") }
-        return readString(length: Int(length))!
+        guard let text = String(validating: readBytes(length: Int(length))!, as: UTF8.self) else {
+            throw NBDMalformedOption("a string that is not UTF-8")
+        }
+        return text
     }
 }
