@@ -162,5 +162,7 @@ if Context.environment["BLK_FUZZ"] != nil {
                           path: "Fuzz/state"),
         .executableTarget(name: "fuzz-io-script", dependencies: ["FuzzSupport", "BlockIOScript"], path: "Fuzz/io-script"),
         .executableTarget(name: "fuzz-numbers", dependencies: ["FuzzSupport", "BlockIOScript"], path: "Fuzz/numbers"),
+        .executableTarget(name: "fuzz-nbd", dependencies: ["FuzzSupport", "NBD", .product(name: "NIOCore", package: "swift-nio")],
+                          path: "Fuzz/nbd"),
     ]
 }
