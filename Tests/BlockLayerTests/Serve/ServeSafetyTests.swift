@@ -66,6 +66,12 @@ struct ServeSafetyTests {
 
         let errors = try RawNBDClient(served.socket)
         try errors.handshake()
+        // Option errors: a name that is not UTF-8, data on LIST, STARTTLS, an unknown option.
+        #expect(try errors.option(6, data: bigEndian(UInt32(4)) + [0x64, 0x69, 0x73, 0x96] + bigEndian(UInt16(0))) == 1 << 31 | 3)
+        #expect(try errors.option(3, data: [0]) == 1 << 31 | 3)
+        #expect(try errors.option(5, data: []) == 1 << 31 | 1)
+        #expect(try errors.option(99, data: [1, 2, 3]) == 1 << 31 | 1)
+        #expect(try errors.option(10, data: bigEndian(UInt32(0)) + bigEndian(UInt32(0))) == 1 << 31 | 3) // before structured replies
         try errors.go()
         try errors.request(command: 42, cookie: 7, offset: 0, length: 0)
         #expect(try errors.simpleReply() == .init(error: 22, cookie: 7))           // unknown command: EINVAL

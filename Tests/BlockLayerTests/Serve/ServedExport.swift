@@ -101,14 +101,19 @@ final class RawNBDClient {
 
     /// NBD_OPT_GO for the default export, its replies read up to the ACK.
     func go() throws {
-        try send(bigEndian(UInt64(0x4948_4156_454f_5054)) + bigEndian(UInt32(7)) + bigEndian(UInt32(6)) + bigEndian(UInt32(0)) + bigEndian(UInt16(0)))
+        let type = try option(7, data: bigEndian(UInt32(0)) + bigEndian(UInt16(0)))
+        guard type == 1 else { throw TestFailure("NBD_OPT_GO refused: \(type)") }
+    }
+
+    /// Sends an option and reads its replies up to the last: an ACK (1) or an error (bit 31).
+    func option(_ option: UInt32, data: [UInt8]) throws -> UInt32 {
+        try send(bigEndian(UInt64(0x4948_4156_454f_5054)) + bigEndian(option) + bigEndian(UInt32(data.count)) + data)
         while true {
-            guard let header = try receive(20) else { throw TestFailure("closed during NBD_OPT_GO") }
+            guard let header = try receive(20) else { throw TestFailure("closed during option \(option)") }
             let type = header[12..<16].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
             let length = Int(header[16..<20].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
             _ = try receive(length)
-            if type == 1 { return }
-            guard type < 1 << 31 else { throw TestFailure("NBD_OPT_GO refused: \(type)") }
+            if type == 1 || type >= 1 << 31 { return type }
         }
     }
 
