@@ -26,7 +26,7 @@ public final class NBDExport: Sendable {
         self.name = name
         self.image = image
         minimumBlockSize = image.options.cache == .none ? 512 : 1
-        let cluster = (try? image.compressedClusterSize()).map(UInt32.init) ?? 4096
+        let cluster = (try? image.formatInfo().clusterSize).flatMap { $0 }.map(UInt32.init) ?? 4096
         preferredBlockSize = max(4096, cluster)
         maximumPayload = Self.payloadLimit
     }
