@@ -224,7 +224,7 @@ struct CompareInteropTests {
         try qemuImg(["create", "-q", "-f", "qcow2", unallocatedZeroes, "4M"])
         let zeroCluster = try images.copy(unallocatedZeroes, name: "zero-cluster.qcow2", format: "qcow2", ["write -z 1M 64k"])
         // The same bytes, in two clusters that do not follow each other, or in one run.
-        let split = try images.path("split.qcow2"), whole = try images.path("whole.qcow2")
+        let split = images.path("split.qcow2"), whole = images.path("whole.qcow2")
         try qemuImg(["create", "-q", "-f", "qcow2", split, "128k"])
         try qemuIO(["-f", "qcow2", "-c", "write -P 1 64k 64k", "-c", "write -P 1 0 64k", split])
         try qemuImg(["create", "-q", "-f", "qcow2", whole, "128k"])
