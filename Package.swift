@@ -5,7 +5,8 @@
 // Qcow2 (with zlib) → BlockLayer (the front door: re-exports both, the format registry, opening
 // with every format) → DeviceState (with the CChecksum shim and swift-crypto) → BlockBench (the
 // benchmarks, each beside its baseline); NBD (the wire protocol, swift-nio) → BlockServe (the NBD
-// server over BlockLayer) → blk (CLI: parsing, printing and exit codes).
+// server over BlockLayer); BlockCLI (what the CLI's commands share: image options, printing,
+// exit codes) → blk (the CLI).
 import PackageDescription
 
 let package = Package(
@@ -110,10 +111,23 @@ let package = Package(
         ),
         // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
         .target(name: "BlockIOScript", dependencies: ["BlockLocking"]),
+        // What the CLI's commands share: the image and lease options, errors and exit codes, JSON.
+        .target(
+            name: "BlockCLI",
+            dependencies: [
+                "BlockIOScript",
+                "BlockLayer",
+                "BlockLocking",
+                "Posix",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         .executableTarget(
             name: "blk",
             dependencies: [
                 "BlockBench",
+                "BlockCLI",
                 "BlockIOScript",
                 "BlockLayer",
                 "BlockServe",

@@ -1,6 +1,7 @@
 // `blk bench cache`: resident memory while qcow2 metadata outgrows the metadata cache (BlockBench's MetadataCacheBenchmark).
 import ArgumentParser
 import BlockBench
+import BlockCLI
 import BlockLayer
 import FoundationEssentials
 import Posix

@@ -3,6 +3,7 @@
 // the findings go to stderr and the summary to stdout; after a repair the image is checked again
 // and that second check decides the exit code.
 import ArgumentParser
+import BlockCLI
 import BlockLayer
 import BlockLocking
 import FoundationEssentials

@@ -1,6 +1,7 @@
 // `blk bench compare`: blk compare beside qemu-img compare on pairs of identical images (BlockBench's CompareBenchmark).
 import ArgumentParser
 import BlockBench
+import BlockCLI
 import BlockLayer
 import FoundationEssentials
 

@@ -3,6 +3,7 @@
 // 3 a block status failed, 4 a read failed — which scripts test, so blk keeps them here as
 // `check` keeps qemu-img check's. The rules are BlockLayer's ImageComparison.
 import ArgumentParser
+import BlockCLI
 import BlockLayer
 import BlockLocking
 

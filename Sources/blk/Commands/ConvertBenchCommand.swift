@@ -1,6 +1,7 @@
 // `blk bench convert`: blk convert beside qemu-img convert on the same source (BlockBench's ConvertBenchmark).
 import ArgumentParser
 import BlockBench
+import BlockCLI
 import BlockLayer
 import FoundationEssentials
 import Posix

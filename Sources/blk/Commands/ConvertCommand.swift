@@ -1,6 +1,7 @@
 // `blk convert`: copy an image into a new raw or qcow2 one, skipping runs of zeroes so the copy
 // stays sparse (unallocated, in qcow2); with -c, qcow2 clusters are stored compressed.
 import ArgumentParser
+import BlockCLI
 import BlockLayer
 import BlockLocking
 

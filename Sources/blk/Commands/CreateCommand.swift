@@ -1,5 +1,6 @@
 // `blk create`: make a new image; over an image in use it is refused with QEMU's words.
 import ArgumentParser
+import BlockCLI
 import BlockLayer
 import BlockLocking
 import FoundationEssentials

@@ -1,5 +1,6 @@
 // `blk hold`: flock(1) for the transaction lock — take it, run a command that inherits it, let go.
 import ArgumentParser
+import BlockCLI
 import BlockLocking
 
 struct HoldCommand: ParsableCommand {

@@ -4,6 +4,7 @@
 // lucky tenth of a second.
 import ArgumentParser
 import BlockBench
+import BlockCLI
 import BlockIOScript
 import BlockLayer
 import FoundationEssentials

@@ -1,6 +1,7 @@
 // `blk io`: I/O commands on one open image, in order, like qemu-io. A failing command is
 // reported and the next one still runs; the exit status is 1 if any failed (as qemu-io).
 import ArgumentParser
+import BlockCLI
 import BlockIOScript
 import BlockLayer
 import BlockLocking

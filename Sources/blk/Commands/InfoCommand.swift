@@ -1,5 +1,6 @@
 // `blk info`: what an image is and who else holds it, in qemu-img's words and JSON field names.
 import ArgumentParser
+import BlockCLI
 import BlockLayer
 import BlockLocking
 import Glibc

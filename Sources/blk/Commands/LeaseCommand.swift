@@ -1,6 +1,7 @@
 // `blk lease init|join|leave|status|revoke|fence`: the sanlock lockspace image leases live in. The
 // settings come from the options, else BLK_LEASE_* in the environment, else the config file.
 import ArgumentParser
+import BlockCLI
 import BlockLocking
 import Glibc
 

@@ -1,6 +1,7 @@
 // `blk bench lock`: the locking benchmark (BlockBench's LockBenchmark) and its report.
 import ArgumentParser
 import BlockBench
+import BlockCLI
 import BlockLocking
 import FoundationEssentials
 import Posix

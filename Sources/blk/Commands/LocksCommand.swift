@@ -1,5 +1,6 @@
 // `blk locks [--json] IMAGE`: every lock on the image in words, and who holds it.
 import ArgumentParser
+import BlockCLI
 import BlockLocking
 
 struct LocksCommand: ParsableCommand {

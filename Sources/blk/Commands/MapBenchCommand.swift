@@ -1,6 +1,7 @@
 // `blk bench map`: blk map beside qemu-img map on a sparse qcow2 image with scattered data (BlockBench's MapBenchmark).
 import ArgumentParser
 import BlockBench
+import BlockCLI
 import BlockLayer
 import FoundationEssentials
 

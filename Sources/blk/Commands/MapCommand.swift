@@ -2,6 +2,7 @@
 // backing chain holds them, printed as qemu-img 7.2's map prints them, byte for byte, in its
 // human and JSON formats (the walk and its merging: BlockLayer's ImageMap).
 import ArgumentParser
+import BlockCLI
 import BlockLayer
 import BlockLocking
 import Glibc

@@ -1,5 +1,6 @@
 // `blk resize`: grow an image, as `qemu-img resize` does (SIZE, or +SIZE to add).
 import ArgumentParser
+import BlockCLI
 import BlockLayer
 import BlockLocking
 

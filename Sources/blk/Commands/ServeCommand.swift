@@ -3,6 +3,7 @@
 // leases held, from before the socket is bound until after the last connection has ended and
 // they are flushed and closed.
 import ArgumentParser
+import BlockCLI
 import BlockLayer
 import BlockServe
 import Dispatch

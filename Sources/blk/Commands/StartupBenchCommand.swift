@@ -1,6 +1,7 @@
 // `blk bench startup`: blk's short verbs beside qemu-img's and qemu-io's as whole processes (BlockBench's StartupBenchmark).
 import ArgumentParser
 import BlockBench
+import BlockCLI
 import BlockLayer
 import FoundationEssentials
 import Posix

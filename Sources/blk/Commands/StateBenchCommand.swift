@@ -2,6 +2,7 @@
 // CRC32C throughput beside a byte-table loop (BlockBench's StateBenchmark).
 import ArgumentParser
 import BlockBench
+import BlockCLI
 import DeviceState
 import FoundationEssentials
 import Posix

@@ -11,6 +11,7 @@
 // blocked from before the spawn until the pid is known, so none is lost in between; the child
 // is waited for without reaping (WNOWAIT) until the pid is cleared, so a late signal can never
 // hit an unrelated process that reused it.
+import BlockCLI
 import Glibc
 import Posix
 import Synchronization

@@ -2,6 +2,7 @@
 // other users may read, write or run is named on stderr with its mode — the key still works (a
 // refusal would break a setup that shares a key through a group on purpose), but whoever can
 // read it can open the state, so the owner should know.
+import BlockCLI
 import Glibc
 import Posix
 

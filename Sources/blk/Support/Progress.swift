@@ -3,6 +3,7 @@
 // builds its label only then: convert reports after every megabyte, and formatting two sizes
 // each time was 8 % of a fast convert's time — spent even when nothing was shown.
 import BlockBench
+import BlockCLI
 import FoundationEssentials
 import Glibc
 import Synchronization

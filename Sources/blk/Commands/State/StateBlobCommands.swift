@@ -1,5 +1,6 @@
 // `blk state put|get|remove`: one blob at a time.
 import ArgumentParser
+import BlockCLI
 import DeviceState
 import FoundationEssentials
 import Posix

@@ -1,6 +1,7 @@
 // `blk state …`: the device-state store (interface.md §4, docs/state.md). The subcommands parse,
 // call DeviceState.StateStore, print, and exit with interface.md's codes.
 import ArgumentParser
+import BlockCLI
 import BlockLayer
 import BlockLocking
 import DeviceState

@@ -1,5 +1,6 @@
 // `blk state list|verify`: what the store holds, and the migration destination's early check.
 import ArgumentParser
+import BlockCLI
 import DeviceState
 import FoundationEssentials
 import Posix

@@ -1,5 +1,6 @@
 // `blk state init|rekey`: lay out a store, and change how it is protected.
 import ArgumentParser
+import BlockCLI
 import DeviceState
 
 struct StateInitCommand: ParsableCommand {

@@ -1,6 +1,7 @@
 // `blk state import|export --swtpm DIR`: a swtpm state folder into the store in one commit, and
 // back out into a folder swtpm starts from (docs/state.md §swtpm).
 import ArgumentParser
+import BlockCLI
 import Crypto
 import DeviceState
 

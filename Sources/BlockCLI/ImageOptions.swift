@@ -1,4 +1,5 @@
-// ImageOptions: the options every command that opens an image shares (interface.md §1).
+// ImageOptions: the options every command that opens an image shares (interface.md §1), blk's
+// and blk-serve's alike.
 import ArgumentParser
 import BlockLayer
 import BlockLocking
@@ -26,35 +27,37 @@ extension FaultRule: ExpressibleByArgument {
     public init?(argument: String) { self.init(parsing: argument) }
 }
 
-struct ImageOptions: ParsableArguments {
+package struct ImageOptions: ParsableArguments {
     @Option(name: .shortAndLong, help: "The image format (raw, qcow2); probed from the image when not given.")
-    var format: String?
+    package var format: String?
 
     @Flag(name: [.customShort("r"), .customLong("read-only")], help: "Open read-only.")
-    var readOnly = false
+    package var readOnly = false
 
     @Flag(name: [.customShort("U"), .customLong("force-share")], help: "Open read-only without keeping others from writing (QEMU's -U).")
-    var forceShare = false
+    package var forceShare = false
 
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.")
-    var locking: LockingMode = .auto
+    package var locking: LockingMode = .auto
 
     @Option(help: "writeback (the page cache) or none (O_DIRECT).")
-    var cache: CacheMode = .writeback
+    package var cache: CacheMode = .writeback
 
     @Option(help: "Memory for qcow2 metadata (L2 tables and refcount blocks), e.g. 1M; default 4M.")
-    var cacheSize: ByteCount?
+    package var cacheSize: ByteCount?
 
     @Option(help: ArgumentHelp("Make a request fail, for testing error paths: OP[@EVENT|@FIRST-LAST]:N[:eio|enospc][:always] — the Nth read, write or flush (during a step such as l2_update, or touching those file bytes) fails (repeatable; docs/block-layer.md).",
                                valueName: "rule"))
-    var injectFault: [FaultRule] = []
+    package var injectFault: [FaultRule] = []
 
     @Option(help: ArgumentHelp("Append every write and flush under the format node to FILE, for crash-state tests.", valueName: "file"))
-    var recordWrites: String?
+    package var recordWrites: String?
 
-    @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
+    @OptionGroup(title: "Leases across hosts") package var leases: LeaseConfigOptions
 
-    func openOptions(writable: Bool) -> OpenOptions {
+    package init() {}
+
+    package func openOptions(writable: Bool) -> OpenOptions {
         OpenOptions(format: format, writable: writable && !readOnly, forceShare: forceShare,
                     locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) }, faults: injectFault,
                     writeJournalPath: recordWrites, lease: leases.policy)
@@ -62,14 +65,14 @@ struct ImageOptions: ParsableArguments {
 
     /// Opens `path`, printing the open's warnings; `writable` is what the command would like
     /// (-U without -r on a command that writes is refused by the open, in QEMU's words).
-    func open(_ path: String, writable: Bool, json: Bool) throws -> BlockImage {
+    package func open(_ path: String, writable: Bool, json: Bool) throws -> BlockImage {
         try openImage(path, openOptions(writable: writable), json: json)
     }
 }
 
 /// Opens an image with every format blk knows, printing the open's warnings; a failure is
 /// reported and becomes the exit code.
-func openImage(_ path: String, _ options: OpenOptions, json: Bool) throws -> BlockImage {
+package func openImage(_ path: String, _ options: OpenOptions, json: Bool) throws -> BlockImage {
     do {
         let image = try BlockImage.open(path, options: options)
         image.warnings.forEach(printWarning)

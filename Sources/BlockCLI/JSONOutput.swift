@@ -3,7 +3,7 @@ import BlockLocking
 import FoundationEssentials
 import Glibc
 
-func printJSON(_ value: some Encodable) {
+package func printJSON(_ value: some Encodable) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     encoder.keyEncodingStrategy = .convertToKebabCase
@@ -12,14 +12,14 @@ func printJSON(_ value: some Encodable) {
     try? writeAll(STDOUT_FILENO, data + [UInt8(ascii: "\n")])
 }
 
-struct LeaseOwnerJSON: Encodable {
-    var hostId: UInt64
-    var hostName: String?
-    var generation: UInt64
-    var mode: String?
-    var hostState: String?
+package struct LeaseOwnerJSON: Encodable {
+    package var hostId: UInt64
+    package var hostName: String?
+    package var generation: UInt64
+    package var mode: String?
+    package var hostState: String?
 
-    init(_ owner: LeaseOwner) {
+    package init(_ owner: LeaseOwner) {
         hostId = owner.hostID
         hostName = owner.hostName
         generation = owner.generation
@@ -28,14 +28,14 @@ struct LeaseOwnerJSON: Encodable {
     }
 }
 
-struct HolderJSON: Encodable {
-    var pid: Int32?
-    var program: String?
-    var locks: [String]
-    var ranges: [RangeJSON]
-    var note: String?
+package struct HolderJSON: Encodable {
+    package var pid: Int32?
+    package var program: String?
+    package var locks: [String]
+    package var ranges: [RangeJSON]
+    package var note: String?
 
-    init(_ holder: LockHolder) {
+    package init(_ holder: LockHolder) {
         pid = holder.pid
         program = holder.program
         locks = holder.meanings
@@ -44,13 +44,13 @@ struct HolderJSON: Encodable {
     }
 }
 
-struct RangeJSON: Encodable {
-    var family: String
-    var kind: String
-    var firstByte: Int64
-    var lastByte: Int64?
+package struct RangeJSON: Encodable {
+    package var family: String
+    package var kind: String
+    package var firstByte: Int64
+    package var lastByte: Int64?
 
-    init(_ record: LockRecord) {
+    package init(_ record: LockRecord) {
         family = record.family
         kind = record.kind.description
         firstByte = record.firstByte
@@ -60,7 +60,7 @@ struct RangeJSON: Encodable {
 
 extension JSONEncoder.KeyEncodingStrategy {
     /// camelCase → kebab-case ("firstByte" → "first-byte").
-    static var convertToKebabCase: JSONEncoder.KeyEncodingStrategy {
+    package static var convertToKebabCase: JSONEncoder.KeyEncodingStrategy {
         .custom { path in
             let key = path.last!.stringValue
             var kebab = ""
@@ -79,6 +79,6 @@ extension JSONEncoder.KeyEncodingStrategy {
 private struct KebabKey: CodingKey {
     var stringValue: String
     var intValue: Int? { nil }
-    init(stringValue: String) { self.stringValue = stringValue }
+    package init(stringValue: String) { self.stringValue = stringValue }
     init?(intValue: Int) { nil }
 }

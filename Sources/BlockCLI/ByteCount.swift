@@ -3,20 +3,20 @@
 import ArgumentParser
 import BlockIOScript
 
-struct ByteCount: ExpressibleByArgument, Hashable {
-    let value: Int64
+package struct ByteCount: ExpressibleByArgument, Hashable {
+    package let value: Int64
 
-    init(_ value: Int64) { self.value = value }
+    package init(_ value: Int64) { self.value = value }
 
-    init?(argument: String) {
+    package init?(argument: String) {
         guard let value = Self.parse(argument) else { return nil }
         self.value = value
     }
 
-    static func parse(_ text: String) -> Int64? { parseByteCount(text) }
+    package static func parse(_ text: String) -> Int64? { parseByteCount(text) }
 
     /// A default as help shows it, in the syntax the option takes: "64k", "1G", "4096".
-    var defaultValueDescription: String {
+    package var defaultValueDescription: String {
         for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "k")] where value != 0 && value % (1 << shift) == 0 {
             return "\(value >> shift)\(suffix)"
         }
