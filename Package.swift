@@ -5,15 +5,26 @@
 // Qcow2 (with zlib) → BlockLayer (the front door: re-exports both, the format registry, opening
 // with every format) → DeviceState (with the CChecksum shim and swift-crypto) → BlockBench (the
 // benchmarks, each beside its baseline); NBD (the wire protocol, swift-nio) → BlockServe (the NBD
-// server over BlockLayer); BlockCLI (what the CLI's commands share: image options, printing,
-// exit codes) → blk (the CLI).
+// server over BlockLayer); BlockCLI (what both programs share: image options, printing, exit
+// codes) → blk (the CLI) and blk-serve (`blk serve`'s NBD server, a program of its own so that
+// blk does not load swift-nio; blk execs it).
 import PackageDescription
+
+// blk's and blk-serve's release builds: the Swift runtime, Foundation and Dispatch linked in, as
+// loading and binding their shared libraries was a third of a short command's start-up (README,
+// Start-up). FoundationEssentials' static archive does not name the two it needs.
+let staticRuntimeInRelease: [LinkerSetting] = [
+    .unsafeFlags(["-static-stdlib"], .when(configuration: .release)),
+    .linkedLibrary("_FoundationCollections", .when(configuration: .release)),
+    .linkedLibrary("_FoundationCShims", .when(configuration: .release)),
+]
 
 let package = Package(
     name: "BlockLayer",
     products: [
         .library(name: "BlockLayer", targets: ["BlockLayer", "BlockLocking", "DeviceState"]),
         .executable(name: "blk", targets: ["blk"]),
+        .executable(name: "blk-serve", targets: ["blk-serve"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -111,7 +122,7 @@ let package = Package(
         ),
         // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
         .target(name: "BlockIOScript", dependencies: ["BlockLocking"]),
-        // What the CLI's commands share: the image and lease options, errors and exit codes, JSON.
+        // What blk and blk-serve share: the image and lease options, errors and exit codes, JSON.
         .target(
             name: "BlockCLI",
             dependencies: [
@@ -130,23 +141,26 @@ let package = Package(
                 "BlockCLI",
                 "BlockIOScript",
                 "BlockLayer",
-                "BlockServe",
                 "DeviceState",
                 "BlockLocking",
                 "Posix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            linkerSettings: staticRuntimeInRelease
+        ),
+        // `blk serve`: blk execs this program beside it, so only the server links swift-nio.
+        .executableTarget(
+            name: "blk-serve",
+            dependencies: [
+                "BlockCLI",
+                "BlockLayer",
+                "BlockServe",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            // The Swift runtime, Foundation and Dispatch linked in: loading and binding their
-            // shared libraries was a third of a short command's start-up (README, Start-up).
-            // FoundationEssentials' static archive does not name the two it needs.
-            linkerSettings: [
-                .unsafeFlags(["-static-stdlib"], .when(configuration: .release)),
-                .linkedLibrary("_FoundationCollections", .when(configuration: .release)),
-                .linkedLibrary("_FoundationCShims", .when(configuration: .release)),
-            ]
+            linkerSettings: staticRuntimeInRelease
         ),
         // A process that takes locks on command, so tests can put holders and waiters in
         // separate processes: locks held and checked by one process prove nothing.

@@ -1,0 +1,128 @@
+// `blk serve`: images exported over NBD (docs/serve.md). Parsing, the ready line, exit codes
+// and signals here; the server is BlockServe's NBDServer. The images stay open, their locks and
+// leases held, from before the socket is bound until after the last connection has ended and
+// they are flushed and closed. A program of its own, as qemu-nbd is beside qemu-img, so that blk's
+// short verbs do not load the network stack; `blk serve` execs it.
+import ArgumentParser
+import BlockCLI
+import BlockLayer
+import BlockServe
+import Dispatch
+import Glibc
+import Logging
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+@main
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        // Users type `blk serve`, which execs this program with the same arguments.
+        commandName: "blk serve",
+        abstract: "Export images over NBD (fixed newstyle) while holding their locks and leases.",
+        discussion: """
+            Listens on a Unix socket (--socket PATH, or blk-serve.sock in $XDG_RUNTIME_DIR by \
+            default), made with mode 0600, never replacing a file already at the path; or on TCP \
+            with --bind (loopback unless an address is given). Prints one line, "listening on \
+            ADDRESS", once clients may connect. Each image is an export: named by --export-name \
+            (once per image, in order), else the default export "" for a single image, or the \
+            image's file name for several. Without --persistent the server stops when its last \
+            client leaves. SIGTERM or SIGINT: stop accepting, finish the requests under way, \
+            flush, release the images, exit 0.
+            """
+    )
+
+    @OptionGroup var imageOptions: ImageOptions
+    @Option(help: ArgumentHelp("Listen on a Unix socket created at PATH.", valueName: "path")) var socket: String?
+    @Option(help: ArgumentHelp("Listen on TCP ADDR:PORT, [IPV6]:PORT or :PORT (address 127.0.0.1, port 10809 when left out).",
+                               valueName: "addr:port"))
+    var bind: String?
+    @Option(name: .customLong("export-name"), help: ArgumentHelp("The export's name, once per image in order.", valueName: "name"))
+    var exportNames: [String] = []
+    @Option(help: "The most clients at once (1 to 1000).") var shared = 1
+    @Flag(help: "Keep serving after the last client leaves.") var persistent = false
+    @Option(help: "Diagnostics on stderr from this level up: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = Logger.Level.warning
+    @Argument(help: "The images to serve.") var images: [String]
+
+    func validate() throws {
+        if socket != nil && bind != nil { throw ValidationError("--socket and --bind exclude each other") }
+        if images.isEmpty { throw ValidationError("missing the image to serve") }
+        if !exportNames.isEmpty && exportNames.count != images.count {
+            throw ValidationError("--export-name is given \(exportNames.count) times for \(images.count) images: give it once per image, or not at all")
+        }
+        if !(1...1000).contains(shared) { throw ValidationError("--shared must be from 1 to 1000") }
+        if Set(names).count != names.count { throw ValidationError("two exports would have the same name: give --export-name for each image") }
+    }
+
+    /// The export names, one per image.
+    private var names: [String] {
+        if !exportNames.isEmpty { return exportNames }
+        if images.count == 1 { return [""] }
+        return images.map { String($0.split(separator: "/").last ?? Substring($0)) }
+    }
+
+    func run() throws {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let address: NBDListenAddress
+        do throws(BlockError) {
+            address = try listenAddress()
+        } catch {
+            throw report(error, json: false)
+        }
+        var opened: [BlockImage] = []
+        for path in images { opened.append(try imageOptions.open(path, writable: true, json: false)) }
+        let server: NBDServer
+        do throws(BlockError) {
+            server = try NBDServer(exports: zip(names, opened).map { NBDExport(name: $0, image: $1) }, address: address,
+                                   connectionLimit: shared, persistent: persistent, logger: Logger(label: "blk.serve"))
+        } catch {
+            throw report(error, json: false)
+        }
+        let served = serveUntilStopped(server)
+        var failure = served
+        // The connections have ended: make what they wrote durable and let the images go.
+        for image in opened {
+            do throws(BlockError) { try image.close() } catch { failure = failure ?? error }
+        }
+        if let failure { throw report(failure, json: false) }
+    }
+
+    private func listenAddress() throws(BlockError) -> NBDListenAddress {
+        if let bind { return try NBDListenAddress(bind: bind) }
+        if let socket { return .unix(path: socket) }
+        guard let runtime = getenv("XDG_RUNTIME_DIR").map({ String(cString: $0) }), !runtime.isEmpty else {
+            throw BlockError(.invalidRequest, "give --socket PATH or --bind ADDR:PORT: XDG_RUNTIME_DIR is not set for the default socket")
+        }
+        return .unix(path: runtime + "/blk-serve.sock")
+    }
+
+    /// Runs the server with SIGTERM and SIGINT stopping it; its failure, if any.
+    private func serveUntilStopped(_ server: NBDServer) -> BlockError? {
+        final class Outcome: @unchecked Sendable { var failure: BlockError? }
+        let outcome = Outcome()
+        let finished = DispatchSemaphore(value: 0)
+        let signals = [SIGTERM, SIGINT].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { server.shutdown() }
+            source.resume()
+            return source
+        }
+        defer { signals.forEach { $0.cancel() } }
+        Task {
+            do throws(BlockError) {
+                try await server.run { address in try? writeAll(STDOUT_FILENO, "listening on \(address)\n".utf8) }
+            } catch {
+                outcome.failure = error
+            }
+            finished.signal()
+        }
+        finished.wait()
+        return outcome.failure
+    }
+}
