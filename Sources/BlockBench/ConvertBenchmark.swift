@@ -46,15 +46,10 @@ package struct ConvertBenchmark {
         ]
         var results: [Scenario] = []
         for (number, (name, arguments, target)) in scenarios.enumerated() {
-            var ours: [Double] = [], theirs: [Double] = []
-            for round in 0..<rounds {
-                progress.update(Double(number * rounds + round) / Double(scenarios.count * rounds), name)
-                if round.isMultiple(of: 2) { ours.append(try time(BenchPrograms.blk, ["convert", "-f", "raw"] + arguments + [source, output])) }
-                if let qemuImg = BenchPrograms.qemuImg {
-                    theirs.append(try time(qemuImg, ["convert", "-f", "raw"] + arguments + [source, output]))
-                }
-                if !round.isMultiple(of: 2) { ours.append(try time(BenchPrograms.blk, ["convert", "-f", "raw"] + arguments + [source, output])) }
-            }
+            progress.update(Double(number) / Double(scenarios.count), name)
+            let convert = ["convert", "-f", "raw"] + arguments + [source, output]
+            let (ours, theirs) = try alternating(rounds: rounds, ours: { () throws(BlockError) in try time(BenchPrograms.blk, convert) },
+                                                 baseline: { () throws(BlockError) in try BenchPrograms.qemuImg.map { qemuImg throws(BlockError) in try time(qemuImg, convert) } })
             let qemuSeconds = theirs.isEmpty ? nil : theirs.best
             results.append(Scenario(scenario: "\(name), \(humanSize(sourceBytes)) (half data)", blkSeconds: ours.best,
                                     qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best }, target: target))

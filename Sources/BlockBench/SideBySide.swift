@@ -17,22 +17,17 @@ package struct SideBySide: Encodable {
     /// `expectedStatus`.
     package static func measure(_ scenario: String, _ arguments: [String], rounds: Int, expectedStatus: Int32 = 0,
                         target: String = "≥ 1.0×") throws(BlockError) -> SideBySide {
-        var ours: [Double] = [], theirs: [Double] = []
         var outputs: (blk: [UInt8], qemuImg: [UInt8]?) = ([], nil)
-        for round in 0..<rounds {
-            func runBlk() throws(BlockError) {
-                let (seconds, output) = try BenchProcess.timedRun(BenchPrograms.blk, arguments, expectedStatus: expectedStatus)
-                ours.append(seconds)
-                outputs.blk = output
-            }
-            if round.isMultiple(of: 2) { try runBlk() }
-            if let qemuImg = BenchPrograms.qemuImg {
-                let (seconds, output) = try BenchProcess.timedRun(qemuImg, arguments, expectedStatus: expectedStatus)
-                theirs.append(seconds)
-                outputs.qemuImg = output
-            }
-            if !round.isMultiple(of: 2) { try runBlk() }
-        }
+        let (ours, theirs) = try alternating(rounds: rounds, ours: { () throws(BlockError) in
+            let (seconds, output) = try BenchProcess.timedRun(BenchPrograms.blk, arguments, expectedStatus: expectedStatus)
+            outputs.blk = output
+            return seconds
+        }, baseline: { () throws(BlockError) -> Double? in
+            guard let qemuImg = BenchPrograms.qemuImg else { return nil }
+            let (seconds, output) = try BenchProcess.timedRun(qemuImg, arguments, expectedStatus: expectedStatus)
+            outputs.qemuImg = output
+            return seconds
+        })
         let qemuSeconds = theirs.isEmpty ? nil : theirs.best
         return SideBySide(scenario: scenario, blkSeconds: ours.best, qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best },
                           sameOutput: outputs.qemuImg.map { $0 == outputs.blk }, target: target)

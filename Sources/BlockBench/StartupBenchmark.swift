@@ -7,7 +7,6 @@
 // speed drifts.
 import BlockLayer
 import Glibc
-import Qcow2
 
 package struct StartupBenchmark {
     package let directory: String
@@ -37,7 +36,7 @@ package struct StartupBenchmark {
 
     package func run() throws(BlockError) -> [Scenario] {
         defer { unlink(image) }
-        try Qcow2Format.create(at: image, options: ImageCreateOptions(virtualSize: 64 << 20))
+        try createBenchImage("qcow2", at: image, ImageCreateOptions(virtualSize: 64 << 20))
         let qemuImg = ("qemu-img", BenchPrograms.qemuImg), qemuIO = ("qemu-io", BenchPrograms.qemuIO)
         // blk locks has no QEMU counterpart; qemu-img info opens the image and reads its state too.
         let plans: [(name: String, blk: [String], baseline: (name: String, path: String?), arguments: [String], target: String)] = [
@@ -49,12 +48,9 @@ package struct StartupBenchmark {
         var results: [Scenario] = []
         for (number, plan) in plans.enumerated() {
             progress.update(Double(number) / Double(plans.count), plan.name)
-            var ours: [Double] = [], theirs: [Double] = []
-            for round in 0..<rounds {
-                if round.isMultiple(of: 2) { ours.append(try BenchProcess.timedRun(BenchPrograms.blk, plan.blk).seconds) }
-                if let baseline = plan.baseline.path { theirs.append(try BenchProcess.timedRun(baseline, plan.arguments).seconds) }
-                if !round.isMultiple(of: 2) { ours.append(try BenchProcess.timedRun(BenchPrograms.blk, plan.blk).seconds) }
-            }
+            let (ours, theirs) = try alternating(
+                rounds: rounds, ours: { () throws(BlockError) in try BenchProcess.timedRun(BenchPrograms.blk, plan.blk).seconds },
+                baseline: { () throws(BlockError) in try plan.baseline.path.map { path throws(BlockError) in try BenchProcess.timedRun(path, plan.arguments).seconds } })
             let baselineSeconds = theirs.isEmpty ? nil : theirs.median
             results.append(Scenario(scenario: plan.name, blkCommand: (["blk"] + plan.blk).joined(separator: " "), blkSeconds: ours.median,
                                     baselineCommand: plan.baseline.path.map { _ in ([plan.baseline.name] + plan.arguments).joined(separator: " ") },

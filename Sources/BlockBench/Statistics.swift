@@ -1,4 +1,5 @@
 // Statistics: timing loops and order statistics for the benchmarks.
+import BlockLayer
 import BlockLocking
 
 /// Nanoseconds per iteration of `body`, run `iterations` times.
@@ -7,6 +8,20 @@ func nanosecondsPerIteration(_ iterations: Int, _ body: () -> Void) -> Double {
     let start = currentMonotonicNanoseconds()
     for _ in 0..<iterations { body() }
     return Double(currentMonotonicNanoseconds() - start) / Double(iterations)
+}
+
+/// Seconds of `rounds` runs of each side, taken in turn: ours first in even rounds, the
+/// baseline first in odd ones, so neither always meets the machine the other left. A baseline
+/// that answers nil (its tool not installed) is left out.
+func alternating(rounds: Int, ours: () throws(BlockError) -> Double,
+                 baseline: () throws(BlockError) -> Double?) throws(BlockError) -> (ours: [Double], baseline: [Double]) {
+    var oursSeconds: [Double] = [], baselineSeconds: [Double] = []
+    for round in 0..<rounds {
+        if round.isMultiple(of: 2) { oursSeconds.append(try ours()) }
+        if let seconds = try baseline() { baselineSeconds.append(seconds) }
+        if !round.isMultiple(of: 2) { oursSeconds.append(try ours()) }
+    }
+    return (oursSeconds, baselineSeconds)
 }
 
 extension Array where Element == Double {
