@@ -67,7 +67,7 @@ func writeImage(_ input: UnsafeRawBufferPointer) {
         let count = Int(min(4096, length - offset))
         _ = try? root.driver.write(at: offset, from: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
     }
-    if let clusterSize = try? root.driver.compressedClusterSize(), length >= Int64(clusterSize),
+    if let clusterSize = root.driver.clusterBytes, length >= Int64(clusterSize),
        let cluster = try? root.driver.compressCluster(at: 0, UnsafeRawBufferPointer(rebasing: buffer[0..<min(4096, clusterSize)])) {
         _ = try? root.driver.writeCompressed(cluster)
     }

@@ -26,9 +26,9 @@ public final class NBDExport: Sendable {
         self.name = name
         self.image = image
         minimumBlockSize = image.options.cache == .none ? 512 : 1
-        let cluster = (try? image.formatInfo().clusterSize).flatMap { $0 }.map(UInt32.init) ?? 4096
-        preferredBlockSize = max(4096, cluster)
+        let cluster = image.clusterBytes.map(UInt32.init) ?? 4096
         maximumPayload = Self.payloadLimit
+        preferredBlockSize = max(4096, cluster)
     }
 
     /// Whether writes are refused.

@@ -6,8 +6,8 @@
 import BlockGraph
 
 extension Qcow2Driver {
-    /// One cluster: the unit a compressed cluster replaces whole.
-    public func compressedClusterSize() throws(BlockError) -> Int { clusterSize }
+    /// The image's cluster size, from its header: the unit a compressed cluster replaces whole.
+    public var clusterBytes: Int? { clusterSize }
 
     /// The deflate stream for one cluster (zero-padded to a whole cluster), or the whole cluster
     /// as it is when the stream would not be smaller. Needs no lock: callers may compress

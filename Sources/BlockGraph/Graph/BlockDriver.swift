@@ -95,8 +95,9 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// The internal snapshots, in table order.
     func snapshots() throws(BlockError) -> [SnapshotInfo]
 
-    /// The unit a compressed write stores: one cluster.
-    func compressedClusterSize() throws(BlockError) -> Int
+    /// The format's allocation unit in bytes, which a compressed write stores whole and a copy
+    /// skips zeroes by; nil for a format without clusters. A stored value: asking costs no I/O.
+    var clusterBytes: Int? { get }
 
     /// The cluster at `byteOffset` (all of it, or the image's last, shorter one) made ready for
     /// `writeCompressed`. Takes no lock: callers may compress clusters in parallel.
@@ -148,10 +149,8 @@ extension BlockDriver {
     public func snapshots() throws(BlockError) -> [SnapshotInfo] {
         throw BlockError(.notSupportedByFormat, "The \(formatName) format has no internal snapshots")
     }
-    /// A format without compressed clusters refuses before any data is compressed.
-    public func compressedClusterSize() throws(BlockError) -> Int {
-        throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")
-    }
+    /// Formats without clusters (raw) allocate byte by byte, as their file does.
+    public var clusterBytes: Int? { nil }
     /// Refused for formats without compressed clusters.
     public func compressCluster(at byteOffset: Int64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> CompressedCluster {
         throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")

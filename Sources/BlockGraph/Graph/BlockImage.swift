@@ -264,13 +264,16 @@ public final class BlockImage: Sendable {
     /// The internal snapshots, in table order.
     public func snapshots() throws(BlockError) -> [SnapshotInfo] { try rootDriver.snapshots() }
 
-    /// The unit compressed writes store.
-    public func compressedClusterSize() throws(BlockError) -> Int { try rootDriver.compressedClusterSize() }
+    /// The format's cluster size in bytes; nil for a format without clusters (raw).
+    public var clusterBytes: Int? { rootDriver.clusterBytes }
 
     /// Stores `buffer` at `byteOffset` compressed, cluster by cluster (qemu-io's `write -c`): it
     /// covers whole clusters, or ends at the end of the image.
     public func writeCompressed(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
-        let clusterSize = try compressedClusterSize()
+        // A format without clusters stores nothing compressed: refused before any data is compressed.
+        guard let clusterSize = clusterBytes else {
+            throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")
+        }
         let count = Int64(buffer.count)
         try checkRange(byteOffset, count)
         let length = try length()

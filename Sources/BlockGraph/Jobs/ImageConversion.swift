@@ -58,13 +58,7 @@ public final class ImageConversion: Sendable {
         guard targetLength >= length else {
             throw BlockError(.invalidRequest, "the target image (\(targetLength) bytes) is shorter than the source (\(length) bytes)")
         }
-        let clusterBytes: Int?
-        do {
-            clusterBytes = try target.formatInfo().clusterSize
-        } catch where error.code == .notSupportedByFormat {
-            clusterBytes = nil
-        }
-        pieceBytes = clusterBytes ?? Self.holeBytes
+        pieceBytes = target.clusterBytes ?? Self.holeBytes
         chunkBytes = max(Self.chunkBytes, pieceBytes)
     }
 
