@@ -1,17 +1,19 @@
-// BenchPrograms: the programs the benchmarks run beside blk in the same run.
+// BenchPrograms: the programs the benchmarks run beside blk in the same run, looked up once:
+// a benchmark starts them hundreds of times.
 import FoundationEssentials
+import Posix
 
 enum BenchPrograms {
     /// qemu-img, the baseline of `bench io` and `bench convert`; nil when qemu-utils is missing.
-    static var qemuImg: String? { installed("qemu-img") }
+    static let qemuImg: String? = installed("qemu-img")
 
     /// qemu-io, the baseline of `bench startup`'s `io -c flush`; nil when qemu-utils is missing.
-    static var qemuIO: String? { installed("qemu-io") }
+    static let qemuIO: String? = installed("qemu-io")
 
     private static func installed(_ name: String) -> String? {
         ["/usr/bin/" + name, "/usr/local/bin/" + name].first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
     /// This blk executable, for benchmarks that run it as a process of its own.
-    static var blk: String { URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path }
+    static let blk: String = (try? currentExecutable().get()) ?? "/proc/self/exe"
 }

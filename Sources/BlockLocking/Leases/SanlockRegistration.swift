@@ -232,11 +232,7 @@ final class SanlockRegistration: Sendable {
     /// executable. Without one sanlock falls back to SIGKILL, which fences too, only harder.
     static var fenceHelper: String? {
         if let path = getenv("BLK_LEASE_FENCE_HELPER") { return String(cString: path) }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard length > 0 else { return nil }
-        let executable = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let folder = executable.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        guard case .success(let folder) = currentExecutableFolder() else { return nil }
         let candidate = folder + "/blk"
         return access(candidate, X_OK) == 0 ? candidate : nil
     }

@@ -5,6 +5,7 @@
 import ArgumentParser
 import BlockCLI
 import Glibc
+import Posix
 
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,13 +31,12 @@ struct ServeCommand: ParsableCommand {
 
     /// blk-serve in the folder of the running blk, whatever name or symlink blk was started by.
     private static func serverPath() throws -> String {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard length > 0 else {
-            printError("cannot find blk-serve, the program `blk serve` runs: /proc/self/exe: \(String(cString: strerror(errno)))")
+        switch currentExecutableFolder() {
+        case .success(let folder):
+            return folder + "/blk-serve"
+        case .failure(let error):
+            printError("cannot find blk-serve, the program `blk serve` runs: /proc/self/exe: \(error)")
             throw ExitCode(ExitStatus.unsupported)
         }
-        let executable = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return executable[..<(executable.lastIndex(of: "/") ?? executable.startIndex)] + "/blk-serve"
     }
 }
