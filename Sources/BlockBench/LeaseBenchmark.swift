@@ -44,9 +44,9 @@ package struct LeaseBenchmark {
         guard socket >= 0 else { throw LockingError(.leaseUnavailable, "the baseline could not register with sanlock (\(socket))") }
         defer { close(socket) }
         var resource = blk_sanlk_resource()
-        copyC(settings.lockspace, into: &resource.lockspace_name)
-        copyC(image.resourceName, into: &resource.name)
-        copyC(location.path, into: &resource.disks.path)
+        SanlockLibrary.copy(settings.lockspace, into: &resource.lockspace_name)
+        SanlockLibrary.copy(image.resourceName, into: &resource.name)
+        SanlockLibrary.copy(location.path, into: &resource.disks.path)
         resource.disks.offset = location.offset
         resource.num_disks = 1
 
@@ -78,12 +78,5 @@ package struct LeaseBenchmark {
         return Results(lockspace: settings.lockspace,
                        acquireMedianMs: acquire.median / 1e6, releaseMedianMs: release.median / 1e6,
                        baselineAcquireMedianMs: baseAcquire.median / 1e6, baselineReleaseMedianMs: baseRelease.median / 1e6)
-    }
-
-    private func copyC<T>(_ text: String, into field: inout T) {
-        withUnsafeMutableBytes(of: &field) { bytes in
-            bytes.initializeMemory(as: UInt8.self, repeating: 0)
-            for (index, byte) in text.utf8.prefix(bytes.count - 1).enumerated() { bytes[index] = byte }
-        }
     }
 }

@@ -4,7 +4,7 @@ import CSanlock
 import Glibc
 import SystemPackage
 
-enum SanlockLibrary {
+package enum SanlockLibrary {
     /// Loads the client library, or says what to install.
     static func load() throws(LockingError) {
         guard blk_sanlock_load() == 0 else {
@@ -36,7 +36,7 @@ enum SanlockLibrary {
 
     /// Copies `text` into a fixed C char array (NUL-padded; sanlock's names need no terminator
     /// at 48 bytes, paths do).
-    static func copy<T>(_ text: String, into field: inout T) {
+    package static func copy<T>(_ text: String, into field: inout T) {
         withUnsafeMutableBytes(of: &field) { bytes in
             bytes.initializeMemory(as: UInt8.self, repeating: 0)
             for (index, byte) in text.utf8.prefix(bytes.count - 1).enumerated() { bytes[index] = byte }
