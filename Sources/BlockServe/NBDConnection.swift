@@ -43,19 +43,18 @@ struct NBDConnection {
                            _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
                            _ allocator: ByteBufferAllocator) async throws -> NBDSession? {
         var negotiation = NBDNegotiation(exports: exports, allocator: allocator)
-        var sawFlags = false
+        // The decoder yields the client flags first and once, so every option comes after them.
         while let message = try await messages.next() {
             let outcome: NBDNegotiation.Outcome
             switch message {
             case .clientFlags(let flags):
                 outcome = negotiation.receive(flags)
-                sawFlags = true
-            case .option(let option) where sawFlags:
+            case .option(let option):
                 logger.debug("option", metadata: ["option": "\(option.option)", "length": "\(option.data.readableBytes)"])
                 let step = negotiation.receive(option)
                 try await outbound.write(step.replies)
                 outcome = step.outcome
-            case .option, .request:
+            case .request:
                 outcome = .close("a transmission request during negotiation")
             }
             switch outcome {

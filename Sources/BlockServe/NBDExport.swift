@@ -14,7 +14,7 @@ public final class NBDExport: Sendable {
     /// The size requests are efficient at: the format's cluster, or 4 KiB.
     public let preferredBlockSize: UInt32
     /// The most one request carries: payload of a write, data of a read.
-    public let maximumPayload: UInt32
+    public var maximumPayload: UInt32 { Self.payloadLimit }
 
     /// The largest payload this server takes in one request, 32 MiB: the size the spec asks
     /// every peer to accept without calling it a denial of service.
@@ -27,7 +27,6 @@ public final class NBDExport: Sendable {
         self.image = image
         minimumBlockSize = image.options.cache == .none ? 512 : 1
         let cluster = image.clusterBytes.map(UInt32.init) ?? 4096
-        maximumPayload = Self.payloadLimit
         preferredBlockSize = max(4096, cluster)
     }
 
