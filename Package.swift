@@ -60,6 +60,7 @@ let package = Package(
         .target(
             name: "BlockGraph",
             dependencies: [
+                "BlockIOScript",
                 "BlockLocking",
                 "Posix",
                 .product(name: "SystemPackage", package: "swift-system"),

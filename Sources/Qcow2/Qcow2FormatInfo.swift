@@ -27,6 +27,13 @@ extension Qcow2Driver {
                                   backingFormat: header.backingFormat, isDirty: features & Qcow2Header.dirtyBit != 0, fields: fields)
     }
 
+    /// Version 3 images store persistent bitmaps (QEMU's qcow2_supports_persistent_dirty_bitmap):
+    /// the ones QEMU would load, each as wide as the image.
+    public func persistentBitmaps() throws(BlockError) -> [PersistentBitmap]? {
+        guard header.version >= 3 else { return nil }
+        return try consistentBitmaps().map { PersistentBitmap(name: $0.name, granularity: Int64(1) << Int64($0.granularityBits)) }
+    }
+
     /// The bitmaps QEMU would load: declared, and vouched for by the autoclear bit, which this
     /// open's first write clears.
     private func consistentBitmaps() throws(BlockError) -> [Qcow2Bitmap] {

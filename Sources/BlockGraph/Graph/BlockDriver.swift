@@ -95,6 +95,10 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// The internal snapshots, in table order.
     func snapshots() throws(BlockError) -> [SnapshotInfo]
 
+    /// The persistent dirty bitmaps QEMU would load from the image, for measuring a copy; nil
+    /// where the format (or this image's version of it) cannot store any.
+    func persistentBitmaps() throws(BlockError) -> [PersistentBitmap]?
+
     /// The format's allocation unit in bytes, which a compressed write stores whole and a copy
     /// skips zeroes by; nil for a format without clusters. A stored value: asking costs no I/O.
     var clusterBytes: Int? { get }
@@ -149,6 +153,8 @@ extension BlockDriver {
     public func snapshots() throws(BlockError) -> [SnapshotInfo] {
         throw BlockError(.notSupportedByFormat, "The \(formatName) format has no internal snapshots")
     }
+    /// Formats without bitmaps (raw) have none to copy.
+    public func persistentBitmaps() throws(BlockError) -> [PersistentBitmap]? { nil }
     /// Formats without clusters (raw) allocate byte by byte, as their file does.
     public var clusterBytes: Int? { nil }
     /// Refused for formats without compressed clusters.

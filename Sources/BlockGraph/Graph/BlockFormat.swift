@@ -33,12 +33,21 @@ public protocol BlockFormat: Sendable {
     /// "Formatting 'PATH', fmt=NAME ": every option the format has, given or defaulted, in
     /// QEMU's order, so scripts that read one tool's line read the other's.
     static func creationSummary(_ options: ImageCreateOptions) -> String
+
+    /// The storage an image of this format takes for `content`, created with `options` (qemu-img
+    /// measure's figures, QEMU's bdrv_measure): options the format lacks are refused, as its
+    /// create refuses them.
+    static func measure(_ content: MeasuredContent, options: FormatOptions) throws(BlockError) -> SizeMeasurement
 }
 
 extension BlockFormat {
     /// A format that cannot make images (none yet, but a read-only one would) says so with exit 69.
     public static func create(at path: String, options: ImageCreateOptions) throws(BlockError) {
         throw BlockError(.notSupportedByFormat, "Format driver '\(formatName)' does not support image creation")
+    }
+    /// A format that cannot size its images in advance says so with exit 69, in qemu-img's words.
+    public static func measure(_ content: MeasuredContent, options: FormatOptions) throws(BlockError) -> SizeMeasurement {
+        throw BlockError(.notSupportedByFormat, "Block driver '\(formatName)' does not support size measurement")
     }
     /// Most formats store clusters only as they read.
     public static var writesCompressed: Bool { false }
@@ -128,5 +137,13 @@ public enum RawFormat: BlockFormat {
         // On the storage before the lease is given back (and the locks): a host that takes the
         // image next must not have its writes overtaken by this page cache's write-back.
         try file.flush()
+    }
+
+    /// Every guest byte is a byte of the file, allocated or not (QEMU's raw_measure).
+    public static func measure(_ content: MeasuredContent, options: FormatOptions) throws(BlockError) -> SizeMeasurement {
+        try options.refuseUnknown(["preallocation"], format: formatName)
+        _ = try options.choice("preallocation", of: Preallocation.self)
+        let size = try content.sectorAlignedSize()
+        return SizeMeasurement(required: size, fullyAllocated: size)
     }
 }

@@ -264,6 +264,9 @@ public final class BlockImage: Sendable {
     /// The internal snapshots, in table order.
     public func snapshots() throws(BlockError) -> [SnapshotInfo] { try rootDriver.snapshots() }
 
+    /// The persistent dirty bitmaps a copy would carry; nil for a format that stores none.
+    public func persistentBitmaps() throws(BlockError) -> [PersistentBitmap]? { try rootDriver.persistentBitmaps() }
+
     /// The format's cluster size in bytes; nil for a format without clusters (raw).
     public var clusterBytes: Int? { rootDriver.clusterBytes }
 
