@@ -15,7 +15,7 @@ struct MeasureCommand: ParsableCommand {
     }
 
     @OptionGroup var imageOptions: ImageOptions
-    @Option(name: .customShort("O"), help: "The format to measure for: raw (the default) or qcow2.") var outputFormat = "raw"
+    @Option(name: .customShort("O"), help: ArgumentHelp("The format to measure for: raw or qcow2.", valueName: "format")) var outputFormat = "raw"
     @Option(name: .customShort("o"), help: ArgumentHelp("The target's create options, NAME=VALUE,... (qcow2: cluster_size, compat, refcount_bits, preallocation, extended_l2, backing_file).", valueName: "options"))
     var createOptions: [String] = []
     @Option(help: "Measure an empty image of this virtual size instead of a copy of IMAGE.") var size: ByteCount?

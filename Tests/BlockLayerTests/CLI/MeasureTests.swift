@@ -172,6 +172,26 @@ struct MeasureHostileTests {
         #expect(ours.status == 69 && ours.stderr == "blk: Unknown file format 'vmdk'\n", "\(ours)")
     }
 
+    @Test("every read of the input failing in turn, the L2 tables' included: exit 74 with the failure named, or the right figures")
+    func failingReads() throws {
+        let images = try InteropImages()
+        let image = try images.chain()
+        let expected = try run("/usr/bin/qemu-img", ["measure", "-O", "qcow2", image])
+        var failures = 0
+        for read in 1...40 {
+            let ours = try run(blkPath, ["measure", "--inject-fault", "read:\(read)", "-O", "qcow2", image])
+            if ours.status == 0 {
+                #expect(ours.stdout == expected.stdout, "read \(read): \(ours)")
+                break
+            }
+            failures += 1
+            #expect(ours.status == 74 && ours.stderr.contains("Input/output error"), "read \(read): \(ours)")
+        }
+        // The top image's header, header cluster, L1 table and L2 table (faults are injected
+        // into the image named, not its backing images): the last one read by the walk.
+        #expect(failures >= 4)
+    }
+
     @Test("a truncated qcow2 input and one whose L1 table points past the file end exit 65, without a crash")
     func hostileImages() throws {
         let images = try InteropImages()
