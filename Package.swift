@@ -60,7 +60,6 @@ let package = Package(
         .target(
             name: "BlockGraph",
             dependencies: [
-                "BlockIOScript",
                 "BlockLocking",
                 "Posix",
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -122,7 +121,7 @@ let package = Package(
             ]
         ),
         // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
-        .target(name: "BlockIOScript", dependencies: ["BlockLocking"]),
+        .target(name: "BlockIOScript", dependencies: ["BlockGraph", "BlockLocking"]),
         // What blk and blk-serve share: the image and lease options, errors and exit codes, JSON.
         .target(
             name: "BlockCLI",
@@ -189,8 +188,8 @@ if Context.environment["BLK_FUZZ"] != nil {
                           path: "Fuzz/qcow2"),
         .executableTarget(name: "fuzz-state", dependencies: ["FuzzSupport", "DeviceState", .product(name: "Crypto", package: "swift-crypto")],
                           path: "Fuzz/state"),
-        .executableTarget(name: "fuzz-io-script", dependencies: ["FuzzSupport", "BlockIOScript"], path: "Fuzz/io-script"),
-        .executableTarget(name: "fuzz-numbers", dependencies: ["FuzzSupport", "BlockIOScript"], path: "Fuzz/numbers"),
+        .executableTarget(name: "fuzz-io-script", dependencies: ["FuzzSupport", "BlockGraph", "BlockIOScript"], path: "Fuzz/io-script"),
+        .executableTarget(name: "fuzz-numbers", dependencies: ["FuzzSupport", "BlockGraph", "BlockIOScript"], path: "Fuzz/numbers"),
         .executableTarget(name: "fuzz-nbd", dependencies: ["FuzzSupport", "NBD", .product(name: "NIOCore", package: "swift-nio")],
                           path: "Fuzz/nbd"),
     ]

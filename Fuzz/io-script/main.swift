@@ -1,6 +1,7 @@
 // libFuzzer target: an input is a `blk io` script, one command per line, as `-c` takes them.
 // Parsing must return a step or an error for anything; a parsed step must print back to
 // something that parses to the same step (so the parser has no hidden state).
+import BlockGraph
 import BlockIOScript
 import FuzzSupport
 

@@ -2,6 +2,7 @@
 // and `blk io` scripts share — sizes and offsets (parseByteCount), waits in seconds
 // (`--timeout`) and milliseconds (`sleep`), and whole io steps. Each must return a value inside
 // its documented bounds or refuse, for any text: never trap, never wrap.
+import BlockGraph
 import BlockIOScript
 import FuzzSupport
 

@@ -1,7 +1,7 @@
-// ByteCount: sizes and offsets as command-line arguments (the syntax is BlockIOScript's
-// parseByteCount).
+// ByteCount: sizes and offsets as command-line arguments (the syntax is BlockGraph's
+// parseByteCount, which format options share).
 import ArgumentParser
-import BlockIOScript
+import BlockGraph
 
 package struct ByteCount: ExpressibleByArgument, Hashable {
     package let value: Int64

@@ -1,6 +1,7 @@
 // IOCommandStep: the qemu-io-like commands of `blk io -c …`, parsed before anything runs, so a
 // typo in the fifth command does not leave the first four done. A module of its own so the
 // parser can be fuzzed without the CLI (Fuzz/).
+import BlockGraph
 import BlockLocking
 
 /// One parsed command of a `blk io` script, checked before any runs.

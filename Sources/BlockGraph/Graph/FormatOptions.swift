@@ -1,7 +1,6 @@
 // FormatOptions: a format's options as qemu-img's -o takes them, "name=value,name=value" (a
 // comma in a value doubled), each typed only by the format that reads it — as QEMU's QemuOpts
 // are checked against the format's own option list. A name given twice counts with its last value.
-import BlockIOScript
 
 /// The `-o` options of a command, for a format to read and check: it takes the names it knows,
 /// then refuses the rest.
