@@ -35,6 +35,8 @@ let package = Package(
         // `blk serve`: the NBD server's networking and its diagnostics.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        // `blk serve`: SIGTERM/SIGINT and the control socket's `quit` stop it gracefully.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .target(name: "CLinuxIO"),
@@ -118,6 +120,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
@@ -159,6 +162,7 @@ let package = Package(
                 "BlockServe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             linkerSettings: staticRuntimeInRelease
         ),

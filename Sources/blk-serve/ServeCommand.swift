@@ -1,5 +1,6 @@
-// `blk serve`: images exported over NBD (docs/serve.md). Parsing, the ready line, exit codes
-// and signals here; the server is BlockServe's NBDServer. The images stay open, their locks and
+// `blk serve`: images exported over NBD (docs/serve.md). Parsing, the ready line and exit codes
+// here; the server is BlockServe's NBDServer, run in a ServiceGroup of swift-service-lifecycle,
+// which turns SIGTERM and SIGINT into a graceful stop. The images stay open, their locks and
 // leases held, from before the socket is bound until after the last connection has ended and
 // they are flushed and closed. A program of its own, as qemu-nbd is beside qemu-img, so that blk's
 // short verbs do not load the network stack; `blk serve` execs it.
@@ -7,14 +8,14 @@ import ArgumentParser
 import BlockCLI
 import BlockLayer
 import BlockServe
-import Dispatch
 import Glibc
 import Logging
+import ServiceLifecycle
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 @main
-struct ServeCommand: ParsableCommand {
+struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         // Users type `blk serve`, which execs this program with the same arguments.
         commandName: "blk serve",
@@ -61,7 +62,7 @@ struct ServeCommand: ParsableCommand {
         return images.map { String($0.split(separator: "/").last ?? Substring($0)) }
     }
 
-    func run() throws {
+    func run() async throws {
         let level = logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -76,15 +77,15 @@ struct ServeCommand: ParsableCommand {
         }
         var opened: [BlockImage] = []
         for path in images { opened.append(try imageOptions.open(path, writable: true, json: false)) }
+        let logger = Logger(label: "blk.serve")
         let server: NBDServer
         do throws(BlockError) {
             server = try NBDServer(exports: zip(names, opened).map { NBDExport(name: $0, image: $1) }, address: address,
-                                   connectionLimit: shared, persistent: persistent, logger: Logger(label: "blk.serve"))
+                                   connectionLimit: shared, persistent: persistent, logger: logger)
         } catch {
             throw report(error, json: false)
         }
-        let served = serveUntilStopped(server)
-        var failure = served
+        var failure = await serveUntilStopped(server, logger: logger)
         // The connections have ended: make what they wrote durable and let the images go.
         for image in opened {
             do throws(BlockError) { try image.close() } catch { failure = failure ?? error }
@@ -101,28 +102,22 @@ struct ServeCommand: ParsableCommand {
         return .unix(path: runtime + "/blk-serve.sock")
     }
 
-    /// Runs the server with SIGTERM and SIGINT stopping it; its failure, if any.
-    private func serveUntilStopped(_ server: NBDServer) -> BlockError? {
-        final class Outcome: @unchecked Sendable { var failure: BlockError? }
-        let outcome = Outcome()
-        let finished = DispatchSemaphore(value: 0)
-        let signals = [SIGTERM, SIGINT].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { server.shutdown() }
-            source.resume()
-            return source
+    /// Runs the server until SIGTERM, SIGINT or (without --persistent) the last client's
+    /// leaving; the failure, if any.
+    private func serveUntilStopped(_ server: NBDServer, logger: Logger) async -> BlockError? {
+        do {
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+            let nbd = NBDService(server: server) { address in try? writeAll(STDOUT_FILENO, "listening on \(address)\n".utf8) }
+            // The server stopping for any reason stops the group.
+            services.append(.init(service: nbd, successTerminationBehavior: .gracefullyShutdownGroup))
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
+                                                                              logger: logger))
+            try await group.run()
+            return nil
+        } catch let error as BlockError {
+            return error
+        } catch {
+            return BlockError(.ioError, "blk serve failed: \(error)")
         }
-        defer { signals.forEach { $0.cancel() } }
-        Task {
-            do throws(BlockError) {
-                try await server.run { address in try? writeAll(STDOUT_FILENO, "listening on \(address)\n".utf8) }
-            } catch {
-                outcome.failure = error
-            }
-            finished.signal()
-        }
-        finished.wait()
-        return outcome.failure
     }
 }
