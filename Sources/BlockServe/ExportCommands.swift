@@ -58,6 +58,9 @@ extension NBDExport {
         }
         let writes = request.command == .write || request.command == .trim || request.command == .writeZeroes
         if writes && isReadOnly { throw NBDCommandFailure(.permission, "the export is read-only") }
+        // A migration hand-over's inactive export: writes are refused by BlockImage itself (EPERM
+        // too), a flush here, as QEMU's server does: this process holds no write permission.
+        if request.command == .flush && !isActive { throw NBDCommandFailure(.permission, "the export is inactive (migration hand-over)") }
         if request.command == .flush { return 0..<0 }
         if request.command == .blockStatus {
             guard !session.metaContexts.isEmpty else { throw NBDCommandFailure(.invalid, "no metadata context was selected") }

@@ -20,6 +20,7 @@ import NIOCore
 struct NBDConnection {
     let exports: [NBDExport]
     let maximumInFlight: Int
+    let statistics: NBDServerStatistics
     let logger: Logger
 
     /// Serves `channel` until it ends.
@@ -89,8 +90,11 @@ struct NBDConnection {
                     }
                     started += 1
                     let export = session.export
-                    requests.addTask {
+                    statistics.started()
+                    requests.addTask { [statistics, logger] in
                         let reply = await BlockingThreadPool.shared.run { export.reply(to: request, in: session, allocator: allocator) }
+                        statistics.answered(request, with: reply)
+                        if reply.nbdReplyReportsError { export.logLeaseLossIfAny(logger) }
                         // A client gone leaves nobody to answer; the request itself has completed.
                         try? await outbound.write(reply)
                     }

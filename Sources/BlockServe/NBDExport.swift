@@ -2,13 +2,18 @@
 // transmission flags, block sizes, metadata contexts). The commands are in ExportCommands.swift.
 import BlockLayer
 import NBD
+import Synchronization
 
 /// An open image served under a name.
 public final class NBDExport: Sendable {
     /// The name clients ask for; empty for the default export.
     public let name: String
-    /// The image every connection to this export shares.
-    public let image: BlockImage
+    /// The image every connection to this export shares. A hand-over's activation may replace
+    /// it with a fresh open of the same file (ExportHandOver.swift).
+    public var image: BlockImage { current.withLock { $0 } }
+    let current: Mutex<BlockImage>
+    /// The lease's loss has been logged (ExportLeaseLoss.swift): once per export.
+    let leaseLossLogged = Atomic<Bool>(false)
     /// The least a request's offset and length must be multiples of.
     public let minimumBlockSize: UInt32
     /// The size requests are efficient at: the format's cluster, or 4 KiB.
@@ -24,7 +29,7 @@ public final class NBDExport: Sendable {
     /// when it bypasses the page cache (O_DIRECT), else 1; the qcow2 cluster size preferred.
     public init(name: String, image: BlockImage) {
         self.name = name
-        self.image = image
+        current = Mutex(image)
         minimumBlockSize = image.options.cache == .none ? 512 : 1
         let cluster = image.clusterBytes.map(UInt32.init) ?? 4096
         preferredBlockSize = max(4096, cluster)

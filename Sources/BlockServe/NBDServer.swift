@@ -27,6 +27,8 @@ public final class NBDServer: Sendable {
     public let persistent: Bool
     /// The most requests under way on one connection.
     public let maximumInFlight: Int
+    /// The requests and bytes of every connection.
+    public let statistics = NBDServerStatistics()
     private let logger: Logger
 
     private struct State {
@@ -106,7 +108,8 @@ public final class NBDServer: Sendable {
                             continue
                         }
                         group.addTask { [self] in
-                            await NBDConnection(exports: exports, maximumInFlight: maximumInFlight, logger: logger).run(connection)
+                            await NBDConnection(exports: exports, maximumInFlight: maximumInFlight, statistics: statistics,
+                                                logger: logger).run(connection)
                             leave(connection.channel)
                         }
                     }
@@ -116,6 +119,9 @@ public final class NBDServer: Sendable {
             throw BlockError(.ioError, "The server on \(address) failed: \(error)")
         }
     }
+
+    /// The connections being served now.
+    public var connectionCount: Int { state.withLock { $0.connections.count } }
 
     /// Stops accepting, ends every connection's input and lets the requests under way finish;
     /// `run` then returns. Safe from any thread, and more than once.

@@ -1,6 +1,6 @@
 // `blk serve`: images exported over NBD (docs/serve.md). Parsing, the ready line and exit codes
-// here; the server is BlockServe's NBDServer, run in a ServiceGroup of swift-service-lifecycle,
-// which turns SIGTERM and SIGINT into a graceful stop. The images stay open, their locks and
+// here; the server is BlockServe's NBDServer, run with the control socket in a ServiceGroup of
+// swift-service-lifecycle, which turns SIGTERM and SIGINT into a graceful stop. The images stay open, their locks and
 // leases held, from before the socket is bound until after the last connection has ended and
 // they are flushed and closed. A program of its own, as qemu-nbd is beside qemu-img, so that blk's
 // short verbs do not load the network stack; `blk serve` execs it.
@@ -27,8 +27,11 @@ struct ServeCommand: AsyncParsableCommand {
             ADDRESS", once clients may connect. Each image is an export: named by --export-name \
             (once per image, in order), else the default export "" for a single image, or the \
             image's file name for several. Without --persistent the server stops when its last \
-            client leaves. SIGTERM or SIGINT: stop accepting, finish the requests under way, \
-            flush, release the images, exit 0.
+            client leaves. SIGTERM or SIGINT (or quit on the control socket): stop accepting, \
+            finish the requests under way, flush, release the images, exit 0. --control PATH \
+            answers JSON lines ({"execute": "status"}, inactivate, activate, quit) on a second \
+            Unix socket; --inactive starts a migration destination that holds no locks and \
+            refuses writes until activate.
             """
     )
 
@@ -41,12 +44,18 @@ struct ServeCommand: AsyncParsableCommand {
     var exportNames: [String] = []
     @Option(help: "The most clients at once (1 to 1000).") var shared = 1
     @Flag(help: "Keep serving after the last client leaves.") var persistent = false
+    @Option(help: ArgumentHelp("Answer control requests (one JSON object a line: status, inactivate, activate, quit) on a Unix socket created at PATH.",
+                               valueName: "path"))
+    var control: String?
+    @Flag(help: "Start as a migration destination: the images opened without their locks and lease, writes refused (EPERM), until activate on the control socket.")
+    var inactive = false
     @Option(help: "Diagnostics on stderr from this level up: trace, debug, info, notice, warning, error, critical.")
     var logLevel = Logger.Level.warning
     @Argument(help: "The images to serve.") var images: [String]
 
     func validate() throws {
         if socket != nil && bind != nil { throw ValidationError("--socket and --bind exclude each other") }
+        if inactive && control == nil { throw ValidationError("--inactive needs --control: only its activate makes the images writable") }
         if images.isEmpty { throw ValidationError("missing the image to serve") }
         if !exportNames.isEmpty && exportNames.count != images.count {
             throw ValidationError("--export-name is given \(exportNames.count) times for \(images.count) images: give it once per image, or not at all")
@@ -75,8 +84,10 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             throw report(error, json: false)
         }
+        var options = imageOptions.openOptions(writable: true)
+        options.inactive = inactive
         var opened: [BlockImage] = []
-        for path in images { opened.append(try imageOptions.open(path, writable: true, json: false)) }
+        for path in images { opened.append(try openImage(path, options, json: false)) }
         let logger = Logger(label: "blk.serve")
         let server: NBDServer
         do throws(BlockError) {
@@ -86,9 +97,10 @@ struct ServeCommand: AsyncParsableCommand {
             throw report(error, json: false)
         }
         var failure = await serveUntilStopped(server, logger: logger)
-        // The connections have ended: make what they wrote durable and let the images go.
-        for image in opened {
-            do throws(BlockError) { try image.close() } catch { failure = failure ?? error }
+        // The connections have ended: make what they wrote durable and let the images go (an
+        // activation may have replaced an export's image with a fresh open of it).
+        for export in server.exports {
+            do throws(BlockError) { try export.image.close() } catch { failure = failure ?? error }
         }
         if let failure { throw report(failure, json: false) }
     }
@@ -102,13 +114,17 @@ struct ServeCommand: AsyncParsableCommand {
         return .unix(path: runtime + "/blk-serve.sock")
     }
 
-    /// Runs the server until SIGTERM, SIGINT or (without --persistent) the last client's
-    /// leaving; the failure, if any.
+    /// Runs the server, and the control socket if asked for, until SIGTERM, SIGINT, `quit` or
+    /// (without --persistent) the last client's leaving; the failure, if any.
     private func serveUntilStopped(_ server: NBDServer, logger: Logger) async -> BlockError? {
         do {
             var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+            // Bound first, so that the "listening" line means both sockets are ready.
+            if let control {
+                services.append(.init(service: try await ControlSocket.bind(path: control, server: server, logger: logger)))
+            }
             let nbd = NBDService(server: server) { address in try? writeAll(STDOUT_FILENO, "listening on \(address)\n".utf8) }
-            // The server stopping for any reason stops the group.
+            // The server stopping for any reason stops the control socket too.
             services.append(.init(service: nbd, successTerminationBehavior: .gracefullyShutdownGroup))
             let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                                                                               logger: logger))

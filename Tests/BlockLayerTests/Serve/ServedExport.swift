@@ -12,11 +12,13 @@ final class ServedExport {
     /// The export's URI for qemu tools.
     let uri: String
 
-    /// Starts `blk serve` on `images` with a socket in `scratch` (or, with `tcp`, on a free
-    /// loopback port), plus `options`.
-    init(_ scratch: Scratch, _ images: [String], options: [String] = [], exportName: String = "", tcp: Bool = false) throws {
-        socket = scratch.directory + "/nbd.sock"
-        process = try LineProcess(blkPath, ["serve"] + (tcp ? ["--bind", "127.0.0.1:0"] : ["--socket", socket]) + options + images)
+    /// Starts `blk serve` on `images` with a socket `socketName` in `scratch` (or, with `tcp`, on
+    /// a free loopback port), plus `options`, in `environment` (this process's by default).
+    init(_ scratch: Scratch, _ images: [String], options: [String] = [], exportName: String = "", tcp: Bool = false,
+         socketName: String = "nbd.sock", environment: [String: String]? = nil) throws {
+        socket = scratch.directory + "/" + socketName
+        process = try LineProcess(blkPath, ["serve"] + (tcp ? ["--bind", "127.0.0.1:0"] : ["--socket", socket]) + options + images,
+                                  environment: environment)
         let line = try process.nextLine(within: 30)
         if tcp {
             guard line.hasPrefix("listening on 127.0.0.1:"), let port = Int(line.dropFirst("listening on 127.0.0.1:".count)), port > 0 else {
