@@ -1,7 +1,10 @@
 // NBDServer: the listening socket and its connections — swift-nio's ServerBootstrap, each
 // connection's bytes framed by NBDMessageDecoder and served by an NBDConnection.
 //
-// Connection limit (--shared N): a connection beyond N is closed before the greeting.
+// Connection limit (--shared N): at N connections the server takes no more from the listening
+// socket until one ends, so a client beyond N waits for its greeting (as with qemu-nbd, which
+// stops accepting); swift-nio accepts a few ahead into its buffer, the rest wait in the
+// kernel's backlog.
 // Lifetime: `run` returns once the server has stopped and every connection has ended; it stops
 // on `shutdown()` (SIGTERM, SIGINT), and, unless persistent, when the last client leaves (as
 // qemu-nbd without --persistent). Stopping closes the listening socket and the input of every
@@ -35,6 +38,8 @@ public final class NBDServer: Sendable {
         var listener: Channel?
         var connections: [ObjectIdentifier: Channel] = [:]
         var stopping = false
+        /// The accepting loop, waiting for a connection to end.
+        var waitingForRoom: CheckedContinuation<Void, Never>?
     }
     private let state = Mutex(State())
 
@@ -101,9 +106,11 @@ public final class NBDServer: Sendable {
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 try await listener.executeThenClose { connections in
-                    for try await connection in connections {
+                    var accepted = connections.makeAsyncIterator()
+                    while true {
+                        await roomForAConnection()
+                        guard let connection = try await accepted.next() else { break }
                         guard admit(connection.channel) else {
-                            logger.notice("connection refused: the limit of \(connectionLimit) is reached, or the server is stopping")
                             connection.channel.close(promise: nil)
                             continue
                         }
@@ -126,27 +133,44 @@ public final class NBDServer: Sendable {
     /// Stops accepting, ends every connection's input and lets the requests under way finish;
     /// `run` then returns. Safe from any thread, and more than once.
     public func shutdown() {
-        let (listener, connections) = state.withLock { state in
+        let (listener, connections, waiting) = state.withLock { state in
             state.stopping = true
-            return (state.listener, Array(state.connections.values))
+            defer { state.waitingForRoom = nil }
+            return (state.listener, Array(state.connections.values), state.waitingForRoom)
         }
+        waiting?.resume()
         listener?.close(promise: nil)
         for connection in connections { connection.close(mode: .input, promise: nil) }
     }
 
+    /// Returns once fewer than `connectionLimit` connections are served, or the server stops.
+    private func roomForAConnection() async {
+        await withCheckedContinuation { continuation in
+            let room = state.withLock { state in
+                guard !state.stopping, state.connections.count >= connectionLimit else { return true }
+                state.waitingForRoom = continuation
+                return false
+            }
+            if room { continuation.resume() }
+        }
+    }
+
+    /// Counts `channel` in, unless the server is stopping.
     private func admit(_ channel: Channel) -> Bool {
         state.withLock { state in
-            guard !state.stopping, state.connections.count < connectionLimit else { return false }
+            guard !state.stopping else { return false }
             state.connections[ObjectIdentifier(channel)] = channel
             return true
         }
     }
 
     private func leave(_ channel: Channel) {
-        let last = state.withLock { state in
+        let (last, waiting) = state.withLock { state in
             state.connections[ObjectIdentifier(channel)] = nil
-            return state.connections.isEmpty
+            defer { state.waitingForRoom = nil }
+            return (state.connections.isEmpty, state.waitingForRoom)
         }
+        waiting?.resume()
         if last && !persistent {
             logger.info("the last client left: stopping (no --persistent)")
             shutdown()

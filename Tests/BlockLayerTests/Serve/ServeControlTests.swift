@@ -1,6 +1,6 @@
 // `blk serve --control`: the control socket's requests and answers (status with the traffic,
-// errors for bad lines while the server goes on, quit), and its path guarded as the NBD
-// socket's is.
+// errors for bad lines while the server goes on, quit), its path guarded as the NBD socket's is,
+// and clients beyond --shared waiting for their turn instead of being turned away.
 import Foundation
 import Glibc
 import Testing
@@ -103,5 +103,27 @@ struct ServeControlTests {
         #expect(access(scratch.directory + "/nbd.sock", F_OK) != 0)
         let usage = try run(blkPath, ["serve", "-f", "raw", "--socket", scratch.directory + "/nbd.sock", "--inactive", image])
         #expect(usage.status == 64 && usage.stderr.contains("--inactive needs --control"), "\(usage)")
+    }
+
+    @Test("a client beyond --shared waits, and is served once a connection ends")
+    func clientBeyondSharedWaits() throws {
+        let image = try scratch.rawImage(bytes: 1 << 20)
+        let served = try ServedExport(scratch, [image], options: ["-f", "raw", "--shared", "1", "--persistent", "--control", controlPath])
+        let control = try ControlClient(controlPath)
+        let first = try RawNBDClient(served.socket)
+        try first.handshake()
+        try first.go()
+        let second = try RawNBDClient(served.socket)
+        #expect(try control.returned("status")["connections"] as? Int == 1)
+        var byte: UInt8 = 0
+        #expect(recv(second.descriptor, &byte, 1, Int32(MSG_DONTWAIT)) == -1 && errno == EAGAIN, "no greeting while the first is served")
+        try first.request(command: 2, cookie: 1, offset: 0, length: 0) // NBD_CMD_DISC
+        #expect(first.isClosedByServer())
+        try second.handshake()
+        try second.go()
+        try second.request(command: 0, cookie: 2, offset: 0, length: 512)
+        #expect(try second.simpleReply() == .init(error: 0, cookie: 2))
+        #expect(try second.receive(512) != nil)
+        #expect(try served.stop() == 0)
     }
 }
