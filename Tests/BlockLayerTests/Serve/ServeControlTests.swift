@@ -1,6 +1,7 @@
 // `blk serve --control`: the control socket's requests and answers (status with the traffic,
-// errors for bad lines while the server goes on, quit), its path guarded as the NBD socket's is,
-// and clients beyond --shared waiting for their turn instead of being turned away.
+// errors for bad lines while the server goes on, quit; SIGINT beside it), its path guarded as
+// the NBD socket's is, and clients beyond --shared waiting for their turn instead of being
+// turned away.
 import Foundation
 import Glibc
 import Testing
@@ -78,16 +79,22 @@ struct ServeControlTests {
         #expect(served.process.exitStatus(within: 30) == 0)
     }
 
-    @Test("quit stops the server as SIGTERM does: exit 0, both sockets removed")
-    func quitStops() throws {
+    @Test("quit, and SIGINT, stop the server as SIGTERM does: exit 0, both sockets removed", arguments: ["quit", "SIGINT"])
+    func stops(by way: String) throws {
         let image = try scratch.qcow2Image(size: "16M")
         let served = try ServedExport(scratch, [image], options: ["-f", "qcow2", "--persistent", "--control", controlPath])
         var mode = stat()
         #expect(lstat(controlPath, &mode) == 0 && mode.st_mode & 0o777 == 0o600)
         try qemuIO(["-f", "raw", "-c", "write -P 0x77 0 64k", served.uri])
         let control = try ControlClient(controlPath)
-        #expect(try control.returned("quit").isEmpty)
+        if way == "quit" {
+            #expect(try control.returned("quit").isEmpty)
+        } else {
+            #expect(try control.returned("status")["connections"] as? Int == 0)
+            kill(served.process.pid, SIGINT)
+        }
         #expect(served.process.exitStatus(within: 30) == 0, "\(served.process.stderr)")
+        #expect(control.isClosedByServer())
         #expect(access(controlPath, F_OK) != 0 && access(served.socket, F_OK) != 0)
         try qemuIO(["-f", "qcow2", "-c", "read -P 0x77 0 64k", image])
         #expect(try run("/usr/bin/qemu-img", ["check", image]).status == 0)
