@@ -7,6 +7,9 @@
 // stops taking requests from the channel, whose inbound buffer then fills and stops reading
 // from the socket (NIOAsyncChannel's watermarks), until one completes.
 //
+// TLS: when the server has credentials, NBD_OPT_STARTTLS's ACK puts TLS in front of the decoder
+// (NBDConnectionTLS) and negotiation goes on through it.
+//
 // Ending: NBD_CMD_DISC, the client's EOF, a framing error or the server's shutdown (which
 // closes the channel's input) stop the reading; the requests under way still complete and are
 // answered where the client is still there: a client that vanished leaves the image as every
@@ -21,6 +24,8 @@ struct NBDConnection {
     let exports: [NBDExport]
     let maximumInFlight: Int
     let statistics: NBDServerStatistics
+    /// The connection's TLS, when the server requires it.
+    let tls: NBDConnectionTLS?
     let logger: Logger
 
     /// Serves `channel` until it ends.
@@ -30,7 +35,7 @@ struct NBDConnection {
             try await channel.executeThenClose { inbound, outbound in
                 var messages = inbound.makeAsyncIterator()
                 try await outbound.write(NBDHandshake.greeting(allocator: allocator))
-                guard let session = try await negotiate(&messages, outbound, allocator) else { return }
+                guard let session = try await negotiate(&messages, outbound, channel.channel) else { return }
                 logger.info("transmission", metadata: ["export": "\(session.export.name)", "structured": "\(session.structuredReplies)"])
                 await transmit(session, &messages, outbound, allocator)
             }
@@ -42,8 +47,8 @@ struct NBDConnection {
     /// Option haggling until transmission (the session) or the end of the connection (nil).
     private func negotiate(_ messages: inout NIOAsyncChannelInboundStream<NBDClientMessage>.AsyncIterator,
                            _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-                           _ allocator: ByteBufferAllocator) async throws -> NBDSession? {
-        var negotiation = NBDNegotiation(exports: exports, allocator: allocator)
+                           _ channel: Channel) async throws -> NBDSession? {
+        var negotiation = NBDNegotiation(exports: exports, allocator: channel.allocator, tlsRequired: tls != nil)
         // The decoder yields the client flags first and once, so every option comes after them.
         while let message = try await messages.next() {
             let outcome: NBDNegotiation.Outcome
@@ -53,13 +58,18 @@ struct NBDConnection {
             case .option(let option):
                 logger.debug("option", metadata: ["option": "\(option.option)", "length": "\(option.data.readableBytes)"])
                 let step = negotiation.receive(option)
-                try await outbound.write(step.replies)
+                if case .startTLS = step.outcome, let tls {
+                    try await tls.start(on: channel, sending: step.replies)
+                    logger.debug("TLS started")
+                } else {
+                    try await outbound.write(step.replies)
+                }
                 outcome = step.outcome
             case .request:
                 outcome = .close("a transmission request during negotiation")
             }
             switch outcome {
-            case .negotiating: continue
+            case .negotiating, .startTLS: continue
             case .transmission(let session): return session
             case .close(let reason):
                 logger.info("negotiation ended", metadata: ["reason": "\(reason)"])

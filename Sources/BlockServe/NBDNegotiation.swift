@@ -3,7 +3,11 @@
 // asking an export its size, so the rules of the spec are all in one place:
 //   - an unknown option gets NBD_REP_ERR_UNSUP, malformed data NBD_REP_ERR_INVALID, an unknown
 //     export NBD_REP_ERR_UNKNOWN (or, after NBD_OPT_EXPORT_NAME, which cannot say so, a close);
-//   - NBD_OPT_STARTTLS is refused with NBD_REP_ERR_UNSUP: this server has no TLS yet;
+//   - TLS, when the server has credentials, is required (the spec's FORCEDTLS, as qemu-nbd
+//     with --tls-creds): before NBD_OPT_STARTTLS every option but NBD_OPT_ABORT gets
+//     NBD_REP_ERR_TLS_REQD, and NBD_OPT_EXPORT_NAME, which cannot be refused, a close; the
+//     STARTTLS accepted restarts the option state; a second one is NBD_REP_ERR_INVALID. Without
+//     credentials STARTTLS gets NBD_REP_ERR_POLICY;
 //   - the meta-context options need structured replies first, and a selection counts only for
 //     the export it named.
 import NBD
@@ -15,6 +19,8 @@ public struct NBDNegotiation {
     public enum Outcome {
         /// Wait for the next option.
         case negotiating
+        /// Send the replies in plain text, then start TLS: what follows comes through it.
+        case startTLS
         /// Negotiation is over: serve requests.
         case transmission(NBDSession)
         /// End the connection (after sending the replies).
@@ -23,15 +29,20 @@ public struct NBDNegotiation {
 
     private let exports: [NBDExport]
     private let allocator: ByteBufferAllocator
+    /// The server has credentials: nothing but STARTTLS and ABORT before TLS.
+    private let tlsRequired: Bool
+    /// NBD_OPT_STARTTLS was accepted: the options since came through TLS.
+    private var tlsStarted = false
     private var clientFlags: NBDClientFlags = []
     private var structuredReplies = false
     /// The last NBD_OPT_SET_META_CONTEXT's export and selection.
     private var selection: (exportName: String, contexts: [NBDMetaContext])?
 
-    /// A negotiation offering `exports`.
-    public init(exports: [NBDExport], allocator: ByteBufferAllocator) {
+    /// A negotiation offering `exports`, only through TLS when `tlsRequired`.
+    public init(exports: [NBDExport], allocator: ByteBufferAllocator, tlsRequired: Bool = false) {
         self.exports = exports
         self.allocator = allocator
+        self.tlsRequired = tlsRequired
     }
 
     /// Takes the client's flags; a flag this server does not know ends the session, as the spec
@@ -39,6 +50,10 @@ public struct NBDNegotiation {
     public mutating func receive(_ flags: NBDClientFlags) -> Outcome {
         guard NBDClientFlags.known.isSuperset(of: flags) else {
             return .close("unknown client flags 0x\(String(flags.rawValue, radix: 16))")
+        }
+        // The spec allows TLS only in fixed newstyle, and a server that requires it serves nothing else.
+        guard !tlsRequired || flags.contains(.fixedNewstyle) else {
+            return .close("TLS is required, and the client does not speak fixed newstyle")
         }
         clientFlags = flags
         return .negotiating
@@ -65,6 +80,28 @@ public struct NBDNegotiation {
                 return nil
             }
             return (asked, export)
+        }
+        if tlsRequired && !tlsStarted {
+            switch option {
+            case .startTLS:
+                guard request.data.readableBytes == 0 else {
+                    refuse(.errorInvalid, "NBD_OPT_STARTTLS takes no data")
+                    return (replies, .negotiating)
+                }
+                replies.writeOptionReply(to: option, .ack)
+                // The spec: nothing negotiated before STARTTLS survives it.
+                structuredReplies = false
+                selection = nil
+                tlsStarted = true
+                return (replies, .startTLS)
+            case .exportName:
+                return (replies, .close("NBD_OPT_EXPORT_NAME before TLS, which this server requires"))
+            case .abort:
+                break
+            default:
+                refuse(.errorTLSRequired, "this server requires TLS: send NBD_OPT_STARTTLS first")
+                return (replies, .negotiating)
+            }
         }
         switch option {
         case .exportName:
@@ -93,7 +130,11 @@ public struct NBDNegotiation {
             }
             replies.writeOptionReply(to: option, .ack)
         case .startTLS:
-            refuse(.errorUnsupported, "this server does not offer TLS")
+            if tlsStarted {
+                refuse(.errorInvalid, "TLS is already started")
+            } else {
+                refuse(.errorPolicy, "this server is not configured for TLS (blk serve --tls-creds)")
+            }
         case .info, .go:
             guard let (asked, export) = parsed(NBDExportInfoRequest.self) else { break }
             guard writeInfo(of: export, items: asked.items, for: option, into: &replies) else {

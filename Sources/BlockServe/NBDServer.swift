@@ -1,10 +1,14 @@
 // NBDServer: the listening socket and its connections — swift-nio's ServerBootstrap, each
 // connection's bytes framed by NBDMessageDecoder and served by an NBDConnection.
 //
+// TLS (--tls-creds): each connection gets its own decoder and upgrade state, and NBD_OPT_STARTTLS
+// puts swift-nio-ssl's handler in front of the decoder (NBDConnectionTLS).
+//
 // Connection limit (--shared N): at N connections the server takes no more from the listening
 // socket until one ends, so a client beyond N waits for its greeting (as with qemu-nbd, which
 // stops accepting); swift-nio accepts a few ahead into its buffer, the rest wait in the
 // kernel's backlog.
+//
 // Lifetime: `run` returns once the server has stopped and every connection has ended; it stops
 // on `shutdown()` (SIGTERM, SIGINT), and, unless persistent, when the last client leaves (as
 // qemu-nbd without --persistent). Stopping closes the listening socket and the input of every
@@ -16,6 +20,7 @@ import Logging
 import NBD
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// An NBD server over open images.
@@ -32,6 +37,8 @@ public final class NBDServer: Sendable {
     public let maximumInFlight: Int
     /// The requests and bytes of every connection.
     public let statistics = NBDServerStatistics()
+    /// The credentials every client must use TLS with; nil: plain text only.
+    public let tls: NBDTLSCredentials?
     private let logger: Logger
 
     private struct State {
@@ -45,7 +52,7 @@ public final class NBDServer: Sendable {
 
     /// A server of `exports` (their names distinct) at `address`.
     public init(exports: [NBDExport], address: NBDListenAddress, connectionLimit: Int = 1, persistent: Bool = false,
-                maximumInFlight: Int = 16, logger: Logger) throws(BlockError) {
+                maximumInFlight: Int = 16, tls: NBDTLSCredentials? = nil, logger: Logger) throws(BlockError) {
         guard Set(exports.map(\.name)).count == exports.count else {
             throw BlockError(.invalidRequest, "two exports have the same name")
         }
@@ -57,6 +64,7 @@ public final class NBDServer: Sendable {
         self.connectionLimit = connectionLimit
         self.persistent = persistent
         self.maximumInFlight = maximumInFlight
+        self.tls = tls
         self.logger = logger
     }
 
@@ -64,19 +72,22 @@ public final class NBDServer: Sendable {
     /// stopped, and returns when every connection has ended. A Unix socket path that exists is
     /// refused (`conflict`) and never replaced; the socket made is removed on return.
     public func run(listening: @Sendable (String) -> Void) async throws(BlockError) {
-        let decoder = NBDMessageDecoder(maximumOptionLength: 64 << 10, maximumPayload: Int(NBDExport.payloadLimit))
+        let tlsContext = tls?.context
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
-        let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<NBDClientMessage, ByteBuffer>> = { channel in
+        let initializer: @Sendable (Channel) -> EventLoopFuture<AcceptedConnection> = { channel in
             channel.eventLoop.makeCompletedFuture {
+                let connectionTLS = tlsContext.map { NBDConnectionTLS(context: $0, upgrade: NBDTLSUpgrade()) }
+                let decoder = NBDMessageDecoder(maximumOptionLength: 64 << 10, maximumPayload: Int(NBDExport.payloadLimit),
+                                                tlsUpgrade: connectionTLS?.upgrade)
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumFrameSize))
-                return try NIOAsyncChannel(wrappingChannelSynchronously: channel)
+                return AcceptedConnection(channel: try NIOAsyncChannel(wrappingChannelSynchronously: channel), tls: connectionTLS)
             }
         }
         var socketFile: OwnedSocketPath?
-        let listener: NIOAsyncChannel<NIOAsyncChannel<NBDClientMessage, ByteBuffer>, Never>
+        let listener: NIOAsyncChannel<AcceptedConnection, Never>
         do {
             switch address {
             case .unix(let path):
@@ -109,14 +120,15 @@ public final class NBDServer: Sendable {
                     var accepted = connections.makeAsyncIterator()
                     while true {
                         await roomForAConnection()
-                        guard let connection = try await accepted.next() else { break }
+                        guard let next = try await accepted.next() else { break }
+                        let connection = next.channel
                         guard admit(connection.channel) else {
                             connection.channel.close(promise: nil)
                             continue
                         }
                         group.addTask { [self] in
                             await NBDConnection(exports: exports, maximumInFlight: maximumInFlight, statistics: statistics,
-                                                logger: logger).run(connection)
+                                                tls: next.tls, logger: logger).run(connection)
                             leave(connection.channel)
                         }
                     }
@@ -140,7 +152,18 @@ public final class NBDServer: Sendable {
         }
         waiting?.resume()
         listener?.close(promise: nil)
-        for connection in connections { connection.close(mode: .input, promise: nil) }
+        for connection in connections { Self.closeInput(of: connection) }
+    }
+
+    /// Closes `connection`'s input; beneath TLS where it has it, as swift-nio-ssl's handler
+    /// refuses a half-closure itself: the socket's end of input then reaches it as the client's.
+    private static func closeInput(of connection: Channel) {
+        connection.pipeline.context(handlerType: NIOSSLServerHandler.self).whenComplete { found in
+            switch found {
+            case .success(let tlsHandler): tlsHandler.close(mode: .input, promise: nil)
+            case .failure: connection.close(mode: .input, promise: nil)
+            }
+        }
     }
 
     /// Returns once fewer than `connectionLimit` connections are served, or the server stops.
@@ -181,4 +204,10 @@ public final class NBDServer: Sendable {
         guard case .tcp(let host, _) = address, let port = channel.localAddress?.port else { return address.description }
         return NBDListenAddress.tcp(host: host, port: port).description
     }
+}
+
+/// A connection as accepted: its channel, and its TLS when the server requires it.
+struct AcceptedConnection: Sendable {
+    let channel: NIOAsyncChannel<NBDClientMessage, ByteBuffer>
+    let tls: NBDConnectionTLS?
 }

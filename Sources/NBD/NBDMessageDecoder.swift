@@ -6,6 +6,9 @@
 // and a write's payload larger than the limits given here end the connection (the spec lets a
 // server hard-disconnect a client that breaks a MUST or that looks like a denial of service);
 // so the decoder never waits for, nor holds, more than one frame of bounded size.
+//
+// TLS: on a connection that offers it, the decoder frames nothing past the NBD_OPT_STARTTLS the
+// server will accept until the server has put TLS in front of it (NBDTLSUpgrade).
 import NIOCore
 
 /// A client sent something that cannot be framed: the connection is closed.
@@ -31,12 +34,15 @@ public struct NBDMessageDecoder: ByteToMessageDecoder, Sendable {
     public let maximumOptionLength: Int
     /// The most payload one NBD_CMD_WRITE may carry.
     public let maximumPayload: Int
+    /// The connection's way to TLS, when it offers TLS.
+    public let tlsUpgrade: NBDTLSUpgrade?
 
     /// A decoder for a new connection, refusing option data over `maximumOptionLength` and
-    /// write payloads over `maximumPayload`.
-    public init(maximumOptionLength: Int, maximumPayload: Int) {
+    /// write payloads over `maximumPayload`; `tlsUpgrade` when the connection offers TLS.
+    public init(maximumOptionLength: Int, maximumPayload: Int, tlsUpgrade: NBDTLSUpgrade? = nil) {
         self.maximumOptionLength = maximumOptionLength
         self.maximumPayload = maximumPayload
+        self.tlsUpgrade = tlsUpgrade
     }
 
     /// The most bytes the decoder's buffer needs to hold: one frame at its largest.
@@ -57,6 +63,13 @@ public struct NBDMessageDecoder: ByteToMessageDecoder, Sendable {
     /// The frame at the front of `buffer`, consumed, or nil (nothing consumed) until it is all
     /// there. Throws for bytes that are no frame or a length over the limits.
     public mutating func nextMessage(from buffer: inout ByteBuffer) throws(NBDFramingError) -> NBDClientMessage? {
+        if let tlsUpgrade, tlsUpgrade.phase == .awaitingReply || tlsUpgrade.phase == .violated {
+            guard buffer.readableBytes == 0 else {
+                tlsUpgrade.violatedByClient()
+                throw NBDFramingError("\(buffer.readableBytes) bytes after NBD_OPT_STARTTLS, before its reply")
+            }
+            return nil
+        }
         if expectingClientFlags {
             guard let flags = buffer.readInteger(as: UInt32.self) else { return nil }
             expectingClientFlags = false
@@ -99,6 +112,8 @@ public struct NBDMessageDecoder: ByteToMessageDecoder, Sendable {
         }
         guard buffer.readableBytes >= Self.optionHeaderSize + Int(length) else { return nil }
         buffer.moveReaderIndex(forwardBy: Self.optionHeaderSize)
-        return .option(NBDOptionRequest(option: NBDOption(rawValue: option), data: buffer.readSlice(length: Int(length))!))
+        let request = NBDOptionRequest(option: NBDOption(rawValue: option), data: buffer.readSlice(length: Int(length))!)
+        if let tlsUpgrade, tlsUpgrade.accepts(request) { tlsUpgrade.startTLSFramed() }
+        return .option(request)
     }
 }

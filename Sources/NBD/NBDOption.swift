@@ -71,6 +71,8 @@ public struct NBDOptionReplyType: RawRepresentable, Sendable, Hashable {
     public static let errorInvalid = NBDOptionReplyType(rawValue: 1 << 31 | 3)
     /// The server could not do what was asked, through no fault of the request.
     public static let errorPlatform = NBDOptionReplyType(rawValue: 1 << 31 | 4)
+    /// The server answers nothing but NBD_OPT_STARTTLS and NBD_OPT_ABORT before TLS.
+    public static let errorTLSRequired = NBDOptionReplyType(rawValue: 1 << 31 | 5)
     /// The export does not exist.
     public static let errorUnknown = NBDOptionReplyType(rawValue: 1 << 31 | 6)
     /// The server is shutting down.

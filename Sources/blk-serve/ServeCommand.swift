@@ -31,7 +31,9 @@ struct ServeCommand: AsyncParsableCommand {
             finish the requests under way, flush, release the images, exit 0. --control PATH \
             answers JSON lines ({"execute": "status"}, inactivate, activate, quit) on a second \
             Unix socket; --inactive starts a migration destination that holds no locks and \
-            refuses writes until activate.
+            refuses writes until activate. With --tls-creds every client must use TLS \
+            (NBD_OPT_STARTTLS) with a certificate from DIR/ca-cert.pem, as qemu-nbd requires; \
+            credentials that cannot be used exit 77 before the server listens.
             """
     )
 
@@ -44,6 +46,12 @@ struct ServeCommand: AsyncParsableCommand {
     var exportNames: [String] = []
     @Option(help: "The most clients at once (1 to 1000).") var shared = 1
     @Flag(help: "Keep serving after the last client leaves.") var persistent = false
+    @Option(name: .customLong("tls-creds"),
+            help: ArgumentHelp("Require TLS, with qemu's layout of X.509 files in DIR: ca-cert.pem (the clients' authority), server-cert.pem, server-key.pem.",
+                               valueName: "dir"))
+    var tlsCredentials: String?
+    @Flag(name: .customLong("tls-required"), help: "Refuse to start without --tls-creds (TLS is always required with them).")
+    var tlsRequired = false
     @Option(help: ArgumentHelp("Answer control requests (one JSON object a line: status, inactivate, activate, quit) on a Unix socket created at PATH.",
                                valueName: "path"))
     var control: String?
@@ -61,6 +69,7 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--export-name is given \(exportNames.count) times for \(images.count) images: give it once per image, or not at all")
         }
         if !(1...1000).contains(shared) { throw ValidationError("--shared must be from 1 to 1000") }
+        if tlsRequired && tlsCredentials == nil { throw ValidationError("--tls-required needs --tls-creds DIR") }
         if Set(names).count != names.count { throw ValidationError("two exports would have the same name: give --export-name for each image") }
     }
 
@@ -84,6 +93,16 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             throw report(error, json: false)
         }
+        // Before the images are opened and their locks taken: bad credentials change nothing.
+        var tls: NBDTLSCredentials?
+        if let tlsCredentials {
+            do throws(NBDTLSCredentialError) {
+                tls = try NBDTLSCredentials(directory: tlsCredentials)
+            } catch {
+                printError(error.description)
+                throw ExitCode(ExitStatus.keyProblem)
+            }
+        }
         var options = imageOptions.openOptions(writable: true)
         options.inactive = inactive
         var opened: [BlockImage] = []
@@ -92,7 +111,7 @@ struct ServeCommand: AsyncParsableCommand {
         let server: NBDServer
         do throws(BlockError) {
             server = try NBDServer(exports: zip(names, opened).map { NBDExport(name: $0, image: $1) }, address: address,
-                                   connectionLimit: shared, persistent: persistent, logger: logger)
+                                   connectionLimit: shared, persistent: persistent, tls: tls, logger: logger)
         } catch {
             throw report(error, json: false)
         }
