@@ -201,5 +201,8 @@ if Context.environment["BLK_FUZZ"] != nil {
         .executableTarget(name: "fuzz-numbers", dependencies: ["FuzzSupport", "BlockGraph", "BlockIOScript"], path: "Fuzz/numbers"),
         .executableTarget(name: "fuzz-nbd", dependencies: ["FuzzSupport", "NBD", .product(name: "NIOCore", package: "swift-nio")],
                           path: "Fuzz/nbd"),
+        .executableTarget(name: "fuzz-negotiation", dependencies: ["FuzzSupport", "NBD", "BlockServe", "BlockLayer",
+                                                                   .product(name: "NIOCore", package: "swift-nio")],
+                          path: "Fuzz/negotiation"),
     ]
 }
