@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 _Static_assert(blk_FALLOC_FL_KEEP_SIZE == FALLOC_FL_KEEP_SIZE, "kernel ABI");
@@ -21,3 +22,5 @@ int blk_seek_data(void) { return SEEK_DATA; }
 int blk_seek_hole(void) { return SEEK_HOLE; }
 
 int blk_dup3_cloexec(int from, int onto) { return dup3(from, onto, O_CLOEXEC); }
+
+int blk_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }

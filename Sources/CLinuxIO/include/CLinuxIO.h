@@ -1,6 +1,6 @@
 // CLinuxIO: the shim of the Posix module — the file-I/O calls and flags Swift's Glibc module
-// hides behind _GNU_SOURCE: fallocate(2) and its modes, O_DIRECT, SEEK_DATA, SEEK_HOLE and
-// dup3(2). Values are kernel ABI (include/uapi/linux/falloc.h).
+// hides behind _GNU_SOURCE: fallocate(2) and its modes, O_DIRECT, SEEK_DATA, SEEK_HOLE,
+// dup3(2) and pidfd_open(2). Values are kernel ABI (include/uapi/linux/falloc.h).
 #ifndef CLINUXIO_H
 #define CLINUXIO_H
 
@@ -28,5 +28,9 @@ int blk_seek_hole(void);
 /// dup3(2) with O_CLOEXEC: makes `onto` refer to `from`'s open file description in one step,
 /// so the number `onto` is never free in between, and no child process inherits it.
 int blk_dup3_cloexec(int from, int onto);
+
+/// pidfd_open(2): a descriptor, close-on-exec, that polls readable once the process `pid` has
+/// exited — a child or not (glibc has no wrapper Swift can see).
+int blk_pidfd_open(int pid);
 
 #endif
