@@ -10,6 +10,12 @@ enum BenchPrograms {
     /// qemu-io, the baseline of `bench startup`'s `io -c flush`; nil when qemu-utils is missing.
     static let qemuIO: String? = installed("qemu-io")
 
+    /// qemu-nbd, the baseline of `bench serve`; nil when qemu-utils is missing.
+    static let qemuNBD: String? = installed("qemu-nbd")
+
+    /// nbdcopy, a client of `bench serve`; nil when libnbd-bin is missing.
+    static let nbdcopy: String? = installed("nbdcopy")
+
     private static func installed(_ name: String) -> String? {
         ["/usr/bin/" + name, "/usr/local/bin/" + name].first { FileManager.default.isExecutableFile(atPath: $0) }
     }
