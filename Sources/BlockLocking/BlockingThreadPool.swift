@@ -9,7 +9,8 @@
 // leave after 10 s without work, as in QEMU's block thread pool (util/thread-pool.c).
 //   run   work that ends by itself (I/O with the transaction lock held): at most 64 bodies at
 //         once, QEMU's default thread-pool-max; more wait for a turn holding no thread. A body
-//         never waits for other work of this process, so the cap cannot deadlock.
+//         never waits for other work of this process, so the cap cannot deadlock. `execute` is
+//         the same without a task waiting for the body.
 //   wait  a lock wait: it may last for ever, and its holder may be this process's own work
 //         queued for `run`, so it never counts against the cap. Waits are bounded anyway: a
 //         TransactionLock lets one thread per open wait, so there are at most as many as opens.
@@ -66,6 +67,13 @@ package final class BlockingThreadPool: Sendable {
             self.submit(capped: true) { continuation.resume(returning: Result(catching: body)) }
         }
         return try result.get()
+    }
+
+    /// Runs `body` on a thread of the pool, under the same cap as `run`, without waiting for it:
+    /// for work whose end is reported by `body` itself (an NBD reply sent from the worker), which
+    /// spares the caller's task the two hops of suspending and resuming.
+    package func execute(_ body: @escaping @Sendable () -> Void) {
+        submit(capped: true, body)
     }
 
     /// Runs the wait `body` on a thread of the pool, outside the cap; cancelling the calling

@@ -1,0 +1,39 @@
+// ReplyWriter: a connection's replies, sent from the block layer's threads as each request
+// completes. The replies that complete while the event loop is busy go out together, with one
+// flush (one writev) for all of them; and each reports when it has reached the socket, which is
+// when its request stops counting against the in-flight limit — so a client that stops reading
+// holds at most the limit's replies in the server's memory.
+import NIOCore
+import Synchronization
+
+final class ReplyWriter: Sendable {
+    private typealias Reply = (bytes: ByteBuffer, written: @Sendable () -> Void)
+
+    private let channel: Channel
+    /// Replies handed over and not yet given to the channel, oldest first.
+    private let pending = Mutex<[Reply]>([])
+
+    init(_ channel: Channel) { self.channel = channel }
+
+    /// Sends `reply` from any thread; `written` runs on the event loop once it has reached the
+    /// socket, or failed to (the client is gone).
+    func send(_ reply: ByteBuffer, written: @escaping @Sendable () -> Void) {
+        let first = pending.withLock { pending in
+            pending.append((reply, written))
+            return pending.count == 1
+        }
+        // Later replies join the batch the first one scheduled.
+        if first { channel.eventLoop.execute { self.writePending() } }
+    }
+
+    private func writePending() {
+        var replies: [Reply] = []
+        pending.withLock { swap(&$0, &replies) }
+        for reply in replies {
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            promise.futureResult.whenComplete { _ in reply.written() }
+            channel.write(reply.bytes, promise: promise)
+        }
+        channel.flush()
+    }
+}
