@@ -13,7 +13,7 @@ import Posix
 import SystemPackage
 
 final class BenchServer {
-    enum Kind: String, CaseIterable { case blk = "blk serve", qemuNBD = "qemu-nbd" }
+    enum Kind: String { case blk = "blk serve", qemuNBD = "qemu-nbd" }
 
     let kind: Kind
     let pid: pid_t
@@ -22,7 +22,6 @@ final class BenchServer {
     private let process: BenchProcess
     /// The server's pidfd: readable once it has exited.
     private let exitDescriptor: Int32
-    private var stopped = false
 
     /// Seconds a server has to start, and to stop.
     static let deadline = 60.0
@@ -42,6 +41,7 @@ final class BenchServer {
             pid = process.pid
             let said = try Self.read(process.output!, until: { $0.contains(UInt8(ascii: "\n")) })
             guard said.starts(with: Array("listening on ".utf8)) else {
+                kill(pid, SIGKILL)
                 process.wait()
                 throw BlockError(.ioError, "blk serve did not start: \(String(decoding: said, as: UTF8.self))")
             }
@@ -64,8 +64,12 @@ final class BenchServer {
         case .success(let descriptor):
             exitDescriptor = descriptor
         case .failure(let error):
-            kill(pid, SIGKILL)
-            if kind == .blk { process.wait() }
+            // Our child cannot have been replaced under its pid before we reap it; qemu-nbd's
+            // daemon, gone already, could have been: it is not signalled.
+            if kind == .blk {
+                kill(pid, SIGKILL)
+                process.wait()
+            }
             throw BlockError(.ioError, "\(kind.rawValue): \(error)")
         }
     }
@@ -85,7 +89,6 @@ final class BenchServer {
     /// SIGTERM, then the server's exit, which must come within the deadline (blk serve's also
     /// with status 0: a clean stop).
     func stop() throws(BlockError) {
-        stopped = true
         kill(pid, SIGTERM)
         guard try Self.waitReadable(exitDescriptor) else { throw BlockError(.ioError, "\(kind.rawValue) did not stop within \(Int(Self.deadline)) s of SIGTERM") }
         if kind == .blk, process.wait() != 0 {
@@ -96,7 +99,8 @@ final class BenchServer {
 
     deinit {
         // A round that failed half way, or a server that would not stop: it goes with the round.
-        if !stopped || (try? Self.waitReadable(exitDescriptor, within: 0)) != true {
+        // Signalled only while its pidfd says it is there, so never another process under its pid.
+        if (try? Self.waitReadable(exitDescriptor, within: 0)) != true {
             kill(pid, SIGKILL)
             _ = try? Self.waitReadable(exitDescriptor)
         }

@@ -38,11 +38,11 @@ package struct ServeBenchmark {
         /// Bytes the client moves in one run.
         package var bytes: Int64
         package var blkSeconds: Double
-        package var qemuNBDSeconds: Double
+        package var qemuNbdSeconds: Double
         /// qemu-nbd's median time over blk serve's: above 1, blk serve is faster.
         package var ratio: Double
         package var blkPeakBytes: Int64
-        package var qemuNBDPeakBytes: Int64
+        package var qemuNbdPeakBytes: Int64
         package var target: String
     }
 
@@ -147,9 +147,9 @@ package struct ServeBenchmark {
             })
             let client = ([row.client.program] + row.client.arguments("nbd+unix:///?socket=SOCKET")).joined(separator: " ")
             results.append(Scenario(scenario: row.name, client: client, bytes: row.bytes,
-                                    blkSeconds: ours.median, qemuNBDSeconds: theirs.median, ratio: theirs.median / ours.median,
+                                    blkSeconds: ours.median, qemuNbdSeconds: theirs.median, ratio: theirs.median / ours.median,
                                     blkPeakBytes: Int64(peaks[.blk, default: []].median),
-                                    qemuNBDPeakBytes: Int64(peaks[.qemuNBD, default: []].median), target: row.target))
+                                    qemuNbdPeakBytes: Int64(peaks[.qemuNBD, default: []].median), target: row.target))
         }
         progress.finish()
         return results

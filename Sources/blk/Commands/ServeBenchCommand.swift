@@ -41,7 +41,7 @@ struct ServeBenchCommand: ParsableCommand {
         for result in results {
             print("blk bench serve: \(result.scenario)")
             print("  client     \(result.client)")
-            for (name, seconds, peak) in [("blk serve", result.blkSeconds, result.blkPeakBytes), ("qemu-nbd", result.qemuNBDSeconds, result.qemuNBDPeakBytes)] {
+            for (name, seconds, peak) in [("blk serve", result.blkSeconds, result.blkPeakBytes), ("qemu-nbd", result.qemuNbdSeconds, result.qemuNbdPeakBytes)] {
                 print("  " + name.padding(10) + formatted("%8.3f s %9.1f MB/s   peak RSS %7.1f MiB", seconds, Double(result.bytes) / seconds / 1e6,
                                                           Double(peak) / 1048576))
             }

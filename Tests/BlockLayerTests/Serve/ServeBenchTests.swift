@@ -34,6 +34,24 @@ struct ServeBenchTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.directory).isEmpty, "the benchmark removes its images and socket")
     }
 
+    @Test("--json gives every row with both servers' seconds and peak memory, and the ratio")
+    func json() throws {
+        let scratch = try Scratch()
+        let bench = try run(blkPath, ["bench", "serve", "--json", "--size", "4M", "--reads", "300", "--rounds", "1", "--dir", scratch.directory],
+                            within: 300)
+        #expect(bench.status == 0, "\(bench)")
+        let results = try #require(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [[String: Any]])
+        #expect(results.map { $0["scenario"] as? String } == Self.rows)
+        for result in results {
+            for key in ["blk-seconds", "qemu-nbd-seconds", "ratio"] {
+                #expect((result[key] as? Double ?? 0) > 0, "\(key): \(result)")
+            }
+            for key in ["blk-peak-bytes", "qemu-nbd-peak-bytes", "bytes"] {
+                #expect((result[key] as? Int ?? 0) > 0, "\(key): \(result)")
+            }
+        }
+    }
+
     @Test("an image size that is not a whole number of MiB is refused before anything runs", arguments: ["1536K", "0", "2T"])
     func size(value: String) throws {
         let scratch = try Scratch()
