@@ -228,19 +228,31 @@ public final class FileDriver: BlockDriver {
     /// fallocate (punching a hole where `mayUnmap` allows), and written zeroes where the file system
     /// cannot.
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
-        let zeroed = try leased { () throws(BlockError) -> Bool in
+        guard try !allocateZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap) else { return }
+        try writeZeroesTheLongWay(byteOffset..<byteOffset + byteCount)
+    }
+
+    /// fallocate alone: a file system that cannot zero a range that way is not fast at it.
+    public func writeZeroesWithoutFallback(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
+        guard try allocateZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap) else {
+            throw BlockError(.notSupportedByFormat, "the file system of '\(path)' cannot zero a range without writing zeroes")
+        }
+    }
+
+    /// Zeroes the range with fallocate, punching a hole where `mayUnmap` allows; false when the
+    /// file system cannot.
+    private func allocateZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) -> Bool {
+        try leased { () throws(BlockError) -> Bool in
             let descriptor = try writableDescriptor()
             switch descriptor.allocate([.keepSize, mayUnmap ? AllocationMode.punchHole : .zeroRange], at: byteOffset, byteCount: byteCount) {
             case .success:
                 return true
             case .failure(let failure) where failure.errno == .notSupported || failure.errno == .invalidArgument:
-                return false // the file system cannot: write zeroes the long way
+                return false
             case .failure(let failure):
                 throw failedByReopen(failure) ?? BlockError.systemCall(failure, "write zeroes at \(byteOffset) of '\(path)'")
             }
         }
-        guard !zeroed else { return }
-        try writeZeroesTheLongWay(byteOffset..<byteOffset + byteCount)
     }
 
     /// Writes zeroes over `range`, 1 MiB per request: each piece is admitted on its own, so a

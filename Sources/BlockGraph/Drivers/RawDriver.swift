@@ -53,6 +53,11 @@ public final class RawDriver: BlockDriver {
         try fileDriver.writeZeroes(at: self.byteOffset + byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
     }
 
+    /// Fast exactly where the file's zeroing is.
+    public func writeZeroesWithoutFallback(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
+        try fileDriver.writeZeroesWithoutFallback(at: self.byteOffset + byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
+    }
+
     /// Raw keeps no state of its own: the file's flush is the flush.
     public func flush() throws(BlockError) { try fileDriver.flush() }
 

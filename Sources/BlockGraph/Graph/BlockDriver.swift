@@ -42,6 +42,12 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// Makes `byteCount` bytes at `byteOffset` read as zeroes, deallocating them if `mayUnmap`.
     func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError)
 
+    /// `writeZeroes` only where it is fast, without writing zeroes (QEMU's BDRV_REQ_NO_FALLBACK):
+    /// a hole or zero range in a file, zero clusters in a format. Where zeroes would have to be
+    /// written, throws `notSupportedByFormat` before changing anything, so that a caller with a
+    /// cheaper way (NBD's FAST_ZERO clients) can take it.
+    func writeZeroesWithoutFallback(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError)
+
     /// Makes completed writes durable: this node's own state, then its `file` child's flush.
     func flush() throws(BlockError)
 
@@ -127,6 +133,10 @@ extension BlockDriver {
     /// takes that as "unknown", so copies read what they cannot skip.
     public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
         throw BlockError(.notSupportedByFormat, "the \(formatName) driver cannot tell block status")
+    }
+    /// A driver that does not say how it zeroes cannot promise it is fast.
+    public func writeZeroesWithoutFallback(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
+        throw BlockError(.notSupportedByFormat, "the \(formatName) driver cannot zero without writing zeroes")
     }
     /// Nothing to reopen for drivers that hold no storage of their own.
     public func reopen(writable: Bool) throws(BlockError) {}

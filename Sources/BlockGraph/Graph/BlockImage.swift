@@ -170,11 +170,16 @@ public final class BlockImage: Sendable {
     }
 
     /// Makes a range read as zeroes without sending zeroes, deallocating it where `mayUnmap` allows
-    /// and the format can.
-    public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool = false) throws(BlockError) {
+    /// and the format can. With `onlyIfFast`, refused (`notSupportedByFormat`, nothing changed)
+    /// where the format would have to write zeroes (BlockDriver.writeZeroesWithoutFallback).
+    public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool = false, onlyIfFast: Bool = false) throws(BlockError) {
         try admittedWrite { () throws(BlockError) in
             try checkRange(byteOffset, byteCount)
-            try rootDriver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
+            if onlyIfFast {
+                try rootDriver.writeZeroesWithoutFallback(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
+            } else {
+                try rootDriver.writeZeroes(at: byteOffset, byteCount: byteCount, mayUnmap: mayUnmap)
+            }
         }
     }
 
