@@ -58,6 +58,10 @@ public final class Qcow2Driver: BlockDriver {
     /// Whether a parent holds write permission: an inactive migration destination is writable
     /// but holds none while its source writes, and writes nothing, not even the corrupt bit.
     let holdsWrite = Atomic(false)
+    /// Writes planned in place (under the writer lock) whose data is not in the file yet. Host
+    /// clusters are freed only when there are none: a zeroed cluster's host cluster may be
+    /// released while such a write, planned before the zeroing, is still on its way to it.
+    let inPlaceWrites = Atomic(0)
     let corruptionMarked = Atomic(false)
     let dirtyBitCleared = Atomic(false)
     /// Opened by `check -r`: a dirty image waits for the check's repair instead of its own.

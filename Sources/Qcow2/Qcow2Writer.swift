@@ -115,6 +115,7 @@ extension Qcow2Driver {
                 while count < available, try ownedHostOffset(first + UInt64(count)) == hostOffset + UInt64(count * clusterSize) {
                     count += 1
                 }
+                inPlaceWrites.add(1, ordering: .relaxed)
                 return .inPlace(hostOffset, count)
             }
             while count < available, try ownedHostOffset(first + UInt64(count)) == nil { count += 1 }
@@ -122,6 +123,7 @@ extension Qcow2Driver {
         }
         switch plan {
         case .inPlace(let hostOffset, let count):
+            defer { inPlaceWrites.subtract(1, ordering: .releasing) }
             try file.during(.dataWrite) { () throws(BlockError) in
                 try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
             }
@@ -147,7 +149,10 @@ extension Qcow2Driver {
         let inPlace = try writer.withLock { (state) throws(BlockError) -> UInt64? in
             try prepareForWriting(&state)
             let current = try entry(ofGuestCluster: cluster)
-            if case .data(let hostOffset) = current.mapping, current.isExclusive { return hostOffset + UInt64(inCluster) }
+            if case .data(let hostOffset) = current.mapping, current.isExclusive {
+                inPlaceWrites.add(1, ordering: .relaxed)
+                return hostOffset + UInt64(inCluster)
+            }
             let dataCluster = try allocateClusters(1, &state)
             let content = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
             defer { content.deallocate() }
@@ -161,6 +166,7 @@ extension Qcow2Driver {
             return nil
         }
         if let inPlace {
+            defer { inPlaceWrites.subtract(1, ordering: .releasing) }
             try file.during(.dataWrite) { () throws(BlockError) in try file.driver.write(at: Int64(inPlace), from: bytes) }
         }
     }
@@ -179,7 +185,8 @@ extension Qcow2Driver {
     func writeBackMetadata(_ state: inout Qcow2WriterState) throws(BlockError) {
         if let failure = state.failure { throw failure }
         let dirty = cache.withLock { cache in cache.dirty.map { ($0, cache.table(at: $0)!) } }
-        guard !dirty.isEmpty || !state.pendingL1.isEmpty || !state.pendingReleases.isEmpty
+        let releasing = !state.pendingReleases.isEmpty && inPlaceWrites.load(ordering: .acquiring) == 0
+        guard !dirty.isEmpty || !state.pendingL1.isEmpty || releasing
               || state.refcountBlocks.values.contains(where: \.isDirty) else { return }
         try file.during(.refblockUpdate) { () throws(BlockError) in
             try writeRefcountBlocks(&state)
@@ -222,7 +229,7 @@ extension Qcow2Driver {
                 state.pendingL1 = [:]
             }
         }
-        if !state.pendingReleases.isEmpty {
+        if releasing {
             try file.during(.clusterFree) { () throws(BlockError) in
                 try file.driver.flush()
                 // Each release leaves the list as it is applied: after an error, none is applied
@@ -237,21 +244,79 @@ extension Qcow2Driver {
         try file.driver.flush()
     }
 
-    /// Writes zeroes only where the range does not already read as zeroes, a cluster at a time, so
-    /// zeroing unallocated space allocates nothing; `mayUnmap` is not used yet.
+    /// Zeroes a cluster at a time: a whole cluster by its L2 entry alone (a zero cluster, in
+    /// version 3 images), part of one by writing zeroes where it does not already read as zeroes,
+    /// so zeroing unallocated space allocates nothing. `mayUnmap` is not used: a cluster this
+    /// image owns keeps its host cluster (a preallocated zero cluster), because a write planned
+    /// in place before the zeroing may still be on its way to it, and a freed cluster could by
+    /// then hold another guest cluster's data.
     public func writeZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
-        // Ranges that already read as zeroes need nothing; the rest gets zeroes written.
-        let chunk = Int64(clusterSize)
-        var offset = byteOffset
-        let zeroes = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 16)
-        defer { zeroes.deallocate() }
-        zeroes.initializeMemory(as: UInt8.self, repeating: 0)
-        while offset < byteOffset + byteCount {
-            let count = min(chunk - offset % chunk, byteOffset + byteCount - offset)
-            if try !readsAsZeroes(at: offset, byteCount: count) {
-                try write(at: offset, from: UnsafeRawBufferPointer(rebasing: zeroes[0..<Int(count)]))
+        try zero(byteOffset..<byteOffset + byteCount, writingZeroes: true)
+    }
+
+    /// Fast where every part of the range is a whole cluster of a version 3 image or already
+    /// reads as zeroes; otherwise refused before anything changes.
+    public func writeZeroesWithoutFallback(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
+        let size = Int64(clusterSize), end = byteOffset + byteCount
+        var slowParts = [byteOffset..<end]
+        if hasZeroClusters {
+            let headEnd = min((byteOffset + size - 1) / size * size, end)
+            slowParts = [byteOffset..<headEnd, max(end / size * size, headEnd)..<end]
+        }
+        for part in slowParts where !part.isEmpty {
+            guard try readsAsZeroes(at: part.lowerBound, byteCount: Int64(part.count)) else {
+                throw BlockError(.notSupportedByFormat, "qcow2: zeroing \(part.count) bytes at \(part.lowerBound) would write zeroes")
             }
-            offset += count
+        }
+        try zero(byteOffset..<end, writingZeroes: false)
+    }
+
+    /// Whole clusters become zero clusters, an L2 table's worth per hold of the writer lock;
+    /// parts of clusters get zeroes written where they do not read as zeroes already, unless
+    /// `writingZeroes` is false (the caller checked that they do).
+    private func zero(_ range: Range<Int64>, writingZeroes: Bool) throws(BlockError) {
+        try refuseWritesIfCorrupt()
+        let size = Int64(clusterSize)
+        var zeroes: UnsafeMutableRawBufferPointer?
+        defer { zeroes?.deallocate() }
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let pieceEnd = min(offset - offset % size + size, range.upperBound)
+            if hasZeroClusters && offset % size == 0 && pieceEnd - offset == size {
+                let count = min((range.upperBound - offset) / size, Int64(l2Entries))
+                try zeroClusters(from: UInt64(offset / size), count: Int(count))
+                offset += count * size
+                continue
+            }
+            if writingZeroes, try !readsAsZeroes(at: offset, byteCount: pieceEnd - offset) {
+                if zeroes == nil {
+                    zeroes = .allocate(byteCount: clusterSize, alignment: 16)
+                    zeroes!.initializeMemory(as: UInt8.self, repeating: 0)
+                }
+                try write(at: offset, from: UnsafeRawBufferPointer(rebasing: zeroes![0..<Int(pieceEnd - offset)]))
+            }
+            offset = pieceEnd
+        }
+    }
+
+    /// Points `count` guest clusters from `first` at zeroes, those that do not read as zeroes yet.
+    private func zeroClusters(from first: UInt64, count: Int) throws(BlockError) {
+        try writer.withLock { (state) throws(BlockError) in
+            try prepareForWriting(&state)
+            for cluster in first..<first + UInt64(count) {
+                let current = try entry(ofGuestCluster: cluster)
+                switch current.mapping {
+                case .zeroes:
+                    continue
+                case .unallocated where backing == nil:
+                    continue
+                case .data(let hostOffset) where current.isExclusive:
+                    try publish(hostOffset | Self.copiedBit | Self.zeroBit, forGuestCluster: cluster, &state)
+                default:
+                    try publish(Self.zeroBit, forGuestCluster: cluster, &state)
+                }
+                try writeBackIfCacheIsFull(&state)
+            }
         }
     }
 
@@ -318,6 +383,8 @@ extension Qcow2Driver {
             cache.withLock { $0.insertDirty(entries, at: l2Offset) }
         }
         switch replaced.mapping {
+        case .data(let hostOffset) where newEntry & Self.offsetMask == hostOffset:
+            break // still this entry's: zeroed in place, not freed
         case .compressed(let hostOffset, let byteCount):
             state.pendingReleases += Array(hostOffset / clusterSize...(hostOffset + UInt64(byteCount) - 1) / clusterSize)
         case .data(let hostOffset):
