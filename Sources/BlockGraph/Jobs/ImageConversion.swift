@@ -131,7 +131,7 @@ public final class ImageConversion: Sendable {
             for start in stride(from: probe.lowerBound, to: probe.upperBound, by: pieceBytes) {
                 let range = start..<min(start + pieceBytes, probe.upperBound)
                 let piece = UnsafeRawBufferPointer(rebasing: chunk[range])
-                if Self.isZero(piece) { continue }
+                if piece.isAllZeroes { continue }
                 if compressing {
                     pieces.append(.compressed(try target.compressCluster(at: offset + Int64(start), piece)))
                 } else if case .copy(let run) = pieces.last, run.upperBound == start {
@@ -156,11 +156,5 @@ public final class ImageConversion: Sendable {
                 try target.writeCompressed(cluster)
             }
         }
-    }
-
-    /// All zero: the first byte is, and every byte equals the one before it (one memcmp).
-    static func isZero(_ piece: UnsafeRawBufferPointer) -> Bool {
-        guard let start = piece.baseAddress, let first = piece.first else { return true }
-        return first == 0 && memcmp(start, start + 1, piece.count - 1) == 0
     }
 }
