@@ -3,7 +3,7 @@
 // reply is made before any of it is sent, so a failure half way still gets a well-formed reply.
 //
 // Checks, in the spec's terms: an unknown command or a flag not valid for the command (or not
-// advertised: DF, FAST_ZERO) is EINVAL; a write, trim or write-zeroes on a read-only export is
+// advertised: DF without structured replies) is EINVAL; a write, trim or write-zeroes on a read-only export is
 // EPERM; a range past the end is ENOSPC for writes and write-zeroes, EINVAL for the rest; a read
 // over the maximum payload is EOVERFLOW with structured replies (EINVAL without); a range not a
 // multiple of the minimum block size is EINVAL.
@@ -18,7 +18,8 @@ extension NBDExport {
             let range = try checkedRange(of: request, in: session)
             switch request.command {
             case .read:
-                return try read(range, cookie: request.cookie, structured: session.structuredReplies, allocator: allocator)
+                return try read(range, cookie: request.cookie, structured: session.structuredReplies,
+                                oneChunk: request.flags.contains(.dontFragment), allocator: allocator)
             case .blockStatus:
                 return try blockStatus(range, contexts: session.metaContexts, onlyOne: request.flags.contains(.requestOne),
                                        cookie: request.cookie, allocator: allocator)
@@ -43,8 +44,8 @@ extension NBDExport {
 
     /// The flags valid for each command this export serves.
     private static let validFlags: [NBDCommand: NBDCommandFlags] = [
-        .read: [.fua], .write: [.fua], .flush: [.fua], .trim: [.fua], .cache: [.fua],
-        .writeZeroes: [.fua, .noHole], .blockStatus: [.fua, .requestOne],
+        .read: [.fua, .dontFragment], .write: [.fua], .flush: [.fua], .trim: [.fua], .cache: [.fua],
+        .writeZeroes: [.fua, .noHole, .fastZero], .blockStatus: [.fua, .requestOne],
     ]
 
     /// The request's range, once the command, its flags, the export's access and the range
@@ -55,6 +56,9 @@ extension NBDExport {
         }
         guard valid.isSuperset(of: request.flags) else {
             throw NBDCommandFailure(.invalid, "flags 0x\(String(request.flags.rawValue, radix: 16)) are not valid for \(request.command)")
+        }
+        if request.flags.contains(.dontFragment) && !session.structuredReplies {
+            throw NBDCommandFailure(.invalid, "NBD_CMD_FLAG_DF without structured replies")
         }
         let writes = request.command == .write || request.command == .trim || request.command == .writeZeroes
         if writes && isReadOnly { throw NBDCommandFailure(.permission, "the export is read-only") }
@@ -91,17 +95,31 @@ extension NBDExport {
             case .write:
                 var failure: BlockError?
                 request.payload.withUnsafeReadableBytes { bytes in
-                    do throws(BlockError) { try image.write(at: range.lowerBound, from: bytes) } catch { failure = error }
+                    do throws(BlockError) {
+                        if detectZeroes != .off && bytes.isAllZeroes {
+                            try image.writeZeroes(at: range.lowerBound, byteCount: Int64(range.count),
+                                                  mayUnmap: detectZeroes == .unmap && discard == .unmap)
+                        } else {
+                            try image.write(at: range.lowerBound, from: bytes)
+                        }
+                    } catch {
+                        failure = error
+                    }
                 }
                 if let failure { throw failure }
             case .flush:
                 try image.flush()
             case .trim:
-                // What a trimmed range reads is unspecified: zeroes, deallocated where possible.
-                if !range.isEmpty { try image.writeZeroes(at: range.lowerBound, byteCount: Int64(range.count), mayUnmap: true) }
+                // What a trimmed range reads is unspecified: unchanged (ignore), or zeroes,
+                // deallocated where the format can (unmap).
+                if discard == .unmap && !range.isEmpty {
+                    try image.writeZeroes(at: range.lowerBound, byteCount: Int64(range.count), mayUnmap: true)
+                }
             case .writeZeroes:
                 if !range.isEmpty {
-                    try image.writeZeroes(at: range.lowerBound, byteCount: Int64(range.count), mayUnmap: !request.flags.contains(.noHole))
+                    try image.writeZeroes(at: range.lowerBound, byteCount: Int64(range.count),
+                                          mayUnmap: discard == .unmap && !request.flags.contains(.noHole),
+                                          onlyIfFast: request.flags.contains(.fastZero))
                 }
             case .cache:
                 try prefetch(range)

@@ -1,6 +1,6 @@
 // ExportReads: the replies that carry the image's contents or its map — NBD_CMD_READ (a simple
 // reply with the data, or structured chunks: data where the image has data, holes where block
-// status says the range reads as zeroes, so zeroes never cross the wire) and
+// status says the range reads as zeroes, so zeroes never cross the wire; one data chunk for DF) and
 // NBD_CMD_BLOCK_STATUS (one chunk of descriptors per selected metadata context).
 import BlockLayer
 import NBD
@@ -10,8 +10,10 @@ extension NBDExport {
     /// The most descriptors one block status chunk carries (the spec asks for at most 2^20).
     static let maximumDescriptors = 1 << 16
 
-    /// NBD_CMD_READ of `range`, whose length the caller checked against `maximumPayload`.
-    func read(_ range: Range<Int64>, cookie: UInt64, structured: Bool, allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ByteBuffer {
+    /// NBD_CMD_READ of `range`, whose length the caller checked against `maximumPayload`;
+    /// `oneChunk` (DF) sends it structured as one data chunk, zeroes and all.
+    func read(_ range: Range<Int64>, cookie: UInt64, structured: Bool, oneChunk: Bool,
+              allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ByteBuffer {
         do throws(BlockError) {
             guard structured else {
                 var reply = allocator.buffer(capacity: ByteBuffer.nbdSimpleReplyHeaderSize + range.count)
@@ -20,6 +22,13 @@ extension NBDExport {
                 return reply
             }
             var reply = allocator.buffer(capacity: range.count + 64)
+            // A data chunk carries at least a byte: an empty read is answered as without DF.
+            if oneChunk && !range.isEmpty {
+                reply.writeChunkHeader(cookie: cookie, type: .offsetData, flags: .done, length: 8 + range.count)
+                reply.writeInteger(UInt64(range.lowerBound))
+                try readImage(range.lowerBound, count: range.count, into: &reply)
+                return reply
+            }
             var lastChunk: Int?
             for run in try statusRuns(range, key: \.isZero) {
                 lastChunk = reply.writerIndex

@@ -17,12 +17,14 @@ public struct NBDCommandFailure: Error, Sendable {
     }
 
     /// A block-layer failure as the spec's nearest error value: EPERM for a write refused as
-    /// read-only, ENOSPC for a full device, EINVAL for a request the image refuses, else EIO.
+    /// read-only, ENOSPC for a full device, EINVAL for a request the image refuses, ENOTSUP for
+    /// what the format cannot do (a fast zero that would be slow), else EIO.
     public init(_ error: BlockError) {
         let code: NBDErrorCode = switch error.code {
         case .readOnly: .permission
         case .noSpace: .noSpace
         case .invalidRequest: .invalid
+        case .notSupportedByFormat: .notSupported
         default: .io
         }
         self.init(code, error.message)

@@ -21,15 +21,22 @@ public final class NBDExport: Sendable {
     /// The most one request carries: payload of a write, data of a read.
     public var maximumPayload: UInt32 { Self.payloadLimit }
 
+    /// What trims do, and whether zeroing may deallocate.
+    public let discard: DiscardMode
+    /// Whether writes of zeroes become write-zeroes.
+    public let detectZeroes: DetectZeroesMode
+
     /// The largest payload this server takes in one request, 32 MiB: the size the spec asks
     /// every peer to accept without calling it a denial of service.
     public static let payloadLimit: UInt32 = 32 << 20
 
     /// An export of `image` named `name`. The block sizes come from the image: a minimum of 512
     /// when it bypasses the page cache (O_DIRECT), else 1; the qcow2 cluster size preferred.
-    public init(name: String, image: BlockImage) {
+    public init(name: String, image: BlockImage, discard: DiscardMode = .ignore, detectZeroes: DetectZeroesMode = .off) {
         self.name = name
         current = Mutex(image)
+        self.discard = discard
+        self.detectZeroes = detectZeroes
         minimumBlockSize = image.options.cache == .none ? 512 : 1
         let cluster = image.clusterBytes.map(UInt32.init) ?? 4096
         preferredBlockSize = max(4096, cluster)
@@ -38,16 +45,21 @@ public final class NBDExport: Sendable {
     /// Whether writes are refused.
     public var isReadOnly: Bool { !image.isWritable }
 
-    /// The transmission flags: what this export does, and nothing else. Not advertised: DF (reads
-    /// are sent as data and hole chunks), FAST_ZERO (the block layer cannot tell beforehand
-    /// whether zeroing a range is fast), ROTATIONAL, RESIZE.
+    /// The transmission flags: what this export does, and nothing else, for a client that has
+    /// negotiated `structuredReplies` or not. Not advertised: ROTATIONAL, RESIZE.
+    ///
+    /// DF only with structured replies, where it means anything: a read then comes in one data
+    /// chunk. FAST_ZERO: a write-zeroes that would write zeroes is refused with ENOTSUP; the
+    /// driver table says which would (BlockDriver.writeZeroesWithoutFallback).
     ///
     /// CAN_MULTI_CONN: every connection to the export shares this one `image`, so they see one
     /// another's writes at once, and a flush goes to `BlockImage.flush()`, which writes back the
     /// format's metadata cached for all of them and then fdatasyncs the whole file: a flush
     /// on any connection makes every connection's completed writes durable, as the flag promises.
-    public var transmissionFlags: NBDTransmissionFlags {
-        var flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .sendCache, .canMultiConn]
+    public func transmissionFlags(structuredReplies: Bool) -> NBDTransmissionFlags {
+        var flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .sendFastZero, .sendCache,
+                                           .canMultiConn]
+        if structuredReplies { flags.insert(.sendDF) }
         if isReadOnly { flags.insert(.readOnly) }
         return flags
     }

@@ -111,7 +111,8 @@ public struct NBDNegotiation {
             guard let export = exports.first(where: { $0.name == name }), let size = try? export.size() else {
                 return (replies, .close("no export named '\(name)' (NBD_OPT_EXPORT_NAME)"))
             }
-            replies.writeImmutableBuffer(NBDHandshake.exportNameReply(size: size, flags: export.transmissionFlags,
+            let flags = export.transmissionFlags(structuredReplies: structuredReplies)
+            replies.writeImmutableBuffer(NBDHandshake.exportNameReply(size: size, flags: flags,
                                                                       zeroPadding: !clientFlags.contains(.noZeroes), allocator: allocator))
             return (replies, .transmission(session(for: export)))
         case .abort:
@@ -181,7 +182,7 @@ public struct NBDNegotiation {
         var info = allocator.buffer(capacity: 14)
         info.writeInteger(NBDInfoType.export.rawValue)
         info.writeInteger(size)
-        info.writeInteger(export.transmissionFlags.rawValue)
+        info.writeInteger(export.transmissionFlags(structuredReplies: structuredReplies).rawValue)
         replies.writeOptionReply(to: option, .info, data: info)
         if items.contains(.name) {
             var name = allocator.buffer(capacity: 2 + export.name.utf8.count)

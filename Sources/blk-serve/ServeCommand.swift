@@ -13,6 +13,8 @@ import Logging
 import ServiceLifecycle
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+extension DiscardMode: ExpressibleByArgument {}
+extension DetectZeroesMode: ExpressibleByArgument {}
 
 @main
 struct ServeCommand: AsyncParsableCommand {
@@ -57,6 +59,10 @@ struct ServeCommand: AsyncParsableCommand {
     var control: String?
     @Flag(help: "Start as a migration destination: the images opened without their locks and lease, writes refused (EPERM), until activate on the control socket.")
     var inactive = false
+    @Option(help: "Trims: ignore (succeed, change nothing) or unmap (zero and deallocate where the format can); zeroing deallocates only with unmap.")
+    var discard = DiscardMode.ignore
+    @Option(name: .customLong("detect-zeroes"), help: "Writes of zeroes: off, on (made write-zeroes) or unmap (which may deallocate; needs --discard unmap).")
+    var detectZeroes = DetectZeroesMode.off
     @Option(help: "Diagnostics on stderr from this level up: trace, debug, info, notice, warning, error, critical.")
     var logLevel = Logger.Level.warning
     @Argument(help: "The images to serve.") var images: [String]
@@ -70,6 +76,9 @@ struct ServeCommand: AsyncParsableCommand {
         }
         if !(1...1000).contains(shared) { throw ValidationError("--shared must be from 1 to 1000") }
         if tlsRequired && tlsCredentials == nil { throw ValidationError("--tls-required needs --tls-creds DIR") }
+        if detectZeroes == .unmap && discard != .unmap {
+            throw ValidationError("setting --detect-zeroes to unmap is not allowed without setting --discard to unmap")
+        }
         if Set(names).count != names.count { throw ValidationError("two exports would have the same name: give --export-name for each image") }
     }
 
@@ -110,7 +119,8 @@ struct ServeCommand: AsyncParsableCommand {
         let logger = Logger(label: "blk.serve")
         let server: NBDServer
         do throws(BlockError) {
-            server = try NBDServer(exports: zip(names, opened).map { NBDExport(name: $0, image: $1) }, address: address,
+            let exports = zip(names, opened).map { NBDExport(name: $0, image: $1, discard: discard, detectZeroes: detectZeroes) }
+            server = try NBDServer(exports: exports, address: address,
                                    connectionLimit: shared, persistent: persistent, tls: tls, logger: logger)
         } catch {
             throw report(error, json: false)

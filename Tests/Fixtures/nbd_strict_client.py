@@ -15,9 +15,9 @@ h.connect_uri(uri)
 assert h.get_size() == size
 assert h.get_structured_replies_negotiated()
 assert h.can_meta_context("base:allocation") and h.can_meta_context("qemu:allocation-depth")
-for can in (h.can_flush, h.can_fua, h.can_trim, h.can_zero, h.can_cache, h.can_multi_conn):
+for can in (h.can_flush, h.can_fua, h.can_trim, h.can_zero, h.can_cache, h.can_multi_conn, h.can_df, h.can_fast_zero):
     assert can(), can.__name__
-assert not h.can_df() and not h.can_fast_zero() and not h.is_read_only()
+assert not h.is_read_only()
 assert (h.get_block_size(nbd.SIZE_MINIMUM), h.get_block_size(nbd.SIZE_MAXIMUM)) == (1, 32 << 20)
 
 h.pwrite(b"\xab" * 65536, 0, nbd.CMD_FLAG_FUA)
@@ -25,6 +25,7 @@ assert h.pread(65536, 0) == b"\xab" * 65536
 h.pwrite(b"\xcd" * 4096, 1 << 20)
 h.zero(65536, 2 << 20, nbd.CMD_FLAG_NO_HOLE)
 h.zero(65536, 3 << 20, nbd.CMD_FLAG_FUA)
+h.zero(65536, 5 << 20, nbd.CMD_FLAG_FAST_ZERO)  # raw on a file system with fallocate: fast
 h.trim(65536, 4 << 20, nbd.CMD_FLAG_FUA)
 h.cache(size, 0)
 h.flush()
@@ -37,6 +38,10 @@ def chunk(data, offset, status, error):
 h.pread_structured(2 << 20, 0, chunk)
 assert sum(length for _, length, _ in chunks) == 2 << 20, chunks
 assert (0, 65536, nbd.READ_DATA) in chunks and any(status == nbd.READ_HOLE for _, _, status in chunks), chunks
+# DF: the same range in one data chunk, zeroes and all.
+chunks.clear()
+h.pread_structured(2 << 20, 0, chunk, nbd.CMD_FLAG_DF)
+assert chunks == [(0, 2 << 20, nbd.READ_DATA)], chunks
 
 extents = {}
 def extent(context, offset, entries, error):
@@ -61,10 +66,19 @@ def fails(expected, call, *arguments):
 fails(errno.EINVAL, h.pread, 4096, size)
 fails(errno.ENOSPC, h.pwrite, b"x" * 4096, size)
 fails(errno.EINVAL, h.trim, 4096, size)
-fails(errno.EINVAL, h.pread, 4096, 0, nbd.CMD_FLAG_DF)
-fails(errno.EINVAL, h.zero, 4096, 0, nbd.CMD_FLAG_FAST_ZERO)
+fails(errno.EINVAL, h.pread, 4096, 0, nbd.CMD_FLAG_FAST_ZERO)
+fails(errno.EINVAL, h.pwrite, b"x" * 4096, 0, nbd.CMD_FLAG_DF)
 fails(errno.EINVAL, h.pread, 4096, 0, nbd.CMD_FLAG_REQ_ONE)
 fails(errno.EOVERFLOW, h.pread, (32 << 20) + 512, 0)
 assert h.pread(65536, 0) == b"\xab" * 65536
+h.shutdown()
+
+# Without structured replies DF means nothing: not advertised, and refused.
+h = nbd.NBD()
+h.set_request_structured_replies(False)
+h.connect_uri(uri)
+assert not h.get_structured_replies_negotiated() and not h.can_df() and h.can_fast_zero()
+h.set_strict_mode(0)
+fails(errno.EINVAL, h.pread, 4096, 0, nbd.CMD_FLAG_DF)
 h.shutdown()
 print("ok")
