@@ -13,7 +13,7 @@ struct ServeProgramTests {
     func helpIsTheServers() throws {
         let help = try run(blkPath, ["serve", "--help"], within: 30)
         #expect(help.status == 0, "\(help)")
-        for option in ["USAGE: blk serve", "--socket", "--bind", "--export-name", "--persistent", "--log-level", "--lease-dir"] {
+        for option in ["USAGE: blk serve", "--socket", "--bind", "--export-name", "--persistent", "--discard", "--detect-zeroes", "--log-level", "--lease-dir"] {
             #expect(help.stdout.contains(option), "\(option) missing from: \(help)")
         }
     }
