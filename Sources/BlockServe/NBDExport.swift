@@ -46,7 +46,8 @@ public final class NBDExport: Sendable {
     public var isReadOnly: Bool { !image.isWritable }
 
     /// The transmission flags: what this export does, and nothing else, for a client that has
-    /// negotiated `structuredReplies` or not. Not advertised: ROTATIONAL, RESIZE.
+    /// negotiated `structuredReplies` or not. Not advertised: ROTATIONAL, RESIZE; on a read-only
+    /// export, TRIM, WRITE_ZEROES and FAST_ZERO (as qemu-nbd -r: the commands would only get EPERM).
     ///
     /// DF only with structured replies, where it means anything: a read then comes in one data
     /// chunk. FAST_ZERO: a write-zeroes that would write zeroes is refused with ENOTSUP; the
@@ -57,10 +58,13 @@ public final class NBDExport: Sendable {
     /// format's metadata cached for all of them and then fdatasyncs the whole file: a flush
     /// on any connection makes every connection's completed writes durable, as the flag promises.
     public func transmissionFlags(structuredReplies: Bool) -> NBDTransmissionFlags {
-        var flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .sendFastZero, .sendCache,
-                                           .canMultiConn]
+        var flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendCache, .canMultiConn]
         if structuredReplies { flags.insert(.sendDF) }
-        if isReadOnly { flags.insert(.readOnly) }
+        if isReadOnly {
+            flags.insert(.readOnly)
+        } else {
+            flags.formUnion([.sendTrim, .sendWriteZeroes, .sendFastZero])
+        }
         return flags
     }
 

@@ -25,6 +25,24 @@ struct ServeZeroingTests {
         }
     }
 
+    @Test("the flags say what is true: zeroing and DF where writable, none of the writing commands read-only")
+    func advertised() throws {
+        let scratch = try Scratch()
+        let image = try scratch.rawImage()
+        for readOnly in [false, true] {
+            let served = try ServedExport(scratch, [image], options: ["-f", "raw"] + (readOnly ? ["-r"] : []))
+            let info = try run("/usr/bin/nbdinfo", ["--json", served.uri])
+            #expect(info.status == 0, "\(info)")
+            let export = (try JSONSerialization.jsonObject(with: Data(info.stdout.utf8)) as? [String: Any])?["exports"] as? [[String: Any]]
+            let flags = export?.first ?? [:]
+            for name in ["can_trim", "can_zero", "can_fast_zero"] {
+                #expect(flags[name] as? Bool == !readOnly, "\(name): \(info)")
+            }
+            #expect(flags["is_read_only"] as? Bool == readOnly && flags["can_df"] as? Bool == true, "\(info)")
+            #expect(served.process.exitStatus(within: 30) == 0)
+        }
+    }
+
     @Test("--detect-zeroes unmap without --discard unmap is a usage error, as in qemu-nbd")
     func detectUnmapNeedsDiscard() throws {
         let scratch = try Scratch()
