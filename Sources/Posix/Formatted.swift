@@ -7,11 +7,10 @@ package func formatted(_ format: String, _ arguments: CVarArg...) -> String {
     withVaList(arguments) { list in
         var buffer = [CChar](repeating: 0, count: 256)
         let needed = Int(vsnprintf(&buffer, buffer.count, format, list))
-        guard needed >= buffer.count else { return String(cString: buffer) }
-        buffer = [CChar](repeating: 0, count: needed + 1)
-        return withVaList(arguments) { again in
-            _ = vsnprintf(&buffer, buffer.count, format, again)
-            return String(cString: buffer)
+        if needed >= buffer.count {
+            buffer = [CChar](repeating: 0, count: needed + 1)
+            _ = withVaList(arguments) { again in vsnprintf(&buffer, buffer.count, format, again) }
         }
+        return String(decoding: buffer.prefix(max(needed, 0)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
