@@ -123,9 +123,21 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // `blk serve --tls-creds`: the X.509 credentials and their TLS handler (swift-nio-ssl),
+        // apart from BlockServe so that what is built from the server core alone (the
+        // negotiation's fuzz target) does not compile BoringSSL.
+        .target(
+            name: "BlockServeTLS",
+            dependencies: [
+                "BlockServe",
+                "Posix",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
         // The qemu-io-like command language of `blk io`, apart from the CLI so it can be fuzzed.
@@ -165,6 +177,7 @@ let package = Package(
                 "BlockCLI",
                 "BlockLayer",
                 "BlockServe",
+                "BlockServeTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -6,24 +6,26 @@
 // byte that came before the ACK has already ended the connection (NBDTLSUpgrade).
 import NBD
 import NIOCore
-import NIOSSL
 
 /// What a connection needs to start TLS.
 struct NBDConnectionTLS: Sendable {
+    /// The TLS handler's name in the pipeline, where shutdown finds it.
+    static let handlerName = "nbd-tls"
+
     /// The server's credentials.
-    let context: NIOSSLContext
+    let credentials: any NBDTLSHandlerFactory
     /// The connection's way to TLS, which its decoder shares.
     let upgrade: NBDTLSUpgrade
 
     /// Sends `replies` (ending in the ACK to NBD_OPT_STARTTLS) and starts TLS on `channel`. Throws
     /// when the client sent bytes before the ACK: the connection ends, the ACK unsent.
     func start(on channel: Channel, sending replies: ByteBuffer) async throws {
-        try await channel.eventLoop.submit { [context, upgrade] in
+        try await channel.eventLoop.submit { [credentials, upgrade] in
             guard upgrade.phase == .awaitingReply else {
                 throw NBDFramingError("the client sent bytes after NBD_OPT_STARTTLS, before its reply")
             }
             channel.writeAndFlush(replies, promise: nil)
-            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context), position: .first)
+            try channel.pipeline.syncOperations.addHandler(credentials.makeServerHandler(), name: Self.handlerName, position: .first)
             _ = upgrade.encrypt()
         }.get()
     }

@@ -20,7 +20,6 @@ import Logging
 import NBD
 import NIOCore
 import NIOPosix
-import NIOSSL
 import Synchronization
 
 /// An NBD server over open images.
@@ -38,7 +37,7 @@ public final class NBDServer: Sendable {
     /// The requests and bytes of every connection.
     public let statistics = NBDServerStatistics()
     /// The credentials every client must use TLS with; nil: plain text only.
-    public let tls: NBDTLSCredentials?
+    public let tls: (any NBDTLSHandlerFactory)?
     private let logger: Logger
 
     private struct State {
@@ -52,7 +51,7 @@ public final class NBDServer: Sendable {
 
     /// A server of `exports` (their names distinct) at `address`.
     public init(exports: [NBDExport], address: NBDListenAddress, connectionLimit: Int = 1, persistent: Bool = false,
-                maximumInFlight: Int = 16, tls: NBDTLSCredentials? = nil, logger: Logger) throws(BlockError) {
+                maximumInFlight: Int = 16, tls: (any NBDTLSHandlerFactory)? = nil, logger: Logger) throws(BlockError) {
         guard Set(exports.map(\.name)).count == exports.count else {
             throw BlockError(.invalidRequest, "two exports have the same name")
         }
@@ -72,14 +71,14 @@ public final class NBDServer: Sendable {
     /// stopped, and returns when every connection has ended. A Unix socket path that exists is
     /// refused (`conflict`) and never replaced; the socket made is removed on return.
     public func run(listening: @Sendable (String) -> Void) async throws(BlockError) {
-        let tlsContext = tls?.context
+        let credentials = tls
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
         let initializer: @Sendable (Channel) -> EventLoopFuture<AcceptedConnection> = { channel in
             channel.eventLoop.makeCompletedFuture {
-                let connectionTLS = tlsContext.map { NBDConnectionTLS(context: $0, upgrade: NBDTLSUpgrade()) }
+                let connectionTLS = credentials.map { NBDConnectionTLS(credentials: $0, upgrade: NBDTLSUpgrade()) }
                 let decoder = NBDMessageDecoder(maximumOptionLength: 64 << 10, maximumPayload: Int(NBDExport.payloadLimit),
                                                 tlsUpgrade: connectionTLS?.upgrade)
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumFrameSize))
@@ -158,7 +157,7 @@ public final class NBDServer: Sendable {
     /// Closes `connection`'s input; beneath TLS where it has it, as swift-nio-ssl's handler
     /// refuses a half-closure itself: the socket's end of input then reaches it as the client's.
     private static func closeInput(of connection: Channel) {
-        connection.pipeline.context(handlerType: NIOSSLServerHandler.self).whenComplete { found in
+        connection.pipeline.context(name: NBDConnectionTLS.handlerName).whenComplete { found in
             switch found {
             case .success(let tlsHandler): tlsHandler.close(mode: .input, promise: nil)
             case .failure: connection.close(mode: .input, promise: nil)

@@ -13,7 +13,9 @@
 //     through the ssl-cert group;
 //   - ca-crl.pem, which qemu would honour, is refused: swift-nio-ssl cannot check revocation
 //     lists, and ignoring one would let revoked clients in.
+import BlockServe
 import Glibc
+import NIOCore
 import NIOSSL
 import Posix
 import SystemPackage
@@ -26,7 +28,7 @@ public struct NBDTLSCredentialError: Error, Sendable, CustomStringConvertible {
 }
 
 /// The TLS context every connection's handshake uses.
-public struct NBDTLSCredentials: Sendable {
+public struct NBDTLSCredentials: NBDTLSHandlerFactory {
     /// The context: the server's certificate and key, and the authority clients must come from.
     public let context: NIOSSLContext
 
@@ -60,6 +62,9 @@ public struct NBDTLSCredentials: Sendable {
             throw NBDTLSCredentialError("\(keyPath) cannot serve with \(folder)server-cert.pem (is it that certificate's key?): \(error)")
         }
     }
+
+    /// swift-nio-ssl's server handler on these credentials.
+    public func makeServerHandler() -> any ChannelHandler { NIOSSLServerHandler(context: context) }
 
     /// The certificates of the PEM file at `path`: at least one.
     private static func certificates(in path: String) throws(NBDTLSCredentialError) -> [NIOSSLCertificate] {

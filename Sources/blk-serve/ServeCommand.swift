@@ -8,6 +8,7 @@ import ArgumentParser
 import BlockCLI
 import BlockLayer
 import BlockServe
+import BlockServeTLS
 import Glibc
 import Logging
 import ServiceLifecycle
