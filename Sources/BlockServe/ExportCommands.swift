@@ -14,17 +14,20 @@ import NIOCore
 extension NBDExport {
     /// The reply to `request` (any command but NBD_CMD_DISC) under `session`'s terms.
     public func reply(to request: NBDRequest, in session: NBDSession, allocator: ByteBufferAllocator) -> ByteBuffer {
+        // One image for the whole request: a hand-over's activation may replace the export's
+        // image between two of its steps, and each look takes the export's lock.
+        let image = self.image
         do throws(NBDCommandFailure) {
-            let range = try checkedRange(of: request, in: session)
+            let range = try checkedRange(of: request, in: session, image: image)
             switch request.command {
             case .read:
-                return try read(range, cookie: request.cookie, structured: session.structuredReplies,
+                return try read(range, of: image, cookie: request.cookie, structured: session.structuredReplies,
                                 oneChunk: request.flags.contains(.dontFragment), allocator: allocator)
             case .blockStatus:
-                return try blockStatus(range, contexts: session.metaContexts, onlyOne: request.flags.contains(.requestOne),
+                return try blockStatus(range, of: image, contexts: session.metaContexts, onlyOne: request.flags.contains(.requestOne),
                                        cookie: request.cookie, allocator: allocator)
             default:
-                try perform(request, range)
+                try perform(request, range, on: image)
                 var reply = allocator.buffer(capacity: ByteBuffer.nbdSimpleReplyHeaderSize)
                 reply.writeSimpleReply(cookie: request.cookie, error: nil)
                 return reply
@@ -50,7 +53,7 @@ extension NBDExport {
 
     /// The request's range, once the command, its flags, the export's access and the range
     /// itself are checked.
-    private func checkedRange(of request: NBDRequest, in session: NBDSession) throws(NBDCommandFailure) -> Range<Int64> {
+    private func checkedRange(of request: NBDRequest, in session: NBDSession, image: BlockImage) throws(NBDCommandFailure) -> Range<Int64> {
         guard let valid = Self.validFlags[request.command] else {
             throw NBDCommandFailure(.invalid, "unknown command \(request.command.rawValue)")
         }
@@ -61,17 +64,17 @@ extension NBDExport {
             throw NBDCommandFailure(.invalid, "NBD_CMD_FLAG_DF without structured replies")
         }
         let writes = request.command == .write || request.command == .trim || request.command == .writeZeroes
-        if writes && isReadOnly { throw NBDCommandFailure(.permission, "the export is read-only") }
+        if writes && !image.isWritable { throw NBDCommandFailure(.permission, "the export is read-only") }
         // A migration hand-over's inactive export: writes are refused by BlockImage itself (EPERM
         // too), a flush here, as QEMU's server does: this process holds no write permission.
-        if request.command == .flush && !isActive { throw NBDCommandFailure(.permission, "the export is inactive (migration hand-over)") }
+        if request.command == .flush && !image.isActive { throw NBDCommandFailure(.permission, "the export is inactive (migration hand-over)") }
         if request.command == .flush { return 0..<0 }
         if request.command == .blockStatus {
             guard !session.metaContexts.isEmpty else { throw NBDCommandFailure(.invalid, "no metadata context was selected") }
             guard request.length > 0 else { throw NBDCommandFailure(.invalid, "block status of an empty range") }
         }
         let size: UInt64
-        do { size = try self.size() } catch { throw NBDCommandFailure(error) }
+        do { size = UInt64(try image.length()) } catch { throw NBDCommandFailure(error) }
         let (end, overflow) = request.offset.addingReportingOverflow(UInt64(request.length))
         guard !overflow, end <= size else {
             let code: NBDErrorCode = request.command == .write || request.command == .writeZeroes ? .noSpace : .invalid
@@ -89,7 +92,7 @@ extension NBDExport {
     }
 
     /// The commands whose reply is only a status: write, flush, trim, write-zeroes, cache.
-    private func perform(_ request: NBDRequest, _ range: Range<Int64>) throws(NBDCommandFailure) {
+    private func perform(_ request: NBDRequest, _ range: Range<Int64>, on image: BlockImage) throws(NBDCommandFailure) {
         do throws(BlockError) {
             switch request.command {
             case .write:
@@ -122,7 +125,7 @@ extension NBDExport {
                                           onlyIfFast: request.flags.contains(.fastZero))
                 }
             case .cache:
-                try prefetch(range)
+                try prefetch(range, of: image)
             default:
                 preconditionFailure("\(request.command) has a reply of its own")
             }
@@ -134,7 +137,7 @@ extension NBDExport {
 
     /// NBD_CMD_CACHE: reads the range, a piece at a time, so that the page cache and the
     /// format's metadata cache hold it; the bytes go nowhere.
-    private func prefetch(_ range: Range<Int64>) throws(BlockError) {
+    private func prefetch(_ range: Range<Int64>, of image: BlockImage) throws(BlockError) {
         let piece = Int(min(Int64(1 << 20), Int64(range.count)))
         guard piece > 0 else { return }
         let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: piece, alignment: 4096)

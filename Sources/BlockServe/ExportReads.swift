@@ -12,13 +12,13 @@ extension NBDExport {
 
     /// NBD_CMD_READ of `range`, whose length the caller checked against `maximumPayload`;
     /// `oneChunk` (DF) sends it structured as one data chunk, zeroes and all.
-    func read(_ range: Range<Int64>, cookie: UInt64, structured: Bool, oneChunk: Bool,
+    func read(_ range: Range<Int64>, of image: BlockImage, cookie: UInt64, structured: Bool, oneChunk: Bool,
               allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ByteBuffer {
         do throws(BlockError) {
             guard structured else {
                 var reply = allocator.buffer(capacity: ByteBuffer.nbdSimpleReplyHeaderSize + range.count)
                 reply.writeSimpleReply(cookie: cookie, error: nil)
-                try readImage(range.lowerBound, count: range.count, into: &reply)
+                try read(image, range.lowerBound, count: range.count, into: &reply)
                 return reply
             }
             var reply = allocator.buffer(capacity: range.count + 64)
@@ -26,18 +26,18 @@ extension NBDExport {
             if oneChunk && !range.isEmpty {
                 reply.writeChunkHeader(cookie: cookie, type: .offsetData, flags: .done, length: 8 + range.count)
                 reply.writeInteger(UInt64(range.lowerBound))
-                try readImage(range.lowerBound, count: range.count, into: &reply)
+                try read(image, range.lowerBound, count: range.count, into: &reply)
                 return reply
             }
             var lastChunk: Int?
-            for run in try statusRuns(range, key: \.isZero) {
+            for run in try statusRuns(range, of: image, keys: [\.isZero])[0] {
                 lastChunk = reply.writerIndex
                 if run.key {
                     reply.writeHoleChunk(cookie: cookie, offset: UInt64(run.range.lowerBound), length: UInt32(run.range.count))
                 } else {
                     reply.writeChunkHeader(cookie: cookie, type: .offsetData, flags: [], length: 8 + run.range.count)
                     reply.writeInteger(UInt64(run.range.lowerBound))
-                    try readImage(run.range.lowerBound, count: run.range.count, into: &reply)
+                    try read(image, run.range.lowerBound, count: run.range.count, into: &reply)
                 }
             }
             // Every byte is read before anything is sent, so the last content chunk may end the
@@ -53,14 +53,16 @@ extension NBDExport {
         }
     }
 
-    /// The range cut into runs by block status, neighbours with the same `key` merged, at most
-    /// `maximumRuns` of them (the last may end before the range does). A format that cannot
-    /// tell gives one run of allocated data, which is always true.
-    private func statusRuns<Key: Equatable>(_ range: Range<Int64>, maximumRuns: Int = .max,
-                                            key: (BlockStatus) -> Key) throws(BlockError) -> [(range: Range<Int64>, key: Key)] {
-        var runs: [(range: Range<Int64>, key: Key)] = []
+    /// The range cut into runs by block status, once for each of `keys`: neighbours with the same
+    /// key merged, at most `maximumRuns` runs a key (the last may end before the range does).
+    /// One walk serves every key, so a block status request for two contexts asks the image
+    /// once. A format that cannot tell gives one run of allocated data, which is always true.
+    private func statusRuns<Key: Equatable>(_ range: Range<Int64>, of image: BlockImage, maximumRuns: Int = .max,
+                                            keys: [(BlockStatus) -> Key]) throws(BlockError) -> [[(range: Range<Int64>, key: Key)]] {
+        var runs = [[(range: Range<Int64>, key: Key)]](repeating: [], count: keys.count)
+        var full = [Bool](repeating: false, count: keys.count)
         var offset = range.lowerBound
-        while offset < range.upperBound {
+        while offset < range.upperBound && full.contains(false) {
             let status: BlockStatus
             do {
                 status = try image.blockStatus(at: offset, byteCount: range.upperBound - offset)
@@ -68,13 +70,15 @@ extension NBDExport {
                 status = BlockStatus(byteCount: range.upperBound - offset, isData: true, isZero: false, isAllocated: true)
             }
             let end = offset + status.byteCount
-            let value = key(status)
-            if let last = runs.last, last.key == value {
-                runs[runs.count - 1].range = last.range.lowerBound..<end
-            } else if runs.count == maximumRuns {
-                break
-            } else {
-                runs.append((offset..<end, value))
+            for (index, key) in keys.enumerated() where !full[index] {
+                let value = key(status)
+                if let last = runs[index].last, last.key == value {
+                    runs[index][runs[index].count - 1].range = last.range.lowerBound..<end
+                } else if runs[index].count == maximumRuns {
+                    full[index] = true
+                } else {
+                    runs[index].append((offset..<end, value))
+                }
             }
             offset = end
         }
@@ -82,7 +86,7 @@ extension NBDExport {
     }
 
     /// Appends `count` bytes of the image at `offset` to `buffer`, read straight into it.
-    private func readImage(_ offset: Int64, count: Int, into buffer: inout ByteBuffer) throws(BlockError) {
+    private func read(_ image: BlockImage, _ offset: Int64, count: Int, into buffer: inout ByteBuffer) throws(BlockError) {
         guard count > 0 else { return }
         var failure: BlockError?
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { space in
@@ -99,16 +103,17 @@ extension NBDExport {
 
     /// NBD_CMD_BLOCK_STATUS of `range`: for each context one chunk, its descriptors merged where
     /// the status stays the same; with `onlyOne`, a single descriptor per context.
-    func blockStatus(_ range: Range<Int64>, contexts: [NBDMetaContext], onlyOne: Bool, cookie: UInt64,
+    func blockStatus(_ range: Range<Int64>, of image: BlockImage, contexts: [NBDMetaContext], onlyOne: Bool, cookie: UInt64,
                      allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ByteBuffer {
+        let descriptorLists: [[(range: Range<Int64>, key: UInt32)]]
+        do {
+            descriptorLists = try statusRuns(range, of: image, maximumRuns: onlyOne ? 1 : Self.maximumDescriptors,
+                                             keys: contexts.map { context in { context.value(of: $0) } })
+        } catch {
+            throw NBDCommandFailure(error)
+        }
         var reply = allocator.buffer(capacity: 64 * contexts.count)
-        for (index, context) in contexts.enumerated() {
-            let descriptors: [(range: Range<Int64>, key: UInt32)]
-            do {
-                descriptors = try statusRuns(range, maximumRuns: onlyOne ? 1 : Self.maximumDescriptors) { context.value(of: $0) }
-            } catch {
-                throw NBDCommandFailure(error)
-            }
+        for (index, (context, descriptors)) in zip(contexts, descriptorLists).enumerated() {
             reply.writeChunkHeader(cookie: cookie, type: .blockStatus, flags: index == contexts.count - 1 ? .done : [],
                                    length: 4 + 8 * descriptors.count)
             reply.writeInteger(context.id)
