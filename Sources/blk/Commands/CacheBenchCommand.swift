@@ -12,9 +12,7 @@ struct CacheBenchCommand: ParsableCommand {
 
     @Option(help: "The metadata cache size under test.") var cacheSize = ByteCount(4 << 20)
     @Option(help: "The image's virtual size: every 2 MiB of it makes a 4 KiB L2 table.") var size = ByteCount(64 << 30)
-    @Option(help: "Folder for the benchmark's image.") var dir = FileManager.default.temporaryDirectory.path
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
 
     func validate() throws {
         guard size.value > 0 else { throw ValidationError("--size takes a size above 0") }
@@ -23,12 +21,12 @@ struct CacheBenchCommand: ParsableCommand {
     func run() throws {
         let results: MetadataCacheBenchmark.Results
         do throws(BlockError) {
-            results = try MetadataCacheBenchmark(directory: dir, cacheBytes: Int(cacheSize.value), virtualBytes: size.value,
-                                             progress: Progress(forced: p)).run()
+            results = try MetadataCacheBenchmark(directory: bench.dir, cacheBytes: Int(cacheSize.value), virtualBytes: size.value,
+                                             progress: bench.progress).run()
         } catch {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON(results)
             return
         }

@@ -12,9 +12,7 @@ struct ConvertBenchCommand: ParsableCommand {
 
     @Option(help: "Size of the source image (half of it data).") var size = ByteCount(1 << 30)
     @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
-    @Option(help: "Folder for the source and output images.") var dir = FileManager.default.temporaryDirectory.path
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
 
     func validate() throws {
         guard (1...1000).contains(rounds), size.value > 0 else { throw ValidationError("--rounds takes 1 to 1000, --size a size above 0") }
@@ -23,11 +21,11 @@ struct ConvertBenchCommand: ParsableCommand {
     func run() throws {
         let results: [ConvertBenchmark.Scenario]
         do throws(BlockError) {
-            results = try ConvertBenchmark(directory: dir, sourceBytes: size.value, rounds: rounds, progress: Progress(forced: p)).run()
+            results = try ConvertBenchmark(directory: bench.dir, sourceBytes: size.value, rounds: rounds, progress: bench.progress).run()
         } catch {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON(results)
             return
         }

@@ -27,9 +27,7 @@ struct IOBenchCommand: ParsableCommand {
     @Option(help: "Byte value written.") var pattern: UInt8 = 0
     @Option(name: .short, help: "Image format (probed when not given).") var f: String?
     @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
-    @Option(help: "Folder for the temporary image of the standard pair.") var dir = FileManager.default.temporaryDirectory.path
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
     @Argument(help: "The image; omit it for the standard pair on a temporary image.") var image: String?
 
     func validate() throws {
@@ -48,18 +46,18 @@ struct IOBenchCommand: ParsableCommand {
             plans = [IOBenchmarkPlan(image: image, format: f, write: w, requestBytes: Int(s.value), count: c ?? 75_000, depth: d,
                                      stepBytes: step?.value ?? s.value, startOffset: o.value, cache: t, pattern: pattern)]
         } else {
-            let path = URL(fileURLWithPath: dir).appendingPathComponent("blk-bench-io-\(getpid())").path
+            let path = URL(fileURLWithPath: bench.dir).appendingPathComponent("blk-bench-io-\(getpid())").path
             temporaries = [path + ".raw", path + ".qcow2"]
             plans = IOBenchmarkPlan.standardSuite(at: path, reads: c ?? 300_000, depth: d, cache: t)
         }
         defer { temporaries.forEach { unlink($0) } }
         let results: [IOBenchmarkResult]
         do throws(BlockError) {
-            results = try IOBenchmark.run(plans, rounds: rounds, progress: Progress(forced: p))
+            results = try IOBenchmark.run(plans, rounds: rounds, progress: bench.progress)
         } catch {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON(results)
             return
         }

@@ -13,13 +13,11 @@ struct LockBenchCommand: ParsableCommand {
         discussion: "With a lease area configured (see blk lease), also sanlock lease acquire and release beside sanlock's C API."
     )
 
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
     @Option(help: "Iterations per round of the in-process measurements.") var iterations = 20_000
     @Option(help: "Hand-overs measured, ours and raw each.") var handoffs = 2_000
-    @Option(help: "Folder for the benchmark's image (its file system is what is measured).") var dir = FileManager.default.temporaryDirectory.path
     @OptionGroup(title: "Leases across hosts") var leaseConfig: LeaseConfigOptions
     @Option(help: "Lease acquire/release pairs measured, ours and the C API's each (with a lease area configured).") var leaseRounds = 100
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
 
     func validate() throws {
         guard (1...1_000_000_000).contains(iterations), (1...1_000_000).contains(handoffs), (1...1_000_000).contains(leaseRounds) else {
@@ -28,18 +26,18 @@ struct LockBenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let benchmark = LockBenchmark(directory: dir, iterations: iterations, handoffs: handoffs, progress: Progress(forced: p))
+        let benchmark = LockBenchmark(directory: bench.dir, iterations: iterations, handoffs: handoffs, progress: bench.progress)
         let results: LockBenchmark.Results
         var leases: LeaseBenchmark.Results?
         do {
             results = try benchmark.run()
             if let settings = try leaseConfig.settings() {
-                leases = try LeaseBenchmark(settings: settings, directory: dir, rounds: leaseRounds).run()
+                leases = try LeaseBenchmark(settings: settings, directory: bench.dir, rounds: leaseRounds).run()
             }
         } catch let error as LockingError {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON(LockBenchJSON(locks: results, leases: leases))
             return
         }
@@ -50,7 +48,7 @@ struct LockBenchCommand: ParsableCommand {
             ("hand-over median", results.handoffMedianUs, results.baselineHandoffMedianUs, "µs", "≤ 1.5×"),
             ("hand-over p99", results.handoffP99Us, results.baselineHandoffP99Us, "µs", "≤ 2×"),
         ]
-        print("blk bench lock: \(iterations) iterations × 7 rounds, \(handoffs) hand-overs each way, in \(dir)")
+        print("blk bench lock: \(iterations) iterations × 7 rounds, \(handoffs) hand-overs each way, in \(bench.dir)")
         print("operation".padding(18) + "ours".padding(14) + "raw fcntl".padding(14) + "ratio".padding(9) + "target")
         for (name, ours, baseline, unit, target) in rows {
             let baselineText = baseline.map { formatted("%.2f ", $0) + unit } ?? "—"

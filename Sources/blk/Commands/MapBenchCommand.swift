@@ -12,9 +12,7 @@ struct MapBenchCommand: ParsableCommand {
     @Option(help: "The image's virtual size.") var size = ByteCount(1 << 40)
     @Option(help: "64 KiB writes at random offsets: the data the map shows.") var writes = 2000
     @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
-    @Option(help: "Folder for the image.") var dir = FileManager.default.temporaryDirectory.path
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
 
     func validate() throws {
         guard (1...1000).contains(rounds), (1...1_000_000).contains(writes), size.value >= 1 << 16 else {
@@ -25,11 +23,11 @@ struct MapBenchCommand: ParsableCommand {
     func run() throws {
         let results: [SideBySide]
         do throws(BlockError) {
-            results = try MapBenchmark(directory: dir, virtualBytes: size.value, writes: writes, rounds: rounds, progress: Progress(forced: p)).run()
+            results = try MapBenchmark(directory: bench.dir, virtualBytes: size.value, writes: writes, rounds: rounds, progress: bench.progress).run()
         } catch {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON(results)
         } else {
             results.forEach { print($0.printed(command: "map")) }

@@ -15,9 +15,7 @@ struct ServeBenchCommand: ParsableCommand {
     @Option(help: "Size of the images, a whole number of MiB (a raw image four times the size is made too).") var size = ByteCount(1 << 30)
     @Option(help: "4 KiB reads per run of qemu-img bench.") var reads = 100_000
     @Option(help: "Runs of each side per row; the median is reported.") var rounds = 5
-    @Option(help: "Folder for the images and the socket.") var dir = FileManager.default.temporaryDirectory.path
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
 
     func validate() throws {
         guard (1...1000).contains(rounds), (1...100_000_000).contains(reads), size.value > 0, size.value <= 1 << 40,
@@ -29,11 +27,11 @@ struct ServeBenchCommand: ParsableCommand {
     func run() throws {
         let results: [ServeBenchmark.Scenario]
         do throws(BlockError) {
-            results = try ServeBenchmark(directory: dir, imageBytes: size.value, reads: reads, rounds: rounds, progress: Progress(forced: p)).run()
+            results = try ServeBenchmark(directory: bench.dir, imageBytes: size.value, reads: reads, rounds: rounds, progress: bench.progress).run()
         } catch {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON(results)
             return
         }

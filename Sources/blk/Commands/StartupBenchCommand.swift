@@ -12,9 +12,7 @@ struct StartupBenchCommand: ParsableCommand {
         abstract: "blk --version, info, locks and io -c flush beside qemu-img and qemu-io on a small qcow2: whole processes, in turn.")
 
     @Option(help: "Runs of each side per command; the median is reported.") var rounds = 21
-    @Option(help: "Folder for the image.") var dir = FileManager.default.temporaryDirectory.path
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
 
     func validate() throws {
         guard (1...1000).contains(rounds) else { throw ValidationError("--rounds takes 1 to 1000") }
@@ -23,11 +21,11 @@ struct StartupBenchCommand: ParsableCommand {
     func run() throws {
         let results: [StartupBenchmark.Scenario]
         do throws(BlockError) {
-            results = try StartupBenchmark(directory: dir, rounds: rounds, progress: Progress(forced: p)).run()
+            results = try StartupBenchmark(directory: bench.dir, rounds: rounds, progress: bench.progress).run()
         } catch {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON(results)
         } else {
             results.forEach { print(printed($0)) }

@@ -13,10 +13,8 @@ struct StateBenchCommand: ParsableCommand {
         abstract: "State-store commit latency beside a 4 KiB overwrite + fdatasync; CRC32C beside a byte-table loop."
     )
 
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
     @Option(help: "Rounds: each times one baseline write and one commit of every scenario.") var rounds = 200
-    @Option(help: "Folder for the benchmark's files (its file system is what is measured).") var dir = FileManager.default.temporaryDirectory.path
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
 
     func validate() throws {
         guard (1...1_000_000).contains(rounds) else { throw ValidationError("--rounds takes 1 to 1000000") }
@@ -25,16 +23,16 @@ struct StateBenchCommand: ParsableCommand {
     func run() throws {
         let results: StateBenchmark.Results
         do {
-            results = try StateBenchmark(directory: dir, rounds: rounds, progress: Progress(forced: p)).run()
+            results = try StateBenchmark(directory: bench.dir, rounds: rounds, progress: bench.progress).run()
         } catch let error as StateError {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON(results)
             return
         }
         let base = results.baselineMicroseconds
-        print("blk bench state: \(rounds) rounds in \(dir); baseline: one 4 KiB overwrite + fdatasync = \(formatted("%.1f", base)) µs (median)")
+        print("blk bench state: \(rounds) rounds in \(bench.dir); baseline: one 4 KiB overwrite + fdatasync = \(formatted("%.1f", base)) µs (median)")
         print("commit".padding(26) + "median".padding(13) + "÷ baseline".padding(12) + "target")
         for scenario in StateBenchmark.scenarios {
             let name = StateBenchmark.name(scenario)
