@@ -57,6 +57,24 @@ package struct ImageOptions: ParsableArguments {
 
     package init() {}
 
+    /// Only these options given, every other at its default as declared above: blk's short verbs
+    /// parsed without ArgumentParser (blk's Support/ShortVerbs.swift) take no other. Set on a
+    /// made value, not in an initializer, where Swift would make each wrapper anew with the
+    /// value as its default instead of giving it the value.
+    package static func given(format: String?, readOnly: Bool, forceShare: Bool) -> ImageOptions {
+        var options = ImageOptions()
+        options.format = format
+        options.readOnly = readOnly
+        options.forceShare = forceShare
+        options.locking = .auto
+        options.cache = .writeback
+        options.cacheSize = nil
+        options.injectFault = []
+        options.recordWrites = nil
+        options.leases = .unset
+        return options
+    }
+
     package func openOptions(writable: Bool) -> OpenOptions {
         OpenOptions(format: format, writable: writable && !readOnly, forceShare: forceShare,
                     locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) }, faults: injectFault,

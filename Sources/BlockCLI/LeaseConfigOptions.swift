@@ -15,6 +15,17 @@ package struct LeaseConfigOptions: ParsableArguments {
 
     package init() {}
 
+    /// None of the options given: the environment and the config file decide (blk's short verbs
+    /// parsed without ArgumentParser, Support/ShortVerbs.swift).
+    package static var unset: LeaseConfigOptions {
+        var options = LeaseConfigOptions()
+        options.leaseDir = nil
+        options.hostID = nil
+        options.hostName = nil
+        options.lockspace = nil
+        return options
+    }
+
     /// The process's environment with these options laid over it.
     package var environment: [String: String] {
         var environment = LeaseSettings.currentEnvironment()

@@ -10,4 +10,20 @@ struct Blk: ParsableCommand {
         version: "blk version 0.1.0",
         subcommands: [CreateCommand.self, InfoCommand.self, CheckCommand.self, IOCommand.self, MapCommand.self, CompareCommand.self, MeasureCommand.self, ConvertCommand.self, ResizeCommand.self, LocksCommand.self, HoldCommand.self, LeaseCommand.self, ServeCommand.self, StateCommand.self, BenchCommand.self]
     )
+
+    /// The short verbs with plain arguments skip ArgumentParser's reflection (Support/ShortVerbs.swift);
+    /// their failures end as ArgumentParser's `main` ends them.
+    static func main() {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments == ["--version"] {
+            print(configuration.version)
+            return
+        }
+        guard var command = ShortVerbs.parse(arguments) else { return main(nil) }
+        do {
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

@@ -23,9 +23,12 @@ struct IOCommand: ParsableCommand {
     @OptionGroup var imageOptions: ImageOptions
     @Option(name: .customShort("c"), help: "A command; repeat for more.") var commands: [String] = []
     @Option(help: "Seconds `lock` waits for the transaction lock (default 10; 0 to 1000000, decimals allowed).", transform: Seconds.parse)
-    var timeout = Seconds(10)
+    var timeout = IOCommand.defaultTimeout
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The image file.") var image: String
+
+    /// --timeout when not given (also the short verbs' parse, Support/ShortVerbs.swift).
+    static let defaultTimeout = Seconds(10)
 
     func validate() throws {
         for command in commands {

@@ -12,6 +12,37 @@ struct StartupTests {
         #expect(result.status == 0 && result.stdout.hasPrefix("blk version ") && result.stderr.isEmpty, "\(result)")
     }
 
+    /// Arguments blk parses itself, without ArgumentParser (`IMAGE` stands for the image's path).
+    static let shortVerbs: [[String]] = [
+        ["info", "IMAGE"], ["info", "--json", "IMAGE"], ["info", "-f", "qcow2", "-r", "-U", "IMAGE"],
+        ["info", "IMAGE", "--format", "raw", "--read-only", "--force-share"], ["info", "-f", "vmdk", "IMAGE"],
+        ["info", "IMAGE.missing"], ["locks", "IMAGE"], ["locks", "--json", "IMAGE"],
+        ["io", "-c", "flush", "IMAGE"], ["io", "--json", "-r", "-c", "flush", "IMAGE"],
+        ["io", "-c", "write -P 7 0 4k", "-c", "read -P 7 0 4k", "-c", "flush", "IMAGE"], ["io", "-c", "bogus", "IMAGE"],
+        ["io", "-U", "-c", "flush", "IMAGE"],
+    ]
+
+    @Test("blk's own parse of the short verbs ends as ArgumentParser's does (`--` before the image: ArgumentParser's)",
+          arguments: StartupTests.shortVerbs)
+    func shortVerbsAsArgumentParser(arguments: [String]) throws {
+        let scratch = try Scratch()
+        var results: [Finished] = []
+        for viaArgumentParser in [false, true] {
+            let image = try scratch.qcow2Image(viaArgumentParser ? "parsed.qcow2" : "own.qcow2")
+            var words = arguments.map { $0.replacingOccurrences(of: "IMAGE", with: image) }
+            if viaArgumentParser, let index = words.firstIndex(where: { $0.hasPrefix(image) }) { words += ["--", words.remove(at: index)] }
+            var result = try run(blkPath, words)
+            // The same image name in both outputs; timings left out.
+            for text in [\Finished.stdout, \Finished.stderr] {
+                result[keyPath: text] = result[keyPath: text].replacingOccurrences(of: image, with: "IMAGE")
+                    .split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.contains("ops/sec") }.joined(separator: "\n")
+            }
+            results.append(result)
+        }
+        #expect(results[0].status == results[1].status && results[0].stdout == results[1].stdout
+                && results[0].stderr == results[1].stderr, "blk's parse: \(results[0])\nArgumentParser's: \(results[1])")
+    }
+
     @Test("bench startup times the four verbs beside QEMU's tools, in one run, and removes its image")
     func bench() throws {
         let scratch = try Scratch()
