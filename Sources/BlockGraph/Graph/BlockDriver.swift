@@ -115,6 +115,11 @@ public protocol BlockDriver: AnyObject, Sendable {
 
     /// Stores a cluster `compressCluster` made.
     func writeCompressed(_ cluster: CompressedCluster) throws(BlockError)
+
+    /// Drops every cluster the image holds, so that it reads as its backing image does (QEMU's
+    /// bdrv_make_empty, what `qemu-img commit` does to the overlay after the commit), in a
+    /// crash-safe order, durable when it returns.
+    func makeEmpty() throws(BlockError)
 }
 
 extension BlockDriver {
@@ -174,5 +179,9 @@ extension BlockDriver {
     /// Refused for formats without compressed clusters.
     public func writeCompressed(_ cluster: CompressedCluster) throws(BlockError) {
         throw BlockError(.notSupportedByFormat, "Compression not supported for this file format")
+    }
+    /// A format without an allocation map has nothing to drop, in QEMU's words.
+    public func makeEmpty() throws(BlockError) {
+        throw BlockError(.notSupportedByFormat, "\(formatName) does not support emptying nodes")
     }
 }
