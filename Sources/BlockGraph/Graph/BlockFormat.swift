@@ -81,15 +81,16 @@ public struct FormatOpenContext: Sendable {
     }
 
     /// The backing image at `path` as a node for the `.backing` role: its own file and format
-    /// nodes (the format `format` names, or a probe's), read-only, without the test wrappers or
-    /// the raw window of the image above it. A chain that loops or passes 64 images is refused.
+    /// nodes (the format `format` names, or a probe's), read-only, without the raw window of the
+    /// image above it, and with the test wrappers asked for backing images, not the image's own.
+    /// A chain that loops or passes 64 images is refused.
     public func openBacking(_ path: String, format: String?) throws(BlockError) -> BlockNode {
         guard chain.count < 64 else { throw BlockError(.corrupt, "Could not open '\(path)': the backing chain is too deep") }
         var backingOptions = options
         backingOptions.format = format
         backingOptions.writable = false
-        backingOptions.faults = []
-        backingOptions.writeJournalPath = nil
+        backingOptions.faults = options.backingFaults
+        backingOptions.writeJournalPath = options.backingWriteJournalPath
         backingOptions.rawByteOffset = 0
         backingOptions.rawWindowSize = nil
         return try BlockImage.openGraph(path, options: backingOptions, formats: formats, chain: chain).root

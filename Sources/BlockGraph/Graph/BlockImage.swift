@@ -84,7 +84,9 @@ public final class BlockImage: Sendable {
         let fileDriver = try FileDriver(path: path, writable: options.writable, locking: options.locking, cache: options.cache,
                                         lease: options.forceShare ? .none : options.lease) // -U reads beside writers
         var fileNode = BlockNode(driver: fileDriver)
-        if let journalPath = options.writeJournalPath, options.writable {
+        // A backing image is opened read-only, yet `blk commit` writes into one: its journal is
+        // the one the open above asked backing images to record into.
+        if let journalPath = options.writeJournalPath, options.writable || !chain.isEmpty {
             fileNode = BlockNode(driver: try WriteJournalDriver(file: fileNode, journalPath: journalPath), children: [(.file, fileNode)])
         }
         if !options.faults.isEmpty {
@@ -304,6 +306,12 @@ public final class BlockImage: Sendable {
     /// Stores a cluster `compressCluster` made.
     public func writeCompressed(_ cluster: CompressedCluster) throws(BlockError) {
         try admittedWrite { () throws(BlockError) in try rootDriver.writeCompressed(cluster) }
+    }
+
+    /// Drops every cluster the image holds, so it reads as its backing image (`qemu-img commit`'s
+    /// last step); `notSupportedByFormat` for a format without an allocation map.
+    public func makeEmpty() throws(BlockError) {
+        try admittedWrite { () throws(BlockError) in try rootDriver.makeEmpty() }
     }
 
     /// What this open asks of its nodes while active: as opened, but writable as it is now.
