@@ -3,7 +3,7 @@ import BlockBench
 import Posix
 
 extension SideBySide {
-    /// The lines `blk bench map` and `blk bench compare` print for each scenario.
+    /// The lines `blk bench map`, `compare` and `commit` print for each scenario.
     func printed(command: String) -> String {
         var lines = ["blk bench \(command): \(scenario)", "  blk        " + formatted("%8.3f s", blkSeconds)]
         if let qemuImgSeconds, let ratio {
