@@ -12,9 +12,7 @@ struct CommitBenchCommand: ParsableCommand {
 
     @Option(help: "The size of the overlay, every cluster of it written.") var size = ByteCount(1 << 30)
     @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
-    @Option(help: "Folder for the images.") var dir = FileManager.default.temporaryDirectory.path
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
 
     func validate() throws {
         guard (1...1000).contains(rounds), size.value >= 1 << 20 else { throw ValidationError("--rounds takes 1 to 1000, --size 1M or more") }
@@ -23,11 +21,11 @@ struct CommitBenchCommand: ParsableCommand {
     func run() throws {
         let result: SideBySide
         do throws(BlockError) {
-            result = try CommitBenchmark(directory: dir, overlayBytes: size.value, rounds: rounds, progress: Progress(forced: p)).run()
+            result = try CommitBenchmark(directory: bench.dir, overlayBytes: size.value, rounds: rounds, progress: bench.progress).run()
         } catch {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON([result])
         } else {
             print(result.printed(command: "commit"))
