@@ -187,9 +187,10 @@ extension Qcow2Driver {
         // read once, counted as often as they are named.
         reference(0, bytes: clusterSize)
         var l1Tables = [(offset: state.l1TableOffset, entries: cache.withLock { $0.l1.count }, name: "active L1 table", times: UInt64(1), isActive: true)]
-        if header.snapshotCount > 0 {
-            let snapshots = try Qcow2Snapshot.readTable(of: self)
-            reference(header.snapshotsOffset, bytes: snapshots.tableBytes)
+        let snapshotTable = snapshotTableLocation(state)
+        if snapshotTable.count > 0 {
+            let snapshots = try Qcow2Snapshot.readTable(of: self, at: snapshotTable)
+            reference(snapshotTable.offset, bytes: snapshots.tableBytes)
             var tableAt = [state.l1TableOffset: 0]
             for (number, snapshot) in snapshots.entries.enumerated() {
                 if let same = tableAt[snapshot.l1TableOffset], l1Tables[same].entries == Int(snapshot.l1Size) {

@@ -1,6 +1,7 @@
 // Qcow2Snapshot: the internal snapshot table (qcow2.rst, "Snapshots"): one entry per snapshot,
 // 8-byte aligned, each naming its own L1 table. blk keeps snapshots intact (writes copy shared
-// clusters, Qcow2Writer.swift), counts their tables in checks and lists them in `blk info`.
+// clusters, Qcow2Writer.swift), counts their tables in checks, lists them in `blk info`, and
+// creates, applies and deletes them (Qcow2SnapshotUpdate.swift), writing entries as QEMU 7.2 does.
 //
 //    0  l1_table_offset  u64    16  date_sec        u32    36  extra_data_size  u32
 //    8  l1_size          u32    20  date_nsec       u32    40  extra data: vm_state_size_large u64,
@@ -21,20 +22,27 @@ struct Qcow2Snapshot: Sendable, Hashable {
     var diskSize: UInt64?
     /// Instructions executed (record/replay), if recorded.
     var icount: UInt64?
+    /// The entry as the table holds it, unpadded: a rewritten table keeps other tools' entries
+    /// byte for byte, extra data blk does not know included, as QEMU keeps them.
+    var entryBytes: [UInt8]
 
-    /// QEMU's limit on the snapshot table (QCOW_MAX_SNAPSHOTS_SIZE).
+    /// QEMU's limits on the snapshot table (QCOW_MAX_SNAPSHOTS_SIZE, QCOW_MAX_SNAPSHOTS).
     static let maxTableBytes = 64 << 20
+    static let maxCount = 65536
+    /// The extra data QEMU 7.2 writes: vm_state_size_large, disk_size, icount.
+    static let extraDataBytes = 24
 
-    /// The table and the bytes it takes (entries padded to 8 bytes).
-    static func readTable(of driver: Qcow2Driver) throws(BlockError) -> (entries: [Qcow2Snapshot], tableBytes: UInt64) {
-        let header = driver.header
-        guard header.snapshotCount > 0 else { return ([], 0) }
+    /// The table and the bytes it takes (entries padded to 8 bytes), where the header — or a
+    /// snapshot operation of this open since (`location`) — says it is.
+    static func readTable(of driver: Qcow2Driver, at location: Qcow2SnapshotTableLocation) throws(BlockError)
+        -> (entries: [Qcow2Snapshot], tableBytes: UInt64) {
+        guard location.count > 0 else { return ([], 0) }
         let fileLength = UInt64(try driver.file.driver.length())
-        let available = Int(min(fileLength - min(header.snapshotsOffset, fileLength), UInt64(maxTableBytes)))
-        let table = try Qcow2Driver.readBytes(driver.file, at: header.snapshotsOffset, count: available)
+        let available = Int(min(fileLength - min(location.offset, fileLength), UInt64(maxTableBytes)))
+        let table = try Qcow2Driver.readBytes(driver.file, at: location.offset, count: available)
         var snapshots: [Qcow2Snapshot] = []
         var offset = 0
-        for number in 0..<Int(header.snapshotCount) {
+        for number in 0..<Int(location.count) {
             guard offset + 40 <= table.count else {
                 throw BlockError(.corrupt, "qcow2: the snapshot table is truncated at snapshot \(number + 1)")
             }
@@ -61,17 +69,52 @@ struct Qcow2Snapshot: Sendable, Hashable {
                 vmClockNanoseconds: table.bigEndian(UInt64.self, at: offset + 24),
                 vmStateSize: extra(0) ?? UInt64(table.bigEndian(UInt32.self, at: offset + 32)),
                 diskSize: extra(8),
-                icount: extra(16).flatMap { $0 == .max ? nil : $0 }))
+                icount: extra(16).flatMap { $0 == .max ? nil : $0 },
+                entryBytes: Array(table[offset..<offset + entryBytes])))
             offset += (entryBytes + 7) / 8 * 8
         }
         return (snapshots, UInt64(offset))
     }
 }
 
+extension Qcow2Snapshot {
+    /// A new entry as QEMU 7.2's qcow2_write_snapshots lays it out, with no VM state.
+    init(id: String, name: String, l1TableOffset: UInt64, l1Size: UInt32, dateSeconds: UInt32, dateNanoseconds: UInt32, diskSize: UInt64) {
+        let idBytes = Array(id.utf8), nameBytes = Array(name.utf8)
+        var bytes = [UInt8](repeating: 0, count: 40 + Self.extraDataBytes)
+        bytes.setBigEndian(l1TableOffset, at: 0)
+        bytes.setBigEndian(l1Size, at: 8)
+        bytes.setBigEndian(UInt16(idBytes.count), at: 12)
+        bytes.setBigEndian(UInt16(nameBytes.count), at: 14)
+        bytes.setBigEndian(dateSeconds, at: 16)
+        bytes.setBigEndian(dateNanoseconds, at: 20)
+        bytes.setBigEndian(UInt32(Self.extraDataBytes), at: 36)
+        bytes.setBigEndian(diskSize, at: 48)
+        self.init(id: id, name: name, l1TableOffset: l1TableOffset, l1Size: l1Size, dateSeconds: dateSeconds, dateNanoseconds: dateNanoseconds,
+                  vmClockNanoseconds: 0, vmStateSize: 0, diskSize: diskSize, icount: 0, entryBytes: bytes + idBytes + nameBytes)
+    }
+
+    /// The table holding `entries`, each padded to 8 bytes.
+    static func tableBytes(_ entries: [Qcow2Snapshot]) -> [UInt8] {
+        var table: [UInt8] = []
+        for entry in entries {
+            table += entry.entryBytes
+            table += [UInt8](repeating: 0, count: (8 - entry.entryBytes.count % 8) % 8)
+        }
+        return table
+    }
+}
+
 extension Qcow2Driver {
+    /// The table's place now: the header's, unless a snapshot operation of this open moved it.
+    func snapshotTableLocation(_ state: Qcow2WriterState) -> Qcow2SnapshotTableLocation {
+        state.snapshotTable ?? Qcow2SnapshotTableLocation(count: header.snapshotCount, offset: header.snapshotsOffset)
+    }
+
     /// The internal snapshots, in table order.
     public func snapshots() throws(BlockError) -> [SnapshotInfo] {
-        try Qcow2Snapshot.readTable(of: self).entries.map { snapshot in
+        let location = writer.withLock { snapshotTableLocation($0) }
+        return try Qcow2Snapshot.readTable(of: self, at: location).entries.map { snapshot in
             SnapshotInfo(id: snapshot.id, name: snapshot.name, vmStateSize: snapshot.vmStateSize, dateSeconds: snapshot.dateSeconds,
                          dateNanoseconds: snapshot.dateNanoseconds, vmClockNanoseconds: snapshot.vmClockNanoseconds,
                          icount: snapshot.icount)

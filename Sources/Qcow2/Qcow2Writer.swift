@@ -52,6 +52,9 @@ struct Qcow2WriterState {
     var refcountBlocks: [UInt64: RefcountBlock] = [:]
     /// Refcount table entries of new blocks, written once the blocks are durable.
     var pendingRefcountTable: [Int: UInt64] = [:]
+    /// The snapshot table once a snapshot operation of this open moved it (the header as
+    /// opened says where it was).
+    var snapshotTable: Qcow2SnapshotTableLocation?
     /// Set when a metadata update failed halfway in a way memory cannot mirror: every later
     /// write and write-back fails with it rather than write from a stale picture.
     var failure: BlockError?
