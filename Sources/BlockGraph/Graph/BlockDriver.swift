@@ -89,7 +89,7 @@ public protocol BlockDriver: AnyObject, Sendable {
     func eventEnded(_ event: BlockEvent)
 
     // MARK: format operations (QEMU's bdrv_co_check, bdrv_get_specific_info, bdrv_snapshot_list,
-    // bdrv_co_pwritev_compressed); a driver without one says so with `notSupportedByFormat`.
+    // bdrv_co_pwritev_compressed, bdrv_snapshot_create/goto/delete); a driver without one says so with `notSupportedByFormat`.
 
     /// Compares the metadata with itself (refcounts against references) and, with `repair`,
     /// fixes what it may: the node must then be writable.
@@ -120,6 +120,17 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// bdrv_make_empty, what `qemu-img commit` does to the overlay after the commit), in a
     /// crash-safe order, durable when it returns.
     func makeEmpty() throws(BlockError)
+
+    /// Takes an internal snapshot of the image as it is (QEMU's bdrv_snapshot_create): named
+    /// `name`, the next ID the format gives, dated as given, without VM state; returned as
+    /// `snapshots()` lists it.
+    func createSnapshot(name: String, dateSeconds: UInt32, dateNanoseconds: UInt32) throws(BlockError) -> SnapshotInfo
+
+    /// Makes the snapshot with ID `id` the image's content and size (bdrv_snapshot_goto).
+    func applySnapshot(id: String) throws(BlockError)
+
+    /// Deletes the snapshot with ID `id` (bdrv_snapshot_delete).
+    func deleteSnapshot(id: String) throws(BlockError)
 }
 
 extension BlockDriver {
@@ -183,5 +194,17 @@ extension BlockDriver {
     /// A format without an allocation map has nothing to drop, in QEMU's words.
     public func makeEmpty() throws(BlockError) {
         throw BlockError(.notSupportedByFormat, "\(formatName) does not support emptying nodes")
+    }
+    /// Refused, as listing is, by formats without a snapshot table.
+    public func createSnapshot(name: String, dateSeconds: UInt32, dateNanoseconds: UInt32) throws(BlockError) -> SnapshotInfo {
+        throw BlockError(.notSupportedByFormat, "The \(formatName) format has no internal snapshots")
+    }
+    /// Refused, as listing is, by formats without a snapshot table.
+    public func applySnapshot(id: String) throws(BlockError) {
+        throw BlockError(.notSupportedByFormat, "The \(formatName) format has no internal snapshots")
+    }
+    /// Refused, as listing is, by formats without a snapshot table.
+    public func deleteSnapshot(id: String) throws(BlockError) {
+        throw BlockError(.notSupportedByFormat, "The \(formatName) format has no internal snapshots")
     }
 }

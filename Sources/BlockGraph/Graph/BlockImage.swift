@@ -271,6 +271,33 @@ public final class BlockImage: Sendable {
     /// The internal snapshots, in table order.
     public func snapshots() throws(BlockError) -> [SnapshotInfo] { try rootDriver.snapshots() }
 
+    /// Takes an internal snapshot (the image must be writable).
+    public func createSnapshot(name: String, dateSeconds: UInt32, dateNanoseconds: UInt32) throws(BlockError) -> SnapshotInfo {
+        var created: SnapshotInfo?
+        try drainedWrite { () throws(BlockError) in
+            created = try rootDriver.createSnapshot(name: name, dateSeconds: dateSeconds, dateNanoseconds: dateNanoseconds)
+        }
+        return created.unsafelyUnwrapped
+    }
+
+    /// Makes a snapshot the image's content and size. The size may change, so QEMU's "resize"
+    /// permission is taken for it, as `resize` takes it.
+    public func applySnapshot(id: String) throws(BlockError) {
+        try drainedWrite { () throws(BlockError) in
+            let usual = currentRequest
+            var request = usual
+            request.held.insert(.resize)
+            try root.setNeeds(request, of: ObjectIdentifier(self))
+            defer { try? root.setNeeds(usual, of: ObjectIdentifier(self)) }
+            try rootDriver.applySnapshot(id: id)
+        }
+    }
+
+    /// Deletes an internal snapshot (the image must be writable).
+    public func deleteSnapshot(id: String) throws(BlockError) {
+        try drainedWrite { () throws(BlockError) in try rootDriver.deleteSnapshot(id: id) }
+    }
+
     /// The persistent dirty bitmaps a copy would carry; nil for a format that stores none.
     public func persistentBitmaps() throws(BlockError) -> [PersistentBitmap]? { try rootDriver.persistentBitmaps() }
 
@@ -351,6 +378,16 @@ public final class BlockImage: Sendable {
         try accessChange.withLock { _ throws(BlockError) in
             writeGate.close()
             defer { if isWritable && isActive { writeGate.open() } }
+            try body()
+        }
+    }
+
+    /// Runs a snapshot operation drained, as QEMU drains for one: no write under way and none
+    /// admitted until it ends — a write planned in place before a snapshot is taken must not land
+    /// in a cluster the snapshot then shares.
+    private func drainedWrite(_ body: () throws(BlockError) -> Void) throws(BlockError) {
+        try changingAccess { () throws(BlockError) in
+            try checkWritable()
             try body()
         }
     }
