@@ -145,6 +145,26 @@ struct L2TableCache {
         }
     }
 
+    /// Makes `entries` the L1 table and forgets every cached table (none may be dirty): a
+    /// snapshot operation moved the active image to other tables, and those it left may be freed.
+    mutating func replaceL1(with entries: [UInt64]) {
+        precondition(dirty.isEmpty, "dirty L2 tables are written back before the L1 table is replaced")
+        generation += 1
+        readIndex.change {
+            for index in l1.indices { readIndex.setSlot(index, to: 0) }
+            for table in tables.values { readIndex.recycle(table.entries) }
+            tables = [:]
+            l1Indices = [:]
+            readIndex.resize(to: entries.count)
+            l1 = entries
+            for index in entries.indices {
+                let offset = Self.tableOffset(entries[index])
+                if offset != 0 { l1Indices[offset, default: []].append(index) }
+                publish(index)
+            }
+        }
+    }
+
     mutating func markClean(_ offset: UInt64) {
         generation += 1
         dirty.remove(offset)
