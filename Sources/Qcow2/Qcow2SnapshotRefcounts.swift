@@ -12,8 +12,12 @@ struct Qcow2SnapshotRefcounts {
     let table: [UInt64]
     let file: BlockNode
     let fileLength: UInt64
-    /// The changed copies, by refcount table index.
-    private(set) var blocks: [Int: [UInt8]] = [:]
+    /// The changed copies, in the order they were first touched, and where each table index's
+    /// copy is among them; the last one used is kept apart, since consecutive clusters almost
+    /// always share a block: one integer comparison instead of hash lookups per refcount change.
+    private var copies: [[UInt8]] = []
+    private var slots: [Int: Int] = [:]
+    private var last = (index: -1, slot: 0)
 
     init(width: RefcountWidth, clusterSize: Int, table: [UInt64], file: BlockNode, fileLength: UInt64) {
         self.width = width
@@ -29,14 +33,16 @@ struct Qcow2SnapshotRefcounts {
 
     func blockIndex(ofCluster cluster: UInt64) -> Int { Int(cluster / perBlock) }
 
-    private func value(ofCluster cluster: UInt64) -> UInt64? {
-        blocks[blockIndex(ofCluster: cluster)].map { width.value(in: $0, at: Int(cluster % perBlock)) }
-    }
+    /// The table indices of the blocks copied so far.
+    var indices: Dictionary<Int, Int>.Keys { slots.keys }
+
+    /// The copy of the block at table index `index`, if it was touched.
+    func block(_ index: Int) -> [UInt8]? { slots[index].map { copies[$0] } }
 
     /// The refcount of `cluster` as the copies have it, the block read from disk if need be.
     mutating func refcount(ofCluster cluster: UInt64) throws(BlockError) -> UInt64 {
-        try load(blockIndex(ofCluster: cluster))
-        return value(ofCluster: cluster).unsafelyUnwrapped
+        let slot = try load(blockIndex(ofCluster: cluster))
+        return width.value(in: copies[slot], at: Int(cluster % perBlock))
     }
 
     /// Adds `delta` to the refcount of `cluster`; a count that would fall below zero means the
@@ -55,22 +61,30 @@ struct Qcow2SnapshotRefcounts {
     }
 
     mutating func set(_ value: UInt64, ofCluster cluster: UInt64) throws(BlockError) {
-        let index = blockIndex(ofCluster: cluster)
-        try load(index)
-        width.set(value, in: &blocks[index]!, at: Int(cluster % perBlock))
+        let slot = try load(blockIndex(ofCluster: cluster))
+        width.set(value, in: &copies[slot], at: Int(cluster % perBlock))
     }
 
-    /// Copies the block at table index `index` into memory: zeroes where the table names none.
-    mutating func load(_ index: Int) throws(BlockError) {
-        guard blocks[index] == nil else { return }
+    /// Where the copy of the block at table index `index` is, made if need be: zeroes where the
+    /// table names no block.
+    @discardableResult
+    mutating func load(_ index: Int) throws(BlockError) -> Int {
+        if last.index == index { return last.slot }
+        if let slot = slots[index] {
+            last = (index, slot)
+            return slot
+        }
         let offset = diskOffset(ofBlock: index)
-        guard offset != 0 else {
-            blocks[index] = [UInt8](repeating: 0, count: Int(clusterSize))
-            return
+        if offset == 0 {
+            copies.append([UInt8](repeating: 0, count: Int(clusterSize)))
+        } else {
+            guard offset % clusterSize == 0, offset + clusterSize <= fileLength else {
+                throw BlockError(.corrupt, "qcow2: Refblock offset 0x\(String(offset, radix: 16)) is invalid")
+            }
+            copies.append(try Qcow2Driver.readBytes(file, at: offset, count: Int(clusterSize)))
         }
-        guard offset % clusterSize == 0, offset + clusterSize <= fileLength else {
-            throw BlockError(.corrupt, "qcow2: Refblock offset 0x\(String(offset, radix: 16)) is invalid")
-        }
-        blocks[index] = try Qcow2Driver.readBytes(file, at: offset, count: Int(clusterSize))
+        slots[index] = copies.count - 1
+        last = (index, copies.count - 1)
+        return last.slot
     }
 }

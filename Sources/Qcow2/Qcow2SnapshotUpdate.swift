@@ -245,14 +245,14 @@ extension Qcow2Driver {
         while true {
             let end = contentEnd + UInt64(blockCount) + tableClusters
             for index in refcounts.blockIndex(ofCluster: first)...refcounts.blockIndex(ofCluster: end - 1) { try refcounts.load(index) }
-            while let index = refcounts.blocks.keys.first(where: { !released.contains($0) && refcounts.diskOffset(ofBlock: $0) != 0 }) {
+            while let index = refcounts.indices.first(where: { !released.contains($0) && refcounts.diskOffset(ofBlock: $0) != 0 }) {
                 released.insert(index)
                 try refcounts.add(-1, toCluster: refcounts.diskOffset(ofBlock: index) / clusterSize)
             }
-            let entries = UInt64(max(state.refcountTable!.count, refcounts.blocks.keys.max()! + 1))
+            let entries = UInt64(max(state.refcountTable!.count, refcounts.indices.max()! + 1))
             let neededTable = max(tableClusters, (entries * 8 + clusterSize - 1) / clusterSize)
-            if refcounts.blocks.count == blockCount && neededTable == tableClusters { break }
-            blockCount = refcounts.blocks.count
+            if refcounts.indices.count == blockCount && neededTable == tableClusters { break }
+            blockCount = refcounts.indices.count
             tableClusters = neededTable
         }
         guard tableClusters * clusterSize <= Qcow2Header.maxRefcountTableBytes else {
@@ -261,7 +261,7 @@ extension Qcow2Driver {
         let end = contentEnd + UInt64(blockCount) + tableClusters
         for cluster in first..<end { try refcounts.set(1, ofCluster: cluster) }
         var refcountTable = state.refcountTable! + [UInt64](repeating: 0, count: Int(tableClusters * clusterSize / 8) - state.refcountTable!.count)
-        let blockIndices = refcounts.blocks.keys.sorted()
+        let blockIndices = refcounts.indices.sorted()
         for (number, index) in blockIndices.enumerated() { refcountTable[index] = (contentEnd + UInt64(number)) * clusterSize }
         let refcountTableOffset = (contentEnd + UInt64(blockCount)) * clusterSize
 
@@ -279,7 +279,7 @@ extension Qcow2Driver {
         if !snapshotBytes.isEmpty { try writeBytes(snapshotBytes, at: snapshotTable.offset) }
         try file.during(.refblockUpdate) { () throws(BlockError) in
             for (number, index) in blockIndices.enumerated() {
-                try writeBytes(refcounts.blocks[index]!, at: (contentEnd + UInt64(number)) * clusterSize)
+                try writeBytes(refcounts.block(index)!, at: (contentEnd + UInt64(number)) * clusterSize)
             }
         }
         try file.during(.reftableUpdate) { () throws(BlockError) in
