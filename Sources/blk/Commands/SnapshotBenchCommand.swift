@@ -11,9 +11,7 @@ struct SnapshotBenchCommand: ParsableCommand {
 
     @Option(help: "Virtual size of the images; the first 40 % is allocated with random data.") var size = ByteCount(10 << 30)
     @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
-    @Option(help: "Folder for the two images.") var dir = FileManager.default.temporaryDirectory.path
-    @Flag(name: .short, help: "Show progress even when stderr is not a terminal.") var p = false
-    @Flag(help: "Print JSON on stdout.") var json = false
+    @OptionGroup var bench: BenchOptions
 
     func validate() throws {
         guard (1...1000).contains(rounds), size.value >= 1 << 20 else { throw ValidationError("--rounds takes 1 to 1000, --size a size of 1M or more") }
@@ -22,11 +20,11 @@ struct SnapshotBenchCommand: ParsableCommand {
     func run() throws {
         let result: SideBySide
         do throws(BlockError) {
-            result = try SnapshotBenchmark(directory: dir, virtualBytes: size.value, rounds: rounds, progress: Progress(forced: p)).run()
+            result = try SnapshotBenchmark(directory: bench.dir, virtualBytes: size.value, rounds: rounds, progress: bench.progress).run()
         } catch {
-            throw report(error, json: json)
+            throw report(error, json: bench.json)
         }
-        if json {
+        if bench.json {
             printJSON(result)
         } else {
             print(result.printed(command: "snapshot"))
