@@ -131,6 +131,13 @@ public protocol BlockDriver: AnyObject, Sendable {
 
     /// Deletes the snapshot with ID `id` (bdrv_snapshot_delete).
     func deleteSnapshot(id: String) throws(BlockError)
+
+    /// Changes the image's format options in place (QEMU's bdrv_amend_options, `qemu-img
+    /// amend`): each name the format knows is checked as QEMU checks it, the rest refused, and
+    /// the image changed in the format's crash-safe order. The node must be writable; this open
+    /// writes no guest data afterwards (its view of the format is the old one). `progress` is
+    /// told the fraction done.
+    func amend(_ options: FormatOptions, force: Bool, progress: (Double) -> Void) throws(BlockError)
 }
 
 extension BlockDriver {
@@ -206,5 +213,9 @@ extension BlockDriver {
     /// Refused, as listing is, by formats without a snapshot table.
     public func deleteSnapshot(id: String) throws(BlockError) {
         throw BlockError(.notSupportedByFormat, "The \(formatName) format has no internal snapshots")
+    }
+    /// Refused in qemu-img's words for formats without options to change (raw).
+    public func amend(_ options: FormatOptions, force: Bool, progress: (Double) -> Void) throws(BlockError) {
+        throw BlockError(.notSupportedByFormat, "Format driver '\(formatName)' does not support option amendment")
     }
 }

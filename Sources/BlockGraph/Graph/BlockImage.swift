@@ -191,12 +191,7 @@ public final class BlockImage: Sendable {
     public func resize(to byteCount: Int64) throws(BlockError) {
         try admittedWrite { () throws(BlockError) in
             guard byteCount >= 0 else { throw BlockError(.invalidRequest, "Invalid image size specified") }
-            let usual = currentRequest
-            var request = usual
-            request.held.insert(.resize)
-            try root.setNeeds(request, of: ObjectIdentifier(self))
-            defer { try? root.setNeeds(usual, of: ObjectIdentifier(self)) }
-            try root.driver.truncate(to: byteCount)
+            try holdingResize { () throws(BlockError) in try root.driver.truncate(to: byteCount) }
         }
     }
 
@@ -284,18 +279,34 @@ public final class BlockImage: Sendable {
     /// permission is taken for it, as `resize` takes it.
     public func applySnapshot(id: String) throws(BlockError) {
         try drainedWrite { () throws(BlockError) in
-            let usual = currentRequest
-            var request = usual
-            request.held.insert(.resize)
-            try root.setNeeds(request, of: ObjectIdentifier(self))
-            defer { try? root.setNeeds(usual, of: ObjectIdentifier(self)) }
-            try rootDriver.applySnapshot(id: id)
+            try holdingResize { () throws(BlockError) in try rootDriver.applySnapshot(id: id) }
         }
     }
 
     /// Deletes an internal snapshot (the image must be writable).
     public func deleteSnapshot(id: String) throws(BlockError) {
         try drainedWrite { () throws(BlockError) in try rootDriver.deleteSnapshot(id: id) }
+    }
+
+    /// Changes the format's options in place (`qemu-img amend`), holding resize as well for the
+    /// duration (a `size` option resizes, as `resize(to:)` does). This open writes no guest data
+    /// afterwards: close it, and open the image again to use it.
+    public func amend(_ options: FormatOptions, force: Bool = false, progress: (Double) -> Void = { _ in }) throws(BlockError) {
+        try admittedWrite { () throws(BlockError) in
+            try holdingResize { () throws(BlockError) in try rootDriver.amend(options, force: force, progress: progress) }
+        }
+    }
+
+    /// Runs `body` holding QEMU's "resize" permission, which a guest-like open does not hold: taken
+    /// for what may change the size (QEMU's words if another open refuses to share it) and given
+    /// back after.
+    private func holdingResize(_ body: () throws(BlockError) -> Void) throws(BlockError) {
+        let usual = currentRequest
+        var request = usual
+        request.held.insert(.resize)
+        try root.setNeeds(request, of: ObjectIdentifier(self))
+        defer { try? root.setNeeds(usual, of: ObjectIdentifier(self)) }
+        try body()
     }
 
     /// The persistent dirty bitmaps a copy would carry; nil for a format that stores none.

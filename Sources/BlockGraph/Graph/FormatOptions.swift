@@ -42,6 +42,10 @@ public struct FormatOptions: Sendable {
         return items + [current]
     }
 
+    /// The names given, in the order first given: for a format whose refusals name the first
+    /// one it lacks in words of its own (`qemu-img amend`'s "only supported for image creation").
+    public var givenNames: [String] { names }
+
     /// The value given for `name`, nil when not given.
     public func string(_ name: String) -> String? { values[name] }
 
