@@ -63,6 +63,9 @@ public final class Qcow2Driver: BlockDriver {
     /// released while such a write, planned before the zeroing, is still on its way to it.
     let inPlaceWrites = Atomic(0)
     let corruptionMarked = Atomic(false)
+    /// Set when `amend` starts changing the format on disk: this open's geometry and features
+    /// (refcount width, version) are then out of date, so it writes no more (Qcow2Amend.swift).
+    let amended = Atomic(false)
     let dirtyBitCleared = Atomic(false)
     /// Opened by `check -r`: a dirty image waits for the check's repair instead of its own.
     let openedForRepair: Bool

@@ -328,6 +328,9 @@ extension Qcow2Driver {
     /// that lazy refcounts left unfinished), as QEMU does when it opens one read-write.
     func prepareForWriting(_ state: inout Qcow2WriterState) throws(BlockError) {
         if let failure = state.failure { throw failure }
+        if amended.load(ordering: .acquiring) {
+            throw BlockError(.stale, "qcow2: the image's format options were amended; open it again to write")
+        }
         guard state.refcountTable == nil else { return }
         if header.autoclearFeatures != 0 && !state.autoclearCleared {
             try file.during(.headerUpdate) { () throws(BlockError) in
