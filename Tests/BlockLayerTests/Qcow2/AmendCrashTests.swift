@@ -1,0 +1,105 @@
+// Crash states and injected I/O errors of `blk amend` (the orders of Qcow2RefcountOrder.swift,
+// Qcow2VersionChange.swift and Qcow2Amend.swift): every state a power cut during the amend could
+// leave checks clean or with leaks only (`blk check`, and `qemu-img check` on a sample) and reads
+// the guest data the image had (`qemu-img compare`); every write and flush failing in turn is
+// reported and leaves such an image too. A sample of states and steps; BLK_SOAK=1 for all.
+import Foundation
+import Testing
+
+struct AmendScenario: CustomStringConvertible, Sendable {
+    var options: String
+    var clusterSize = "64k"
+    var backing = false
+    /// Options qemu-img applies first, to start from them.
+    var setup: String?
+
+    var description: String { "\(options) (\(clusterSize) clusters\(backing ? ", backing" : "")\(setup.map { ", from \($0)" } ?? ""))" }
+
+    static let all = [
+        // 512-byte clusters: hundreds of new blocks and a table of several clusters.
+        AmendScenario(options: "refcount_bits=64", clusterSize: "512"),
+        AmendScenario(options: "refcount_bits=1"),
+        AmendScenario(options: "compat=0.10", backing: true),
+        AmendScenario(options: "compat=0.10"),
+        AmendScenario(options: "compat=1.1,refcount_bits=8", backing: true, setup: "compat=0.10"),
+    ]
+
+    func makeImage(_ scratch: Scratch) throws -> AmendFixture {
+        let fixture = try AmendFixture(scratch, backing: backing, clusterSize: clusterSize)
+        if let setup { try qemuImg(["amend", "-o", setup, fixture.image]) }
+        return fixture
+    }
+}
+
+@Suite("blk amend: crash states and injected errors")
+struct AmendCrashTests {
+    let scratch: Scratch
+
+    init() throws { scratch = try Scratch() }
+
+    @Test("every crash state checks clean or leaking and reads as before", arguments: AmendScenario.all)
+    func crashStates(scenario: AmendScenario) throws {
+        let fixture = try scenario.makeImage(scratch)
+        let base = try Data(contentsOf: URL(fileURLWithPath: fixture.image))
+        let journal = scratch.directory + "/journal"
+        try scratch.write(journal, Data())
+        let amended = try blk("amend", "--record-writes", journal, "-o", scenario.options, fixture.image)
+        #expect(amended.status == 0, "\(amended)")
+        let states = CrashStates(base: base, journal: try Data(contentsOf: URL(fileURLWithPath: journal)))
+        #expect(states.count >= 4, "\(scenario): \(states.count) states")
+        let checked = states.sample(Soak.enabled ? states.count : 20)
+        let probe = scratch.directory + "/crashed.qcow2"
+        for (position, state) in checked.enumerated() {
+            try states.image(state).write(to: URL(fileURLWithPath: probe))
+            let blkCheck = try run(blkPath, ["check", "-f", "qcow2", probe])
+            #expect(blkCheck.status == 0 || blkCheck.status == 3, "\(scenario), \(state.label): \(blkCheck)")
+            if Soak.enabled || position.isMultiple(of: 4) || position == checked.count - 1 {
+                let qemuCheck = try run("/usr/bin/qemu-img", ["check", "-f", "qcow2", probe])
+                #expect(qemuCheck.status == 0 || qemuCheck.status == 3, "\(scenario), \(state.label): \(qemuCheck)")
+                let compared = try run("/usr/bin/qemu-img", ["compare", "-f", "qcow2", "-F", "raw", probe, fixture.original])
+                #expect(compared.status == 0, "\(scenario), \(state.label): \(compared)")
+            }
+        }
+        print("amend \(scenario): \(states.count) crash states, \(checked.count) checked")
+    }
+
+    @Test("every write and flush failing in turn is reported and leaves a sound image",
+          arguments: [AmendScenario.all[0], AmendScenario.all[2]])
+    func injectedErrors(scenario: AmendScenario) throws {
+        let fixture = try scenario.makeImage(scratch)
+        let pristine = fixture.image + ".before"
+        try FileManager.default.copyItem(atPath: fixture.image, toPath: pristine)
+        let journal = scratch.directory + "/journal"
+        try scratch.write(journal, Data())
+        #expect(try blk("amend", "--record-writes", journal, "-o", scenario.options, fixture.image).status == 0)
+        let epochs = CrashStates.epochs(try Data(contentsOf: URL(fileURLWithPath: journal)))
+        let counts = ["write": epochs.map(\.count).reduce(0, +), "flush": epochs.count - 1]
+        var surfaced = 0, tried = 0
+        for (operation, count) in counts.sorted(by: { $0.key < $1.key }) {
+            let steps = Soak.enabled || count <= 8 ? Array(1...count + 1) : (0..<8).map { 1 + $0 * count / 8 } + [count + 1]
+            for step in steps {
+                let rule = "\(operation):\(step)" + (step.isMultiple(of: 2) ? ":enospc" : "")
+                try? FileManager.default.removeItem(atPath: fixture.image)
+                try FileManager.default.copyItem(atPath: pristine, toPath: fixture.image)
+                let amended = try blk("amend", "--inject-fault", rule, "-o", scenario.options, fixture.image)
+                if step <= count { tried += 1 }
+                if amended.status != 0 {
+                    #expect(amended.stderr.contains(rule.hasSuffix("enospc") ? "No space left on device" : "Input/output error"),
+                            "\(scenario), \(rule): \(amended)")
+                    surfaced += 1
+                }
+                if step == count + 1 {
+                    #expect(amended.status == 0, "\(scenario), \(rule): past the last \(operation), yet \(amended)")
+                }
+                let blkCheck = try blk("check", "-f", "qcow2", fixture.image)
+                #expect(blkCheck.status == 0 || blkCheck.status == 3, "\(scenario), \(rule): \(blkCheck)")
+                let qemuCheck = try run("/usr/bin/qemu-img", ["check", "-f", "qcow2", fixture.image])
+                #expect(qemuCheck.status == 0 || qemuCheck.status == 3, "\(scenario), \(rule): \(qemuCheck)")
+                let compared = try run("/usr/bin/qemu-img", ["compare", "-f", "qcow2", "-F", "raw", fixture.image, fixture.original])
+                #expect(compared.status == 0, "\(scenario), \(rule): \(compared)")
+            }
+        }
+        #expect(surfaced * 2 >= tried, "\(scenario): only \(surfaced) of \(tried) injected failures surfaced")
+        print("amend \(scenario): \(counts["write"]!) writes, \(counts["flush"]!) flushes; \(surfaced) injected failures surfaced")
+    }
+}
