@@ -53,7 +53,7 @@ extension Qcow2Driver {
         }
         let downgrading = targetVersion < onDisk.version
         if downgrading { try checkDowngrade(onDisk, refcountOrder: targetOrder) }
-        if targetVersion > onDisk.version { try checkUpgrade() }
+        if targetVersion > onDisk.version { try checkUpgrade(onDisk) }
         if targetOrder != onDisk.refcountOrder { try checkRefcountsFit(RefcountWidth(order: targetOrder)) }
 
         progress(0)
@@ -143,7 +143,7 @@ extension Qcow2Driver {
     /// persistent bitmaps, and zero clusters in tables internal snapshots hold.
     private func checkDowngrade(_ onDisk: Qcow2Header, refcountOrder: UInt32) throws(BlockError) {
         guard refcountOrder == 4 else { throw BlockError(.unsupported, "compat=0.10 requires refcount_bits=16") }
-        let snapshots = try Qcow2Snapshot.readTable(of: self).entries
+        let snapshots = try Qcow2Snapshot.readTable(of: self, at: onDisk.snapshotTable).entries
         let size = UInt64(try length())
         if snapshots.contains(where: { $0.vmStateSize > UInt64(UInt32.max) || ($0.diskSize ?? size) != size }) {
             throw BlockError(.unsupported, "Internal snapshots prevent downgrade of image")
@@ -174,8 +174,8 @@ extension Qcow2Driver {
 
     /// Version 3 requires each snapshot's extra data (VM state size and disk size), which QEMU
     /// adds by rewriting the snapshot table; blk does not rewrite it yet.
-    private func checkUpgrade() throws(BlockError) {
-        if try Qcow2Snapshot.readTable(of: self).entries.contains(where: { $0.diskSize == nil }) {
+    private func checkUpgrade(_ onDisk: Qcow2Header) throws(BlockError) {
+        if try Qcow2Snapshot.readTable(of: self, at: onDisk.snapshotTable).entries.contains(where: { $0.diskSize == nil }) {
             throw BlockError(.unsupported, "blk cannot upgrade an image whose internal snapshots lack version 3's extra data (qemu-img amend can)")
         }
     }

@@ -108,7 +108,7 @@ extension Qcow2Snapshot {
 extension Qcow2Driver {
     /// The table's place now: the header's, unless a snapshot operation of this open moved it.
     func snapshotTableLocation(_ state: Qcow2WriterState) -> Qcow2SnapshotTableLocation {
-        state.snapshotTable ?? Qcow2SnapshotTableLocation(count: header.snapshotCount, offset: header.snapshotsOffset)
+        state.snapshotTable ?? header.snapshotTable
     }
 
     /// The internal snapshots, in table order.

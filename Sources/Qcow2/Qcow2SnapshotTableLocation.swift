@@ -6,3 +6,8 @@ struct Qcow2SnapshotTableLocation: Sendable, Hashable {
     var count: UInt32
     var offset: UInt64
 }
+
+extension Qcow2Header {
+    /// Where this header says the snapshot table is.
+    var snapshotTable: Qcow2SnapshotTableLocation { Qcow2SnapshotTableLocation(count: snapshotCount, offset: snapshotsOffset) }
+}
