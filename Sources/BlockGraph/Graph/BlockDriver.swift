@@ -138,6 +138,13 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// writes no guest data afterwards (its view of the format is the old one). `progress` is
     /// told the fraction done.
     func amend(_ options: FormatOptions, force: Bool, progress: (Double) -> Void) throws(BlockError)
+
+    /// Names `name` (stored as given, resolved beside the image when opened) as the backing
+    /// file, with `format` recorded for it, or no backing file at all (`name` nil): only the
+    /// header changes, crash-safely — what the guest reads through it is the caller's concern
+    /// (QEMU's bdrv_change_backing_file). Writes back the image's metadata first, so what was
+    /// written before is durable before the new name is.
+    func changeBackingFile(_ name: String?, format: String?) throws(BlockError)
 }
 
 extension BlockDriver {
@@ -217,5 +224,9 @@ extension BlockDriver {
     /// Refused in qemu-img's words for formats without options to change (raw).
     public func amend(_ options: FormatOptions, force: Bool, progress: (Double) -> Void) throws(BlockError) {
         throw BlockError(.notSupportedByFormat, "Format driver '\(formatName)' does not support option amendment")
+    }
+    /// Refused for formats whose images name no backing file (raw), in QEMU's words.
+    public func changeBackingFile(_ name: String?, format: String?) throws(BlockError) {
+        throw BlockError(.notSupportedByFormat, "Operation not supported")
     }
 }

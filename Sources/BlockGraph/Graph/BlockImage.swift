@@ -352,6 +352,12 @@ public final class BlockImage: Sendable {
         try admittedWrite { () throws(BlockError) in try rootDriver.makeEmpty() }
     }
 
+    /// Points the image at another backing file, or at none (`name` nil), in its header only
+    /// (BlockDriver.changeBackingFile); the image must be writable.
+    public func changeBackingFile(_ name: String?, format: String?) throws(BlockError) {
+        try admittedWrite { () throws(BlockError) in try rootDriver.changeBackingFile(name, format: format) }
+    }
+
     /// What this open asks of its nodes while active: as opened, but writable as it is now.
     private var currentRequest: PermissionRequest {
         var current = options
