@@ -237,7 +237,12 @@ public struct Qcow2Header: Sendable, Hashable {
     }
 
     private mutating func readBackingFile(_ bytes: [UInt8], corrupt: (String) -> BlockError) throws(BlockError) {
-        guard backingFileOffset != 0 else { return }
+        // A format extension without a name is ignored, as QEMU ignores it: taking a backing file
+        // away leaves it (Qcow2HeaderUpdate.swift).
+        guard backingFileOffset != 0 else {
+            backingFormat = nil
+            return
+        }
         guard backingFileSize <= 1023 else { throw corrupt("Backing file name too long") }
         let (end, overflow) = backingFileOffset.addingReportingOverflow(UInt64(backingFileSize))
         guard !overflow, end <= UInt64(min(bytes.count, clusterSize)) else {
