@@ -30,8 +30,9 @@ public enum Qcow2Format: BlockFormat {
             && !context.options.repairing {
             throw BlockError(.corrupt, "qcow2: Image is corrupt; cannot be opened read/write")
         }
-        let backing = try header.backingFile.map { (name) throws(BlockError) in
-            try context.openBacking(backingPath(name, besides: context.path), format: header.backingFormat)
+        let backing = try header.backingFile.flatMap { (name) throws(BlockError) -> BlockNode? in
+            guard context.options.opensBacking else { return nil }
+            return try context.openBacking(backingPath(name, besides: context.path), format: header.backingFormat)
         }
         let driver = try Qcow2Driver(header: header, file: file, fileName: context.path, backing: backing, writable: context.options.writable,
                                      repairing: context.options.repairing, forceShare: context.options.forceShare,

@@ -39,6 +39,9 @@ public struct OpenOptions: Sendable, Hashable {
     public var rawByteOffset: Int64
     /// The window's length; nil to the end of the file.
     public var rawWindowSize: Int64?
+    /// Whether a format opens the backing image its header names (QEMU's BDRV_O_NO_BACKING when
+    /// false): `rebase -u` rewrites the name of a backing file that may be gone or moved.
+    public var opensBacking: Bool = true
 
     /// QEMU's defaults: read-only, probed, locked, write-back.
     public init(format: String? = nil, writable: Bool = false, forceShare: Bool = false, locking: LockingMode = .auto,
