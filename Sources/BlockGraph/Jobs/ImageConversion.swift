@@ -8,9 +8,7 @@
 // Zeroes are skipped cluster by cluster in a format with clusters (an unallocated cluster), in
 // 64 KiB holes in raw; what reads as zeroes by block status is not even read, since the new
 // image reads as zeroes already and writing zeroes would only fill its holes.
-import Dispatch
 import Glibc
-import Posix
 import Synchronization
 
 /// A copy of every guest-visible byte of one image into another of at least its length, as
@@ -33,12 +31,8 @@ public final class ImageConversion: Sendable {
     let pieceBytes: Int
     let chunkBytes: Int
     let length: Int64
-    private let nextChunk = Atomic(0)
-    /// The chunk whose turn it is to be written, and the first failure (which ends every worker).
-    private let turns = OrderedTurns()
-    private let failure = Mutex<BlockError?>(nil)
+    private let chunks: OrderedChunks
     private let written = Atomic<Int64>(0)
-    private let started = Atomic(false)
 
     /// Bytes a worker reads and then writes in its turn: large enough that syscalls and the
     /// hand-over between workers (a futex wake-up each) cost nothing next to the copy.
@@ -60,6 +54,7 @@ public final class ImageConversion: Sendable {
         }
         pieceBytes = target.clusterBytes ?? Self.holeBytes
         chunkBytes = max(Self.chunkBytes, pieceBytes)
+        chunks = OrderedChunks(count: Int((length + Int64(chunkBytes) - 1) / Int64(chunkBytes)))
     }
 
     /// The workers a conversion starts unless told otherwise: one per online core.
@@ -70,53 +65,25 @@ public final class ImageConversion: Sendable {
     /// copy durable); without, as its cache mode says.
     public func run(workers: Int = ImageConversion.defaultWorkers, syncAtEnd: Bool,
                     progress: @escaping @Sendable (Int64) -> Void = { _ in }) throws(BlockError) {
-        // The chunk counter and the turns only go forward: a second run would copy nothing.
-        guard !started.exchange(true, ordering: .relaxed) else { throw BlockError(.invalidRequest, "a conversion runs once") }
-        let group = DispatchGroup()
-        for _ in 0..<max(1, workers) {
-            group.enter()
-            startThread {
-                defer { group.leave() }
-                self.work(progress)
-            }
-        }
-        group.wait()
-        if let failure = failure.withLock({ $0 }) { throw failure }
+        try chunks.run(workers: workers, buffers: 1, bufferBytes: chunkBytes, prepare: { (index, buffers) throws(BlockError) in
+            try self.prepare(self.chunk(index, in: buffers[0]), at: Int64(index) * Int64(self.chunkBytes))
+        }, finish: { (index, pieces, buffers) throws(BlockError) in
+            let chunk = self.chunk(index, in: buffers[0])
+            try self.store(pieces, of: UnsafeRawBufferPointer(chunk), at: Int64(index) * Int64(self.chunkBytes))
+            progress(self.written.add(Int64(chunk.count), ordering: .relaxed).newValue)
+        })
         if syncAtEnd { try target.flushIgnoringCacheMode() } else { try target.flush() }
     }
 
-    /// One piece of a prepared chunk: bytes to copy as they are, or a compressed cluster.
-    private enum Piece {
-        case copy(Range<Int>)
-        case compressed(CompressedCluster)
+    /// The part of a worker's buffer that chunk `index` fills: a whole chunk but at the end.
+    private func chunk(_ index: Int, in buffer: UnsafeMutableRawBufferPointer) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(Int64(chunkBytes), length - Int64(index) * Int64(chunkBytes)))])
     }
 
-    private func work(_ progress: @Sendable (Int64) -> Void) {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkBytes, alignment: 4096)
-        defer { buffer.deallocate() }
-        let chunkCount = Int((length + Int64(chunkBytes) - 1) / Int64(chunkBytes))
-        while true {
-            let index = nextChunk.wrappingAdd(1, ordering: .relaxed).oldValue
-            guard index < chunkCount else { return }
-            let offset = Int64(index) * Int64(chunkBytes)
-            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(Int64(chunkBytes), length - offset))])
-            var pieces: Result<[Piece], BlockError>
-            do throws(BlockError) {
-                pieces = .success(try prepare(chunk, at: offset))
-            } catch {
-                pieces = .failure(error)
-            }
-            turns.wait(for: index)
-            defer { turns.endTurn() }
-            guard failure.withLock({ $0 == nil }) else { return }
-            do throws(BlockError) {
-                try store(try pieces.get(), of: UnsafeRawBufferPointer(chunk), at: offset)
-                progress(written.add(Int64(chunk.count), ordering: .relaxed).newValue)
-            } catch {
-                failure.withLock { $0 = $0 ?? error }
-                return
-            }
-        }
+    /// One piece of a prepared chunk: bytes to copy as they are, or a compressed cluster.
+    enum Piece {
+        case copy(Range<Int>)
+        case compressed(CompressedCluster)
     }
 
     /// Reads a chunk and says what to write of it. Holes are found a probe (a megabyte) at a

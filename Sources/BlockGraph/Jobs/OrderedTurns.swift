@@ -1,5 +1,5 @@
-// OrderedTurns: the conversion job's workers prepare chunks in parallel but write them strictly
-// in order; each waits on a condition variable (a futex), not a spin, for its turn.
+// OrderedTurns: the copying jobs' workers (OrderedChunks) prepare chunks in parallel but write
+// them strictly in order; each waits on a condition variable (a futex), not a spin, for its turn.
 import Glibc
 
 /// Turns taken in order — 0, 1, 2… — by threads that each wait until their number comes up
