@@ -27,10 +27,11 @@ public struct OpenOptions: Sendable, Hashable {
     /// A file to which every write and flush under the format node is appended
     /// (WriteJournalDriver); tests rebuild crash states from it.
     public var writeJournalPath: String?
-    /// Faults to inject under every image of the backing chain (each counting its own requests),
-    /// and the journal their writes are appended to: what `blk commit` writes into a backing
-    /// image is tested through these; tests only.
+    /// Faults to inject under every image of the backing chain (each counting its own requests):
+    /// what `blk commit` writes into a backing image is tested through these; tests only.
     public var backingFaults: [FaultRule] = []
+    /// The journal the backing chain's writes are appended to, for crash states of what `blk
+    /// commit` writes into a backing image; tests only.
     public var backingWriteJournalPath: String?
     /// Whether the image file takes a lease on shared storage (sanlock) beside its OFD locks:
     /// by default whatever this host is configured with (LeaseSettings.configured).
