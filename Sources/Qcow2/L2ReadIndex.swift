@@ -72,6 +72,28 @@ final class L2ReadIndex: @unchecked Sendable {
         return entry
     }
 
+    /// An extended entry: the words at `entryIndex` and after it, seen together — a change
+    /// between the two loads makes the reader ask the cache, never pair an entry with another's
+    /// bitmap.
+    func entryPair(l1Index: Int, entryIndex: Int) -> (entry: UInt64, bitmap: UInt64)? {
+        let before = sequence.load(ordering: .acquiring)
+        guard before & 1 == 0 else { return nil }
+        let slots = currentSlots
+        guard l1Index >= 0, l1Index < Int(slots[0].load(ordering: .relaxed)) else { return nil }
+        let slot = slots[l1Index + 1].load(ordering: .relaxed)
+        guard slot != 0 else { return nil }
+        var pair: (entry: UInt64, bitmap: UInt64) = (0, 0)
+        var table: UnsafeMutablePointer<Atomic<UInt64>>?
+        if slot != Self.noTable {
+            table = UnsafeMutablePointer(bitPattern: slot)
+            pair = (table.unsafelyUnwrapped[entryIndex].load(ordering: .relaxed), table.unsafelyUnwrapped[entryIndex + 1].load(ordering: .relaxed))
+        }
+        atomicMemoryFence(ordering: .acquiring)
+        guard sequence.load(ordering: .relaxed) == before else { return nil }
+        if let table, table[entryCount].load(ordering: .relaxed) == 0 { table[entryCount].store(1, ordering: .relaxed) }
+        return pair
+    }
+
     private var currentSlots: UnsafeMutablePointer<Atomic<UInt>> {
         UnsafeMutablePointer(bitPattern: slotArray.load(ordering: .acquiring)).unsafelyUnwrapped
     }

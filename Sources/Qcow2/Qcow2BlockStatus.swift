@@ -30,6 +30,7 @@ extension Qcow2Driver {
     /// From the L2 entries, one table at a time: normal, zero, compressed and unallocated clusters,
     /// with unallocated runs answered by the backing child one level deeper.
     public func blockStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
+        if extendedL2 { return try subclusterStatus(at: byteOffset, byteCount: byteCount) }
         let (kind, runBytes) = try run(at: UInt64(byteOffset), byteCount: UInt64(byteCount))
         let inCluster = UInt64(byteOffset) & UInt64(clusterSize - 1)
         switch kind {
@@ -136,7 +137,7 @@ extension Qcow2Driver {
     }
 
     /// An unallocated run: the backing image's status, up to its end; zeroes past it or without one.
-    private func backingStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
+    func backingStatus(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> BlockStatus {
         guard let backing else { return .unallocatedZeroes(byteCount: byteCount) }
         let backingLength = try backing.driver.length()
         guard byteOffset < backingLength else { return .unallocatedZeroes(byteCount: byteCount, pastBackingEnd: true) }

@@ -253,7 +253,12 @@ extension Qcow2Driver {
             // qemu-img's figures, within each table (fragmentation restarts with each), counted
             // once per active entry that names the table.
             var allocated: UInt64 = 0, fragmented: UInt64 = 0, compressed: UInt64 = 0, nextContiguous: UInt64 = 0
-            for (entryIndex, entry) in l2.enumerated() {
+            for (entryIndex, entry) in l2.enumerated() where !extendedL2 || entryIndex % 2 == 0 {
+                if extendedL2, let finding = Self.subclusterFinding(entry: entry, bitmap: l2[entryIndex + 1], index: entryIndex / 2) {
+                    result.otherErrors.append(finding)
+                    // As qemu-img: a compressed entry with a bitmap is not followed any further.
+                    if entry & Self.compressedBit != 0 { continue }
+                }
                 var host: UInt64 = 0
                 switch try? mapping(ofEntry: entry, cluster: UInt64(entryIndex)) {
                 case .data(let offset)?:

@@ -30,8 +30,11 @@ public final class Qcow2Driver: BlockDriver {
     let l2Bits: Int
     let l2Entries: Int
     let refcountWidth: RefcountWidth
-    /// Version 3: bit 0 of an L2 entry means "reads as zeroes".
+    /// Version 3: bit 0 of an L2 entry means "reads as zeroes" — unless entries are extended,
+    /// where the subcluster bitmap says it instead.
     let hasZeroClusters: Bool
+    /// L2 entries of 16 bytes: each standard entry is followed by its subcluster bitmap.
+    let extendedL2: Bool
     /// The image file's node, which holds the metadata and the clusters.
     public let file: BlockNode
     /// The path of the image file, as block status names it.
@@ -83,9 +86,10 @@ public final class Qcow2Driver: BlockDriver {
         clusterBits = Int(header.clusterBits)
         clusterSize = header.clusterSize
         l2Entries = header.l2Entries
-        l2Bits = clusterBits - 3
+        extendedL2 = header.hasExtendedL2
+        l2Bits = clusterBits - (extendedL2 ? 4 : 3)
         refcountWidth = RefcountWidth(order: header.refcountOrder)
-        hasZeroClusters = header.version >= 3
+        hasZeroClusters = header.version >= 3 && !extendedL2
         self.file = file
         self.fileName = fileName
         fileDriver = file.driver
@@ -127,9 +131,10 @@ public final class Qcow2Driver: BlockDriver {
         case compressed(hostOffset: UInt64, byteCount: Int)
     }
 
-    /// The L1 index of a guest cluster and its entry's index in that L2 table.
+    /// The L1 index of a guest cluster and where its entry is in that L2 table, counted in
+    /// 8-byte words (an extended entry's bitmap is the word after).
     func tableIndices(ofGuestCluster cluster: UInt64) -> (l1Index: Int, l2Index: Int) {
-        (Int(cluster >> UInt64(l2Bits)), Int(cluster & UInt64(l2Entries - 1)))
+        (Int(cluster >> UInt64(l2Bits)), Int(cluster & UInt64(l2Entries - 1)) << (extendedL2 ? 1 : 0))
     }
 
     func mapping(ofGuestCluster cluster: UInt64) throws(BlockError) -> ClusterMapping {
@@ -191,7 +196,7 @@ public final class Qcow2Driver: BlockDriver {
 
     /// The L2 table at `offset`, read from disk into the cache: nil when the writer changed
     /// tables since `generation` (the caller looks again).
-    private func loadL2Table(at offset: UInt64, readAt generation: UInt64) throws(BlockError) -> [UInt64]? {
+    func loadL2Table(at offset: UInt64, readAt generation: UInt64) throws(BlockError) -> [UInt64]? {
         guard offset % UInt64(clusterSize) == 0 else {
             throw signalCorruption("L2 table offset 0x\(String(offset, radix: 16)) unaligned")
         }
@@ -231,6 +236,7 @@ public final class Qcow2Driver: BlockDriver {
     public func read(at byteOffset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) {
         try forEachCluster(at: byteOffset, count: buffer.count) { (cluster, inCluster, range) throws(BlockError) in
             let target = UnsafeMutableRawBufferPointer(rebasing: buffer[range])
+            if extendedL2 { return try readSubclusters(cluster, at: inCluster, guestOffset: byteOffset + Int64(range.lowerBound), into: target) }
             switch try mapping(ofGuestCluster: cluster) {
             case .unallocated:
                 try readBacking(at: byteOffset + Int64(range.lowerBound), into: target)
@@ -239,15 +245,19 @@ public final class Qcow2Driver: BlockDriver {
             case .data(let hostOffset):
                 try readHost(at: hostOffset + UInt64(inCluster), into: target)
             case .compressed(let hostOffset, let byteCount):
-                let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 16)
-                defer { whole.deallocate() }
-                try inflateCluster(hostOffset: hostOffset, byteCount: byteCount, into: whole)
-                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: whole[inCluster..<inCluster + range.count]))
+                try readCompressed(hostOffset: hostOffset, byteCount: byteCount, at: inCluster, into: target)
             }
         }
     }
 
-    private func readHost(at hostOffset: UInt64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
+    func readCompressed(hostOffset: UInt64, byteCount: Int, at inCluster: Int, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 16)
+        defer { whole.deallocate() }
+        try inflateCluster(hostOffset: hostOffset, byteCount: byteCount, into: whole)
+        target.copyMemory(from: UnsafeRawBufferPointer(rebasing: whole[inCluster..<inCluster + target.count]))
+    }
+
+    func readHost(at hostOffset: UInt64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
         let fileLength = try fileLength(covering: hostOffset + UInt64(target.count))
         guard hostOffset + UInt64(target.count) <= fileLength else {
             throw signalCorruption("data cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file (\(fileLength) bytes)")
@@ -272,7 +282,7 @@ public final class Qcow2Driver: BlockDriver {
         }
     }
 
-    private func readBacking(at offset: Int64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
+    func readBacking(at offset: Int64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
         guard let backing else {
             target.initializeMemory(as: UInt8.self, repeating: 0)
             return

@@ -83,8 +83,10 @@ public struct Qcow2Header: Sendable, Hashable {
 
     /// The allocation unit in bytes.
     public var clusterSize: Int { 1 << Int(clusterBits) }
-    /// Entries in one L2 table: a cluster of 8-byte entries.
-    public var l2Entries: Int { clusterSize / 8 }
+    /// Whether L2 entries are extended: 16 bytes, the standard entry and a subcluster bitmap.
+    public var hasExtendedL2: Bool { incompatibleFeatures & Self.extendedL2Bit != 0 }
+    /// Entries in one L2 table: a cluster of 8-byte entries, or of 16-byte extended ones.
+    public var l2Entries: Int { clusterSize / (hasExtendedL2 ? 16 : 8) }
 
     // Incompatible feature bits (qcow2.rst, bytes 72–79).
     /// Refcounts may be out of date (lazy refcounts): a writable open repairs them first.
@@ -95,7 +97,7 @@ public struct Qcow2Header: Sendable, Hashable {
     public static let externalDataFileBit: UInt64 = 1 << 2
     /// The compression type field is in use (zstd).
     public static let compressionTypeBit: UInt64 = 1 << 3
-    /// L2 entries carry subcluster bitmaps: refused as unsupported.
+    /// L2 entries carry subcluster bitmaps (Qcow2Subclusters.swift).
     public static let extendedL2Bit: UInt64 = 1 << 4
 
     /// The extension that records the backing file's format.
@@ -196,13 +198,17 @@ public struct Qcow2Header: Sendable, Hashable {
 
     /// QEMU refuses unknown incompatible features, naming them from the image's own table.
     private func checkFeatures() throws(BlockError) {
-        let understood = Self.dirtyBit | Self.corruptBit | Self.compressionTypeBit
+        let understood = Self.dirtyBit | Self.corruptBit | Self.compressionTypeBit | Self.extendedL2Bit
         let unknown = incompatibleFeatures & ~understood
         if unknown != 0 {
             let names = (0..<64).filter { unknown & (1 << $0) != 0 }.map { bit in
                 featureNames[FeatureKey(type: 0, bit: UInt8(bit))].map { escapingControlCharacters($0) } ?? "Unknown incompatible feature: \(String(UInt64(1) << bit, radix: 16))"
             }
             throw BlockError(.unsupported, "qcow2: Unsupported qcow2 feature(s): \(names.joined(separator: ", "))")
+        }
+        // 32 subclusters of at least a sector each, as QEMU's open requires.
+        if hasExtendedL2 && clusterSize / 32 < 512 {
+            throw BlockError(.corrupt, "qcow2: Unsupported subcluster size: \(clusterSize / 32)")
         }
         if incompatibleFeatures & Self.compressionTypeBit != 0 || compressionType != 0 {
             guard compressionType <= 1 else {

@@ -120,6 +120,10 @@ extension Qcow2Driver {
     /// Step 0, and the refcounts as the file has them, with the first cluster past those in use.
     private func beginSnapshotChange(_ state: inout Qcow2WriterState) throws(BlockError) -> (refcounts: Qcow2SnapshotRefcounts, end: UInt64) {
         try refuseWritesIfCorrupt()
+        // The snapshot steps walk L2 tables as 8-byte entries; a bitmap word is not one.
+        if extendedL2 {
+            throw BlockError(.notSupportedByFormat, "qcow2: blk does not change the internal snapshots of images with extended L2 entries")
+        }
         try prepareForWriting(&state)
         try writeBackMetadata(&state)
         let refcounts = Qcow2SnapshotRefcounts(width: refcountWidth, clusterSize: clusterSize, table: state.refcountTable!,
