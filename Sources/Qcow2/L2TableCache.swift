@@ -121,6 +121,22 @@ struct L2TableCache {
         return true
     }
 
+    /// Changes an extended entry and its bitmap (`index` and the word after) in one change, so
+    /// no reader sees one without the other; false when the table is not cached.
+    mutating func setEntryPair(_ value: UInt64, bitmap: UInt64, at index: Int, ofTableAt offset: UInt64) -> Bool {
+        guard let table = tables[offset] else { return false }
+        generation += 1
+        readIndex.change {
+            table.entries[index].store(value, ordering: .relaxed)
+            table.entries[index + 1].store(bitmap, ordering: .relaxed)
+        }
+        if !table.isDirty {
+            table.isDirty = true
+            dirty.insert(offset)
+        }
+        return true
+    }
+
     mutating func setL1Entry(_ entry: UInt64, at index: Int) {
         readIndex.change {
             let old = Self.tableOffset(l1[index])

@@ -105,8 +105,10 @@ extension Qcow2Driver {
         let l1 = cache.withLock { $0.l1 }
         for (l1Index, l1Entry) in l1.enumerated() where l1Entry & Self.offsetMask != 0 {
             let table = try l2Table(at: l1Entry & Self.offsetMask)
-            for (l2Index, entry) in table.enumerated() where entry != 0 {
-                try publish(0, forGuestCluster: UInt64(l1Index) << UInt64(l2Bits) | UInt64(l2Index), &state)
+            // Extended entries: a standard entry and its bitmap word, both cleared.
+            let wordsPerEntry = extendedL2 ? 2 : 1
+            for l2Index in stride(from: 0, to: table.count, by: wordsPerEntry) where table[l2Index..<l2Index + wordsPerEntry].contains(where: { $0 != 0 }) {
+                try publish(0, forGuestCluster: UInt64(l1Index) << UInt64(l2Bits) | UInt64(l2Index / wordsPerEntry), &state)
                 try writeBackIfCacheIsFull(&state)
             }
         }

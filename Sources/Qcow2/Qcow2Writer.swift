@@ -110,7 +110,8 @@ extension Qcow2Driver {
             try prepareForWriting(&state)
             func ownedHostOffset(_ cluster: UInt64) throws(BlockError) -> UInt64? {
                 let current = try entry(ofGuestCluster: cluster)
-                guard case .data(let hostOffset) = current.mapping, current.isExclusive else { return nil }
+                guard case .data(let hostOffset) = current.mapping, current.isExclusive,
+                      try allSubclustersAllocated(current.l1Entry, forGuestCluster: cluster) else { return nil }
                 return hostOffset
             }
             var count = 1
@@ -149,6 +150,7 @@ extension Qcow2Driver {
     /// Part of one cluster: in place when this image owns the cluster, else the whole cluster
     /// as the guest sees it now, with the new bytes over it, goes to a new host cluster.
     private func writePartialCluster(_ cluster: UInt64, at inCluster: Int, _ bytes: UnsafeRawBufferPointer) throws(BlockError) {
+        if extendedL2 { return try writeSubclusters(cluster, at: inCluster, bytes) }
         let inPlace = try writer.withLock { (state) throws(BlockError) -> UInt64? in
             try prepareForWriting(&state)
             let current = try entry(ofGuestCluster: cluster)
@@ -257,12 +259,13 @@ extension Qcow2Driver {
         try zero(byteOffset..<byteOffset + byteCount, writingZeroes: true)
     }
 
-    /// Fast where every part of the range is a whole cluster of a version 3 image or already
-    /// reads as zeroes; otherwise refused before anything changes.
+    /// Fast where every part of the range is a whole cluster of a version 3 image (a whole
+    /// subcluster with extended L2 entries) or already reads as zeroes; otherwise refused
+    /// before anything changes.
     public func writeZeroesWithoutFallback(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) {
-        let size = Int64(clusterSize), end = byteOffset + byteCount
+        let size = Int64(extendedL2 ? clusterSize / 32 : clusterSize), end = byteOffset + byteCount
         var slowParts = [byteOffset..<end]
-        if hasZeroClusters {
+        if hasZeroClusters || extendedL2 {
             let headEnd = min((byteOffset + size - 1) / size * size, end)
             slowParts = [byteOffset..<headEnd, max(end / size * size, headEnd)..<end]
         }
@@ -279,6 +282,7 @@ extension Qcow2Driver {
     /// `writingZeroes` is false (the caller checked that they do).
     private func zero(_ range: Range<Int64>, writingZeroes: Bool) throws(BlockError) {
         try refuseWritesIfCorrupt()
+        if extendedL2 { return try zeroSubclusters(range, writingZeroes: writingZeroes) }
         let size = Int64(clusterSize)
         var zeroes: UnsafeMutableRawBufferPointer?
         defer { zeroes?.deallocate() }
@@ -349,7 +353,7 @@ extension Qcow2Driver {
     /// this image alone owns it and its L2 table (COPIED on both), so it may change in place,
     /// and the L1 entry it was found through. Both entries come from one hold of the cache's
     /// lock when the table is cached, as it usually is for a write beside the one before.
-    private func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (raw: UInt64, mapping: ClusterMapping, isExclusive: Bool, l1Entry: UInt64) {
+    func entry(ofGuestCluster cluster: UInt64) throws(BlockError) -> (raw: UInt64, mapping: ClusterMapping, isExclusive: Bool, l1Entry: UInt64) {
         let (l1Index, l2Index) = tableIndices(ofGuestCluster: cluster)
         let (l1Entry, cached, _) = cache.withLock { $0.lookup(l1Index: l1Index, entryIndex: l2Index) }
         let l2Offset = l1Entry & Self.offsetMask
@@ -368,24 +372,31 @@ extension Qcow2Driver {
     /// Points the guest cluster at `newEntry`, in memory (writeBackMetadata puts it on disk),
     /// with a new L2 table if its range has none, or a copy of its table if a snapshot shares it.
     /// Whatever the entry pointed to before — a compressed cluster, a shared one, or one a racing
-    /// write published first — loses a reference once the new entry is durable.
-    func publish(_ newEntry: UInt64, forGuestCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
+    /// write published first — loses a reference once the new entry is durable. With extended
+    /// entries, `bitmap` goes beside it: by default every subcluster of a data cluster allocated.
+    func publish(_ newEntry: UInt64, bitmap: UInt64? = nil, forGuestCluster cluster: UInt64, _ state: inout Qcow2WriterState) throws(BlockError) {
+        let newBitmap = bitmap ?? Self.wholeClusterBitmap(for: newEntry)
         let (l1Index, l2Index) = tableIndices(ofGuestCluster: cluster)
         let replaced = try entry(ofGuestCluster: cluster)
         let l1Entry = replaced.l1Entry
         let l2Offset = l1Entry & Self.offsetMask
         let clusterSize = UInt64(self.clusterSize)
         if l2Offset == 0 || l1Entry & Self.copiedBit == 0 {
-            var entries = l2Offset == 0 ? [UInt64](repeating: 0, count: self.l2Entries) : try l2Table(at: l2Offset)
+            var entries = l2Offset == 0 ? [UInt64](repeating: 0, count: self.clusterSize / 8) : try l2Table(at: l2Offset)
             entries[l2Index] = newEntry
+            if extendedL2 { entries[l2Index + 1] = newBitmap }
             let table = try allocateClusters(1, &state)
             cache.withLock { $0.insertDirty(entries, at: table) }
             state.pendingL1[l1Index] = table | Self.copiedBit
             cache.withLock { $0.setL1Entry(table | Self.copiedBit, at: l1Index) }
             if l2Offset != 0 { state.pendingReleases.append(l2Offset / clusterSize) }
-        } else if !cache.withLock({ $0.setEntry(newEntry, at: l2Index, ofTableAt: l2Offset) }) {
+        } else if !cache.withLock({ cache in
+            extendedL2 ? cache.setEntryPair(newEntry, bitmap: newBitmap, at: l2Index, ofTableAt: l2Offset)
+                : cache.setEntry(newEntry, at: l2Index, ofTableAt: l2Offset)
+        }) {
             var entries = try l2Table(at: l2Offset)
             entries[l2Index] = newEntry
+            if extendedL2 { entries[l2Index + 1] = newBitmap }
             cache.withLock { $0.insertDirty(entries, at: l2Offset) }
         }
         switch replaced.mapping {
