@@ -11,10 +11,11 @@ extension Qcow2Format {
     /// qcow2 images read through to a backing file.
     public static var storesBackingFile: Bool { true }
 
-    /// qemu-img 7.2's words for what `create` makes: v3, no extended L2 entries, zlib, 16-bit
-    /// refcounts, no lazy refcounts, whatever was asked.
+    /// qemu-img 7.2's words for what `create` makes: v3, zlib, 16-bit refcounts, no lazy
+    /// refcounts, whatever was asked.
     public static func creationSummary(_ options: ImageCreateOptions) -> String {
-        var words = ["cluster_size=\(options.clusterSize ?? defaultClusterBytes)", "extended_l2=off"]
+        let extendedL2 = (try? options.formatOptions?.flag("extended_l2")) ?? false
+        var words = ["cluster_size=\(options.clusterSize ?? defaultClusterBytes)", "extended_l2=\(extendedL2 ? "on" : "off")"]
         if options.preallocation != .off { words.append("preallocation=\(options.preallocation)") }
         words += ["compression_type=zlib", "size=\(options.virtualSize)"]
         if let backingFile = options.backingFile { words.append("backing_file=\(backingFile)") }
@@ -36,16 +37,22 @@ extension Qcow2Format {
         guard clusterSize.nonzeroBitCount == 1, (512...(2 << 20)).contains(clusterSize) else {
             throw BlockError(.invalidRequest, "Cluster size must be a power of two between 512 and 2048k")
         }
+        try options.formatOptions?.refuseUnknown(["extended_l2"], format: formatName)
+        let extendedL2 = try options.formatOptions?.flag("extended_l2") ?? false
+        if extendedL2 && clusterSize < 16384 {
+            throw BlockError(.invalidRequest, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+        }
         guard virtualSize >= 0 else { throw BlockError(.invalidRequest, "Invalid image size specified") }
         if let backingFile, backingFile.utf8.count > 1023 { throw BlockError(.invalidRequest, "Backing file name too long") }
-        if backingFile != nil && preallocation != .off {
+        if backingFile != nil && preallocation != .off && !extendedL2 {
             throw BlockError(.invalidRequest, "Backing file and preallocation can only be used at the same time if extended_l2 is on")
         }
         let headerBytes = 112 + 8 + (backingFormat.map { 8 + ($0.utf8.count + 7) / 8 * 8 } ?? 0) + (backingFile?.utf8.count ?? 0)
         guard headerBytes <= clusterSize else {
             throw BlockError(.invalidRequest, "the header and backing file name do not fit in one \(clusterSize)-byte cluster")
         }
-        let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize), preallocated: preallocation != .off)
+        let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize), preallocated: preallocation != .off,
+                                extendedL2: extendedL2)
 
         let file = try createImageFile(at: path, byteCount: Int64(layout.fileBytes), locking: options.locking, lease: options.lease)
         func write(_ bytes: [UInt8], at offset: UInt64) throws(BlockError) {
@@ -72,12 +79,16 @@ extension Qcow2Format {
         let l1Clusters: UInt64
         /// Preallocated: one L2 table per L1 entry, each followed by the data clusters it maps.
         let preallocated: Bool
+        /// 16-byte L2 entries with subcluster bitmaps; preallocated ones have every subcluster
+        /// unallocated, as QEMU's, so they read through to a backing image.
+        let extendedL2: Bool
 
-        init(virtualSize: UInt64, clusterSize: UInt64, preallocated: Bool) throws(BlockError) {
+        init(virtualSize: UInt64, clusterSize: UInt64, preallocated: Bool, extendedL2: Bool = false) throws(BlockError) {
             self.clusterSize = clusterSize
             self.virtualSize = virtualSize
             self.preallocated = preallocated
-            let bytesPerL1Entry = clusterSize * (clusterSize / 8)
+            self.extendedL2 = extendedL2
+            let bytesPerL1Entry = clusterSize * (clusterSize / (extendedL2 ? 16 : 8))
             l1Entries = (virtualSize + bytesPerL1Entry - 1) / bytesPerL1Entry
             guard l1Entries * 8 <= Qcow2Header.maxL1Bytes else { throw BlockError(.invalidRequest, "Image size too large for this cluster size") }
             l1Clusters = max(1, (l1Entries * 8 + clusterSize - 1) / clusterSize)
@@ -101,7 +112,8 @@ extension Qcow2Format {
             refcountBlocks = blocks
         }
 
-        var l2Entries: UInt64 { clusterSize / 8 }
+        var l2Entries: UInt64 { clusterSize / l2EntryBytes }
+        var l2EntryBytes: UInt64 { extendedL2 ? 16 : 8 }
         var guestClusters: UInt64 { (virtualSize + clusterSize - 1) / clusterSize }
         var refcountTableOffset: UInt64 { clusterSize }
         var firstRefcountBlock: UInt64 { refcountTableOffset + refcountTableClusters * clusterSize }
@@ -134,7 +146,7 @@ extension Qcow2Format {
                 let (tableCluster, dataClusters) = l2Table(index)
                 l1.setBigEndian(tableCluster * clusterSize | copied, at: Int(index * 8))
                 var l2 = [UInt8](repeating: 0, count: Int(clusterSize))
-                for entry in 0..<dataClusters { l2.setBigEndian((tableCluster + 1 + entry) * clusterSize | copied, at: Int(entry * 8)) }
+                for entry in 0..<dataClusters { l2.setBigEndian((tableCluster + 1 + entry) * clusterSize | copied, at: Int(entry * l2EntryBytes)) }
                 try write(l2, tableCluster * clusterSize)
             }
             try write(l1, l1Offset)
@@ -147,6 +159,7 @@ extension Qcow2Format {
             bytes.setBigEndian(UInt32(clusterSize.trailingZeroBitCount), at: 20)
             bytes.setBigEndian(virtualSize, at: 24)
             bytes.setBigEndian(UInt32(l1Entries), at: 36)
+            if extendedL2 { bytes.setBigEndian(Qcow2Header.extendedL2Bit, at: 72) }
             bytes.setBigEndian(l1Offset, at: 40)
             bytes.setBigEndian(refcountTableOffset, at: 48)
             bytes.setBigEndian(UInt32(refcountTableClusters), at: 56)

@@ -17,6 +17,8 @@ struct CreateCommand: ParsableCommand {
     @Option(name: .customShort("F"), help: "qcow2: the backing image's format (probed when not given).") var backingFormat: String?
     @Option(help: "off (sparse); metadata (qcow2: every cluster mapped, the data left sparse); falloc (blocks reserved); full (zeroes written).")
     var preallocation: Preallocation = .off
+    @Option(name: .customShort("o"), help: ArgumentHelp("Format options, NAME=VALUE,... (qcow2: extended_l2=on|off).", valueName: "options"))
+    var formatOptions: [String] = []
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.") var locking: LockingMode = .auto
     @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
@@ -38,6 +40,7 @@ struct CreateCommand: ParsableCommand {
             var options = ImageCreateOptions(virtualSize: 0, clusterSize: clusterSize.map { Int($0.value) }, backingFile: backing,
                                              preallocation: preallocation, locking: locking, lease: leases.policy)
             (options.virtualSize, options.backingFormat) = try sizeAndBackingFormat()
+            if !formatOptions.isEmpty { options.formatOptions = try FormatOptions(parsing: formatOptions) }
             // qemu-img's line, then the format's refusals, as qemu-img orders them.
             print("Formatting '\(image)', fmt=\(format) " + driver.creationSummary(options))
             try driver.create(at: image, options: options)
