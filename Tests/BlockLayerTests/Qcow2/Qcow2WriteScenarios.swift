@@ -33,6 +33,11 @@ struct Qcow2WriteScenario: Sendable, CustomStringConvertible {
         Qcow2WriteScenario(name: "compressed writes", create: ["-o", "cluster_size=65536"],
                            writes: ["write -c -P 0x51 0 192k", "write -c -P 0x52 64k 64k", "write -c -P 0x53 1G 64k", "flush"],
                            events: ["write_compressed", "refblock_update", "l2_update", "l1_update", "cluster_free"]),
+        // Extended L2 entries: partial writes fill subclusters (cow_write), whole clusters go
+        // in one write, and a zeroed subcluster changes only its bitmap.
+        Qcow2WriteScenario(name: "subcluster writes", create: ["-o", "cluster_size=65536,extended_l2=on"],
+                           writes: ["write -P 0x61 4k 4k", "write -z 4k 2k", "write -P 0x62 1G 96k", "write -P 0x63 70k 3k", "flush"],
+                           events: ["cow_write", "write_aio", "l2_update", "l1_update"]),
     ]
 
     /// Creates the image and runs the setup; returns nothing, fails the test on a failed step.
