@@ -29,6 +29,8 @@ package struct IOBenchmarkPlan: Sendable {
     package var freshBytes: Int64?
     /// What the ratio should reach, for the report.
     package var target = "≥ 0.95×"
+    /// The fresh image's create options (`-o`): extended_l2 for the subcluster suite.
+    package var createOptions: FormatOptions?
 
     package init(image: String, format: String?, write: Bool, requestBytes: Int, count: Int, depth: Int, stepBytes: Int64,
                  startOffset: Int64, cache: CacheMode, pattern: UInt8, freshBytes: Int64? = nil, target: String = "≥ 0.95×") {
@@ -62,13 +64,32 @@ package struct IOBenchmarkPlan: Sendable {
         }
     }
 
+    /// The subcluster suite on a temporary 1 GiB qcow2 image with extended L2 entries (64 KiB
+    /// clusters, 2 KiB subclusters) at `path`: 4 KiB fresh-image writes a cluster apart, each
+    /// allocating a cluster and filling two of its subclusters (where QEMU copies nothing in),
+    /// then `reads` scattered 4 KiB reads of that image, half data and half unallocated; then the
+    /// same over whole clusters: 64 KiB fresh-image writes, and scattered reads of the full image.
+    package static func subclusterSuite(at path: String, reads: Int, depth: Int, cache: CacheMode) -> [IOBenchmarkPlan] {
+        let extendedL2 = try? FormatOptions(parsing: ["extended_l2=on"])
+        return [4 << 10, 64 << 10].flatMap { (writeBytes: Int) -> [IOBenchmarkPlan] in
+            var write = IOBenchmarkPlan(image: path, format: "qcow2", write: true, requestBytes: writeBytes, count: 16_384, depth: depth,
+                                        stepBytes: 64 << 10, startOffset: 0, cache: cache, pattern: 0x5a, freshBytes: 1 << 30, target: "≥ 1.0×")
+            write.createOptions = extendedL2
+            let read = IOBenchmarkPlan(image: path, format: "qcow2", write: false, requestBytes: 4096, count: reads, depth: depth,
+                                       stepBytes: 1236 << 10, startOffset: 0, cache: cache, pattern: 0, target: "≥ 1.0×")
+            return [write, read]
+        }
+    }
+
     /// Makes the image new and empty, if the plan asks for it, and lets the system write back
     /// what earlier runs left dirty, so no run pays for the one before it — reads included: the
     /// kernel's flusher writing a gigabyte an earlier write run left behind takes one of the two
     /// cores from whichever run it happens to meet.
     func refresh() throws(BlockError) {
         if let freshBytes {
-            try createBenchImage(format ?? "raw", at: image, ImageCreateOptions(virtualSize: freshBytes))
+            var options = ImageCreateOptions(virtualSize: freshBytes)
+            options.formatOptions = createOptions
+            try createBenchImage(format ?? "raw", at: image, options)
         }
         sync()
     }
