@@ -363,6 +363,25 @@ public final class FileDriver: BlockDriver {
         return run(hole - byteOffset, isData: true)
     }
 
+    /// The range itself, where the page cache holds what reads and writes see. Not under
+    /// O_DIRECT (`cache none`): its writes go around the page cache, and the kernel's
+    /// invalidation of the pages they overwrite can fail while a socket still holds those pages
+    /// for a sendfile, leaving stale pages that later sends would read. Nor past the length this
+    /// open knows, where a read says what is wrong.
+    public func hostExtent(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> HostExtent {
+        guard cache != .none, byteOffset + byteCount <= (try length()) else { return .mustRead(byteCount: byteCount) }
+        return HostExtent(byteCount: byteCount, file: self, fileOffset: byteOffset)
+    }
+
+    /// A new descriptor of the file, read-only or read-write as this open is now, owned by the
+    /// caller: for a server that hands the file to the kernel to send from (`hostExtent`).
+    public func duplicateDescriptor() throws(BlockError) -> CInt {
+        switch valueOrErrno("fcntl", { fcntl(descriptor.rawValue, F_DUPFD_CLOEXEC, 0) }) {
+        case .success(let duplicate): return duplicate
+        case .failure(let failure): throw BlockError.systemCall(failure, "Could not duplicate the descriptor of '\(path)'")
+        }
+    }
+
     /// The file's blocks, as `du` counts them: qemu-img's "disk size".
     public func allocatedBytes() throws(BlockError) -> Int64? {
         Int64(try Self.status(of: descriptor, path: path).st_blocks) * 512

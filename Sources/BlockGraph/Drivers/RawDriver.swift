@@ -67,6 +67,11 @@ public final class RawDriver: BlockDriver {
         try fileDriver.blockStatus(at: self.byteOffset + byteOffset, byteCount: byteCount)
     }
 
+    /// The file's range where the window puts it.
+    public func hostExtent(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> HostExtent {
+        try fileDriver.hostExtent(at: self.byteOffset + byteOffset, byteCount: byteCount)
+    }
+
     /// Resizes the file; a window of fixed size cannot be resized without moving what follows it.
     public func truncate(to byteCount: Int64) throws(BlockError) {
         guard windowSize == nil else { throw BlockError(.unsupported, "a raw window of fixed size cannot be resized") }

@@ -145,6 +145,12 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// (QEMU's bdrv_change_backing_file). Writes back the image's metadata first, so what was
     /// written before is durable before the new name is.
     func changeBackingFile(_ name: String?, format: String?) throws(BlockError)
+
+    /// Where the run of bytes from `byteOffset` (at most `byteCount`, at least 1) is stored as it
+    /// reads, in a file of this process that keeps it for as long as the open lives
+    /// (HostExtent.swift): what a server needs to send it with sendfile. The caller has checked
+    /// the range against `length()`.
+    func hostExtent(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> HostExtent
 }
 
 extension BlockDriver {
@@ -228,5 +234,10 @@ extension BlockDriver {
     /// Refused for formats whose images name no backing file (raw), in QEMU's words.
     public func changeBackingFile(_ name: String?, format: String?) throws(BlockError) {
         throw BlockError(.notSupportedByFormat, "Operation not supported")
+    }
+    /// A driver that does not say where its bytes are (one that transforms them, or injects
+    /// faults into reads) has them read.
+    public func hostExtent(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> HostExtent {
+        .mustRead(byteCount: byteCount)
     }
 }

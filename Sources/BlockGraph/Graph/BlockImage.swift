@@ -203,6 +203,15 @@ public final class BlockImage: Sendable {
         return try rootDriver.blockStatus(at: byteOffset, byteCount: byteCount)
     }
 
+    /// Where the guest's bytes from `byteOffset` (a run of at most `byteCount`, at least 1) are
+    /// stored as they read, if in a file range that keeps them while the image is open
+    /// (HostExtent.swift): for a server to send them with sendfile; `file` nil: read them.
+    public func hostExtent(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> HostExtent {
+        try checkRange(byteOffset, byteCount)
+        guard byteCount > 0 else { throw BlockError(.invalidRequest, "host extent of an empty range (offset \(byteOffset))") }
+        return try rootDriver.hostExtent(at: byteOffset, byteCount: byteCount)
+    }
+
     /// Whether the range is known to read as zeroes without reading it: its block status says so.
     public func readsAsZeroes(at byteOffset: Int64, byteCount: Int64) throws(BlockError) -> Bool {
         try checkRange(byteOffset, byteCount)
