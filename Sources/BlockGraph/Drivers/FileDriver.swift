@@ -64,6 +64,12 @@ public final class FileDriver: BlockDriver {
     private let cachedLength: Atomic<Int64>
     /// Set by the first failed flush: every later flush fails too.
     private let flushFailure = Mutex<SystemCallError?>(nil)
+    /// The last run lseek found to be data (start, end; empty: none), as QEMU's file-posix
+    /// keeps it (its block_status_cache): a small read's status then costs no system call, where
+    /// SEEK_DATA and SEEK_HOLE were two of the three a 4 KiB NBD read made. Writes only turn holes
+    /// into data, so only zeroing and truncation forget it. A claim of data that a racing zeroing
+    /// (or another process) made stale is still safe: the bytes are read, and read as they are.
+    private let knownData = Atomic(WordPair(first: 0, second: 0))
 
     /// Opens `path` with its lock descriptor and its I/O descriptor, taking no permission lock yet:
     /// the graph asks for those once it is built.
@@ -244,6 +250,7 @@ public final class FileDriver: BlockDriver {
     private func allocateZeroes(at byteOffset: Int64, byteCount: Int64, mayUnmap: Bool) throws(BlockError) -> Bool {
         try leased { () throws(BlockError) -> Bool in
             let descriptor = try writableDescriptor()
+            defer { forgetKnownData() }
             switch descriptor.allocate([.keepSize, mayUnmap ? AllocationMode.punchHole : .zeroRange], at: byteOffset, byteCount: byteCount) {
             case .success:
                 return true
@@ -304,6 +311,7 @@ public final class FileDriver: BlockDriver {
 
     private func unleasedTruncate(to byteCount: Int64) throws(BlockError) {
         let descriptor = try writableDescriptor()
+        defer { forgetKnownData() }
         if case .failure(let failure) = valueOrErrno("ftruncate", { ftruncate(descriptor.rawValue, off_t(byteCount)) }) {
             throw failedByReopen(failure) ?? BlockError.systemCall(failure, "resize '\(path)' to \(byteCount) bytes")
         }
@@ -351,6 +359,10 @@ public final class FileDriver: BlockDriver {
             BlockStatus(byteCount: min(count, byteCount), isData: isData, isZero: !isData, isAllocated: true,
                         hostOffset: byteOffset, file: path)
         }
+        let known = knownData.load(ordering: .relaxed)
+        if UInt(byteOffset) >= known.first && UInt(byteOffset) < known.second {
+            return run(Int64(known.second) - byteOffset, isData: true)
+        }
         switch descriptor.seekData(from: byteOffset) {
         case .success(nil): return run(byteCount, isData: false) // no data from here to the end
         case .failure: return run(byteCount, isData: true)
@@ -360,7 +372,12 @@ public final class FileDriver: BlockDriver {
         guard case .success(let hole?) = descriptor.seekHole(from: byteOffset), hole > byteOffset else {
             return run(byteCount, isData: true)
         }
+        knownData.store(WordPair(first: UInt(byteOffset), second: UInt(hole)), ordering: .relaxed)
         return run(hole - byteOffset, isData: true)
+    }
+
+    private func forgetKnownData() {
+        knownData.store(WordPair(first: 0, second: 0), ordering: .relaxed)
     }
 
     /// The range itself, where the page cache holds what reads and writes see. Not under
