@@ -67,11 +67,13 @@ struct ServerStatus: Encodable, Sendable {
     var requestsServed: Int
     var bytesRead: UInt64
     var bytesWritten: UInt64
+    /// Of `bytesRead`, those sent from the image file with sendfile.
+    var bytesSentFromFile: UInt64
 
     enum CodingKeys: String, CodingKey {
         case exports, connections
         case requestsInFlight = "requests-in-flight", requestsServed = "requests-served"
-        case bytesRead = "bytes-read", bytesWritten = "bytes-written"
+        case bytesRead = "bytes-read", bytesWritten = "bytes-written", bytesSentFromFile = "bytes-sent-from-file"
     }
 }
 

@@ -167,6 +167,7 @@ public final class ControlSocket: Service, Sendable {
                                     readOnly: export.isReadOnly, active: image.isActive, leaseLost: export.leaseLoss)
             },
             connections: server.connectionCount, requestsInFlight: statistics.requestsInFlight,
-            requestsServed: statistics.requestsServed, bytesRead: statistics.bytesRead, bytesWritten: statistics.bytesWritten)
+            requestsServed: statistics.requestsServed, bytesRead: statistics.bytesRead, bytesWritten: statistics.bytesWritten,
+            bytesSentFromFile: statistics.bytesSentFromFile)
     }
 }

@@ -1,6 +1,7 @@
 // ExportCommands: how transmission requests map onto BlockImage calls, and the checks before
 // them. Blocking: the caller runs it on a thread of its own, never on an event loop. The whole
-// reply is made before any of it is sent, so a failure half way still gets a well-formed reply.
+// reply is made before any of it is sent, so a failure half way still gets a well-formed reply
+// (only data the kernel sends from the image file is read on the way: ExportReads.swift).
 //
 // Checks, in the spec's terms: an unknown command or a flag not valid for the command (or not
 // advertised: DF without structured replies) is EINVAL; a write, trim or write-zeroes on a read-only export is
@@ -12,8 +13,9 @@ import NBD
 import NIOCore
 
 extension NBDExport {
-    /// The reply to `request` (any command but NBD_CMD_DISC) under `session`'s terms.
-    public func reply(to request: NBDRequest, in session: NBDSession, allocator: ByteBufferAllocator) -> ByteBuffer {
+    /// The reply to `request` (any command but NBD_CMD_DISC) under `session`'s terms; read data
+    /// goes out with sendfile from `files` where the image allows it.
+    func reply(to request: NBDRequest, in session: NBDSession, files: ZeroCopyFiles?, allocator: ByteBufferAllocator) -> ExportReply {
         // One image for the whole request: a hand-over's activation may replace the export's
         // image between two of its steps, and each look takes the export's lock.
         let image = self.image
@@ -22,7 +24,7 @@ extension NBDExport {
             switch request.command {
             case .read:
                 return try read(range, of: image, cookie: request.cookie, structured: session.structuredReplies,
-                                oneChunk: request.flags.contains(.dontFragment), allocator: allocator)
+                                oneChunk: request.flags.contains(.dontFragment), files: files, allocator: allocator)
             case .blockStatus:
                 return try blockStatus(range, of: image, contexts: session.metaContexts, onlyOne: request.flags.contains(.requestOne),
                                        cookie: request.cookie, allocator: allocator)
@@ -30,7 +32,7 @@ extension NBDExport {
                 try perform(request, range, on: image)
                 var reply = allocator.buffer(capacity: ByteBuffer.nbdSimpleReplyHeaderSize)
                 reply.writeSimpleReply(cookie: request.cookie, error: nil)
-                return reply
+                return ExportReply(reply)
             }
         } catch {
             var reply = allocator.buffer(capacity: 64 + error.message.utf8.count)
@@ -41,7 +43,7 @@ extension NBDExport {
             } else {
                 reply.writeSimpleReply(cookie: request.cookie, error: error.code)
             }
-            return reply
+            return ExportReply(reply)
         }
     }
 

@@ -1,6 +1,7 @@
 // ExportReads: the replies that carry the image's contents or its map — NBD_CMD_READ (a simple
 // reply with the data, or structured chunks: data where the image has data, holes where block
-// status says the range reads as zeroes, so zeroes never cross the wire; one data chunk for DF) and
+// status says the range reads as zeroes, so zeroes never cross the wire; one data chunk for DF;
+// data the image file stores as it reads sent from the page cache with sendfile) and
 // NBD_CMD_BLOCK_STATUS (one chunk of descriptors per selected metadata context).
 import BlockLayer
 import NBD
@@ -11,46 +12,81 @@ extension NBDExport {
     static let maximumDescriptors = 1 << 16
 
     /// NBD_CMD_READ of `range`, whose length the caller checked against `maximumPayload`;
-    /// `oneChunk` (DF) sends it structured as one data chunk, zeroes and all.
+    /// `oneChunk` (DF) sends it structured as one data chunk, zeroes and all. With `files`, data
+    /// the image stores as it reads goes out with sendfile (`appendData`).
     func read(_ range: Range<Int64>, of image: BlockImage, cookie: UInt64, structured: Bool, oneChunk: Bool,
-              allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ByteBuffer {
+              files: ZeroCopyFiles?, allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ExportReply {
+        // Room for the data when it is copied; for headers and short copies when it may not be.
+        let copies = files == nil || Int64(range.count) < Self.minimumSendfileBytes
+        var reply = ExportReplyBuilder(allocator: allocator, capacity: copies ? range.count + 64 : 256)
         do throws(BlockError) {
             guard structured else {
-                var reply = allocator.buffer(capacity: ByteBuffer.nbdSimpleReplyHeaderSize + range.count)
-                reply.writeSimpleReply(cookie: cookie, error: nil)
-                try read(image, range.lowerBound, count: range.count, into: &reply)
-                return reply
+                reply.buffer.writeSimpleReply(cookie: cookie, error: nil)
+                try appendData(range, of: image, to: &reply, files: files)
+                return reply.finished()
             }
-            var reply = allocator.buffer(capacity: range.count + 64)
             // A data chunk carries at least a byte: an empty read is answered as without DF.
             if oneChunk && !range.isEmpty {
-                reply.writeChunkHeader(cookie: cookie, type: .offsetData, flags: .done, length: 8 + range.count)
-                reply.writeInteger(UInt64(range.lowerBound))
-                try read(image, range.lowerBound, count: range.count, into: &reply)
-                return reply
+                reply.buffer.writeChunkHeader(cookie: cookie, type: .offsetData, flags: .done, length: 8 + range.count)
+                reply.buffer.writeInteger(UInt64(range.lowerBound))
+                try appendData(range, of: image, to: &reply, files: files)
+                return reply.finished()
             }
-            var lastChunk: Int?
+            var lastChunk: ExportReplyBuilder.Position?
             for run in try statusRuns(range, of: image, keys: [\.isZero])[0] {
-                lastChunk = reply.writerIndex
+                lastChunk = reply.position
                 if run.key {
-                    reply.writeHoleChunk(cookie: cookie, offset: UInt64(run.range.lowerBound), length: UInt32(run.range.count))
+                    reply.buffer.writeHoleChunk(cookie: cookie, offset: UInt64(run.range.lowerBound), length: UInt32(run.range.count))
                 } else {
-                    reply.writeChunkHeader(cookie: cookie, type: .offsetData, flags: [], length: 8 + run.range.count)
-                    reply.writeInteger(UInt64(run.range.lowerBound))
-                    try read(image, run.range.lowerBound, count: run.range.count, into: &reply)
+                    reply.buffer.writeChunkHeader(cookie: cookie, type: .offsetData, flags: [], length: 8 + run.range.count)
+                    reply.buffer.writeInteger(UInt64(run.range.lowerBound))
+                    try appendData(run.range, of: image, to: &reply, files: files)
                 }
             }
-            // Every byte is read before anything is sent, so the last content chunk may end the
-            // reply: no error can follow it.
+            // Every byte copied is read before anything is sent, so the last content chunk may
+            // end the reply: no error can follow it. A sendfile that fails on the way (an I/O
+            // error of the disk) ends the connection instead (swift-nio closes a channel whose
+            // write fails), as the spec lets a server do with a reply it cannot complete.
             if let lastChunk {
-                reply.setInteger(NBDReplyFlags.done.rawValue, at: lastChunk + 4)
+                reply.setChunkFlags(.done, at: lastChunk)
             } else {
-                reply.writeDoneChunk(cookie: cookie)
+                reply.buffer.writeDoneChunk(cookie: cookie)
             }
-            return reply
+            return reply.finished()
         } catch {
             throw NBDCommandFailure(error)
         }
+    }
+
+    /// The least data sent with sendfile: under it, copying into the reply costs less than one
+    /// more system call per reply (and a split of the writev that sends replies together).
+    static let minimumSendfileBytes: Int64 = 32 << 10
+
+    /// Appends the image's bytes in `range` to the reply: runs the image stores as they read
+    /// (BlockImage.hostExtent) as file regions for the kernel to send, when there are `files`,
+    /// and the rest copied into the reply's buffer.
+    ///
+    /// No lock is held from here until the kernel has sent the region: the image keeps such a
+    /// run's file range for that guest range as long as it is open (HostExtent.swift), and the
+    /// connection keeps the image file open until its last reply is written (ZeroCopyFiles). A
+    /// write to the same range racing this read may show in the bytes sent, as with a copying
+    /// read racing it; data of another guest range never does.
+    private func appendData(_ range: Range<Int64>, of image: BlockImage, to reply: inout ExportReplyBuilder,
+                            files: ZeroCopyFiles?) throws(BlockError) {
+        guard let files, Int64(range.count) >= Self.minimumSendfileBytes else {
+            return try read(image, range.lowerBound, count: range.count, into: &reply.buffer)
+        }
+        var offset = range.lowerBound, copiedUpTo = range.lowerBound
+        while offset < range.upperBound {
+            let extent = try image.hostExtent(at: offset, byteCount: range.upperBound - offset)
+            if let file = extent.file, extent.byteCount >= Self.minimumSendfileBytes {
+                try read(image, copiedUpTo, count: Int(offset - copiedUpTo), into: &reply.buffer)
+                reply.append(try files.region(of: file, at: extent.fileOffset, byteCount: extent.byteCount))
+                copiedUpTo = offset + extent.byteCount
+            }
+            offset += extent.byteCount
+        }
+        try read(image, copiedUpTo, count: Int(range.upperBound - copiedUpTo), into: &reply.buffer)
     }
 
     /// The range cut into runs by block status, once for each of `keys`: neighbours with the same
@@ -104,7 +140,7 @@ extension NBDExport {
     /// NBD_CMD_BLOCK_STATUS of `range`: for each context one chunk, its descriptors merged where
     /// the status stays the same; with `onlyOne`, a single descriptor per context.
     func blockStatus(_ range: Range<Int64>, of image: BlockImage, contexts: [NBDMetaContext], onlyOne: Bool, cookie: UInt64,
-                     allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ByteBuffer {
+                     allocator: ByteBufferAllocator) throws(NBDCommandFailure) -> ExportReply {
         let descriptorLists: [[(range: Range<Int64>, key: UInt32)]]
         do {
             descriptorLists = try statusRuns(range, of: image, maximumRuns: onlyOne ? 1 : Self.maximumDescriptors,
@@ -123,7 +159,7 @@ extension NBDExport {
                 reply.writeInteger(descriptor.key)
             }
         }
-        return reply
+        return ExportReply(reply)
     }
 }
 

@@ -2,8 +2,10 @@
 // connection's task; in transmission each request's block I/O goes to the block layer's thread
 // pool (BlockingThreadPool: never the event loop, never the concurrency pool), and the worker
 // hands its reply to the channel as soon as it is ready (ReplyWriter), so replies may come out
-// of order, as NBD allows. No task waits for a request: a task per request cost two thread
-// hops (suspend, resume) on a path whose every hop is a futex wake on a 2-core machine.
+// of order, as NBD allows; read data the image file stores as it reads goes out with sendfile
+// from the connection's own descriptors of the file (ZeroCopyFiles). No task waits for a
+// request: a task per request cost two thread hops (suspend, resume) on a path whose every hop
+// is a futex wake on a 2-core machine.
 //
 // Backpressure: at most `maximumInFlight` requests are under way (InFlightLimit), a request
 // counting until its reply has reached the socket; at the limit the connection stops taking
@@ -89,6 +91,8 @@ struct NBDConnection {
         let inFlight = InFlightLimit(maximumInFlight)
         let replies = ReplyWriter(channel)
         let export = session.export, allocator = channel.allocator
+        // TLS must see every byte: its connections copy read data into their replies.
+        let files = tls == nil ? ZeroCopyFiles() : nil
         do {
             while let message = try await messages.next() {
                 guard case .request(let request) = message else {
@@ -99,9 +103,9 @@ struct NBDConnection {
                 await inFlight.acquire()
                 statistics.started()
                 BlockingThreadPool.shared.execute { [statistics, logger] in
-                    let reply = export.reply(to: request, in: session, allocator: allocator)
+                    let reply = export.reply(to: request, in: session, files: files, allocator: allocator)
                     statistics.answered(request, with: reply)
-                    if reply.nbdReplyReportsError { export.logLeaseLossIfAny(logger) }
+                    if reply.reportsError { export.logLeaseLossIfAny(logger) }
                     // A client gone leaves nobody to answer; the request itself has completed.
                     replies.send(reply, written: inFlight.release)
                 }
@@ -110,5 +114,6 @@ struct NBDConnection {
             logger.info("connection ended", metadata: ["reason": "\(error)"])
         }
         await inFlight.drain()
+        files?.close()
     }
 }

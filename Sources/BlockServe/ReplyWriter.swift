@@ -2,12 +2,13 @@
 // completes. The replies that complete while the event loop is busy go out together, with one
 // flush (one writev) for all of them; and each reports when it has reached the socket, which is
 // when its request stops counting against the in-flight limit — so a client that stops reading
-// holds at most the limit's replies in the server's memory.
+// holds at most the limit's replies in the server's memory. Parts of a reply that are file
+// regions go out with sendfile between the writevs of the bytes around them.
 import NIOCore
 import Synchronization
 
 final class ReplyWriter: Sendable {
-    private typealias Reply = (bytes: ByteBuffer, written: @Sendable () -> Void)
+    private typealias Reply = (reply: ExportReply, written: @Sendable () -> Void)
 
     private let channel: Channel
     /// Replies handed over and not yet given to the channel, oldest first.
@@ -17,7 +18,7 @@ final class ReplyWriter: Sendable {
 
     /// Sends `reply` from any thread; `written` runs on the event loop once it has reached the
     /// socket, or failed to (the client is gone).
-    func send(_ reply: ByteBuffer, written: @escaping @Sendable () -> Void) {
+    func send(_ reply: ExportReply, written: @escaping @Sendable () -> Void) {
         let first = pending.withLock { pending in
             pending.append((reply, written))
             return pending.count == 1
@@ -30,9 +31,12 @@ final class ReplyWriter: Sendable {
         var replies: [Reply] = []
         pending.withLock { swap(&$0, &replies) }
         for reply in replies {
+            // Each part in turn, nothing between them; the last one's write completes the reply
+            // (a failed write closes the channel, and every write after it fails too).
+            for part in reply.reply.parts.dropLast() { channel.write(part, promise: nil) }
             let promise = channel.eventLoop.makePromise(of: Void.self)
             promise.futureResult.whenComplete { _ in reply.written() }
-            channel.write(reply.bytes, promise: promise)
+            channel.write(reply.reply.parts.last!, promise: promise)
         }
         channel.flush()
     }

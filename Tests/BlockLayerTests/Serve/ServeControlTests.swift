@@ -37,6 +37,7 @@ struct ServeControlTests {
         #expect(status["requests-served"] as? Int == 3)
         #expect(status["bytes-read"] as? Int == 4096)
         #expect(status["bytes-written"] as? Int == 4096)
+        #expect(status["bytes-sent-from-file"] as? Int == 0) // 4 KiB: copied (ExportReads.minimumSendfileBytes)
         let export = try control.firstExport()
         #expect(export["name"] as? String == "")
         #expect(export["image"] as? String == image)
