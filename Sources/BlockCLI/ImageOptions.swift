@@ -50,6 +50,9 @@ package struct ImageOptions: ParsableArguments {
                                valueName: "rule"))
     package var injectFault: [FaultRule] = []
 
+    @Option(help: ArgumentHelp("As --inject-fault, for the requests to a qcow2 image's external data file.", valueName: "rule"))
+    package var injectDataFileFault: [FaultRule] = []
+
     @Option(help: ArgumentHelp("Append every write and flush under the format node to FILE, for crash-state tests.", valueName: "file"))
     package var recordWrites: String?
 
@@ -70,15 +73,18 @@ package struct ImageOptions: ParsableArguments {
         options.cache = .writeback
         options.cacheSize = nil
         options.injectFault = []
+        options.injectDataFileFault = []
         options.recordWrites = nil
         options.leases = .unset
         return options
     }
 
     package func openOptions(writable: Bool) -> OpenOptions {
-        OpenOptions(format: format, writable: writable && !readOnly, forceShare: forceShare,
-                    locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) }, faults: injectFault,
-                    writeJournalPath: recordWrites, lease: leases.policy)
+        var options = OpenOptions(format: format, writable: writable && !readOnly, forceShare: forceShare,
+                                  locking: locking, cache: cache, metadataCacheBytes: cacheSize.map { Int($0.value) }, faults: injectFault,
+                                  writeJournalPath: recordWrites, lease: leases.policy)
+        options.dataFileFaults = injectDataFileFault
+        return options
     }
 
     /// Opens `path`, printing the open's warnings; `writable` is what the command would like

@@ -16,6 +16,9 @@ public enum ChildRole: String, Sendable, Hashable {
     case file
     /// The node unallocated reads fall through to.
     case backing
+    /// The node a format keeps its guest data in, apart from its metadata (qcow2's external
+    /// data file, QEMU's BDRV_CHILD_DATA child): stored to as the file is.
+    case data
 }
 
 /// The table of operations a node's driver implements (QEMU's `BlockDriver`): I/O, permissions,

@@ -128,6 +128,7 @@ public enum RawFormat: BlockFormat {
     /// `options.virtualSize` zero bytes, allocated as `options.preallocation` asks (sparse by
     /// default); raw has no clusters and no backing file.
     public static func create(at path: String, options: ImageCreateOptions) throws(BlockError) {
+        try options.formatOptions?.refuseUnknown([], format: formatName)
         guard options.backingFile == nil && options.backingFormat == nil else {
             throw BlockError(.invalidRequest, "raw images have no backing file")
         }

@@ -19,8 +19,8 @@ public struct ImageCreateOptions: Sendable {
     public var locking: LockingMode
     /// Whether the creation holds a lease on shared storage while it writes.
     public var lease: LeasePolicy
-    /// The format's own `-o` options (qcow2: extended_l2), which it checks; nil when none were
-    /// given.
+    /// The format's own `-o` options (qcow2: extended_l2, data_file, data_file_raw), which it
+    /// checks; nil when none were given.
     public var formatOptions: FormatOptions?
 
     /// Options with QEMU's defaults: no backing file, no preallocation, automatic locking.

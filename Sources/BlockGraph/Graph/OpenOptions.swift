@@ -43,6 +43,9 @@ public struct OpenOptions: Sendable, Hashable {
     /// Whether a format opens the backing image its header names (QEMU's BDRV_O_NO_BACKING when
     /// false): `rebase -u` rewrites the name of a backing file that may be gone or moved.
     public var opensBacking: Bool = true
+    /// Faults to inject between a format node and its external data file, counting their own
+    /// requests; tests only.
+    public var dataFileFaults: [FaultRule] = []
 
     /// QEMU's defaults: read-only, probed, locked, write-back.
     public init(format: String? = nil, writable: Bool = false, forceShare: Bool = false, locking: LockingMode = .auto,
