@@ -41,6 +41,7 @@ extension Qcow2Driver {
 
     /// Steps 1–6 of the order above, after every check.
     public func amend(_ options: FormatOptions, force: Bool, progress: (Double) -> Void) throws(BlockError) {
+        try refuseWithDataFile("amending")
         let request = try amendRequest(options)
         let onDisk = try currentHeader()
         let targetVersion = request.version ?? onDisk.version

@@ -36,11 +36,11 @@ extension Qcow2Driver {
         switch kind {
         case .data(let hostOffset):
             var status = BlockStatus(byteCount: runBytes, isData: true, isZero: false, isAllocated: true,
-                                     hostOffset: Int64(hostOffset + inCluster), file: fileName)
+                                     hostOffset: Int64(hostOffset + inCluster), file: dataFileName)
             // QEMU's BDRV_BLOCK_RECURSE: in an image whose clusters were allocated ahead of its
             // data, the file's holes say which data clusters still read as zeroes. The file's
             // answer only refines this one, so a file that cannot give one is not an error.
-            if isMetadataPreallocated, let inFile = try? file.driver.blockStatus(at: Int64(hostOffset + inCluster), byteCount: runBytes) {
+            if isMetadataPreallocated, let inFile = try? dataDriver.blockStatus(at: Int64(hostOffset + inCluster), byteCount: runBytes) {
                 status.byteCount = inFile.byteCount
                 status.isZero = inFile.isZero
             }
@@ -49,7 +49,7 @@ extension Qcow2Driver {
             return BlockStatus(byteCount: runBytes, isData: true, isZero: false, isAllocated: true, isCompressed: true)
         case .zeroes(let hostOffset):
             return BlockStatus(byteCount: runBytes, isData: false, isZero: true, isAllocated: true,
-                               hostOffset: hostOffset.map { Int64($0 + inCluster) }, file: hostOffset == nil ? nil : fileName)
+                               hostOffset: hostOffset.map { Int64($0 + inCluster) }, file: hostOffset == nil ? nil : dataFileName)
         case .unallocated:
             return try backingStatus(at: byteOffset, byteCount: runBytes)
         }

@@ -259,11 +259,13 @@ extension Qcow2Driver {
                     // As qemu-img: a compressed entry with a bitmap is not followed any further.
                     if entry & Self.compressedBit != 0 { continue }
                 }
-                var host: UInt64 = 0
+                // A data file's clusters have no refcounts (and may start at offset 0): they are
+                // counted as allocated, never as references, and their COPIED flag is always set.
+                var hostOffset: UInt64? = nil
                 switch try? mapping(ofEntry: entry, cluster: UInt64(entryIndex)) {
                 case .data(let offset)?:
-                    host = offset
-                    reference(offset, bytes: clusterSize, times: times)
+                    hostOffset = offset
+                    if dataFile == nil { reference(offset, bytes: clusterSize, times: times) }
                 case .compressed(let offset, let count)?:
                     reference(offset, bytes: UInt64(count), times: times)
                     // Fragmented by nature, as qemu-img counts them: neighbours share sectors.
@@ -278,22 +280,24 @@ extension Qcow2Driver {
                     }
                 case .zeroes?:
                     // A preallocated zero cluster still owns its host cluster.
-                    host = entry & Self.offsetMask
-                    if host != 0 { reference(host, bytes: clusterSize, times: times) }
+                    let kept = entry & Self.offsetMask
+                    if kept != 0 { hostOffset = kept }
+                    if kept != 0 && dataFile == nil { reference(kept, bytes: clusterSize, times: times) }
                 case .unallocated?:
                     break
                 case nil:
                     result.otherErrors.append(Qcow2CheckFinding.unalignedCluster(offset: entry & Self.offsetMask))
                 }
-                guard host != 0 else { continue }
+                guard let host = hostOffset else { continue }
                 allocated += 1
                 if nextContiguous != 0 && host != nextContiguous { fragmented += 1 }
                 nextContiguous = host + clusterSize
-                guard activeTimes > 0, storedIsOne(host) != (entry & Self.copiedBit != 0) else { continue }
+                let refcountIsOne = dataFile != nil || storedIsOne(host)
+                guard activeTimes > 0, refcountIsOne != (entry & Self.copiedBit != 0) else { continue }
                 result.flagErrors.append(Qcow2CheckFinding.copiedFlag(l2TableOffset: l2Offset, index: entryIndex, entry: entry,
-                                                                      refcount: storedRefcount(host / clusterSize)))
+                                                                      refcount: dataFile != nil ? 1 : storedRefcount(host / clusterSize)))
                 if fixes.contains(.copiedFlags) {
-                    try fixCopiedFlag(entry, at: entryIndex, ofTableAt: l2Offset, refcountIsOne: storedIsOne(host), &state)
+                    try fixCopiedFlag(entry, at: entryIndex, ofTableAt: l2Offset, refcountIsOne: refcountIsOne, &state)
                     result.corruptionsFixed += 1
                 }
             }

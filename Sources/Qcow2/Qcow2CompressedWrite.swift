@@ -13,6 +13,7 @@ extension Qcow2Driver {
     /// as it is when the stream would not be smaller. Needs no lock: callers may compress
     /// clusters in parallel and store them in order with `writeCompressed`.
     public func compressCluster(at byteOffset: Int64, _ bytes: UnsafeRawBufferPointer) throws(BlockError) -> CompressedCluster {
+        try refuseWithDataFile("compressed writes")
         guard header.compressionType == 0 else {
             throw BlockError(.unsupported, "qcow2: blk writes compressed clusters with zlib only; this image uses zstd")
         }

@@ -38,7 +38,9 @@ extension Qcow2Driver {
     /// The mapping of one L2 entry, with corruption signalled rather than only thrown.
     func checkedMapping(ofEntry entry: UInt64, cluster: UInt64) throws(BlockError) -> ClusterMapping {
         do throws(BlockError) {
-            return try mapping(ofEntry: entry, cluster: cluster)
+            let mapping = try mapping(ofEntry: entry, cluster: cluster)
+            try checkDataFileMapping(mapping, cluster: cluster)
+            return mapping
         } catch {
             throw signalCorruption(String(error.message.dropFirst("qcow2: ".count)))
         }

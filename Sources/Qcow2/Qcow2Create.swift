@@ -20,6 +20,7 @@ extension Qcow2Format {
         words += ["compression_type=zlib", "size=\(options.virtualSize)"]
         if let backingFile = options.backingFile { words.append("backing_file=\(backingFile)") }
         if let backingFormat = options.backingFormat { words.append("backing_fmt=\(backingFormat)") }
+        words += dataFileSummary(options)
         return (words + ["lazy_refcounts=off", "refcount_bits=16"]).joined(separator: " ")
     }
 
@@ -33,11 +34,14 @@ extension Qcow2Format {
     /// reserved; `full`: written with zeroes).
     public static func create(at path: String, options: ImageCreateOptions) throws(BlockError) {
         let clusterSize = options.clusterSize ?? defaultClusterBytes, virtualSize = options.virtualSize
-        let backingFile = options.backingFile, backingFormat = options.backingFormat, preallocation = options.preallocation
+        let backingFile = options.backingFile, backingFormat = options.backingFormat
+        try options.formatOptions?.refuseUnknown(["extended_l2", "data_file", "data_file_raw"], format: formatName)
+        let dataFile = try dataFileOptions(options)
+        // QEMU's rule: a raw data file reads as the disk only if every cluster is mapped.
+        let preallocation = dataFile?.raw == true && options.preallocation == .off ? Preallocation.metadata : options.preallocation
         guard clusterSize.nonzeroBitCount == 1, (512...(2 << 20)).contains(clusterSize) else {
             throw BlockError(.invalidRequest, "Cluster size must be a power of two between 512 and 2048k")
         }
-        try options.formatOptions?.refuseUnknown(["extended_l2"], format: formatName)
         let extendedL2 = try options.formatOptions?.flag("extended_l2") ?? false
         if extendedL2 && clusterSize < 16384 {
             throw BlockError(.invalidRequest, "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
@@ -48,12 +52,20 @@ extension Qcow2Format {
             throw BlockError(.invalidRequest, "Backing file and preallocation can only be used at the same time if extended_l2 is on")
         }
         let headerBytes = 112 + 8 + (backingFormat.map { 8 + ($0.utf8.count + 7) / 8 * 8 } ?? 0) + (backingFile?.utf8.count ?? 0)
+            + (dataFile.map { 8 + ($0.name.utf8.count + 7) / 8 * 8 } ?? 0)
         guard headerBytes <= clusterSize else {
             throw BlockError(.invalidRequest, "the header and backing file name do not fit in one \(clusterSize)-byte cluster")
         }
         let layout = try Layout(virtualSize: UInt64(virtualSize), clusterSize: UInt64(clusterSize), preallocated: preallocation != .off,
-                                extendedL2: extendedL2)
+                                extendedL2: extendedL2, externalData: dataFile != nil)
 
+        // The data file first, made or emptied as qemu-img makes it (QEMU's bdrv_co_create_file),
+        // with the preallocation asked for: the image that names it comes after.
+        if let dataFile {
+            let data = try createImageFile(at: dataFile.name, byteCount: Int64(virtualSize), locking: options.locking, lease: options.lease)
+            try data.preallocate(0..<Int64(virtualSize), preallocation)
+            try data.flush()
+        }
         let file = try createImageFile(at: path, byteCount: Int64(layout.fileBytes), locking: options.locking, lease: options.lease)
         func write(_ bytes: [UInt8], at offset: UInt64) throws(BlockError) {
             try bytes.withUnsafeBytes { buffer in
@@ -62,10 +74,12 @@ extension Qcow2Format {
         }
         // Data first (full preallocation writes zeroes over the whole range), then the tables,
         // the header last: a crash leaves no file that claims to be a qcow2 image.
-        try file.preallocate(Int64(layout.firstL2TableCluster * layout.clusterSize)..<Int64(layout.fileBytes), preallocation)
+        if dataFile == nil {
+            try file.preallocate(Int64(layout.firstL2TableCluster * layout.clusterSize)..<Int64(layout.fileBytes), preallocation)
+        }
         try layout.writeTables(write)
         try file.flush()
-        try write(layout.headerCluster(backingFile: backingFile, backingFormat: backingFormat), at: 0)
+        try write(layout.headerCluster(backingFile: backingFile, backingFormat: backingFormat, dataFile: dataFile), at: 0)
         try file.flush()
     }
 
@@ -82,12 +96,17 @@ extension Qcow2Format {
         /// 16-byte L2 entries with subcluster bitmaps; preallocated ones have every subcluster
         /// unallocated, as QEMU's, so they read through to a backing image.
         let extendedL2: Bool
+        /// Guest data in an external data file: preallocated L2 tables lie side by side and map
+        /// each cluster to its guest offset there.
+        let externalData: Bool
 
-        init(virtualSize: UInt64, clusterSize: UInt64, preallocated: Bool, extendedL2: Bool = false) throws(BlockError) {
+        init(virtualSize: UInt64, clusterSize: UInt64, preallocated: Bool, extendedL2: Bool = false,
+             externalData: Bool = false) throws(BlockError) {
             self.clusterSize = clusterSize
             self.virtualSize = virtualSize
             self.preallocated = preallocated
             self.extendedL2 = extendedL2
+            self.externalData = externalData
             let bytesPerL1Entry = clusterSize * (clusterSize / (extendedL2 ? 16 : 8))
             l1Entries = (virtualSize + bytesPerL1Entry - 1) / bytesPerL1Entry
             guard l1Entries * 8 <= Qcow2Header.maxL1Bytes else { throw BlockError(.invalidRequest, "Image size too large for this cluster size") }
@@ -95,7 +114,7 @@ extension Qcow2Format {
             // 16-bit refcounts: a block covers clusterSize / 2 clusters. Grow the table and the
             // blocks until they cover themselves and everything else.
             let perBlock = clusterSize / 2
-            let mapped = preallocated ? l1Entries + (virtualSize + clusterSize - 1) / clusterSize : 0
+            let mapped = preallocated ? l1Entries + (externalData ? 0 : (virtualSize + clusterSize - 1) / clusterSize) : 0
             var tableClusters: UInt64 = 1, blocks: UInt64 = 1
             while true {
                 let total = 1 + tableClusters + blocks + l1Clusters + mapped
@@ -119,12 +138,12 @@ extension Qcow2Format {
         var firstRefcountBlock: UInt64 { refcountTableOffset + refcountTableClusters * clusterSize }
         var l1Offset: UInt64 { firstRefcountBlock + refcountBlocks * clusterSize }
         var firstL2TableCluster: UInt64 { l1Offset / clusterSize + l1Clusters }
-        var clusterCount: UInt64 { firstL2TableCluster + (preallocated ? l1Entries + guestClusters : 0) }
+        var clusterCount: UInt64 { firstL2TableCluster + (preallocated ? l1Entries + (externalData ? 0 : guestClusters) : 0) }
         var fileBytes: UInt64 { clusterCount * clusterSize }
 
         /// The L2 table for L1 entry `index`, and how many data clusters follow it.
         func l2Table(_ index: UInt64) -> (cluster: UInt64, dataClusters: UInt64) {
-            (firstL2TableCluster + index * (l2Entries + 1), min(l2Entries, guestClusters - index * l2Entries))
+            (firstL2TableCluster + index * (externalData ? 1 : l2Entries + 1), min(l2Entries, guestClusters - index * l2Entries))
         }
 
         /// The refcount table, the refcount blocks (every used cluster counted once), the L1
@@ -146,13 +165,16 @@ extension Qcow2Format {
                 let (tableCluster, dataClusters) = l2Table(index)
                 l1.setBigEndian(tableCluster * clusterSize | copied, at: Int(index * 8))
                 var l2 = [UInt8](repeating: 0, count: Int(clusterSize))
-                for entry in 0..<dataClusters { l2.setBigEndian((tableCluster + 1 + entry) * clusterSize | copied, at: Int(entry * l2EntryBytes)) }
+                for entry in 0..<dataClusters {
+                    let host = externalData ? (index * l2Entries + entry) * clusterSize : (tableCluster + 1 + entry) * clusterSize
+                    l2.setBigEndian(host | copied, at: Int(entry * l2EntryBytes))
+                }
                 try write(l2, tableCluster * clusterSize)
             }
             try write(l1, l1Offset)
         }
 
-        func headerCluster(backingFile: String?, backingFormat: String?) -> [UInt8] {
+        func headerCluster(backingFile: String?, backingFormat: String?, dataFile: (name: String, raw: Bool)? = nil) -> [UInt8] {
             var bytes = [UInt8](repeating: 0, count: Int(clusterSize))
             bytes.replaceSubrange(0..<4, with: FormatProbe.qcow2Magic)
             bytes.setBigEndian(UInt32(3), at: 4)
@@ -169,6 +191,15 @@ extension Qcow2Format {
             if let backingFormat {
                 let name = Array(backingFormat.utf8)
                 bytes.setBigEndian(Qcow2Header.backingFormatExtension, at: offset)
+                bytes.setBigEndian(UInt32(name.count), at: offset + 4)
+                bytes.replaceSubrange(offset + 8..<offset + 8 + name.count, with: name)
+                offset += 8 + (name.count + 7) / 8 * 8
+            }
+            if let dataFile {
+                let name = Array(dataFile.name.utf8)
+                bytes.setBigEndian(Qcow2Header.externalDataFileBit, at: 72)
+                if dataFile.raw { bytes.setBigEndian(Qcow2Header.rawExternalDataBit, at: 88) }
+                bytes.setBigEndian(Qcow2Header.dataFileExtension, at: offset)
                 bytes.setBigEndian(UInt32(name.count), at: offset + 4)
                 bytes.replaceSubrange(offset + 8..<offset + 8 + name.count, with: name)
                 offset += 8 + (name.count + 7) / 8 * 8

@@ -44,6 +44,12 @@ public final class Qcow2Driver: BlockDriver {
     let fileDriver: any BlockDriver
     /// The node unallocated clusters read from: this node's `.backing` child.
     public let backing: BlockNode?
+    /// The external data file's node (the `.data` child), where guest clusters are when the
+    /// image has one (Qcow2DataFile.swift); its path as opened, as block status names it; and
+    /// the driver data is read and written through (the data file's, else the image file's).
+    let dataFile: BlockNode?
+    let dataFileName: String
+    let dataDriver: any BlockDriver
     let forceShare: Bool
     /// The virtual size now: the header's, until a resize grows it.
     let virtualSize: Atomic<Int64>
@@ -80,8 +86,11 @@ public final class Qcow2Driver: BlockDriver {
     static let zeroBit: UInt64 = 1
 
     init(header: Qcow2Header, file: BlockNode, fileName: String, backing: BlockNode?, writable: Bool, repairing: Bool, forceShare: Bool,
-         cacheBytes: Int) throws(BlockError) {
+         cacheBytes: Int, dataFile: (node: BlockNode, path: String)? = nil) throws(BlockError) {
         openedForRepair = repairing
+        self.dataFile = dataFile?.node
+        dataFileName = dataFile?.path ?? fileName
+        dataDriver = dataFile?.node.driver ?? file.driver
         self.header = header
         clusterBits = Int(header.clusterBits)
         clusterSize = header.clusterSize
@@ -167,7 +176,8 @@ public final class Qcow2Driver: BlockDriver {
         }
         if hasZeroClusters && entry & Self.zeroBit != 0 { return .zeroes }
         let hostOffset = entry & Self.offsetMask
-        guard hostOffset != 0 else { return .unallocated }
+        // In a data file, offset 0 is the first cluster's: COPIED tells it from unallocated.
+        guard hostOffset != 0 || (dataFile != nil && entry & Self.copiedBit != 0) else { return .unallocated }
         guard hostOffset & UInt64(clusterSize - 1) == 0 else {
             throw BlockError(.corrupt, "qcow2: Cluster allocation offset 0x\(String(hostOffset, radix: 16)) unaligned (guest cluster \(cluster))")
         }
@@ -258,6 +268,7 @@ public final class Qcow2Driver: BlockDriver {
     }
 
     func readHost(at hostOffset: UInt64, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        if dataFile != nil { return try readDataFile(at: hostOffset, into: target) }
         let fileLength = try fileLength(covering: hostOffset + UInt64(target.count))
         guard hostOffset + UInt64(target.count) <= fileLength else {
             throw signalCorruption("data cluster at 0x\(String(hostOffset, radix: 16)) is past the end of the image file (\(fileLength) bytes)")
@@ -321,12 +332,14 @@ public final class Qcow2Driver: BlockDriver {
     /// Both children: a copy-on-write reads the backing image during its step.
     public func eventBegan(_ event: BlockEvent) {
         file.driver.eventBegan(event)
+        dataFile?.driver.eventBegan(event)
         backing?.driver.eventBegan(event)
     }
 
     /// Ends the step on both children, as it began.
     public func eventEnded(_ event: BlockEvent) {
         file.driver.eventEnded(event)
+        dataFile?.driver.eventEnded(event)
         backing?.driver.eventEnded(event)
     }
 

@@ -34,10 +34,14 @@ public enum Qcow2Format: BlockFormat {
             guard context.options.opensBacking else { return nil }
             return try context.openBacking(backingPath(name, besides: context.path), format: header.backingFormat)
         }
+        let dataFile = try openDataFile(header, context: context)
         let driver = try Qcow2Driver(header: header, file: file, fileName: context.path, backing: backing, writable: context.options.writable,
                                      repairing: context.options.repairing, forceShare: context.options.forceShare,
-                                     cacheBytes: context.options.metadataCacheBytes ?? defaultCacheBytes)
-        return BlockNode(driver: driver, children: [(.file, file)] + (backing.map { [(.backing, $0)] } ?? []))
+                                     cacheBytes: context.options.metadataCacheBytes ?? defaultCacheBytes, dataFile: dataFile)
+        var children: [(role: ChildRole, node: BlockNode)] = [(.file, file)]
+        if let dataFile { children.append((.data, dataFile.node)) }
+        if let backing { children.append((.backing, backing)) }
+        return BlockNode(driver: driver, children: children)
     }
 
     /// The backing file's path as QEMU makes it (path_combine): an absolute name as it is, a

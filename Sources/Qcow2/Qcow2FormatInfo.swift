@@ -19,6 +19,7 @@ extension Qcow2Driver {
             if !bitmaps.isEmpty { fields.append(.init("bitmaps", .list(bitmaps.map(\.info)))) }
         }
         fields.append(.init("refcount-bits", .integer(1 << Int64(header.refcountOrder))))
+        fields += dataFileInfoFields
         if header.version >= 3 {
             fields.append(.init("corrupt", .boolean(features & Qcow2Header.corruptBit != 0)))
             fields.append(.init("extended-l2", .boolean(features & Qcow2Header.extendedL2Bit != 0)))

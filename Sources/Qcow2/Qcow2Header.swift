@@ -61,6 +61,8 @@ public struct Qcow2Header: Sendable, Hashable {
     public var featureNames: [FeatureKey: String]
     /// Where the persistent bitmaps' directory is (the bitmaps extension), if the image has one.
     public var bitmapDirectory: BitmapDirectory?
+    /// The external data file's name as stored (Qcow2DataFile.swift), if the image names one.
+    public var dataFile: String? = nil
 
     /// The bitmaps extension's fields: enough for `blk info` to list bitmaps.
     public struct BitmapDirectory: Sendable, Hashable {
@@ -93,7 +95,7 @@ public struct Qcow2Header: Sendable, Hashable {
     public static let dirtyBit: UInt64 = 1 << 0
     /// QEMU found the metadata damaged: the image opens read-only until repaired.
     public static let corruptBit: UInt64 = 1 << 1
-    /// Guest data lives in another file: refused as unsupported.
+    /// Guest data lives in another file (Qcow2DataFile.swift).
     public static let externalDataFileBit: UInt64 = 1 << 2
     /// The compression type field is in use (zstd).
     public static let compressionTypeBit: UInt64 = 1 << 3
@@ -161,6 +163,7 @@ public struct Qcow2Header: Sendable, Hashable {
 
         try header.readExtensions(bytes)
         try header.checkFeatures()
+        try header.checkDataFile()
         try header.checkTables(fileLength: fileLength, corrupt: corrupt)
         try header.readBackingFile(bytes, corrupt: corrupt)
         return header
@@ -186,6 +189,8 @@ public struct Qcow2Header: Sendable, Hashable {
                     let name = data[(entry + 2)..<(entry + 48)].prefix { $0 != 0 }
                     featureNames[FeatureKey(type: data[entry], bit: data[entry + 1])] = String(decoding: name, as: UTF8.self)
                 }
+            case Self.dataFileExtension:
+                dataFile = try Self.dataFileName(data)
             case Self.bitmapsExtension where data.count >= 24:
                 bitmapDirectory = BitmapDirectory(count: data.bigEndian(UInt32.self, at: 0), byteCount: data.bigEndian(UInt64.self, at: 8),
                                                   offset: data.bigEndian(UInt64.self, at: 16))
@@ -198,7 +203,7 @@ public struct Qcow2Header: Sendable, Hashable {
 
     /// QEMU refuses unknown incompatible features, naming them from the image's own table.
     private func checkFeatures() throws(BlockError) {
-        let understood = Self.dirtyBit | Self.corruptBit | Self.compressionTypeBit | Self.extendedL2Bit
+        let understood = Self.dirtyBit | Self.corruptBit | Self.compressionTypeBit | Self.extendedL2Bit | Self.externalDataFileBit
         let unknown = incompatibleFeatures & ~understood
         if unknown != 0 {
             let names = (0..<64).filter { unknown & (1 << $0) != 0 }.map { bit in

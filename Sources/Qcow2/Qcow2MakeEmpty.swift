@@ -29,6 +29,7 @@ import BlockGraph
 extension Qcow2Driver {
     /// Drops every cluster of the active image in one of the two ways above; durable on return.
     public func makeEmpty() throws(BlockError) {
+        try refuseWithDataFile("emptying the image")
         try refuseWritesIfCorrupt()
         try writer.withLock { (state) throws(BlockError) in
             try prepareForWriting(&state)

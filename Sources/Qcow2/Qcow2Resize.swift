@@ -13,6 +13,7 @@ import BlockGraph
 extension Qcow2Driver {
     /// Grows the image, moving the L1 table to a larger one when needed; shrinking is refused.
     public func truncate(to byteCount: Int64) throws(BlockError) {
+        if header.hasRawExternalData { try refuseWithDataFile("resizing an image whose data file is raw") }
         try writer.withLock { (state) throws(BlockError) in
             let current = try length()
             guard byteCount >= current else {

@@ -32,7 +32,8 @@ extension Qcow2Driver {
     /// Takes a snapshot of the image as it is now, named `name` (QEMU keeps 255 bytes of it), with
     /// the next numeric ID as QEMU picks it; returns it as listed.
     public func createSnapshot(name: String, dateSeconds: UInt32, dateNanoseconds: UInt32) throws(BlockError) -> SnapshotInfo {
-        try writer.withLock { (state) throws(BlockError) -> SnapshotInfo in
+        try refuseWithDataFile("internal snapshots")
+        return try writer.withLock { (state) throws(BlockError) -> SnapshotInfo in
             let context = try beginSnapshotChange(&state)
             let table = try Qcow2Snapshot.readTable(of: self, at: snapshotTableLocation(state))
             guard table.entries.count < Qcow2Snapshot.maxCount else {

@@ -123,18 +123,18 @@ extension Qcow2Driver {
                 return .inPlace(hostOffset, count)
             }
             while count < available, try ownedHostOffset(first + UInt64(count)) == nil { count += 1 }
-            return .newClusters(try allocateClusters(UInt64(count), &state), count)
+            return .newClusters(try allocateDataClusters(UInt64(count), from: first, &state), count)
         }
         switch plan {
         case .inPlace(let hostOffset, let count):
             defer { inPlaceWrites.subtract(1, ordering: .releasing) }
-            try file.during(.dataWrite) { () throws(BlockError) in
-                try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
+            try dataNode.during(.dataWrite) { () throws(BlockError) in
+                try dataDriver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
             }
             return count
         case .newClusters(let hostOffset, let count):
-            try file.during(.dataWrite) { () throws(BlockError) in
-                try file.driver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
+            try dataNode.during(.dataWrite) { () throws(BlockError) in
+                try dataDriver.write(at: Int64(hostOffset), from: UnsafeRawBufferPointer(rebasing: bytes[0..<count * clusterSize]))
             }
             try writer.withLock { (state) throws(BlockError) in
                 for index in 0..<count {
@@ -158,13 +158,13 @@ extension Qcow2Driver {
                 inPlaceWrites.add(1, ordering: .relaxed)
                 return hostOffset + UInt64(inCluster)
             }
-            let dataCluster = try allocateClusters(1, &state)
+            let dataCluster = try allocateDataClusters(1, from: cluster, &state)
             let content = UnsafeMutableRawBufferPointer.allocate(byteCount: clusterSize, alignment: 4096)
             defer { content.deallocate() }
             try read(at: Int64(cluster) * Int64(clusterSize), into: content)
             UnsafeMutableRawBufferPointer(rebasing: content[inCluster..<inCluster + bytes.count]).copyMemory(from: bytes)
-            try file.during(.copyOnWrite) { () throws(BlockError) in
-                try file.driver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
+            try dataNode.during(.copyOnWrite) { () throws(BlockError) in
+                try dataDriver.write(at: Int64(dataCluster), from: UnsafeRawBufferPointer(content))
             }
             try publish(dataCluster | Self.copiedBit, forGuestCluster: cluster, &state)
             try writeBackIfCacheIsFull(&state)
@@ -172,7 +172,7 @@ extension Qcow2Driver {
         }
         if let inPlace {
             defer { inPlaceWrites.subtract(1, ordering: .releasing) }
-            try file.during(.dataWrite) { () throws(BlockError) in try file.driver.write(at: Int64(inPlace), from: bytes) }
+            try dataNode.during(.dataWrite) { () throws(BlockError) in try dataDriver.write(at: Int64(inPlace), from: bytes) }
         }
     }
 
@@ -184,6 +184,7 @@ extension Qcow2Driver {
             try trimGrowth(&state)
         }
         try file.driver.flush()
+        try flushDataFile()
     }
 
     /// Steps 1–4 of the order above.
@@ -193,6 +194,7 @@ extension Qcow2Driver {
         let releasing = !state.pendingReleases.isEmpty && inPlaceWrites.load(ordering: .acquiring) == 0
         guard !dirty.isEmpty || !state.pendingL1.isEmpty || releasing
               || state.refcountBlocks.values.contains(where: \.isDirty) else { return }
+        try flushDataFile()
         try file.during(.refblockUpdate) { () throws(BlockError) in
             try writeRefcountBlocks(&state)
             try file.driver.flush()
@@ -308,6 +310,7 @@ extension Qcow2Driver {
 
     /// Points `count` guest clusters from `first` at zeroes, those that do not read as zeroes yet.
     private func zeroClusters(from first: UInt64, count: Int) throws(BlockError) {
+        try zeroRawDataFile(from: first, count: count)
         try writer.withLock { (state) throws(BlockError) in
             try prepareForWriting(&state)
             for cluster in first..<first + UInt64(count) {
@@ -336,9 +339,9 @@ extension Qcow2Driver {
             throw BlockError(.stale, "qcow2: the image's format options were amended; open it again to write")
         }
         guard state.refcountTable == nil else { return }
-        if header.autoclearFeatures != 0 && !state.autoclearCleared {
+        if header.autoclearFeatures & ~honouredAutoclearBits != 0 && !state.autoclearCleared {
             try file.during(.headerUpdate) { () throws(BlockError) in
-                try writeBigEndian(UInt64(0), at: 88)
+                try writeBigEndian(header.autoclearFeatures & honouredAutoclearBits, at: 88)
                 try file.driver.flush()
             }
             state.autoclearCleared = true
@@ -399,6 +402,8 @@ extension Qcow2Driver {
             if extendedL2 { entries[l2Index + 1] = newBitmap }
             cache.withLock { $0.insertDirty(entries, at: l2Offset) }
         }
+        // A data file's clusters have no refcounts: nothing to release.
+        guard dataFile == nil else { return }
         switch replaced.mapping {
         case .data(let hostOffset) where newEntry & Self.offsetMask == hostOffset:
             break // still this entry's: zeroed in place, not freed

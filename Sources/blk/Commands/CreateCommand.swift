@@ -17,7 +17,7 @@ struct CreateCommand: ParsableCommand {
     @Option(name: .customShort("F"), help: "qcow2: the backing image's format (probed when not given).") var backingFormat: String?
     @Option(help: "off (sparse); metadata (qcow2: every cluster mapped, the data left sparse); falloc (blocks reserved); full (zeroes written).")
     var preallocation: Preallocation = .off
-    @Option(name: .customShort("o"), help: ArgumentHelp("Format options, NAME=VALUE,... (qcow2: extended_l2=on|off).", valueName: "options"))
+    @Option(name: .customShort("o"), help: ArgumentHelp("Format options, NAME=VALUE,... (qcow2: extended_l2=on|off, data_file=PATH, data_file_raw=on|off).", valueName: "options"))
     var formatOptions: [String] = []
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.") var locking: LockingMode = .auto
     @OptionGroup(title: "Leases across hosts") var leases: LeaseConfigOptions
