@@ -47,11 +47,6 @@ extension Qcow2Driver {
     }
 
     func checkAndRepair(_ repair: RepairMode?, _ state: inout Qcow2WriterState) throws(BlockError) -> ImageCheckResult {
-        // Persistent dirty bitmaps (autoclear bit 0) own clusters this check does not count yet:
-        // it would call them leaks, and a repair would free them.
-        if header.autoclearFeatures & 1 != 0 && !state.autoclearCleared {
-            throw BlockError(.unsupported, "qcow2: checking images with persistent dirty bitmaps is not supported by this build of blk")
-        }
         // What this open still holds in memory goes to disk first, so the check sees it.
         try writeBackMetadata(&state)
         guard let repair else { return try analyse(&state, fixing: []) }
@@ -201,6 +196,8 @@ extension Qcow2Driver {
                 }
             }
         }
+        // The persistent bitmaps' directory, tables and data clusters, each referenced once.
+        try forEachBitmapCluster { (offset, bytes) throws(BlockError) in reference(offset, bytes: bytes) }
         // Every L2 table the L1 entries name: its offset, with bit 0 set when the entries are
         // active (offsets are cluster-aligned), how many entries name it, and how many references
         // they make (each entry as often as its L1 table is named). Sorted, the names of one table

@@ -45,6 +45,7 @@ extension Qcow2Driver {
         case .compressed(let stream):
             compressed = stream
         }
+        try markBitmaps(at: prepared.byteOffset, byteCount: Int64(clusterSize))
         let cluster = UInt64(prepared.byteOffset) / UInt64(clusterSize)
         try writer.withLock { (state) throws(BlockError) in
             try prepareForWriting(&state)

@@ -80,6 +80,8 @@ public final class Qcow2Driver: BlockDriver {
     let openedForRepair: Bool
     /// Whether the image's metadata was preallocated, found at its first block status.
     let metadataPreallocation = Mutex<Bool?>(nil)
+    /// The persistent dirty bitmaps, read on first use (Qcow2BitmapMarking.swift).
+    let bitmaps = Mutex<Qcow2BitmapState?>(nil)
 
     static let offsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let compressedBit: UInt64 = 1 << 62

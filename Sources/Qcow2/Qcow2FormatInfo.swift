@@ -1,7 +1,7 @@
 // Qcow2FormatInfo: what `blk info` shows of a qcow2 image beyond its size, with qemu-img's field
 // names and in the order qemu-img prints them. As qemu-img, a version 2 image shows only what
 // version 2 has (no lazy refcounts, corrupt bit or extended L2), and persistent bitmaps are
-// listed only while the autoclear bit still vouches for them.
+// listed only while the autoclear bit vouches for them (blk keeps it set: it marks them).
 import BlockGraph
 
 extension Qcow2Driver {
@@ -35,11 +35,8 @@ extension Qcow2Driver {
         return try consistentBitmaps().map { PersistentBitmap(name: $0.name, granularity: Int64(1) << Int64($0.granularityBits)) }
     }
 
-    /// The bitmaps QEMU would load: declared, and vouched for by the autoclear bit, which this
-    /// open's first write clears.
+    /// The bitmaps QEMU would load: declared, and vouched for by the autoclear bit.
     private func consistentBitmaps() throws(BlockError) -> [Qcow2Bitmap] {
-        guard let directory = header.bitmapDirectory, directory.count > 0, header.autoclearFeatures & Qcow2Bitmap.autoclearBit != 0,
-              !writer.withLock({ $0.autoclearCleared }) else { return [] }
-        return try Qcow2Bitmap.readDirectory(of: self, directory)
+        try writer.withLock { (_) throws(BlockError) -> [Qcow2Bitmap] in try bitmapState().bitmaps }
     }
 }

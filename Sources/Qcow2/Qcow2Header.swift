@@ -72,6 +72,10 @@ public struct Qcow2Header: Sendable, Hashable {
         public var byteCount: UInt64
         /// Where the directory starts.
         public var offset: UInt64
+        /// The extension's stored length, which QEMU requires to be 24.
+        public var extensionLength = 24
+        /// The reserved field, which QEMU requires to be 0.
+        public var reserved: UInt32 = 0
     }
 
     /// A feature bit as the feature name table keys it, so `blk info` names unknown bits as the
@@ -193,7 +197,10 @@ public struct Qcow2Header: Sendable, Hashable {
                 dataFile = try Self.dataFileName(data)
             case Self.bitmapsExtension where data.count >= 24:
                 bitmapDirectory = BitmapDirectory(count: data.bigEndian(UInt32.self, at: 0), byteCount: data.bigEndian(UInt64.self, at: 8),
-                                                  offset: data.bigEndian(UInt64.self, at: 16))
+                                                  offset: data.bigEndian(UInt64.self, at: 16), extensionLength: data.count,
+                                                  reserved: data.bigEndian(UInt32.self, at: 4))
+            case Self.bitmapsExtension:
+                bitmapDirectory = BitmapDirectory(count: 0, byteCount: 0, offset: 0, extensionLength: data.count)
             default:
                 break // unknown extensions are kept as they are: we never rewrite the header area
             }

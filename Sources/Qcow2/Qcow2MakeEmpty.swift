@@ -31,6 +31,7 @@ extension Qcow2Driver {
     public func makeEmpty() throws(BlockError) {
         try refuseWithDataFile("emptying the image")
         try refuseWritesIfCorrupt()
+        try markBitmaps(at: 0, byteCount: try length())
         try writer.withLock { (state) throws(BlockError) in
             try prepareForWriting(&state)
             try writeBackMetadata(&state)

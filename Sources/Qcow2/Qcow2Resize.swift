@@ -7,7 +7,8 @@
 //   3. the old L1 table's clusters lose their reference (then written and flushed).
 //
 // A crash before 2 leaves the new table as a leak and the image as it was; after 2, the old
-// table is at worst a leak. Shrinking is refused: it would drop guest data.
+// table is at worst a leak. Shrinking is refused: it would drop guest data; so is resizing an
+// image with persistent bitmaps, whose tables are sized for the image.
 import BlockGraph
 
 extension Qcow2Driver {
@@ -21,6 +22,10 @@ extension Qcow2Driver {
             }
             guard byteCount > current else { return }
             try prepareForWriting(&state)
+            // A bitmap's table is sized for the image: growing it is not done yet.
+            guard try bitmapState().bitmaps.isEmpty else {
+                throw BlockError(.unsupported, "qcow2: resizing an image with persistent dirty bitmaps is not supported by this build of blk")
+            }
             try writeBackMetadata(&state)
             let clusterSize = UInt64(self.clusterSize)
             let bytesPerL1Entry = clusterSize * UInt64(l2Entries)

@@ -55,6 +55,8 @@ extension Qcow2Driver {
 
     /// Makes the snapshot with ID `id` the active image, its size included.
     public func applySnapshot(id: String) throws(BlockError) {
+        // Everything may change: every granule is marked first.
+        try markBitmaps(at: 0, byteCount: try length())
         try writer.withLock { (state) throws(BlockError) in
             let context = try beginSnapshotChange(&state)
             let table = try Qcow2Snapshot.readTable(of: self, at: snapshotTableLocation(state))
@@ -70,6 +72,11 @@ extension Qcow2Driver {
             let count = max(UInt64(snapshotL1.count), needed)
             guard count * 8 <= Qcow2Header.maxL1Bytes, size <= UInt64(Int64.max) else {
                 throw BlockError(.corrupt, "qcow2: snapshot \(id) has a disk size of \(size) bytes, too large for its L1 table")
+            }
+            // Bitmap tables are sized for the image, as QEMU refuses too.
+            let currentSize = UInt64(try length()), hasBitmaps = try !bitmapState().bitmaps.isEmpty
+            guard size == currentSize || !hasBitmaps else {
+                throw BlockError(.unsupported, "qcow2: applying a snapshot of another size to an image with persistent dirty bitmaps")
             }
             var refcounts = context.refcounts
             let activeL1 = cache.withLock { $0.l1 }

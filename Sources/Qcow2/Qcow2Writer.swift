@@ -75,6 +75,7 @@ extension Qcow2Driver {
     /// in parallel; partial clusters copy the rest of the cluster in under the lock.
     public func write(at byteOffset: Int64, from buffer: UnsafeRawBufferPointer) throws(BlockError) {
         try refuseWritesIfCorrupt()
+        try markBitmaps(at: byteOffset, byteCount: Int64(buffer.count))
         var done = 0
         while done < buffer.count {
             let offset = byteOffset + Int64(done)
@@ -284,6 +285,7 @@ extension Qcow2Driver {
     /// `writingZeroes` is false (the caller checked that they do).
     private func zero(_ range: Range<Int64>, writingZeroes: Bool) throws(BlockError) {
         try refuseWritesIfCorrupt()
+        try markBitmaps(at: range.lowerBound, byteCount: Int64(range.count))
         if extendedL2 { return try zeroSubclusters(range, writingZeroes: writingZeroes) }
         let size = Int64(clusterSize)
         var zeroes: UnsafeMutableRawBufferPointer?
@@ -330,8 +332,8 @@ extension Qcow2Driver {
         }
     }
 
-    /// Checks once that this image can be written: clears unknown autoclear bits, as qcow2.rst
-    /// asks of a writer that does not know them, and repairs the refcounts of a dirty image (one
+    /// Checks once that this image can be written: clears the autoclear bits it does not know
+    /// (all but the bitmaps'), as qcow2.rst asks of a writer that does not know them, and repairs the refcounts of a dirty image (one
     /// that lazy refcounts left unfinished), as QEMU does when it opens one read-write.
     func prepareForWriting(_ state: inout Qcow2WriterState) throws(BlockError) {
         if let failure = state.failure { throw failure }
@@ -339,9 +341,13 @@ extension Qcow2Driver {
             throw BlockError(.stale, "qcow2: the image's format options were amended; open it again to write")
         }
         guard state.refcountTable == nil else { return }
-        if header.autoclearFeatures & ~honouredAutoclearBits != 0 && !state.autoclearCleared {
+        // Bitmaps blk keeps up to date keep their autoclear bit, as does a raw data file blk
+        // keeps raw; a hostile directory or table refuses the write before anything changes.
+        _ = try bitmapState()
+        let keptAutoclear = header.autoclearFeatures & (Qcow2Bitmap.autoclearBit | honouredAutoclearBits)
+        if header.autoclearFeatures != keptAutoclear && !state.autoclearCleared {
             try file.during(.headerUpdate) { () throws(BlockError) in
-                try writeBigEndian(header.autoclearFeatures & honouredAutoclearBits, at: 88)
+                try writeBigEndian(keptAutoclear, at: 88)
                 try file.driver.flush()
             }
             state.autoclearCleared = true

@@ -26,6 +26,8 @@ public enum BlockEvent: String, Sendable, Hashable, CaseIterable {
     case clusterFree = "cluster_free"
     /// A header field: autoclear bits cleared, dirty or corrupt bit changed.
     case headerUpdate = "header_update"
+    /// Persistent dirty bitmaps: marks written ahead of the data, new tables and directories.
+    case bitmapUpdate = "bitmap_update"
     /// State store: a blob's new copy written to free space.
     case blobWrite = "blob_write"
     /// State store: the new directory written to the other slot, and its flush.
