@@ -8,7 +8,7 @@ struct Blk: ParsableCommand {
         commandName: "blk",
         abstract: "A block layer for VM images that many processes and hosts can share safely.",
         version: "blk version 0.1.0",
-        subcommands: [CreateCommand.self, InfoCommand.self, CheckCommand.self, IOCommand.self, MapCommand.self, CompareCommand.self, MeasureCommand.self, ConvertCommand.self, ResizeCommand.self, SnapshotCommand.self, RebaseCommand.self, CommitCommand.self, AmendCommand.self, LocksCommand.self, HoldCommand.self, LeaseCommand.self, ServeCommand.self, StateCommand.self, BenchCommand.self]
+        subcommands: [CreateCommand.self, InfoCommand.self, CheckCommand.self, IOCommand.self, MapCommand.self, CompareCommand.self, MeasureCommand.self, ConvertCommand.self, ResizeCommand.self, SnapshotCommand.self, RebaseCommand.self, CommitCommand.self, AmendCommand.self, BitmapCommand.self, LocksCommand.self, HoldCommand.self, LeaseCommand.self, ServeCommand.self, StateCommand.self, BenchCommand.self]
     )
 
     /// The short verbs with plain arguments skip ArgumentParser's reflection (Support/ShortVerbs.swift);

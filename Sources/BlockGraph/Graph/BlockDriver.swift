@@ -108,6 +108,13 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// where the format (or this image's version of it) cannot store any.
     func persistentBitmaps() throws(BlockError) -> [PersistentBitmap]?
 
+    /// Changes the persistent dirty bitmap `name` (`qemu-img bitmap`): durable on return.
+    func changeBitmap(_ name: String, _ change: BitmapChange) throws(BlockError)
+
+    /// The byte ranges persistent dirty bitmap `name` marks, whole granules clipped to the
+    /// image, in order; a bitmap QEMU left inconsistent is refused.
+    func dirtyRanges(ofBitmap name: String) throws(BlockError) -> [Range<Int64>]
+
     /// The format's allocation unit in bytes, which a compressed write stores whole and a copy
     /// skips zeroes by; nil for a format without clusters. A stored value: asking costs no I/O.
     var clusterBytes: Int? { get }
@@ -204,6 +211,14 @@ extension BlockDriver {
     }
     /// Formats without bitmaps (raw) have none to copy.
     public func persistentBitmaps() throws(BlockError) -> [PersistentBitmap]? { nil }
+    /// Refused for formats without persistent bitmaps (raw).
+    public func changeBitmap(_ name: String, _ change: BitmapChange) throws(BlockError) {
+        throw BlockError(.notSupportedByFormat, "The \(formatName) format has no persistent dirty bitmaps")
+    }
+    /// Refused for formats without persistent bitmaps (raw).
+    public func dirtyRanges(ofBitmap name: String) throws(BlockError) -> [Range<Int64>] {
+        throw BlockError(.notSupportedByFormat, "The \(formatName) format has no persistent dirty bitmaps")
+    }
     /// Formats without clusters (raw) allocate byte by byte, as their file does.
     public var clusterBytes: Int? { nil }
     /// Refused for formats without compressed clusters.

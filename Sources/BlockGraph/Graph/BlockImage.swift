@@ -321,6 +321,14 @@ public final class BlockImage: Sendable {
     /// The persistent dirty bitmaps a copy would carry; nil for a format that stores none.
     public func persistentBitmaps() throws(BlockError) -> [PersistentBitmap]? { try rootDriver.persistentBitmaps() }
 
+    /// Changes one persistent dirty bitmap (`qemu-img bitmap`), durably.
+    public func changeBitmap(_ name: String, _ change: BitmapChange) throws(BlockError) {
+        try admittedWrite { () throws(BlockError) in try rootDriver.changeBitmap(name, change) }
+    }
+
+    /// The byte ranges a persistent dirty bitmap marks.
+    public func dirtyRanges(ofBitmap name: String) throws(BlockError) -> [Range<Int64>] { try rootDriver.dirtyRanges(ofBitmap: name) }
+
     /// The format's cluster size in bytes; nil for a format without clusters (raw).
     public var clusterBytes: Int? { rootDriver.clusterBytes }
 
