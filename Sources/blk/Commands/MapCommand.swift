@@ -22,11 +22,14 @@ struct MapCommand: ParsableCommand {
     @Flag(help: "The same as --output=json.") var json = false
     @Option(name: [.customShort("s"), .customLong("start-offset")], help: "The first guest byte to map.") var startOffset = ByteCount(0)
     @Option(name: [.customShort("l"), .customLong("max-length")], help: "The most guest bytes to map.") var maxLength: ByteCount?
+    @Option(help: ArgumentHelp("List the ranges persistent dirty bitmap NAME marks, in JSON, instead of the map.", valueName: "name"))
+    var bitmap: String?
     @Argument(help: "The image file.") var image: String
 
     func run() throws {
         let asJSON = json || output == .json
         let opened = try imageOptions.open(image, writable: false, json: asJSON)
+        if let bitmap { return try printDirtyRanges(of: bitmap, in: opened) }
         var out = StandardOutputBuffer()
         defer { out.flush() }
         out.append(asJSON ? "[" : "Offset          Length          Mapped to       File\n")
@@ -55,6 +58,22 @@ struct MapCommand: ParsableCommand {
             out.flush()
             printError("File contains external, encrypted or compressed clusters.")
             throw ExitCode.failure
+        }
+    }
+
+    /// The bitmap's dirty ranges inside -s/-l's window, one JSON object per line as the map's.
+    private func printDirtyRanges(of bitmap: String, in opened: BlockImage) throws {
+        var out = StandardOutputBuffer()
+        defer { out.flush() }
+        do throws(BlockError) {
+            let window = startOffset.value..<(maxLength.map { startOffset.value + $0.value } ?? Int64.max)
+            let ranges = try opened.dirtyRanges(ofBitmap: bitmap).compactMap { range -> Range<Int64>? in
+                range.overlaps(window) ? max(range.lowerBound, window.lowerBound)..<min(range.upperBound, window.upperBound) : nil
+            }
+            out.append("[" + ranges.map { "{ \"start\": \($0.lowerBound), \"length\": \($0.count), \"dirty\": true}" }
+                .joined(separator: ",\n") + "]\n")
+        } catch {
+            throw report(error, json: false)
         }
     }
 
