@@ -28,6 +28,8 @@ struct IOBenchCommand: ParsableCommand {
     @Option(name: .short, help: "Image format (probed when not given).") var f: String?
     @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
     @Flag(help: "Without an image: the subcluster suite (qcow2 with extended L2 entries) instead of the standard pair.") var extendedL2 = false
+    @Flag(help: "Instead: 4 KiB writes into qcow2 images with and without an enabled persistent dirty bitmap, overwrites of marked granules (-c of them, default 75000) and first touches.")
+    var bitmap = false
     @OptionGroup var bench: BenchOptions
     @Argument(help: "The image; omit it for the standard pair on a temporary image.") var image: String?
 
@@ -41,6 +43,7 @@ struct IOBenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        if bitmap { return try runBitmap() }
         let plans: [IOBenchmarkPlan]
         var temporaries: [String] = []
         if let image {
@@ -77,6 +80,27 @@ struct IOBenchCommand: ParsableCommand {
             } else {
                 print("  qemu-img   not installed (Debian package qemu-utils): no baseline")
             }
+        }
+    }
+
+    /// The bitmap's cost, with and without, in one run.
+    private func runBitmap() throws {
+        let path = URL(fileURLWithPath: bench.dir).appendingPathComponent("blk-bench-bitmap-\(getpid())").path
+        let results: [BitmapBenchmarkResult]
+        do throws(BlockError) {
+            results = try BitmapBenchmark.run(at: path, overwrites: c ?? 75_000, rounds: rounds, progress: bench.progress)
+        } catch {
+            throw report(error, json: bench.json)
+        }
+        if bench.json {
+            printJSON(results)
+            return
+        }
+        for (result, target) in zip(results, ["≤ 1.05×", "the write-ahead mark's fdatasync"]) {
+            print("blk bench io --bitmap: \(result.scenario)")
+            print("  no bitmap  " + formatted("%9.0f writes/s", Double(result.writes) / result.plainSeconds))
+            print("  bitmap     " + formatted("%9.0f writes/s", Double(result.writes) / result.bitmapSeconds))
+            print("  time ratio " + formatted("%.3f×", result.ratio) + " (target \(target), best of \(rounds))")
         }
     }
 }
