@@ -17,12 +17,19 @@
 // Until 2 the overlay is untouched and reads through to what it held; the base may hold part of
 // the commit, which the overlay hides. After 2 the base holds all of it, so an overlay emptied
 // only in part reads the same. Runs no image above the base holds are not read at all.
+//
+// The copy (1) is OrderedChunks' loop, as convert and rebase run it: while one worker writes
+// its chunk into the base, the other reads the next from above it, and chunks are written in
+// guest order, so the base's new clusters lie in guest order as a one-thread copy laid them.
+// The order of the writes inside step 1 does not matter to a crash: until 2 the overlay hides
+// all of them.
 import BlockLocking
+import Synchronization
 import SystemPackage
 
 /// Commits an image's allocated runs, and those of the images between it and `base`, into
 /// `base`, and optionally empties the image after, as `qemu-img commit` does.
-public final class ImageCommit {
+public final class ImageCommit: Sendable {
     /// The image committed: open read-write.
     public let top: BlockImage
     /// The image committed into: a node of `top`'s backing chain.
@@ -64,11 +71,12 @@ public final class ImageCommit {
 
     /// Writes every run above the base into it and makes it durable; then, with `emptyingTop`,
     /// empties `top`. `progress` is called with the guest bytes gone through.
-    public func run(emptyingTop: Bool, progress: (Int64) -> Void = { _ in }) throws(BlockError) {
+    public func run(emptyingTop: Bool, workers: Int = ImageConversion.defaultWorkers,
+                    progress: @escaping @Sendable (Int64) -> Void = { _ in }) throws(BlockError) {
         let length = try top.length()
         try withBaseWritable { () throws(BlockError) in
             if try base.driver.length() < length { try base.driver.truncate(to: length) }
-            try copyRunsAboveBase(length: length, progress)
+            try copyRunsAboveBase(length: length, workers: workers, progress)
             try base.driver.flush()
         }
         if emptyingTop { try top.makeEmpty() }
@@ -93,26 +101,57 @@ public final class ImageCommit {
         reopened = []
     }
 
-    /// Step 1 of the order above, in guest order, a block-status run (at most a chunk) at a time.
-    private func copyRunsAboveBase(length: Int64, _ progress: (Int64) -> Void) throws(BlockError) {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkBytes, alignment: 4096)
-        defer { buffer.deallocate() }
-        var offset: Int64 = 0
-        while offset < length {
-            let status = try top.blockStatus(at: offset, byteCount: min(length - offset, Int64(Self.chunkBytes)))
-            let count = status.byteCount
+    /// Step 1 of the order above. Workers (OrderedChunks) find a chunk's runs above the base by
+    /// block status and read them in parallel; the chunks are written into the base strictly in
+    /// order, so its new clusters are laid out in guest order while the next chunks are read.
+    private func copyRunsAboveBase(length: Int64, workers: Int, _ progress: @escaping @Sendable (Int64) -> Void) throws(BlockError) {
+        let chunkBytes = Int64(Self.chunkBytes)
+        let chunks = OrderedChunks(count: Int((length + chunkBytes - 1) / chunkBytes))
+        let done = Atomic<Int64>(0)
+        try chunks.run(workers: workers, buffers: 1, bufferBytes: Self.chunkBytes, prepare: { (index, buffers) throws(BlockError) in
+            let offset = Int64(index) * chunkBytes
+            return try self.runsAboveBase(at: offset, count: Int(min(chunkBytes, length - offset)), into: buffers[0])
+        }, finish: { (index, runs, buffers) throws(BlockError) in
+            let offset = Int64(index) * chunkBytes
+            for run in runs {
+                let at = offset + Int64(run.range.lowerBound)
+                if run.zeroes {
+                    try self.base.driver.writeZeroes(at: at, byteCount: Int64(run.range.count), mayUnmap: true)
+                } else {
+                    try self.base.driver.write(at: at, from: UnsafeRawBufferPointer(rebasing: buffers[0][run.range]))
+                }
+            }
+            progress(done.add(min(chunkBytes, length - offset), ordering: .relaxed).newValue)
+        })
+    }
+
+    /// A run of a chunk to write into the base: bytes read from above it, or zeroes.
+    struct Run {
+        var range: Range<Int>
+        var zeroes: Bool
+    }
+
+    /// The runs above the base in the `count` bytes at `offset`, their bytes read into `buffer`
+    /// at their places; runs the base shows through are neither read nor listed.
+    private func runsAboveBase(at offset: Int64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) -> [Run] {
+        var runs: [Run] = []
+        var position = 0
+        while position < count {
+            let status = try top.blockStatus(at: offset + Int64(position), byteCount: Int64(count - position))
+            let range = position..<position + Int(status.byteCount)
+            position = range.upperBound
             // Held above the base, or zeroes because an image above it ends before the run.
             let aboveBase = status.isAllocated ? status.depth < baseDepth : status.isPastBackingEnd && status.depth + 1 < baseDepth
-            if aboveBase && status.isZero && !status.isData {
-                try base.driver.writeZeroes(at: offset, byteCount: count, mayUnmap: true)
-            } else if aboveBase {
-                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(count)])
-                try top.read(at: offset, into: piece)
-                try base.driver.write(at: offset, from: UnsafeRawBufferPointer(piece))
+            guard aboveBase else { continue }
+            let zeroes = status.isZero && !status.isData
+            if !zeroes { try top.read(at: offset + Int64(range.lowerBound), into: UnsafeMutableRawBufferPointer(rebasing: buffer[range])) }
+            if let last = runs.last, last.range.upperBound == range.lowerBound, last.zeroes == zeroes {
+                runs[runs.count - 1].range = last.range.lowerBound..<range.upperBound // one write for neighbours alike
+            } else {
+                runs.append(Run(range: range, zeroes: zeroes))
             }
-            offset += count
-            progress(offset)
         }
+        return runs
     }
 
     /// The file driver a node stores its bytes through.
