@@ -18,13 +18,12 @@
 // the commit, which the overlay hides. After 2 the base holds all of it, so an overlay emptied
 // only in part reads the same. Runs no image above the base holds are not read at all.
 //
-// The copy (1) is OrderedChunks' loop, as convert and rebase run it: while one worker writes
+// The copy (1) is ChunkedCopy's loop, as convert and rebase run it: while one worker writes
 // its chunk into the base, the other reads the next from above it, and chunks are written in
 // guest order, so the base's new clusters lie in guest order as a one-thread copy laid them.
 // The order of the writes inside step 1 does not matter to a crash: until 2 the overlay hides
 // all of them.
 import BlockLocking
-import Synchronization
 import SystemPackage
 
 /// Commits an image's allocated runs, and those of the images between it and `base`, into
@@ -36,10 +35,6 @@ public final class ImageCommit: Sendable {
     let base: BlockNode
     /// How far down the chain `base` is: 1 for `top`'s own backing image.
     let baseDepth: Int
-
-    /// The bytes read and written at a time: large enough that syscalls cost nothing next to the
-    /// copy, small enough to keep memory bounded whatever the image says.
-    static let chunkBytes = 4 << 20
 
     /// A commit of `top` into `basePath`, or into its own backing image when nil; QEMU's words
     /// when there is none. As QEMU's bdrv_find_backing_image, a relative `basePath` is taken
@@ -71,7 +66,7 @@ public final class ImageCommit: Sendable {
 
     /// Writes every run above the base into it and makes it durable; then, with `emptyingTop`,
     /// empties `top`. `progress` is called with the guest bytes gone through.
-    public func run(emptyingTop: Bool, workers: Int = ImageConversion.defaultWorkers,
+    public func run(emptyingTop: Bool, workers: Int = ChunkedCopy.defaultWorkers,
                     progress: @escaping @Sendable (Int64) -> Void = { _ in }) throws(BlockError) {
         let length = try top.length()
         try withBaseWritable { () throws(BlockError) in
@@ -101,55 +96,36 @@ public final class ImageCommit: Sendable {
         reopened = []
     }
 
-    /// Step 1 of the order above. Workers (OrderedChunks) find a chunk's runs above the base by
+    /// Step 1 of the order above. Workers (ChunkedCopy) find a chunk's runs above the base by
     /// block status and read them in parallel; the chunks are written into the base strictly in
     /// order, so its new clusters are laid out in guest order while the next chunks are read.
     private func copyRunsAboveBase(length: Int64, workers: Int, _ progress: @escaping @Sendable (Int64) -> Void) throws(BlockError) {
-        let chunkBytes = Int64(Self.chunkBytes)
-        let chunks = OrderedChunks(count: Int((length + chunkBytes - 1) / chunkBytes))
-        let done = Atomic<Int64>(0)
-        try chunks.run(workers: workers, buffers: 1, bufferBytes: Self.chunkBytes, prepare: { (index, buffers) throws(BlockError) in
-            let offset = Int64(index) * chunkBytes
-            return try self.runsAboveBase(at: offset, count: Int(min(chunkBytes, length - offset)), into: buffers[0])
-        }, finish: { (index, runs, buffers) throws(BlockError) in
-            let offset = Int64(index) * chunkBytes
+        let chunks = ChunkedCopy(length: length, clusterBytes: base.driver.clusterBytes)
+        try chunks.run(workers: workers, buffers: 1, progress: progress, prepare: { (chunk, buffers) throws(BlockError) in
+            try self.runsAboveBase(in: chunk, into: buffers[0])
+        }, finish: { (chunk, runs, buffers) throws(BlockError) in
             for run in runs {
-                let at = offset + Int64(run.range.lowerBound)
+                let at = chunk.offset + Int64(run.range.lowerBound)
                 if run.zeroes {
                     try self.base.driver.writeZeroes(at: at, byteCount: Int64(run.range.count), mayUnmap: true)
                 } else {
                     try self.base.driver.write(at: at, from: UnsafeRawBufferPointer(rebasing: buffers[0][run.range]))
                 }
             }
-            progress(done.add(min(chunkBytes, length - offset), ordering: .relaxed).newValue)
         })
     }
 
-    /// A run of a chunk to write into the base: bytes read from above it, or zeroes.
-    struct Run {
-        var range: Range<Int>
-        var zeroes: Bool
-    }
-
-    /// The runs above the base in the `count` bytes at `offset`, their bytes read into `buffer`
-    /// at their places; runs the base shows through are neither read nor listed.
-    private func runsAboveBase(at offset: Int64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) -> [Run] {
-        var runs: [Run] = []
-        var position = 0
-        while position < count {
-            let status = try top.blockStatus(at: offset + Int64(position), byteCount: Int64(count - position))
-            let range = position..<position + Int(status.byteCount)
-            position = range.upperBound
+    /// The runs of `chunk` above the base, their bytes read into `buffer` at their places; runs
+    /// the base shows through are neither read nor listed.
+    private func runsAboveBase(in chunk: ChunkedCopy.Chunk, into buffer: UnsafeMutableRawBufferPointer) throws(BlockError) -> [ChunkedCopy.Piece] {
+        var runs: [ChunkedCopy.Piece] = []
+        try ChunkedCopy.forEachRun(of: top, in: chunk) { (range, status) throws(BlockError) in
             // Held above the base, or zeroes because an image above it ends before the run.
             let aboveBase = status.isAllocated ? status.depth < baseDepth : status.isPastBackingEnd && status.depth + 1 < baseDepth
-            guard aboveBase else { continue }
+            guard aboveBase else { return }
             let zeroes = status.isZero && !status.isData
-            if !zeroes { try top.read(at: offset + Int64(range.lowerBound), into: UnsafeMutableRawBufferPointer(rebasing: buffer[range])) }
-            if let last = runs.last, last.range.upperBound == range.lowerBound, last.zeroes == zeroes {
-                runs[runs.count - 1].range = last.range.lowerBound..<range.upperBound // one write for neighbours alike
-            } else {
-                runs.append(Run(range: range, zeroes: zeroes))
-            }
+            if !zeroes { try top.read(at: chunk.offset + Int64(range.lowerBound), into: UnsafeMutableRawBufferPointer(rebasing: buffer[range])) }
+            runs.appendMerging(range, zeroes: zeroes)
         }
         return runs
     }

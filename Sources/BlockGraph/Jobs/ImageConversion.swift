@@ -8,8 +8,6 @@
 // Zeroes are skipped cluster by cluster in a format with clusters (an unallocated cluster), in
 // 64 KiB holes in raw; what reads as zeroes by block status is not even read, since the new
 // image reads as zeroes already and writing zeroes would only fill its holes.
-import Glibc
-import Synchronization
 
 /// A copy of every guest-visible byte of one image into another of at least its length, as
 /// `qemu-img convert` makes it: sparse (runs of zeroes left unallocated), laid out in guest
@@ -26,19 +24,8 @@ public final class ImageConversion: Sendable {
     public let target: BlockImage
     /// Clusters are compressed by the workers and stored compressed, in order.
     public let compressing: Bool
-    /// The granularity at which zeroes are skipped: a cluster of the target's format, or a hole
-    /// of `holeBytes` where the format has no clusters.
-    let pieceBytes: Int
-    let chunkBytes: Int
-    let length: Int64
-    private let chunks: OrderedChunks
-    private let written = Atomic<Int64>(0)
-
-    /// Bytes a worker reads and then writes in its turn: large enough that syscalls and the
-    /// hand-over between workers (a futex wake-up each) cost nothing next to the copy.
-    static let chunkBytes = 4 << 20
-    /// The granularity at which runs of zeroes are left as holes in a target without clusters.
-    static let holeBytes = 64 << 10
+    /// The chunks; their pieces, at which zeroes are skipped, are the target's clusters.
+    private let chunks: ChunkedCopy
 
     /// A conversion of `source` into `target`; nothing is copied until `run`. Fails when
     /// `target` is shorter than `source`. A target format that cannot store compressed clusters
@@ -47,37 +34,25 @@ public final class ImageConversion: Sendable {
         self.source = source
         self.target = target
         compressing = compressed
-        length = try source.length()
+        let length = try source.length()
         let targetLength = try target.length()
         guard targetLength >= length else {
             throw BlockError(.invalidRequest, "the target image (\(targetLength) bytes) is shorter than the source (\(length) bytes)")
         }
-        pieceBytes = target.clusterBytes ?? Self.holeBytes
-        chunkBytes = max(Self.chunkBytes, pieceBytes)
-        chunks = OrderedChunks(count: Int((length + Int64(chunkBytes) - 1) / Int64(chunkBytes)))
+        chunks = ChunkedCopy(length: length, clusterBytes: target.clusterBytes)
     }
-
-    /// The workers a conversion starts unless told otherwise: one per online core.
-    public static var defaultWorkers: Int { max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
 
     /// Copies everything, once, calling `progress` with the bytes done after each chunk, then flushes
     /// the target: with `syncAtEnd`, whatever its cache mode (one `fdatasync` that makes the
     /// copy durable); without, as its cache mode says.
-    public func run(workers: Int = ImageConversion.defaultWorkers, syncAtEnd: Bool,
+    public func run(workers: Int = ChunkedCopy.defaultWorkers, syncAtEnd: Bool,
                     progress: @escaping @Sendable (Int64) -> Void = { _ in }) throws(BlockError) {
-        try chunks.run(workers: workers, buffers: 1, bufferBytes: chunkBytes, prepare: { (index, buffers) throws(BlockError) in
-            try self.prepare(self.chunk(index, in: buffers[0]), at: Int64(index) * Int64(self.chunkBytes))
-        }, finish: { (index, pieces, buffers) throws(BlockError) in
-            let chunk = self.chunk(index, in: buffers[0])
-            try self.store(pieces, of: UnsafeRawBufferPointer(chunk), at: Int64(index) * Int64(self.chunkBytes))
-            progress(self.written.add(Int64(chunk.count), ordering: .relaxed).newValue)
+        try chunks.run(workers: workers, buffers: 1, progress: progress, prepare: { (chunk, buffers) throws(BlockError) in
+            try self.prepare(buffers[0], at: chunk.offset)
+        }, finish: { (chunk, pieces, buffers) throws(BlockError) in
+            try self.store(pieces, of: UnsafeRawBufferPointer(buffers[0]), at: chunk.offset)
         })
         if syncAtEnd { try target.flushIgnoringCacheMode() } else { try target.flush() }
-    }
-
-    /// The part of a worker's buffer that chunk `index` fills: a whole chunk but at the end.
-    private func chunk(_ index: Int, in buffer: UnsafeMutableRawBufferPointer) -> UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(Int64(chunkBytes), length - Int64(index) * Int64(chunkBytes)))])
     }
 
     /// One piece of a prepared chunk: bytes to copy as they are, or a compressed cluster.
@@ -90,6 +65,7 @@ public final class ImageConversion: Sendable {
     /// time.
     private func prepare(_ chunk: UnsafeMutableRawBufferPointer, at offset: Int64) throws(BlockError) -> [Piece] {
         var pieces: [Piece] = []
+        let pieceBytes = chunks.pieceBytes
         let probeBytes = max(Self.probeBytes, pieceBytes)
         for probeStart in stride(from: 0, to: chunk.count, by: probeBytes) {
             let probe = probeStart..<min(probeStart + probeBytes, chunk.count)

@@ -8,13 +8,12 @@
 // at all, counts as zeroes). The rest is read from both sides and compared a cluster at a time;
 // a cluster that differs is written whole (no copy-on-write), or zeroed where the old chain
 // reported zeroes. Workers read and compare chunks in parallel and write them in order
-// (OrderedChunks), so the image's new clusters are laid out in guest order.
+// (ChunkedCopy), so the image's new clusters are laid out in guest order.
 //
 // Crash safety: each write puts into the image what the guest already read through it, so a
 // crash during the copy leaves an image that reads as before; the header names the new backing
 // image only afterwards (BlockDriver.changeBackingFile, which makes the copy durable first).
 import Glibc
-import Synchronization
 
 /// The copy of a safe rebase of `image` onto `newBacking` (nil: onto no backing image, so the
 /// image is to stand alone). The header is not changed here.
@@ -23,71 +22,47 @@ public final class ImageRebase: Sendable {
     public let image: BlockImage
     /// The new backing image, open read-only; nil to copy everything the old chain provides.
     public let newBacking: BlockImage?
-    let length: Int64
+    /// What the new backing image reads as: zeroes past it.
     let newLength: Int64
-    /// The unit compared and written: the image's cluster, or 64 KiB for a format without.
-    let pieceBytes: Int
-    let chunkBytes: Int
-    private let chunks: OrderedChunks
-    private let done = Atomic<Int64>(0)
-
-    /// Bytes a worker compares and then writes in its turn.
-    static let chunkBytes = 4 << 20
+    /// The chunks; their pieces, compared and written, are the image's clusters.
+    private let chunks: ChunkedCopy
 
     /// A rebase of `image` onto `newBacking`; nothing is read until `run`.
     public init(_ image: BlockImage, onto newBacking: BlockImage?) throws(BlockError) {
         self.image = image
         self.newBacking = newBacking
-        length = try image.length()
         newLength = try newBacking?.length() ?? 0
-        pieceBytes = image.clusterBytes ?? 64 << 10
-        chunkBytes = max(Self.chunkBytes, pieceBytes)
-        chunks = OrderedChunks(count: Int((length + Int64(chunkBytes) - 1) / Int64(chunkBytes)))
+        chunks = ChunkedCopy(length: try image.length(), clusterBytes: image.clusterBytes)
     }
 
     /// Compares and copies everything, once, calling `progress` with the bytes done after each
     /// chunk, then flushes the image.
-    public func run(workers: Int = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))),
+    public func run(workers: Int = ChunkedCopy.defaultWorkers,
                     progress: @escaping @Sendable (Int64) -> Void = { _ in }) throws(BlockError) {
         // Two buffers a worker: the old chain's bytes and the new backing image's.
-        try chunks.run(workers: workers, buffers: 2, bufferBytes: chunkBytes, prepare: { (index, buffers) throws(BlockError) in
-            let offset = Int64(index) * Int64(self.chunkBytes)
-            return try self.compare(at: offset, count: self.count(at: offset), old: buffers[0], new: buffers[1])
-        }, finish: { (index, pieces, buffers) throws(BlockError) in
-            let offset = Int64(index) * Int64(self.chunkBytes)
+        try chunks.run(workers: workers, buffers: 2, progress: progress, prepare: { (chunk, buffers) throws(BlockError) in
+            try self.compare(chunk, old: buffers[0], new: buffers[1])
+        }, finish: { (chunk, pieces, buffers) throws(BlockError) in
             for piece in pieces {
-                let at = offset + Int64(piece.range.lowerBound)
+                let at = chunk.offset + Int64(piece.range.lowerBound)
                 if piece.zeroes {
                     try self.image.writeZeroes(at: at, byteCount: Int64(piece.range.count))
                 } else {
                     try self.image.write(at: at, from: UnsafeRawBufferPointer(rebasing: buffers[0][piece.range]))
                 }
             }
-            progress(self.done.add(Int64(self.count(at: offset)), ordering: .relaxed).newValue)
         })
         try image.flush()
     }
 
-    /// The bytes of the chunk at `offset`: a whole chunk but at the end.
-    private func count(at offset: Int64) -> Int { Int(min(Int64(chunkBytes), length - offset)) }
-
-    /// A cluster-sized piece to write: the old chain's bytes, or zeroes.
-    struct Piece {
-        var range: Range<Int>
-        var zeroes: Bool
-    }
-
     /// The pieces of one chunk where the old chain and the new backing image differ, with the
     /// old bytes left in `old` at the pieces' places.
-    private func compare(at offset: Int64, count: Int, old: UnsafeMutableRawBufferPointer,
-                         new: UnsafeMutableRawBufferPointer) throws(BlockError) -> [Piece] {
-        var pieces: [Piece] = []
-        var position = 0
-        while position < count {
-            let status = try image.blockStatus(at: offset + Int64(position), byteCount: Int64(count - position))
-            let run = position..<position + Int(status.byteCount)
-            position = run.upperBound
-            if status.isAllocated && status.depth == 0 { continue } // the image's own: the new base never shows
+    private func compare(_ chunk: ChunkedCopy.Chunk, old: UnsafeMutableRawBufferPointer,
+                         new: UnsafeMutableRawBufferPointer) throws(BlockError) -> [ChunkedCopy.Piece] {
+        let offset = chunk.offset
+        var pieces: [ChunkedCopy.Piece] = []
+        try ChunkedCopy.forEachRun(of: image, in: chunk) { (run, status) throws(BlockError) in
+            if status.isAllocated && status.depth == 0 { return } // the image's own: the new base never shows
             var start = run.lowerBound
             while start < run.upperBound {
                 let (newCount, newIsZero) = try newStatus(at: offset + Int64(start), byteCount: run.upperBound - start)
@@ -130,7 +105,8 @@ public final class ImageRebase: Sendable {
     /// Compares `part` of the chunk piece by piece (pieces aligned to the image's clusters) and
     /// adds those that differ, merging neighbours that are alike into one write.
     private func appendDifferences(in part: Range<Int>, chunkOffset: Int64, oldIsZero: Bool, old: UnsafeMutableRawBufferPointer,
-                                   new: UnsafeMutableRawBufferPointer, to pieces: inout [Piece]) {
+                                   new: UnsafeMutableRawBufferPointer, to pieces: inout [ChunkedCopy.Piece]) {
+        let pieceBytes = chunks.pieceBytes
         var start = part.lowerBound
         while start < part.upperBound {
             let guestOffset = chunkOffset + Int64(start)
@@ -138,11 +114,7 @@ public final class ImageRebase: Sendable {
             let range = start..<pieceEnd
             start = pieceEnd
             if memcmp(old.baseAddress! + range.lowerBound, new.baseAddress! + range.lowerBound, range.count) == 0 { continue }
-            if let last = pieces.last, last.range.upperBound == range.lowerBound, last.zeroes == oldIsZero {
-                pieces[pieces.count - 1].range = last.range.lowerBound..<range.upperBound
-            } else {
-                pieces.append(Piece(range: range, zeroes: oldIsZero))
-            }
+            pieces.appendMerging(range, zeroes: oldIsZero)
         }
     }
 }

@@ -1,4 +1,4 @@
-// OrderedTurns: the copying jobs' workers (OrderedChunks) prepare chunks in parallel but write
+// OrderedTurns: the copying jobs' workers (ChunkedCopy) prepare chunks in parallel but write
 // them strictly in order; each waits on a condition variable (a futex), not a spin, for its turn.
 import Glibc
 
