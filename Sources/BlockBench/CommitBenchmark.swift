@@ -33,27 +33,19 @@ package struct CommitBenchmark {
     package func run() throws(BlockError) -> SideBySide {
         defer { for path in [base, overlay, pristineBase, pristineOverlay] { unlink(path) } }
         try makeImages()
-        let arguments = ["commit", "-f", "qcow2", "-t", "writeback", overlay]
         var runs = 0
-        var outputs: [String: [UInt8]] = [:]
-        func timed(_ executable: String) throws(BlockError) -> Double {
+        let result = try SideBySide.measure("commit of a \(humanSize(overlayBytes)) qcow2 overlay (every cluster random data) into an empty qcow2 base",
+                                            rounds: rounds) { (executable) throws(BlockError) in
             progress.update(Double(runs) / Double(rounds * 2), "round \(runs / 2 + 1) of \(rounds)")
             runs += 1
             for (from, to) in [(pristineBase, base), (pristineOverlay, overlay)] {
                 _ = try BenchProcess.timedRun("/bin/cp", [from, to])
             }
             _ = try BenchProcess.timedRun("/bin/sync", [base, overlay])
-            let (seconds, output) = try BenchProcess.timedRun(executable, arguments)
-            outputs[executable] = output
-            return seconds
+            return try BenchProcess.timedRun(executable, ["commit", "-f", "qcow2", "-t", "writeback", overlay])
         }
-        let (ours, theirs) = try alternating(rounds: rounds, ours: { () throws(BlockError) in try timed(BenchPrograms.blk) },
-                                             baseline: { () throws(BlockError) in try BenchPrograms.qemuImg.map { qemuImg throws(BlockError) in try timed(qemuImg) } })
         progress.finish()
-        let qemuSeconds = theirs.isEmpty ? nil : theirs.best
-        return SideBySide(scenario: "commit of a \(humanSize(overlayBytes)) qcow2 overlay (every cluster random data) into an empty qcow2 base",
-                          blkSeconds: ours.best, qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best }, sameOutput: BenchPrograms.qemuImg.map { outputs[$0] == outputs[BenchPrograms.blk] },
-                          target: "≥ 1.0×")
+        return result
     }
 
     /// An empty base and an overlay over it with every cluster written, as the pristine pair.

@@ -10,14 +10,6 @@ import FoundationEssentials
 import Glibc
 
 package struct ConvertBenchmark {
-    package struct Scenario: Encodable {
-        package var scenario: String
-        package var blkSeconds: Double
-        package var qemuImgSeconds: Double?
-        package var ratio: Double?
-        package var target: String
-    }
-
     package let directory: String
     package let sourceBytes: Int64
     package let rounds: Int
@@ -33,7 +25,7 @@ package struct ConvertBenchmark {
     private var source: String { directory + "/blk-bench-convert-\(getpid()).raw" }
     private var output: String { directory + "/blk-bench-convert-\(getpid()).out" }
 
-    package func run() throws(BlockError) -> [Scenario] {
+    package func run() throws(BlockError) -> [SideBySide] {
         try makeSource()
         defer {
             unlink(source)
@@ -44,24 +36,18 @@ package struct ConvertBenchmark {
             ("raw → qcow2, unflushed (-t unsafe, qemu-img's default)", ["-O", "qcow2", "-t", "unsafe"], "≥ 1.0×"),
             ("raw → qcow2, compressed (-c -t unsafe)", ["-c", "-O", "qcow2", "-t", "unsafe"], "report only"),
         ]
-        var results: [Scenario] = []
+        var results: [SideBySide] = []
         for (number, (name, arguments, target)) in scenarios.enumerated() {
             progress.update(Double(number) / Double(scenarios.count), name)
-            let convert = ["convert", "-f", "raw"] + arguments + [source, output]
-            let (ours, theirs) = try alternating(rounds: rounds, ours: { () throws(BlockError) in try time(BenchPrograms.blk, convert) },
-                                                 baseline: { () throws(BlockError) in try BenchPrograms.qemuImg.map { qemuImg throws(BlockError) in try time(qemuImg, convert) } })
-            let qemuSeconds = theirs.isEmpty ? nil : theirs.best
-            results.append(Scenario(scenario: "\(name), \(humanSize(sourceBytes)) (half data)", blkSeconds: ours.best,
-                                    qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best }, target: target))
+            // Both print nothing: the outputs say nothing about the copies.
+            results.append(try SideBySide.measure("\(name), \(humanSize(sourceBytes)) (half data)", rounds: rounds, target: target,
+                                                  comparingOutputs: false) { (executable) throws(BlockError) in
+                unlink(output)
+                return try BenchProcess.timedRun(executable, ["convert", "-f", "raw"] + arguments + [source, output])
+            })
         }
         progress.finish()
         return results
-    }
-
-    /// Wall time of one run of `executable`, which must succeed, into a fresh output file.
-    private func time(_ executable: String, _ arguments: [String]) throws(BlockError) -> Double {
-        unlink(output)
-        return try BenchProcess.timedRun(executable, arguments).seconds
     }
 
     /// Every other MiB written with words drawn from a small vocabulary, the rest left zero.

@@ -33,24 +33,13 @@ package struct RebaseBenchmark {
         try createBenchImage("qcow2", at: overlay, ImageCreateOptions(virtualSize: baseBytes, backingFile: lastComponent(oldBase), backingFormat: "qcow2"))
         progress.update(0.5, "rebasing")
         let arguments = ["rebase", "-f", "qcow2", "-b", lastComponent(newBase), "-F", "qcow2", rebased]
-        var outputs: (blk: [UInt8], qemuImg: [UInt8]?) = ([], nil)
-        let (ours, theirs) = try alternating(rounds: rounds, ours: { () throws(BlockError) in
+        let result = try SideBySide.measure("safe rebase onto a base differing in 10 % of its clusters, \(humanSize(baseBytes)) qcow2 bases",
+                                            rounds: rounds) { (executable) throws(BlockError) in
             try freshOverlay()
-            let (seconds, output) = try BenchProcess.timedRun(BenchPrograms.blk, arguments)
-            outputs.blk = output
-            return seconds
-        }, baseline: { () throws(BlockError) -> Double? in
-            guard let qemuImg = BenchPrograms.qemuImg else { return nil }
-            try freshOverlay()
-            let (seconds, output) = try BenchProcess.timedRun(qemuImg, arguments)
-            outputs.qemuImg = output
-            return seconds
-        })
+            return try BenchProcess.timedRun(executable, arguments)
+        }
         progress.finish()
-        let qemuSeconds = theirs.isEmpty ? nil : theirs.best
-        return SideBySide(scenario: "safe rebase onto a base differing in 10 % of its clusters, \(humanSize(baseBytes)) qcow2 bases",
-                          blkSeconds: ours.best, qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best },
-                          sameOutput: outputs.qemuImg.map { $0 == outputs.blk }, target: "≥ 1.0×")
+        return result
     }
 
     private func lastComponent(_ path: String) -> String { String(path.split(separator: "/").last ?? "") }

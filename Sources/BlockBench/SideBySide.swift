@@ -9,27 +9,39 @@ package struct SideBySide: Encodable {
     package var blkSeconds: Double
     package var qemuImgSeconds: Double?
     package var ratio: Double?
-    /// Whether blk printed exactly what qemu-img printed; nil without qemu-img.
+    /// Whether blk printed exactly what qemu-img printed; nil without qemu-img, or where the
+    /// outputs are not compared.
     package var sameOutput: Bool?
     package var target: String
 
     /// Runs `blk ARGUMENTS` and `qemu-img ARGUMENTS` `rounds` times each; both must exit with
     /// `expectedStatus`.
     package static func measure(_ scenario: String, _ arguments: [String], rounds: Int, expectedStatus: Int32 = 0,
-                        target: String = "≥ 1.0×") throws(BlockError) -> SideBySide {
+                                target: String = "≥ 1.0×") throws(BlockError) -> SideBySide {
+        try measure(scenario, rounds: rounds, target: target) { (executable) throws(BlockError) in
+            try BenchProcess.timedRun(executable, arguments, expectedStatus: expectedStatus)
+        }
+    }
+
+    /// Times `run` `rounds` times with blk's executable and as many with qemu-img's, if it is
+    /// installed; `run` prepares what one run needs, untimed, and returns the timed command's
+    /// wall time and output. Without `comparingOutputs` (a command that prints nothing) the
+    /// outputs are not compared.
+    static func measure(_ scenario: String, rounds: Int, target: String = "≥ 1.0×", comparingOutputs: Bool = true,
+                        _ run: (_ executable: String) throws(BlockError) -> (seconds: Double, output: [UInt8])) throws(BlockError) -> SideBySide {
         var outputs: (blk: [UInt8], qemuImg: [UInt8]?) = ([], nil)
         let (ours, theirs) = try alternating(rounds: rounds, ours: { () throws(BlockError) in
-            let (seconds, output) = try BenchProcess.timedRun(BenchPrograms.blk, arguments, expectedStatus: expectedStatus)
+            let (seconds, output) = try run(BenchPrograms.blk)
             outputs.blk = output
             return seconds
         }, baseline: { () throws(BlockError) -> Double? in
             guard let qemuImg = BenchPrograms.qemuImg else { return nil }
-            let (seconds, output) = try BenchProcess.timedRun(qemuImg, arguments, expectedStatus: expectedStatus)
+            let (seconds, output) = try run(qemuImg)
             outputs.qemuImg = output
             return seconds
         })
         let qemuSeconds = theirs.isEmpty ? nil : theirs.best
         return SideBySide(scenario: scenario, blkSeconds: ours.best, qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / ours.best },
-                          sameOutput: outputs.qemuImg.map { $0 == outputs.blk }, target: target)
+                          sameOutput: comparingOutputs ? outputs.qemuImg.map { $0 == outputs.blk } : nil, target: target)
     }
 }

@@ -38,25 +38,15 @@ package struct SnapshotBenchmark {
             try makeImage(theirs)
         }
         progress.update(0.8, "snapshot create, alternating")
-        var outputs: (blk: [UInt8], qemuImg: [UInt8]?) = ([], nil)
-        let (blkTimes, qemuTimes) = try alternating(rounds: rounds, ours: { () throws(BlockError) in
-            let (seconds, output) = try createAndDelete(BenchPrograms.blk, ours)
-            outputs.blk = output
-            return seconds
-        }, baseline: { () throws(BlockError) -> Double? in
-            guard let qemuImg = BenchPrograms.qemuImg else { return nil }
-            let (seconds, output) = try createAndDelete(qemuImg, theirs)
-            outputs.qemuImg = output
-            return seconds
-        })
+        let result = try SideBySide.measure("snapshot -c, \(humanSize(virtualBytes)) qcow2 with \(humanSize(allocatedBytes)) allocated, best of \(rounds)",
+                                            rounds: rounds) { (executable) throws(BlockError) in
+            try createAndDelete(executable, executable == BenchPrograms.blk ? ours : theirs)
+        }
         if let qemuImg = BenchPrograms.qemuImg {
             for image in [ours, theirs] { _ = try BenchProcess.timedRun(qemuImg, ["check", "-q", image]) }
         }
         progress.finish()
-        let qemuSeconds = qemuTimes.isEmpty ? nil : qemuTimes.best
-        return SideBySide(scenario: "snapshot -c, \(humanSize(virtualBytes)) qcow2 with \(humanSize(allocatedBytes)) allocated, best of \(rounds)",
-                          blkSeconds: blkTimes.best, qemuImgSeconds: qemuSeconds, ratio: qemuSeconds.map { $0 / blkTimes.best },
-                          sameOutput: outputs.qemuImg.map { $0 == outputs.blk }, target: "≥ 1.0×")
+        return result
     }
 
     /// The wall time and output of `snapshot -c`; the delete after it is not timed.

@@ -10,7 +10,7 @@ struct CompareBenchCommand: ParsableCommand {
     @OptionGroup var options: ImageBenchOptions
 
     func run() throws {
-        try options.measure("compare") { (progress) throws(BlockError) in
+        try options.bench.measure("compare") { (progress) throws(BlockError) in
             try CompareBenchmark(directory: options.bench.dir, imageBytes: options.size.value, rounds: options.rounds, progress: progress).run()
         }
     }

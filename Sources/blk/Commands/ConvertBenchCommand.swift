@@ -3,8 +3,6 @@ import ArgumentParser
 import BlockBench
 import BlockCLI
 import BlockLayer
-import FoundationEssentials
-import Posix
 
 struct ConvertBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -19,25 +17,8 @@ struct ConvertBenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let results: [ConvertBenchmark.Scenario]
-        do throws(BlockError) {
-            results = try ConvertBenchmark(directory: bench.dir, sourceBytes: size.value, rounds: rounds, progress: bench.progress).run()
-        } catch {
-            throw report(error, json: bench.json)
-        }
-        if bench.json {
-            printJSON(results)
-            return
-        }
-        for result in results {
-            print("blk bench convert: \(result.scenario)")
-            print("  blk        " + formatted("%8.3f s", result.blkSeconds))
-            if let seconds = result.qemuImgSeconds, let ratio = result.ratio {
-                print("  qemu-img   " + formatted("%8.3f s", seconds))
-                print("  ratio      " + formatted("%.2f×", ratio) + " (target \(result.target))")
-            } else {
-                print("  qemu-img   not installed (Debian package qemu-utils): no baseline")
-            }
+        try bench.measure("convert") { (progress) throws(BlockError) in
+            try ConvertBenchmark(directory: bench.dir, sourceBytes: size.value, rounds: rounds, progress: progress).run()
         }
     }
 }

@@ -3,7 +3,6 @@ import ArgumentParser
 import BlockBench
 import BlockCLI
 import BlockLayer
-import FoundationEssentials
 
 struct MapBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,16 +20,8 @@ struct MapBenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let results: [SideBySide]
-        do throws(BlockError) {
-            results = try MapBenchmark(directory: bench.dir, virtualBytes: size.value, writes: writes, rounds: rounds, progress: bench.progress).run()
-        } catch {
-            throw report(error, json: bench.json)
-        }
-        if bench.json {
-            printJSON(results)
-        } else {
-            results.forEach { print($0.printed(command: "map")) }
+        try bench.measure("map") { (progress) throws(BlockError) in
+            try MapBenchmark(directory: bench.dir, virtualBytes: size.value, writes: writes, rounds: rounds, progress: progress).run()
         }
     }
 }

@@ -11,7 +11,7 @@ struct RebaseBenchCommand: ParsableCommand {
     @OptionGroup var options: ImageBenchOptions
 
     func run() throws {
-        try options.measure("rebase") { (progress) throws(BlockError) in
+        try options.bench.measure("rebase") { (progress) throws(BlockError) in
             [try RebaseBenchmark(directory: options.bench.dir, baseBytes: options.size.value, rounds: options.rounds, progress: progress).run()]
         }
     }

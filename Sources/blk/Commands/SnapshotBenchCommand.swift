@@ -3,7 +3,6 @@ import ArgumentParser
 import BlockBench
 import BlockCLI
 import BlockLayer
-import FoundationEssentials
 
 struct SnapshotBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -18,16 +17,8 @@ struct SnapshotBenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let result: SideBySide
-        do throws(BlockError) {
-            result = try SnapshotBenchmark(directory: bench.dir, virtualBytes: size.value, rounds: rounds, progress: bench.progress).run()
-        } catch {
-            throw report(error, json: bench.json)
-        }
-        if bench.json {
-            printJSON(result)
-        } else {
-            print(result.printed(command: "snapshot"))
+        try bench.measure("snapshot", jsonObject: true) { (progress) throws(BlockError) in
+            [try SnapshotBenchmark(directory: bench.dir, virtualBytes: size.value, rounds: rounds, progress: progress).run()]
         }
     }
 }
