@@ -72,17 +72,6 @@ struct CommitChain: Sendable, CustomStringConvertible {
     }
 }
 
-/// `qemu-img check` and `blk check` of a qcow2 image: clean, or (with `leaksAllowed`) leaks only.
-func expectSound(_ path: String, leaksAllowed: Bool, _ context: String, qemu: Bool = true) throws {
-    let allowed: Set<Int32> = leaksAllowed ? [0, 3] : [0]
-    let blkCheck = try run(blkPath, ["check", "-f", "qcow2", path])
-    #expect(allowed.contains(blkCheck.status), "\(context): blk check \(path): \(blkCheck)")
-    if qemu {
-        let qemuCheck = try run("/usr/bin/qemu-img", ["check", "-f", "qcow2", path])
-        #expect(allowed.contains(qemuCheck.status), "\(context): qemu-img check \(path): \(qemuCheck)")
-    }
-}
-
 /// Whether the guest sees through `top` exactly the bytes of the raw file `expected`.
 func readsAs(_ top: String, _ expected: String) throws -> Bool {
     try run("/usr/bin/qemu-img", ["compare", "-q", "-f", "qcow2", "-F", "raw", top, expected]).status == 0

@@ -21,21 +21,11 @@ struct Qcow2CrashTests {
         try scratch.write(journal, Data())
         let wrote = try run(blkPath, ["io", "-f", "qcow2", "--record-writes", journal, image] + scenario.ioArguments)
         #expect(wrote.status == 0, "\(wrote)")
-        let states = CrashStates(base: base, journal: try Data(contentsOf: URL(fileURLWithPath: journal)))
-        #expect(states.count >= 4, "\(scenario.name): \(states.count) states")
         // Every state through blk (a bounded sample when there are very many), a few through QEMU.
-        let checked = states.sample(Soak.enabled ? states.count : 80)
         let probe = scratch.directory + "/crashed.qcow2"
-        for (position, state) in checked.enumerated() {
-            let label = state.label
-            try states.image(state).write(to: URL(fileURLWithPath: probe))
-            let blkCheck = try run(blkPath, ["check", "-f", "qcow2", probe])
-            #expect(blkCheck.status == 0 || blkCheck.status == 3, "\(scenario.name), \(label): \(blkCheck)")
-            if position.isMultiple(of: 10) || position == checked.count - 1 {
-                let qemuCheck = try run("/usr/bin/qemu-img", ["check", "-f", "qcow2", probe])
-                #expect(qemuCheck.status == 0 || qemuCheck.status == 3, "\(scenario.name), \(label): \(qemuCheck)")
-            }
+        try CrashStates.check("qcow2 \(scenario.name)", before: base, journal: try Data(contentsOf: URL(fileURLWithPath: journal)),
+                              probe: probe, sample: 80) { sampled in
+            try expectSound(probe, leaksAllowed: true, "\(scenario.name), \(sampled.label)", qemu: sampled.position.isMultiple(of: 10) || sampled.isLast)
         }
-        print("qcow2 \(scenario.name): \(states.count) crash states, \(checked.count) checked")
     }
 }

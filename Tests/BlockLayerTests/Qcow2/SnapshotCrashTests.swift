@@ -47,28 +47,16 @@ struct SnapshotCrashTests {
         return (base, before, after, try Data(contentsOf: URL(fileURLWithPath: journal)))
     }
 
-    func checkIsCleanOrLeaks(_ image: String, qemu: Bool) throws -> (Bool, String) {
-        let ours = try run(blkPath, ["check", "-f", "qcow2", image])
-        guard ours.status == 0 || ours.status == 3 else { return (false, "\(ours)") }
-        guard qemu else { return (true, "") }
-        let theirs = try run("/usr/bin/qemu-img", ["check", "-f", "qcow2", image])
-        return (theirs.status == 0 || theirs.status == 3, "\(theirs)")
-    }
-
     @Test("every crash state checks clean or with leaks only and reads as before or as after", arguments: operations)
     func crashStates(operation: [String]) throws {
         let (base, before, after, journal) = try journaled(operation)
-        let states = CrashStates(base: try Data(contentsOf: URL(fileURLWithPath: base)), journal: journal)
-        let checked = states.sample(Soak.enabled ? states.count : 16)
         let probe = scratch.directory + "/crashed.qcow2"
-        for (position, state) in checked.enumerated() {
-            try states.image(state).write(to: URL(fileURLWithPath: probe))
-            let (sound, report) = try checkIsCleanOrLeaks(probe, qemu: position.isMultiple(of: 4) || position == checked.count - 1)
-            #expect(sound, "\(operation), \(state.label): \(report)")
+        try CrashStates.check("snapshot \(operation)", before: try Data(contentsOf: URL(fileURLWithPath: base)), journal: journal,
+                              probe: probe, sample: 16, minimum: 1) { sampled in
+            try expectSound(probe, leaksAllowed: true, "\(operation), \(sampled.label)", qemu: sampled.position.isMultiple(of: 4) || sampled.isLast)
             let reading = try SnapshotReading(probe, scratch: scratch)
-            #expect(reading == before || reading == after, "\(operation), \(state.label): reads \(reading)")
+            #expect(reading == before || reading == after, "\(operation), \(sampled.label): reads \(reading)")
         }
-        print("snapshot \(operation): \(states.count) crash states, \(checked.count) checked")
     }
 
     @Test("each write and flush failing in turn is reported and leaves the image sound", arguments: operations)
@@ -83,8 +71,7 @@ struct SnapshotCrashTests {
                 let rule = "\(kind):\(step)" + (step.isMultiple(of: 2) ? ":enospc" : "")
                 try copy(base, to: image)
                 let result = try run(blkPath, ["snapshot", "--inject-fault", rule] + operation + [image])
-                let (sound, report) = try checkIsCleanOrLeaks(image, qemu: true)
-                #expect(sound, "\(operation), \(rule): \(report)")
+                try expectSound(image, leaksAllowed: true, "\(operation), \(rule)")
                 let reading = try SnapshotReading(image, scratch: scratch)
                 #expect(reading == before || reading == after, "\(operation), \(rule): reads \(reading)")
                 if step > count {
