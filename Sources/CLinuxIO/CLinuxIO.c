@@ -21,6 +21,8 @@ int blk_seek_data(void) { return SEEK_DATA; }
 
 int blk_seek_hole(void) { return SEEK_HOLE; }
 
+int blk_start_writeback(int descriptor) { return sync_file_range(descriptor, 0, 0, SYNC_FILE_RANGE_WRITE); }
+
 int blk_dup3_cloexec(int from, int onto) { return dup3(from, onto, O_CLOEXEC); }
 
 int blk_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }

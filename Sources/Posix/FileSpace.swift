@@ -52,6 +52,13 @@ extension FileDescriptor {
         valueOrErrno("fdatasync", { fdatasync(rawValue) }).map { _ in () }
     }
 
+    /// sync_file_range(2) with SYNC_FILE_RANGE_WRITE over the whole file: the kernel starts
+    /// writing back its dirty pages now rather than when they age, and does not wait for them.
+    /// Durability still takes `synchronizeData`.
+    public func startWriteback() -> Result<Void, SystemCallError> {
+        valueOrErrno("sync_file_range", { blk_start_writeback(rawValue) }).map { _ in () }
+    }
+
     /// fsync(2): the file's data and all its metadata (for a folder: its entries) on the storage.
     public func synchronize() -> Result<Void, SystemCallError> {
         valueOrErrno("fsync", { fsync(rawValue) }).map { _ in () }

@@ -290,6 +290,16 @@ public final class FileDriver: BlockDriver {
         try leased { () throws(BlockError) in try unleasedFlush(evenIfUnsafe: true) }
     }
 
+    /// Starts writing back what is written so far, without waiting (sync_file_range): a long
+    /// copy that ends in a flush (a commit) gets the disk working during the copy, so the flush
+    /// has only the last of it left. A hint: nothing for `unsafe` (no flush will wait for the
+    /// disk) or a file open read-only, and a failure is left to the flush, which reports the
+    /// write-back errors of the file whoever started them.
+    public func startWriteback() {
+        guard writableFlag.load(ordering: .acquiring), cache != .unsafe else { return }
+        _ = descriptor.startWriteback()
+    }
+
     private func unleasedFlush(evenIfUnsafe: Bool) throws(BlockError) {
         try flushFailure.withLock { (flushFailure) throws(BlockError) in
             if let failure = flushFailure {

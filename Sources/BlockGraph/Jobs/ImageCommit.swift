@@ -22,7 +22,10 @@
 // its chunk into the base, the other reads the next from above it, and chunks are written in
 // guest order, so the base's new clusters lie in guest order as a one-thread copy laid them.
 // The order of the writes inside step 1 does not matter to a crash: until 2 the overlay hides
-// all of them.
+// all of them. After each chunk the base's file is asked to start writing back (sync_file_range):
+// the page cache would otherwise hold the whole copy until the flush in 2, which then waits for
+// all of it; so the disk works while the copy goes on. It changes no order: a write not yet
+// flushed may reach the disk or not, whenever the kernel chooses.
 import BlockLocking
 import SystemPackage
 
@@ -101,6 +104,7 @@ public final class ImageCommit: Sendable {
     /// order, so its new clusters are laid out in guest order while the next chunks are read.
     private func copyRunsAboveBase(length: Int64, workers: Int, _ progress: @escaping @Sendable (Int64) -> Void) throws(BlockError) {
         let chunks = ChunkedCopy(length: length, clusterBytes: base.driver.clusterBytes)
+        let baseFile = Self.fileDriver(of: base)
         try chunks.run(workers: workers, buffers: 1, progress: progress, prepare: { (chunk, buffers) throws(BlockError) in
             try self.runsAboveBase(in: chunk, into: buffers[0])
         }, finish: { (chunk, runs, buffers) throws(BlockError) in
@@ -112,6 +116,7 @@ public final class ImageCommit: Sendable {
                     try self.base.driver.write(at: at, from: UnsafeRawBufferPointer(rebasing: buffers[0][run.range]))
                 }
             }
+            baseFile?.startWriteback()
         })
     }
 

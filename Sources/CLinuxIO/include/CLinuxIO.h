@@ -1,6 +1,6 @@
 // CLinuxIO: the shim of the Posix module — the file-I/O calls and flags Swift's Glibc module
 // hides behind _GNU_SOURCE: fallocate(2) and its modes, O_DIRECT, SEEK_DATA, SEEK_HOLE,
-// dup3(2) and pidfd_open(2). Values are kernel ABI (include/uapi/linux/falloc.h).
+// sync_file_range(2), dup3(2) and pidfd_open(2). Values are kernel ABI (include/uapi/linux/falloc.h).
 #ifndef CLINUXIO_H
 #define CLINUXIO_H
 
@@ -24,6 +24,10 @@ int blk_seek_data(void);
 /// lseek's SEEK_HOLE whence: the next offset at or after the given one that starts a hole (the
 /// end of the file counts as one).
 int blk_seek_hole(void);
+
+/// sync_file_range(2) over the whole file with SYNC_FILE_RANGE_WRITE: starts writing back the
+/// dirty pages not yet on their way, without waiting for them.
+int blk_start_writeback(int descriptor);
 
 /// dup3(2) with O_CLOEXEC: makes `onto` refer to `from`'s open file description in one step,
 /// so the number `onto` is never free in between, and no child process inherits it.
