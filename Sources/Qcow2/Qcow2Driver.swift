@@ -357,6 +357,15 @@ public final class Qcow2Driver: BlockDriver {
             return PermissionRequest(held: parentsNeed.held.intersection(.consistentRead),
                                      unshared: parentsNeed.unshared.contains(.write) ? [.write, .resize] : [])
         }
+        if role == .data {
+            // QEMU's BDRV_CHILD_DATA: the parents' needs pass through, and nobody may resize the
+            // file under the guest data; unlike the metadata's file, a reader shares writes to it,
+            // as qemu-img's and qemu-io's readers do (checked in Qcow2DataFileTests).
+            var request = parentsNeed
+            if request.held.contains(.write) { request.held.insert(.resize) }
+            if !forceShare { request.unshared.insert(.resize) }
+            return request
+        }
         var request = parentsNeed
         if request.held.contains(.write) { request.held.insert(.resize) }
         if !forceShare { request.unshared.formUnion([.write, .resize]) }

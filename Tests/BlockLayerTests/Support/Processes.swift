@@ -181,6 +181,8 @@ final class LineProcess: @unchecked Sendable {
     private var lines: [String] = []
     private var errorText = ""
     private let arrived = DispatchSemaphore(value: 0)
+    /// Signalled once stderr has been read to its end.
+    private let errorsRead = DispatchSemaphore(value: 0)
     let arguments: [String]
 
     init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
@@ -203,6 +205,7 @@ final class LineProcess: @unchecked Sendable {
         Thread.detachNewThread { [self, child] in
             let text = readAll(child.errors)
             lock.withLock { errorText = text }
+            errorsRead.signal()
         }
     }
 
@@ -224,8 +227,12 @@ final class LineProcess: @unchecked Sendable {
 
     var pid: Int32 { child.pid }
 
-    /// What the process wrote to stderr; complete once it has exited.
-    var stderr: String { lock.withLock { errorText } }
+    /// What the process wrote to stderr: once it has exited, all of it (the reading thread may
+    /// still be draining the pipe when the exit is seen, so wait for it, seconds at most).
+    var stderr: String {
+        if !child.isRunning, errorsRead.wait(timeout: .now() + 10) == .success { errorsRead.signal() }
+        return lock.withLock { errorText }
+    }
 
     func send(_ line: String) { child.write(line + "\n") }
 
