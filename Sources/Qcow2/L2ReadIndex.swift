@@ -54,44 +54,40 @@ final class L2ReadIndex: @unchecked Sendable {
     /// or nil when the caller must ask the cache under its lock.
     @inline(__always)
     func entry(l1Index: Int, entryIndex: Int) -> UInt64? {
-        let before = sequence.load(ordering: .acquiring)
-        guard before & 1 == 0 else { return nil }
-        let slots = currentSlots
-        guard l1Index >= 0, l1Index < Int(slots[0].load(ordering: .relaxed)) else { return nil }
-        let slot = slots[l1Index + 1].load(ordering: .relaxed)
-        guard slot != 0 else { return nil }
-        var entry: UInt64 = 0
-        var table: UnsafeMutablePointer<Atomic<UInt64>>?
-        if slot != Self.noTable {
-            table = UnsafeMutablePointer(bitPattern: slot)
-            entry = table.unsafelyUnwrapped[entryIndex].load(ordering: .relaxed)
-        }
-        atomicMemoryFence(ordering: .acquiring)
-        guard sequence.load(ordering: .relaxed) == before else { return nil }
-        if let table, table[entryCount].load(ordering: .relaxed) == 0 { table[entryCount].store(1, ordering: .relaxed) }
-        return entry
+        consistentLoad(l1Index: l1Index, ifNoTable: 0) { $0[entryIndex].load(ordering: .relaxed) }
     }
 
     /// An extended entry: the words at `entryIndex` and after it, seen together — a change
     /// between the two loads makes the reader ask the cache, never pair an entry with another's
     /// bitmap.
     func entryPair(l1Index: Int, entryIndex: Int) -> (entry: UInt64, bitmap: UInt64)? {
+        consistentLoad(l1Index: l1Index, ifNoTable: (0, 0)) {
+            ($0[entryIndex].load(ordering: .relaxed), $0[entryIndex + 1].load(ordering: .relaxed))
+        }
+    }
+
+    /// `load` from the table of L1 index `l1Index` inside one even sequence number, and the
+    /// table marked as used; nil when a writer changed the index meanwhile or the table is not
+    /// in it.
+    @inline(__always)
+    private func consistentLoad<Value>(l1Index: Int, ifNoTable empty: Value,
+                                       _ load: (UnsafeMutablePointer<Atomic<UInt64>>) -> Value) -> Value? {
         let before = sequence.load(ordering: .acquiring)
         guard before & 1 == 0 else { return nil }
         let slots = currentSlots
         guard l1Index >= 0, l1Index < Int(slots[0].load(ordering: .relaxed)) else { return nil }
         let slot = slots[l1Index + 1].load(ordering: .relaxed)
         guard slot != 0 else { return nil }
-        var pair: (entry: UInt64, bitmap: UInt64) = (0, 0)
+        var value = empty
         var table: UnsafeMutablePointer<Atomic<UInt64>>?
         if slot != Self.noTable {
             table = UnsafeMutablePointer(bitPattern: slot)
-            pair = (table.unsafelyUnwrapped[entryIndex].load(ordering: .relaxed), table.unsafelyUnwrapped[entryIndex + 1].load(ordering: .relaxed))
+            value = load(table.unsafelyUnwrapped)
         }
         atomicMemoryFence(ordering: .acquiring)
         guard sequence.load(ordering: .relaxed) == before else { return nil }
         if let table, table[entryCount].load(ordering: .relaxed) == 0 { table[entryCount].store(1, ordering: .relaxed) }
-        return pair
+        return value
     }
 
     private var currentSlots: UnsafeMutablePointer<Atomic<UInt>> {
