@@ -117,7 +117,7 @@ extension Qcow2Driver {
         return ranges
     }
 
-    private func tableClusters(_ tableSize: UInt32) -> UInt64 {
+    func tableClusters(_ tableSize: UInt32) -> UInt64 {
         (UInt64(tableSize) * 8 + UInt64(clusterSize) - 1) / UInt64(clusterSize)
     }
 
@@ -202,7 +202,7 @@ extension Qcow2Driver {
     }
 
     /// Steps 1–3 of the order at the top of this file.
-    private func switchBitmaps(to bitmaps: [Qcow2Bitmap], writing tables: [(offset: UInt64, bytes: [UInt8])], releasing: [UInt64],
+    func switchBitmaps(to bitmaps: [Qcow2Bitmap], writing tables: [(offset: UInt64, bytes: [UInt8])], releasing: [UInt64],
                                from old: Qcow2Header.BitmapDirectory?, _ state: inout Qcow2WriterState) throws(BlockError) {
         let headerBytes = Int(min(Int64(clusterSize), try fileDriver.length()))
         let headerArea = try Qcow2HeaderUpdate(cluster: try Self.readBytes(file, at: 0, count: headerBytes))

@@ -3,12 +3,12 @@
 //
 //   1. the new L1 table (the old entries, then zeroes) and its refcounts; fdatasync;
 //   2. the header's size, L1 size and L1 offset — bytes 24–47, one write inside one sector;
-//      fdatasync;
+//      fdatasync. Persistent bitmaps whose tables must grow change with it
+//      (Qcow2BitmapResize.swift);
 //   3. the old L1 table's clusters lose their reference (then written and flushed).
 //
 // A crash before 2 leaves the new table as a leak and the image as it was; after 2, the old
-// table is at worst a leak. Shrinking is refused: it would drop guest data; so is resizing an
-// image with persistent bitmaps, whose tables are sized for the image.
+// table is at worst a leak. Shrinking is refused: it would drop guest data.
 import BlockGraph
 
 extension Qcow2Driver {
@@ -22,10 +22,7 @@ extension Qcow2Driver {
             }
             guard byteCount > current else { return }
             try prepareForWriting(&state)
-            // A bitmap's table is sized for the image: growing it is not done yet.
-            guard try bitmapState().bitmaps.isEmpty else {
-                throw BlockError(.unsupported, "qcow2: resizing an image with persistent dirty bitmaps is not supported by this build of blk")
-            }
+            try checkBitmapsCover(byteCount)
             try writeBackMetadata(&state)
             let clusterSize = UInt64(self.clusterSize)
             let bytesPerL1Entry = clusterSize * UInt64(l2Entries)
@@ -45,8 +42,7 @@ extension Qcow2Driver {
                 try writeBackMetadata(&state) // the table and its refcounts are durable
                 headerFields.setBigEndian(UInt32(needed), at: 12)
                 headerFields.setBigEndian(newOffset, at: 16)
-                try writeBytes(headerFields, at: 24)
-                try file.driver.flush()
+                try switchSize(headerFields, to: byteCount, &state)
                 let oldClusters = (UInt64(oldL1.count) * 8 + clusterSize - 1) / clusterSize
                 if state.l1TableOffset != 0 { // an empty L1 table may have no cluster of its own
                     state.pendingReleases += Array(state.l1TableOffset / clusterSize..<state.l1TableOffset / clusterSize + max(oldClusters, 1))
@@ -57,10 +53,8 @@ extension Qcow2Driver {
             } else {
                 headerFields.setBigEndian(UInt32(oldL1.count), at: 12)
                 headerFields.setBigEndian(state.l1TableOffset, at: 16)
-                try writeBytes(headerFields, at: 24)
-                try file.driver.flush()
+                try switchSize(headerFields, to: byteCount, &state)
             }
-            virtualSize.store(byteCount, ordering: .releasing)
         }
     }
 }
