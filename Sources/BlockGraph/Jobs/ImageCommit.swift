@@ -68,13 +68,14 @@ public final class ImageCommit: Sendable {
     }
 
     /// Writes every run above the base into it and makes it durable; then, with `emptyingTop`,
-    /// empties `top`. `progress` is called with the guest bytes gone through.
-    public func run(emptyingTop: Bool, workers: Int = ChunkedCopy.defaultWorkers,
+    /// empties `top`. `progress` is called with the guest bytes gone through. With `rateLimit`,
+    /// the data copied averages at most its bytes per second.
+    public func run(emptyingTop: Bool, workers: Int = ChunkedCopy.defaultWorkers, rateLimit: RateLimit? = nil,
                     progress: @escaping @Sendable (Int64) -> Void = { _ in }) throws(BlockError) {
         let length = try top.length()
         try withBaseWritable { () throws(BlockError) in
             if try base.driver.length() < length { try base.driver.truncate(to: length) }
-            try copyRunsAboveBase(length: length, workers: workers, progress)
+            try copyRunsAboveBase(length: length, workers: workers, rateLimit, progress)
             try base.driver.flush()
         }
         if emptyingTop { try top.makeEmpty() }
@@ -102,21 +103,25 @@ public final class ImageCommit: Sendable {
     /// Step 1 of the order above. Workers (ChunkedCopy) find a chunk's runs above the base by
     /// block status and read them in parallel; the chunks are written into the base strictly in
     /// order, so its new clusters are laid out in guest order while the next chunks are read.
-    private func copyRunsAboveBase(length: Int64, workers: Int, _ progress: @escaping @Sendable (Int64) -> Void) throws(BlockError) {
+    private func copyRunsAboveBase(length: Int64, workers: Int, _ rateLimit: RateLimit?,
+                                   _ progress: @escaping @Sendable (Int64) -> Void) throws(BlockError) {
         let chunks = ChunkedCopy(length: length, clusterBytes: base.driver.clusterBytes)
         let baseFile = Self.fileDriver(of: base)
         try chunks.run(workers: workers, buffers: 1, progress: progress, prepare: { (chunk, buffers) throws(BlockError) in
             try self.runsAboveBase(in: chunk, into: buffers[0])
         }, finish: { (chunk, runs, buffers) throws(BlockError) in
+            var copied = 0
             for run in runs {
                 let at = chunk.offset + Int64(run.range.lowerBound)
                 if run.zeroes {
                     try self.base.driver.writeZeroes(at: at, byteCount: Int64(run.range.count), mayUnmap: true)
                 } else {
                     try self.base.driver.write(at: at, from: UnsafeRawBufferPointer(rebasing: buffers[0][run.range]))
+                    copied += run.range.count
                 }
             }
             baseFile?.startWriteback()
+            rateLimit?.pace(Int64(copied))
         })
     }
 

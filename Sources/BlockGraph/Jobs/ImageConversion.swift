@@ -44,13 +44,15 @@ public final class ImageConversion: Sendable {
 
     /// Copies everything, once, calling `progress` with the bytes done after each chunk, then flushes
     /// the target: with `syncAtEnd`, whatever its cache mode (one `fdatasync` that makes the
-    /// copy durable); without, as its cache mode says.
-    public func run(workers: Int = ChunkedCopy.defaultWorkers, syncAtEnd: Bool,
+    /// copy durable); without, as its cache mode says. With `rateLimit`, the data written
+    /// averages at most its bytes per second.
+    public func run(workers: Int = ChunkedCopy.defaultWorkers, syncAtEnd: Bool, rateLimit: RateLimit? = nil,
                     progress: @escaping @Sendable (Int64) -> Void = { _ in }) throws(BlockError) {
         try chunks.run(workers: workers, buffers: 1, progress: progress, prepare: { (chunk, buffers) throws(BlockError) in
             try self.prepare(buffers[0], at: chunk.offset)
         }, finish: { (chunk, pieces, buffers) throws(BlockError) in
-            try self.store(pieces, of: UnsafeRawBufferPointer(buffers[0]), at: chunk.offset)
+            let written = try self.store(pieces, of: UnsafeRawBufferPointer(buffers[0]), at: chunk.offset)
+            rateLimit?.pace(written)
         })
         if syncAtEnd { try target.flushIgnoringCacheMode() } else { try target.flush() }
     }
@@ -90,14 +92,21 @@ public final class ImageConversion: Sendable {
     /// How much of a chunk one hole probe covers (at least a piece).
     static let probeBytes = 1 << 20
 
-    private func store(_ pieces: [Piece], of chunk: UnsafeRawBufferPointer, at offset: Int64) throws(BlockError) {
+    /// Writes the pieces; returns the bytes written.
+    private func store(_ pieces: [Piece], of chunk: UnsafeRawBufferPointer, at offset: Int64) throws(BlockError) -> Int64 {
+        var written = 0
         for piece in pieces {
             switch piece {
             case .copy(let range):
                 try target.write(at: offset + Int64(range.lowerBound), from: UnsafeRawBufferPointer(rebasing: chunk[range]))
+                written += range.count
             case .compressed(let cluster):
                 try target.writeCompressed(cluster)
+                switch cluster.payload {
+                case .compressed(let bytes), .uncompressed(let bytes): written += bytes.count
+                }
             }
         }
+        return Int64(written)
     }
 }

@@ -15,6 +15,8 @@ struct CommitCommand: ParsableCommand {
     @Option(name: .customShort("b"), help: "The image of the backing chain to commit into (default: the backing image); implies -d.")
     var base: String?
     @Flag(name: .customShort("d"), help: "Leave the image as it is (by default it is emptied after the commit).") var keepTop = false
+    @Option(name: [.customShort("r"), .customLong("rate-limit")], help: "At most this many bytes of data copied per second (k/M/G/T suffixes; 0: no limit).")
+    var rate: String?
     @Flag(name: .customShort("p"), help: "Show progress even when stderr is not a terminal.") var progress = false
     @Flag(name: .customShort("q"), help: "Print nothing on success.") var quiet = false
     @Option(help: "auto: lock when OFD locks work; on: always; off: never.") var locking: LockingMode = .auto
@@ -31,6 +33,7 @@ struct CommitCommand: ParsableCommand {
     @Argument(help: "The image to commit.") var image: String
 
     func run() throws {
+        let limit = try rateLimit(rate)
         var options = OpenOptions(format: format, writable: true, locking: locking, cache: cache, faults: injectFault,
                                   writeJournalPath: recordWrites, lease: leases.policy)
         options.backingFaults = injectBaseFault
@@ -42,7 +45,7 @@ struct CommitCommand: ParsableCommand {
             let commit = try ImageCommit(top: top, base: base)
             // qemu-img commit: a base further down implies -d, as emptying the image would leave
             // the images between it and the base reading what the image had hidden.
-            try commit.run(emptyingTop: !keepTop && base == nil) { done in
+            try commit.run(emptyingTop: !keepTop && base == nil, rateLimit: limit) { done in
                 bar.update(Double(done) / Double(max(length, 1)), "\(humanSize(done)) of \(humanSize(length))")
             }
             bar.finish()

@@ -17,6 +17,9 @@ struct ConvertCommand: ParsableCommand {
     @Flag(name: .customShort("p"), help: "Show progress even when stderr is not a terminal.") var progress = false
     @Flag(help: "Print errors also as JSON on stdout.") var json = false
     @Argument(help: "The source image.") var source: String
+    // qemu-img convert's -r; here -r is --read-only, as on every command that opens an image.
+    @Option(name: .customLong("rate-limit"), help: "At most this many bytes of data written per second (k/M/G/T suffixes; 0: no limit).")
+    var rate: String?
     @Argument(help: "The image to create.") var destination: String
 
     func run() throws {
@@ -26,13 +29,14 @@ struct ConvertCommand: ParsableCommand {
         if compress && !format.writesCompressed {
             throw report(BlockError(.unsupported, "Compression not supported for this file format"), json: json)
         }
+        let limit = try rateLimit(rate)
         let input = try imageOptions.open(source, writable: false, json: json)
         let bar = Progress(forced: progress)
         do throws(BlockError) {
             let length = try input.length()
             let output = try createOutput(format, destination, length: length)
             let conversion = try ImageConversion(from: input, to: output, compressed: compress)
-            try conversion.run(syncAtEnd: outputCache == .writeback) { done in
+            try conversion.run(syncAtEnd: outputCache == .writeback, rateLimit: limit) { done in
                 bar.update(Double(done) / Double(max(length, 1)), "\(humanSize(done)) of \(humanSize(length))")
             }
             bar.finish()
