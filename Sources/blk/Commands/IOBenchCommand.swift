@@ -28,7 +28,7 @@ struct IOBenchCommand: ParsableCommand {
     @Option(name: .short, help: "Image format (probed when not given).") var f: String?
     @Option(help: "Runs of each side; the best is reported (interference only adds time).") var rounds = 5
     @Flag(help: "Without an image: the subcluster suite (qcow2 with extended L2 entries) instead of the standard pair.") var extendedL2 = false
-    @Flag(help: "Instead: 4 KiB writes into qcow2 images with and without an enabled persistent dirty bitmap, overwrites of marked granules (-c of them, default 75000) and first touches.")
+    @Flag(help: "Instead: 4 KiB writes into qcow2 images with a persistent dirty bitmap enabled and disabled, overwrites of marked granules (-c of them, default 75000) and first touches.")
     var bitmap = false
     @OptionGroup var bench: BenchOptions
     @Argument(help: "The image; omit it for the standard pair on a temporary image.") var image: String?
@@ -83,7 +83,7 @@ struct IOBenchCommand: ParsableCommand {
         }
     }
 
-    /// The bitmap's cost, with and without, in one run.
+    /// The bitmap's cost, enabled against disabled, in one run.
     private func runBitmap() throws {
         let path = URL(fileURLWithPath: bench.dir).appendingPathComponent("blk-bench-bitmap-\(getpid())").path
         let results: [BitmapBenchmarkResult]
@@ -98,8 +98,8 @@ struct IOBenchCommand: ParsableCommand {
         }
         for (result, target) in zip(results, ["≤ 1.05×", "the write-ahead mark's fdatasync"]) {
             print("blk bench io --bitmap: \(result.scenario)")
-            print("  no bitmap  " + formatted("%9.0f writes/s", Double(result.writes) / result.plainSeconds))
-            print("  bitmap     " + formatted("%9.0f writes/s", Double(result.writes) / result.bitmapSeconds))
+            print("  disabled   " + formatted("%9.0f writes/s", Double(result.writes) / result.plainSeconds))
+            print("  enabled    " + formatted("%9.0f writes/s", Double(result.writes) / result.bitmapSeconds))
             print("  time ratio " + formatted("%.3f×", result.ratio) + " (target \(target), best of \(rounds))")
         }
     }
