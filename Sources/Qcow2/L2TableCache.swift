@@ -181,6 +181,15 @@ struct L2TableCache {
         }
     }
 
+    /// Drops the clean table at `offset`, which no L1 entry names any more and whose cluster
+    /// may be freed and used again: a copy left here would answer for whatever is put there next.
+    mutating func forgetTable(at offset: UInt64) {
+        precondition(!dirty.contains(offset), "a dirty L2 table is written back before it is freed")
+        guard l1Indices[offset] == nil, let table = tables.removeValue(forKey: offset) else { return }
+        generation += 1
+        readIndex.recycle(table.entries)
+    }
+
     mutating func markClean(_ offset: UInt64) {
         generation += 1
         dirty.remove(offset)

@@ -82,6 +82,8 @@ public final class Qcow2Driver: BlockDriver {
     let metadataPreallocation = Mutex<Bool?>(nil)
     /// The persistent dirty bitmaps, read on first use (Qcow2BitmapMarking.swift).
     let bitmaps = Mutex<Qcow2BitmapState?>(nil)
+    /// Warnings of resizes, until `takeWarnings` hands them on.
+    let resizeWarnings = Mutex<[String]>([])
 
     static let offsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
     static let compressedBit: UInt64 = 1 << 62

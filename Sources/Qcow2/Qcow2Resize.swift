@@ -1,5 +1,6 @@
-// Qcow2Resize: growing a qcow2 image. When the L1 table already covers the new size only the
-// header's size changes; otherwise a larger L1 table is written at the end of the file first:
+// Qcow2Resize: resizing a qcow2 image. Shrinking is Qcow2Shrink.swift's. Growing: when the L1
+// table already covers the new size only the header's size changes; otherwise a larger L1 table
+// is written at the end of the file first:
 //
 //   1. the new L1 table (the old entries, then zeroes) and its refcounts; fdatasync;
 //   2. the header's size, L1 size and L1 offset — bytes 24–47, one write inside one sector;
@@ -8,19 +9,26 @@
 //   3. the old L1 table's clusters lose their reference (then written and flushed).
 //
 // A crash before 2 leaves the new table as a leak and the image as it was; after 2, the old
-// table is at worst a leak. Shrinking is refused: it would drop guest data.
+// table is at worst a leak. Resizing a version 2 image with snapshots is refused, as QEMU
+// refuses it (version 2 did not require a snapshot to record its size).
 import BlockGraph
 
 extension Qcow2Driver {
-    /// Grows the image, moving the L1 table to a larger one when needed; shrinking is refused.
+    /// Grows the image, moving the L1 table to a larger one when needed, or shrinks it
+    /// (Qcow2Shrink.swift).
     public func truncate(to byteCount: Int64) throws(BlockError) {
         if header.hasRawExternalData { try refuseWithDataFile("resizing an image whose data file is raw") }
         try writer.withLock { (state) throws(BlockError) in
             let current = try length()
-            guard byteCount >= current else {
-                throw BlockError(.unsupported, "shrinking qcow2 images is not supported by this build of blk")
+            guard byteCount != current else { return }
+            let onDisk = try currentHeader()
+            if onDisk.version < 3 && onDisk.snapshotCount > 0 {
+                throw BlockError(.unsupported, "Can't resize a v2 image which has snapshots")
             }
-            guard byteCount > current else { return }
+            if byteCount < current {
+                if let warning = try shrink(to: byteCount, &state) { resizeWarnings.withLock { $0.append(warning) } }
+                return
+            }
             try prepareForWriting(&state)
             try checkBitmapsCover(byteCount)
             try writeBackMetadata(&state)
@@ -55,6 +63,14 @@ extension Qcow2Driver {
                 headerFields.setBigEndian(state.l1TableOffset, at: 16)
                 try switchSize(headerFields, to: byteCount, &state)
             }
+        }
+    }
+
+    /// What resizes left to say that did not fail them (a shrink whose file tail stayed), once.
+    public func takeWarnings() -> [String] {
+        resizeWarnings.withLock { warnings in
+            defer { warnings = [] }
+            return warnings
         }
     }
 }

@@ -57,6 +57,10 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// Grows or shrinks the node to `byteCount` bytes.
     func truncate(to byteCount: Int64) throws(BlockError)
 
+    /// What requests that succeeded left to warn about (a qcow2 shrink whose file could not be
+    /// cut), each handed over once.
+    func takeWarnings() -> [String]
+
     /// Grows the node to `byteCount` bytes that read as zeroes, with storage reserved for them
     /// where the storage can (a file's blocks allocated, unwritten), so that writes into them
     /// later need not allocate: what a format growing its file ahead of allocation asks for.
@@ -171,6 +175,8 @@ extension BlockDriver {
         guard byteCount > (try length()) else { return }
         try truncate(to: byteCount)
     }
+    /// Most drivers have nothing to warn about.
+    public func takeWarnings() -> [String] { [] }
     /// A driver that adds nothing of its own passes its parents' needs through unchanged.
     public func childPermissions(role: ChildRole, parentsNeed: PermissionRequest) -> PermissionRequest { parentsNeed }
     /// Only a protocol driver holds locks; the others have nothing to take.

@@ -185,14 +185,17 @@ public final class BlockImage: Sendable {
         }
     }
 
-    /// Grows the image to `byteCount` bytes. Resizing needs QEMU's "resize" permission, which a
-    /// guest-like open does not hold: it is taken for the resize (QEMU's words if another open
-    /// refuses to share it) and given back after.
-    public func resize(to byteCount: Int64) throws(BlockError) {
+    /// Grows or shrinks the image to `byteCount` bytes; returns what the resize warns about
+    /// without failing. Resizing needs QEMU's "resize" permission, which a guest-like open does
+    /// not hold: it is taken for the resize (QEMU's words if another open refuses to share it)
+    /// and given back after.
+    @discardableResult
+    public func resize(to byteCount: Int64) throws(BlockError) -> [String] {
         try admittedWrite { () throws(BlockError) in
             guard byteCount >= 0 else { throw BlockError(.invalidRequest, "Invalid image size specified") }
             try holdingResize { () throws(BlockError) in try root.driver.truncate(to: byteCount) }
         }
+        return root.driver.takeWarnings()
     }
 
     /// What the run of bytes from `byteOffset` is (data, zeroes, unallocated; which node of the
@@ -299,11 +302,14 @@ public final class BlockImage: Sendable {
 
     /// Changes the format's options in place (`qemu-img amend`), holding resize as well for the
     /// duration (a `size` option resizes, as `resize(to:)` does). This open writes no guest data
-    /// afterwards: close it, and open the image again to use it.
-    public func amend(_ options: FormatOptions, force: Bool = false, progress: (Double) -> Void = { _ in }) throws(BlockError) {
+    /// afterwards: close it, and open the image again to use it. Returns what a resize warned
+    /// about without failing.
+    @discardableResult
+    public func amend(_ options: FormatOptions, force: Bool = false, progress: (Double) -> Void = { _ in }) throws(BlockError) -> [String] {
         try admittedWrite { () throws(BlockError) in
             try holdingResize { () throws(BlockError) in try rootDriver.amend(options, force: force, progress: progress) }
         }
+        return root.driver.takeWarnings()
     }
 
     /// Runs `body` holding QEMU's "resize" permission, which a guest-like open does not hold: taken
