@@ -19,11 +19,19 @@ struct Blk: ParsableCommand {
             print(configuration.version)
             return
         }
-        guard var command = ShortVerbs.parse(arguments) else { return main(nil) }
+        guard var command = ShortVerbs.parse(arguments) else { return main(takingNegativeSize(arguments)) }
         do {
             try command.run()
         } catch {
             exit(withError: error)
         }
+    }
+
+    /// `blk resize IMAGE -1G`: qemu-img takes its last argument as the size before it parses
+    /// options, so a size to take away needs no `--`; ArgumentParser would read it as an option.
+    private static func takingNegativeSize(_ arguments: [String]) -> [String] {
+        guard arguments.first == "resize", !arguments.contains("--"), let last = arguments.last,
+              last.count > 1, last.hasPrefix("-"), last.dropFirst().first?.isNumber == true else { return arguments }
+        return Array(arguments.dropLast()) + ["--", last]
     }
 }

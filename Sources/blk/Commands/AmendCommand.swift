@@ -29,9 +29,10 @@ struct AmendCommand: ParsableCommand {
         do throws(BlockError) {
             let parsed = try FormatOptions(parsing: options)
             defer { bar.finish() }
-            try opened.amend(parsed, force: force) { fraction in
+            let warnings = try opened.amend(parsed, force: force) { fraction in
                 if !quiet { bar.update(fraction, "") }
             }
+            warnings.forEach(printWarning)
             try opened.close()
         } catch {
             throw report(error, json: json)
