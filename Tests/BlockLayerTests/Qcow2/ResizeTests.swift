@@ -1,5 +1,6 @@
 // `blk resize`: growing qcow2 images (within the L1 table, and past it, which moves the table)
 // and raw ones; qemu-img check stays clean, old data stays, new space reads as zeroes.
+// Shrinking is ShrinkTests'.
 import BlockLayer
 import Foundation
 import Testing
@@ -38,14 +39,14 @@ struct ResizeTests {
         #expect(try run("/usr/bin/qemu-img", ["check", image]).status == 0)
     }
 
-    @Test("raw grows; shrinking is refused with exit 69 and the image untouched")
+    @Test("raw grows; shrinking without --shrink is refused with exit 64 and the image untouched")
     func rawAndShrink() throws {
         let image = try scratch.rawImage(bytes: 1 << 20)
         #expect(try blk("resize", "-f", "raw", image, "+2M").status == 0)
         #expect(try FileManager.default.attributesOfItem(atPath: image)[.size] as? Int == 3 << 20)
         let refused = try blk("resize", "-f", "raw", image, "1M")
-        #expect(refused.status == 69)
-        #expect(refused.stderr == "blk: shrinking images is not supported by blk resize (the image has 3145728 bytes)\n")
+        #expect(refused.status == 64)
+        #expect(refused.stderr.hasPrefix("blk: Use the --shrink option to perform a shrink operation.\n"))
         #expect(try FileManager.default.attributesOfItem(atPath: image)[.size] as? Int == 3 << 20)
     }
 
