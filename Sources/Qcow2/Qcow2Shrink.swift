@@ -3,7 +3,7 @@
 // is to be, for the range that survives — with leaks at worst:
 //
 //   0. checks, before anything is written: not a version 2 image with snapshots (QEMU's words),
-//      no persistent bitmaps (their tables are sized for the image, as for growth), and every
+//      no persistent bitmaps (QEMU shrinks their tables; blk grows them, not yet shrinks), and every
 //      L2 table and entry past the new end readable and sane; what is dirty is written back;
 //   1. the header's size, bytes 24–31, one write inside one sector; fdatasync. From here on no
 //      reader sees the range past the end — the old image's clusters there are still counted
@@ -43,7 +43,7 @@ extension Qcow2Driver {
         try refuseWritesIfCorrupt()
         try prepareForWriting(&state)
         guard try bitmapState().bitmaps.isEmpty else {
-            throw BlockError(.unsupported, "qcow2: resizing an image with persistent dirty bitmaps is not supported by this build of blk")
+            throw BlockError(.unsupported, "qcow2: shrinking an image with persistent dirty bitmaps is not supported by this build of blk")
         }
         let clusterSize = UInt64(self.clusterSize)
         let firstCluster = (UInt64(byteCount) + clusterSize - 1) / clusterSize

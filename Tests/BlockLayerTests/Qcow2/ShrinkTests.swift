@@ -157,7 +157,7 @@ struct ShrinkTests {
         let bitmapped = try scratch.qcow2Image("bitmap.qcow2", size: "8M")
         try qemuImg(["bitmap", "--add", bitmapped, "b"])
         for (image, message) in [(old, "Can't resize a v2 image which has snapshots"),
-                                 (bitmapped, "qcow2: resizing an image with persistent dirty bitmaps is not supported by this build of blk")] {
+                                 (bitmapped, "qcow2: shrinking an image with persistent dirty bitmaps is not supported by this build of blk")] {
             let before = try Data(contentsOf: URL(fileURLWithPath: image))
             let refused = try blk("resize", "--shrink", image, "4M")
             #expect(refused.status == 69 && refused.stderr == "blk: \(message)\n", "\(refused)")
