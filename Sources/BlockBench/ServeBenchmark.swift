@@ -15,13 +15,16 @@ package struct ServeBenchmark {
     package let imageBytes: Int64
     package let reads: Int
     package let rounds: Int
+    /// Only the rows whose name contains it (ignoring case); nil: every row.
+    package let only: String?
     package let progress: any BenchmarkProgress
 
-    package init(directory: String, imageBytes: Int64, reads: Int, rounds: Int, progress: any BenchmarkProgress) {
+    package init(directory: String, imageBytes: Int64, reads: Int, rounds: Int, only: String? = nil, progress: any BenchmarkProgress) {
         self.directory = directory
         self.imageBytes = imageBytes
         self.reads = reads
         self.rounds = rounds
+        self.only = only
         self.progress = progress
     }
 
@@ -100,8 +103,6 @@ package struct ServeBenchmark {
         let source = prefix + ".raw", allocated = prefix + ".qcow2", large = prefix + "-large.raw"
         let freshRaw = prefix + "-fresh.raw", freshQcow2 = prefix + "-fresh.qcow2"
         defer { for path in [source, allocated, large, freshRaw, freshQcow2, socket] { unlink(path) } }
-        progress.update(0, "writing the images")
-        try makeImages(source: source, allocated: allocated, large: large)
 
         let size = humanSize(imageBytes)
         let copy: [String?] = ["--connections", "\(Self.connections)"]
@@ -113,7 +114,7 @@ package struct ServeBenchmark {
         let writes = IOBenchmarkPlan(image: "", format: "raw", write: true, requestBytes: 64 << 10,
                                      count: Int(imageBytes / (64 << 10)), depth: Self.depth, stepBytes: 64 << 10, startOffset: 0,
                                      cache: .writeback, pattern: 0x5a)
-        let rows = [
+        let allRows = [
             Row(name: "nbdcopy export → null, raw, \(size)", image: source, format: "raw",
                 client: .nbdcopy(copy + [nil, "null:"]), bytes: imageBytes, target: "≥ 1.2×"),
             Row(name: "nbdcopy export → null, qcow2 allocated, \(size)", image: allocated, format: "qcow2",
@@ -132,6 +133,11 @@ package struct ServeBenchmark {
                 format: "raw", client: .nbdcopy(copy + [nil, "null:"]), bytes: 4 * imageBytes,
                 target: "peak memory as at \(size)"),
         ]
+        let rows = allRows.filter { row in only.map { row.name.lowercased().contains($0.lowercased()) } ?? true }
+        guard !rows.isEmpty else { throw BlockError(.invalidRequest, "no row's name contains \"\(only ?? "")\"") }
+        progress.update(0, "writing the images")
+        // The large image only for its row: writing it costs four times the others.
+        try makeImages(source: source, allocated: allocated, large: rows.contains { $0.image == large } ? large : nil)
         var results: [Scenario] = []
         for (number, row) in rows.enumerated() {
             progress.update(Double(number + 1) / Double(rows.count + 1), row.name)
@@ -176,13 +182,13 @@ package struct ServeBenchmark {
         return (seconds, peak)
     }
 
-    /// The raw and qcow2 images of the same random bytes, and the raw image four times the size
-    /// that goes on with the same random stream.
-    private func makeImages(source: String, allocated: String, large: String) throws(BlockError) {
+    /// The raw and qcow2 images of the same random bytes, and (when asked for) the raw image four
+    /// times the size that goes on with the same random stream.
+    private func makeImages(source: String, allocated: String, large: String?) throws(BlockError) {
         try createBenchImage("raw", at: source, ImageCreateOptions(virtualSize: imageBytes))
         try createBenchImage("qcow2", at: allocated, ImageCreateOptions(virtualSize: imageBytes))
-        try createBenchImage("raw", at: large, ImageCreateOptions(virtualSize: 4 * imageBytes))
-        let images = try [source, allocated, large].map { path throws(BlockError) in
+        if let large { try createBenchImage("raw", at: large, ImageCreateOptions(virtualSize: 4 * imageBytes)) }
+        let images = try [source, allocated, large].compactMap { $0 }.map { path throws(BlockError) in
             try BlockImage.open(path, options: OpenOptions(format: path == allocated ? "qcow2" : "raw", writable: true))
         }
         let chunkBytes = Self.sizeUnit
@@ -190,7 +196,7 @@ package struct ServeBenchmark {
         defer { chunk.deallocate() }
         var generator = SplitMix(seed: 0x5e7e)
         // Sizes are whole MiB (run checks), so every chunk is whole.
-        for offset in stride(from: Int64(0), to: 4 * imageBytes, by: chunkBytes) {
+        for offset in stride(from: Int64(0), to: large == nil ? imageBytes : 4 * imageBytes, by: chunkBytes) {
             for word in 0..<chunkBytes / 8 { chunk.storeBytes(of: generator.next(), toByteOffset: word * 8, as: UInt64.self) }
             for image in offset < imageBytes ? images : [images[2]] { try image.write(at: offset, from: UnsafeRawBufferPointer(chunk)) }
         }

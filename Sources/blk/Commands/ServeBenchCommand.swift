@@ -15,6 +15,7 @@ struct ServeBenchCommand: ParsableCommand {
     @Option(help: "Size of the images, a whole number of MiB (a raw image four times the size is made too).") var size = ByteCount(1 << 30)
     @Option(help: "4 KiB reads per run of qemu-img bench.") var reads = 100_000
     @Option(help: "Runs of each side per row; the median is reported.") var rounds = 5
+    @Option(help: "Only the rows whose name contains this text (ignoring case), e.g. \"reads of 4 KiB\".") var only: String?
     @OptionGroup var bench: BenchOptions
 
     func validate() throws {
@@ -27,7 +28,8 @@ struct ServeBenchCommand: ParsableCommand {
     func run() throws {
         let results: [ServeBenchmark.Scenario]
         do throws(BlockError) {
-            results = try ServeBenchmark(directory: bench.dir, imageBytes: size.value, reads: reads, rounds: rounds, progress: bench.progress).run()
+            results = try ServeBenchmark(directory: bench.dir, imageBytes: size.value, reads: reads, rounds: rounds, only: only,
+                                         progress: bench.progress).run()
         } catch {
             throw report(error, json: bench.json)
         }

@@ -52,6 +52,19 @@ struct ServeBenchTests {
         }
     }
 
+    @Test("--only runs the rows whose name contains the text, and none is refused")
+    func only() throws {
+        let scratch = try Scratch()
+        let bench = try run(blkPath, ["bench", "serve", "--json", "--only", "READS OF 4 KiB", "--size", "4M", "--reads", "300",
+                                      "--rounds", "1", "--dir", scratch.directory], within: 300)
+        #expect(bench.status == 0, "\(bench)")
+        let results = try #require(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [[String: Any]])
+        #expect(results.map { $0["scenario"] as? String } == Self.rows.filter { $0.contains("reads of 4 KiB") })
+        let none = try run(blkPath, ["bench", "serve", "--only", "no such row", "--size", "4M", "--dir", scratch.directory])
+        #expect(none.status != 0 && none.stderr.contains("no such row"), "\(none)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.directory).isEmpty)
+    }
+
     @Test("an image size that is not a whole number of MiB is refused before anything runs", arguments: ["1536K", "0", "2T"])
     func size(value: String) throws {
         let scratch = try Scratch()
