@@ -1,16 +1,14 @@
 // NBDConnection: one client from greeting to close. Negotiation runs option by option on the
-// connection's task; in transmission each request's block I/O goes to the block layer's thread
-// pool (BlockingThreadPool: never the event loop, never the concurrency pool), and the worker
-// hands its reply to the channel as soon as it is ready (ReplyWriter), so replies may come out
-// of order, as NBD allows; read data the image file stores as it reads goes out with sendfile
-// from the connection's own descriptors of the file (ZeroCopyFiles). No task waits for a
-// request: a task per request cost two thread hops (suspend, resume) on a path whose every hop
-// is a futex wake on a 2-core machine.
+// connection's task; transmission runs on the event loop (NBDTransmission), which hands each
+// request's block I/O to the block layer's thread pool (never the event loop, never the
+// concurrency pool) and sends each reply as soon as it is ready (ReplyWriter), so replies may
+// come out of order, as NBD allows; read data the image file stores as it reads goes out with
+// sendfile from the connection's own descriptors of the file (ZeroCopyFiles). The task only
+// waits for transmission to end: no task runs per request, nor per batch of requests.
 //
-// Backpressure: at most `maximumInFlight` requests are under way (InFlightLimit), a request
-// counting until its reply has reached the socket; at the limit the connection stops taking
-// requests from the channel, whose inbound buffer then fills and stops reading from the socket
-// (NIOAsyncChannel's watermarks), until one completes.
+// Backpressure: at most `maximumInFlight` requests are under way, a request counting until its
+// reply has reached the socket; at the limit NBDTransmission stops reading from the socket
+// until one completes.
 //
 // TLS: when the server has credentials, NBD_OPT_STARTTLS's ACK puts TLS in front of the decoder
 // (NBDConnectionTLS) and negotiation goes on through it.
@@ -19,7 +17,6 @@
 // closes the channel's input) stop the reading; the requests under way still complete and are
 // answered where the client is still there: a client that vanished leaves the image as every
 // completed write made it, and no request torn.
-import BlockLocking
 import Logging
 import NBD
 import NIOCore
@@ -27,10 +24,11 @@ import NIOCore
 /// One client connection.
 struct NBDConnection {
     let exports: [NBDExport]
-    let maximumInFlight: Int
-    let statistics: NBDServerStatistics
     /// The connection's TLS, when the server requires it.
     let tls: NBDConnectionTLS?
+    /// Serves the requests once negotiation has started transmission.
+    let transmission: NIOLoopBound<NBDTransmission>
+    let transmissionFinished: EventLoopFuture<Void>
     let logger: Logger
 
     /// Serves `channel` until it ends.
@@ -42,7 +40,8 @@ struct NBDConnection {
                 try await outbound.write(NBDHandshake.greeting(allocator: allocator))
                 guard let session = try await negotiate(&messages, outbound, channel.channel) else { return }
                 logger.info("transmission", metadata: ["export": "\(session.export.name)", "structured": "\(session.structuredReplies)"])
-                await transmit(session, &messages, channel.channel)
+                // Returns once the input has ended and every request taken has been answered.
+                try await transmissionFinished.get()
             }
         } catch {
             logger.info("connection ended", metadata: ["reason": "\(error)"])
@@ -63,6 +62,16 @@ struct NBDConnection {
             case .option(let option):
                 logger.debug("option", metadata: ["option": "\(option.option)", "length": "\(option.data.readableBytes)"])
                 let step = negotiation.receive(option)
+                if NBDTransmission.mayStartTransmission(option.option) {
+                    // Before the reply: what the client sends after it goes to the handler.
+                    let transmission = self.transmission, zeroCopy = tls == nil
+                    if case .transmission(let session) = step.outcome {
+                        // TLS must see every byte: its connections copy read data into their replies.
+                        channel.eventLoop.execute { transmission.value.startTransmission(session, zeroCopy: zeroCopy) }
+                    } else {
+                        channel.eventLoop.execute { transmission.value.resumeNegotiation() }
+                    }
+                }
                 if case .startTLS = step.outcome, let tls {
                     try await tls.start(on: channel, sending: step.replies)
                     logger.debug("TLS started")
@@ -82,38 +91,5 @@ struct NBDConnection {
             }
         }
         return nil
-    }
-
-    /// Requests until the client disconnects or the input ends, then the rest of those under way.
-    private func transmit(_ session: NBDSession,
-                          _ messages: inout NIOAsyncChannelInboundStream<NBDClientMessage>.AsyncIterator,
-                          _ channel: Channel) async {
-        let inFlight = InFlightLimit(maximumInFlight)
-        let replies = ReplyWriter(channel)
-        let export = session.export, allocator = channel.allocator
-        // TLS must see every byte: its connections copy read data into their replies.
-        let files = tls == nil ? ZeroCopyFiles() : nil
-        do {
-            while let message = try await messages.next() {
-                guard case .request(let request) = message else {
-                    logger.info("connection ended", metadata: ["reason": "an option during transmission"])
-                    break
-                }
-                if request.command == .disconnect { break }
-                await inFlight.acquire()
-                statistics.started()
-                BlockingThreadPool.shared.execute { [statistics, logger] in
-                    let reply = export.reply(to: request, in: session, files: files, allocator: allocator)
-                    statistics.answered(request, with: reply)
-                    if reply.reportsError { export.logLeaseLossIfAny(logger) }
-                    // A client gone leaves nobody to answer; the request itself has completed.
-                    replies.send(reply, written: inFlight.release)
-                }
-            }
-        } catch {
-            logger.info("connection ended", metadata: ["reason": "\(error)"])
-        }
-        await inFlight.drain()
-        files?.close()
     }
 }

@@ -81,8 +81,13 @@ public final class NBDServer: Sendable {
                 let connectionTLS = credentials.map { NBDConnectionTLS(credentials: $0, upgrade: NBDTLSUpgrade()) }
                 let decoder = NBDMessageDecoder(maximumOptionLength: 64 << 10, maximumPayload: Int(NBDExport.payloadLimit),
                                                 tlsUpgrade: connectionTLS?.upgrade)
-                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumFrameSize))
-                return AcceptedConnection(channel: try NIOAsyncChannel(wrappingChannelSynchronously: channel), tls: connectionTLS)
+                let transmission = NBDTransmission(maximumInFlight: self.maximumInFlight, statistics: self.statistics,
+                                                   logger: self.logger, eventLoop: channel.eventLoop)
+                try channel.pipeline.syncOperations.addHandlers(ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumFrameSize),
+                                                                transmission)
+                return AcceptedConnection(channel: try NIOAsyncChannel(wrappingChannelSynchronously: channel), tls: connectionTLS,
+                                          transmission: NIOLoopBound(transmission, eventLoop: channel.eventLoop),
+                                          finished: transmission.finished)
             }
         }
         var socketFile: OwnedSocketPath?
@@ -126,8 +131,8 @@ public final class NBDServer: Sendable {
                             continue
                         }
                         group.addTask { [self] in
-                            await NBDConnection(exports: exports, maximumInFlight: maximumInFlight, statistics: statistics,
-                                                tls: next.tls, logger: logger).run(connection)
+                            await NBDConnection(exports: exports, tls: next.tls, transmission: next.transmission,
+                                                transmissionFinished: next.finished, logger: logger).run(connection)
                             leave(connection.channel)
                         }
                     }
@@ -209,4 +214,7 @@ public final class NBDServer: Sendable {
 struct AcceptedConnection: Sendable {
     let channel: NIOAsyncChannel<NBDClientMessage, ByteBuffer>
     let tls: NBDConnectionTLS?
+    /// The handler that serves its requests once negotiated, and when it is done.
+    let transmission: NIOLoopBound<NBDTransmission>
+    let finished: EventLoopFuture<Void>
 }
