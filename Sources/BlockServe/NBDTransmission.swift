@@ -7,8 +7,8 @@
 //
 // Problem: through NIOAsyncChannel's inbound stream a request made three. Every batch the socket
 // delivered woke a concurrency thread to run the task, which then woke the pool's workers; on a
-// 2-core machine that wake is a context switch, and at 4 KiB a request is a few microseconds of
-// work, so blk serve's 4 KiB reads at depth 16 stayed at 0.98× qemu-nbd's (docs/serve.md).
+// 2-core machine that wake is a context switch, where a 4 KiB read is a few microseconds of work
+// (docs/serve.md, Figures).
 //
 // The switch: after an option that may start transmission passes through to the task, whatever
 // the client sends next is held here (and no more is read) until the task has decided:
