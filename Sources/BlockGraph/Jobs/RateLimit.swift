@@ -10,6 +10,7 @@ import Synchronization
 
 /// At most `bytesPerSecond` bytes written per second, on average since the first write.
 public final class RateLimit: Sendable {
+    /// The average rate a job may write at, in bytes per second.
     public let bytesPerSecond: Int64
     private let progress = Mutex<(started: Int64?, bytes: Int64)>((nil, 0))
 
