@@ -66,31 +66,22 @@ struct AmendCrashTests {
         let journal = scratch.directory + "/journal"
         try scratch.write(journal, Data())
         #expect(try blk("amend", "--record-writes", journal, "-o", scenario.options, fixture.image).status == 0)
-        let epochs = CrashStates.epochs(try Data(contentsOf: URL(fileURLWithPath: journal)))
-        let counts = ["write": epochs.map(\.count).reduce(0, +), "flush": epochs.count - 1]
-        var surfaced = 0, tried = 0
-        for (operation, count) in counts.sorted(by: { $0.key < $1.key }) {
-            let steps = Soak.enabled || count <= 8 ? Array(1...count + 1) : (0..<8).map { 1 + $0 * count / 8 } + [count + 1]
-            for step in steps {
-                let rule = "\(operation):\(step)" + (step.isMultiple(of: 2) ? ":enospc" : "")
-                try? FileManager.default.removeItem(atPath: fixture.image)
-                try FileManager.default.copyItem(atPath: pristine, toPath: fixture.image)
-                let amended = try blk("amend", "--inject-fault", rule, "-o", scenario.options, fixture.image)
-                if step <= count { tried += 1 }
-                if amended.status != 0 {
-                    #expect(amended.stderr.contains(rule.hasSuffix("enospc") ? "No space left on device" : "Input/output error"),
-                            "\(scenario), \(rule): \(amended)")
-                    surfaced += 1
-                }
-                if step == count + 1 {
-                    #expect(amended.status == 0, "\(scenario), \(rule): past the last \(operation), yet \(amended)")
-                }
-                try expectSound(fixture.image, leaksAllowed: true, "\(scenario), \(rule)")
-                let compared = try run("/usr/bin/qemu-img", ["compare", "-f", "qcow2", "-F", "raw", fixture.image, fixture.original])
-                #expect(compared.status == 0, "\(scenario), \(rule): \(compared)")
+        let faults = FaultSteps(journal: try Data(contentsOf: URL(fileURLWithPath: journal)), sample: 8)
+        var surfaced = 0
+        for step in faults.steps {
+            try? FileManager.default.removeItem(atPath: fixture.image)
+            try FileManager.default.copyItem(atPath: pristine, toPath: fixture.image)
+            let amended = try blk("amend", "--inject-fault", step.rule, "-o", scenario.options, fixture.image)
+            if amended.status != 0 {
+                #expect(amended.stderr.contains(step.error), "\(scenario), \(step.rule): \(amended)")
+                surfaced += 1
             }
+            if step.isPastLast { #expect(amended.status == 0, "\(scenario), \(step.rule): past the last, yet \(amended)") }
+            try expectSound(fixture.image, leaksAllowed: true, "\(scenario), \(step.rule)")
+            let compared = try run("/usr/bin/qemu-img", ["compare", "-f", "qcow2", "-F", "raw", fixture.image, fixture.original])
+            #expect(compared.status == 0, "\(scenario), \(step.rule): \(compared)")
         }
-        #expect(surfaced * 2 >= tried, "\(scenario): only \(surfaced) of \(tried) injected failures surfaced")
-        print("amend \(scenario): \(counts["write"]!) writes, \(counts["flush"]!) flushes; \(surfaced) injected failures surfaced")
+        #expect(surfaced * 2 >= faults.tried, "\(scenario): only \(surfaced) of \(faults.tried) injected failures surfaced")
+        print("amend \(scenario): \(faults.writes) writes, \(faults.flushes) flushes; \(surfaced) injected failures surfaced")
     }
 }

@@ -96,31 +96,23 @@ struct ShrinkCrashTests {
         let journal = scratch.directory + "/journal"
         try scratch.write(journal, Data())
         #expect(try blk("resize", "--shrink", "--record-writes", journal, fixture.image, "\(scenario.shrink.newSize)").status == 0)
-        let epochs = CrashStates.epochs(try Data(contentsOf: URL(fileURLWithPath: journal)))
-        let counts = ["write": epochs.map(\.count).reduce(0, +), "flush": epochs.count - 1]
-        var surfaced = 0, tried = 0
-        for (operation, count) in counts.sorted(by: { $0.key < $1.key }) {
-            let steps = Soak.enabled || count <= 12 ? Array(1...count + 1) : (0..<12).map { 1 + $0 * count / 12 } + [count + 1]
-            for step in steps {
-                let rule = "\(operation):\(step)" + (step.isMultiple(of: 2) ? ":enospc" : "")
-                try? FileManager.default.removeItem(atPath: fixture.image)
-                try FileManager.default.copyItem(atPath: pristine, toPath: fixture.image)
-                let shrunk = try blk("resize", "--shrink", "--inject-fault", rule, fixture.image, "\(scenario.shrink.newSize)")
-                if step <= count { tried += 1 }
-                // The last flush cuts the tail: its failure is a warning, as QEMU's.
-                if shrunk.stderr.contains(rule.hasSuffix("enospc") ? "No space left on device" : "Input/output error") {
-                    surfaced += 1
-                } else {
-                    #expect(shrunk.status == 0 && shrunk.stderr.isEmpty, "\(scenario), \(rule): \(shrunk)")
-                }
-                if step == count + 1 {
-                    #expect(shrunk.status == 0, "\(scenario), \(rule): past the last \(operation), yet \(shrunk)")
-                }
-                try expectSound(fixture.image, leaksAllowed: true, "\(scenario), \(rule)")
-                try Self.expectReads(fixture.image, fixture, newSize: scenario.shrink.newSize, "\(scenario), \(rule)")
+        let faults = FaultSteps(journal: try Data(contentsOf: URL(fileURLWithPath: journal)), sample: 12)
+        var surfaced = 0
+        for step in faults.steps {
+            try? FileManager.default.removeItem(atPath: fixture.image)
+            try FileManager.default.copyItem(atPath: pristine, toPath: fixture.image)
+            let shrunk = try blk("resize", "--shrink", "--inject-fault", step.rule, fixture.image, "\(scenario.shrink.newSize)")
+            // The last flush cuts the tail: its failure is a warning, as QEMU's.
+            if shrunk.stderr.contains(step.error) {
+                surfaced += 1
+            } else {
+                #expect(shrunk.status == 0 && shrunk.stderr.isEmpty, "\(scenario), \(step.rule): \(shrunk)")
             }
+            if step.isPastLast { #expect(shrunk.status == 0, "\(scenario), \(step.rule): past the last, yet \(shrunk)") }
+            try expectSound(fixture.image, leaksAllowed: true, "\(scenario), \(step.rule)")
+            try Self.expectReads(fixture.image, fixture, newSize: scenario.shrink.newSize, "\(scenario), \(step.rule)")
         }
-        #expect(surfaced * 2 >= tried, "\(scenario): only \(surfaced) of \(tried) injected failures surfaced")
-        print("shrink \(scenario): \(counts["write"]!) writes, \(counts["flush"]!) flushes; \(surfaced) of \(tried) injected failures surfaced")
+        #expect(surfaced * 2 >= faults.tried, "\(scenario): only \(surfaced) of \(faults.tried) injected failures surfaced")
+        print("shrink \(scenario): \(faults.writes) writes, \(faults.flushes) flushes; \(surfaced) of \(faults.tried) injected failures surfaced")
     }
 }
