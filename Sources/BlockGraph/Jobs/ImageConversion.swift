@@ -15,7 +15,7 @@
 ///
 /// The target is written without the flushes that order a live image's metadata — a copy cut
 /// short by a crash is made again, not repaired — so open it with ``CacheMode/unsafe`` and let
-/// ``run(workers:syncAtEnd:progress:)`` make it durable with one `fdatasync` at the end, which
+/// ``run(workers:syncAtEnd:rateLimit:progress:)`` make it durable with one `fdatasync` at the end, which
 /// lets the page cache write everything back in one go.
 public final class ImageConversion: Sendable {
     /// The image read.
