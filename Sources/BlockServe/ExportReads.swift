@@ -33,14 +33,14 @@ extension NBDExport {
                 return reply.finished()
             }
             var lastChunk: ExportReplyBuilder.Position?
-            for run in try statusRuns(range, of: image, keys: [\.isZero])[0] {
+            try forEachZeroRun(range, of: image) { (run, isZero) throws(BlockError) in
                 lastChunk = reply.position
-                if run.key {
-                    reply.buffer.writeHoleChunk(cookie: cookie, offset: UInt64(run.range.lowerBound), length: UInt32(run.range.count))
+                if isZero {
+                    reply.buffer.writeHoleChunk(cookie: cookie, offset: UInt64(run.lowerBound), length: UInt32(run.count))
                 } else {
-                    reply.buffer.writeChunkHeader(cookie: cookie, type: .offsetData, flags: [], length: 8 + run.range.count)
-                    reply.buffer.writeInteger(UInt64(run.range.lowerBound))
-                    try appendData(run.range, of: image, to: &reply, files: files)
+                    reply.buffer.writeChunkHeader(cookie: cookie, type: .offsetData, flags: [], length: 8 + run.count)
+                    reply.buffer.writeInteger(UInt64(run.lowerBound))
+                    try appendData(run, of: image, to: &reply, files: files)
                 }
             }
             // Every byte copied is read before anything is sent, so the last content chunk may
@@ -89,22 +89,48 @@ extension NBDExport {
         try read(image, copiedUpTo, count: Int(range.upperBound - copiedUpTo), into: &reply.buffer)
     }
 
+    /// Calls `body` for each run of `range` that reads as zeroes or not, in order, neighbours
+    /// merged: a read's chunks. Nothing is collected on the way, since a read of 4 KiB is a
+    /// few microseconds of work and the arrays of `statusRuns` would cost a fair part of them.
+    private func forEachZeroRun(_ range: Range<Int64>, of image: BlockImage,
+                                _ body: (Range<Int64>, Bool) throws(BlockError) -> Void) throws(BlockError) {
+        var run: (range: Range<Int64>, isZero: Bool)?
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let status = try status(of: image, at: offset, upTo: range.upperBound)
+            let end = offset + status.byteCount
+            if let current = run, current.isZero == status.isZero {
+                run = (current.range.lowerBound..<end, current.isZero)
+            } else {
+                if let current = run { try body(current.range, current.isZero) }
+                run = (offset..<end, status.isZero)
+            }
+            offset = end
+        }
+        if let run { try body(run.range, run.isZero) }
+    }
+
+    /// The block status from `offset` on, up to `end`. A format that cannot tell gives allocated
+    /// data, which is always true.
+    private func status(of image: BlockImage, at offset: Int64, upTo end: Int64) throws(BlockError) -> BlockStatus {
+        do {
+            return try image.blockStatus(at: offset, byteCount: end - offset)
+        } catch where error.code == .notSupportedByFormat {
+            return BlockStatus(byteCount: end - offset, isData: true, isZero: false, isAllocated: true)
+        }
+    }
+
     /// The range cut into runs by block status, once for each of `keys`: neighbours with the same
     /// key merged, at most `maximumRuns` runs a key (the last may end before the range does).
     /// One walk serves every key, so a block status request for two contexts asks the image
-    /// once. A format that cannot tell gives one run of allocated data, which is always true.
+    /// once.
     private func statusRuns<Key: Equatable>(_ range: Range<Int64>, of image: BlockImage, maximumRuns: Int = .max,
                                             keys: [(BlockStatus) -> Key]) throws(BlockError) -> [[(range: Range<Int64>, key: Key)]] {
         var runs = [[(range: Range<Int64>, key: Key)]](repeating: [], count: keys.count)
         var full = [Bool](repeating: false, count: keys.count)
         var offset = range.lowerBound
         while offset < range.upperBound && full.contains(false) {
-            let status: BlockStatus
-            do {
-                status = try image.blockStatus(at: offset, byteCount: range.upperBound - offset)
-            } catch where error.code == .notSupportedByFormat {
-                status = BlockStatus(byteCount: range.upperBound - offset, isData: true, isZero: false, isAllocated: true)
-            }
+            let status = try status(of: image, at: offset, upTo: range.upperBound)
             let end = offset + status.byteCount
             for (index, key) in keys.enumerated() where !full[index] {
                 let value = key(status)
