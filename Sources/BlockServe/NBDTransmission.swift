@@ -27,7 +27,7 @@
 // sendfile are closed only after the last of them (ZeroCopyFiles).
 //
 // State: every property belongs to the event loop; workers reach the handler only through
-// NIOLoopBound, from the loop (a reply's `written`).
+// NIOLoopBound, from the loop (the replies' `written`).
 import BlockLocking
 import Logging
 import NBD
@@ -88,7 +88,11 @@ final class NBDTransmission: ChannelDuplexHandler {
     /// read data may go out with sendfile (not through TLS).
     func startTransmission(_ session: NBDSession, zeroCopy: Bool) {
         guard let context else { return finishIfIdle() }
-        serving = Serving(session: session, files: zeroCopy ? ZeroCopyFiles() : nil, replies: ReplyWriter(context.channel),
+        // Weak: the handler keeps the writer. The connection keeps the handler until `finished`,
+        // which waits for every reply's callback.
+        let handler = NIOLoopBound(WeakReference(self), eventLoop: eventLoop)
+        let replies = ReplyWriter(context.channel) { count in handler.value.object?.completed(count) }
+        serving = Serving(session: session, files: zeroCopy ? ZeroCopyFiles() : nil, replies: replies,
                           allocator: context.channel.allocator)
         deciding = false
         takeWaiting()
@@ -168,7 +172,6 @@ final class NBDTransmission: ChannelDuplexHandler {
     private func start(_ request: NBDRequest, _ serving: Serving) {
         underWay += 1
         statistics.started()
-        let handler = NIOLoopBound(self, eventLoop: eventLoop)
         let session = serving.session, files = serving.files, replies = serving.replies, allocator = serving.allocator
         BlockingThreadPool.shared.execute { [statistics, logger] in
             let export = session.export
@@ -176,13 +179,13 @@ final class NBDTransmission: ChannelDuplexHandler {
             statistics.answered(request, with: reply)
             if reply.reportsError { export.logLeaseLossIfAny(logger) }
             // A client gone leaves nobody to answer; the request itself has completed.
-            replies.send(reply) { handler.value.completed() }
+            replies.send(reply)
         }
     }
 
-    /// A reply has reached the socket, or failed to.
-    private func completed() {
-        underWay -= 1
+    /// `count` replies have reached the socket, or failed to.
+    private func completed(_ count: Int) {
+        underWay -= count
         takeWaiting()
     }
 
@@ -205,4 +208,11 @@ final class NBDTransmission: ChannelDuplexHandler {
         serving?.files?.close()
         finishedPromise.succeed()
     }
+}
+
+/// A reference that does not keep its object.
+private final class WeakReference<Object: AnyObject> {
+    weak var object: Object?
+
+    init(_ object: Object) { self.object = object }
 }

@@ -1,26 +1,31 @@
 // ReplyWriter: a connection's replies, sent from the block layer's threads as each request
 // completes. The replies that complete while the event loop is busy go out together, with one
-// flush (one writev) for all of them; and each reports when it has reached the socket (with the
-// batch's last write), which is when its request stops counting against the in-flight limit — so
-// a client that stops reading holds at most the limit's replies in the server's memory. Parts of a reply that are file
-// regions go out with sendfile between the writevs of the bytes around them.
+// flush (one writev) for all of them; and the batch reports how many have reached the socket
+// (with its last write), which is when their requests stop counting against the in-flight limit —
+// so a client that stops reading holds at most the limit's replies in the server's memory. Parts
+// of a reply that are file regions go out with sendfile between the writevs of the bytes around
+// them. One callback for the connection, told a count: a reply costs no closure of its own.
 import NIOCore
 import Synchronization
 
 final class ReplyWriter: Sendable {
-    private typealias Reply = (reply: ExportReply, written: @Sendable () -> Void)
-
     private let channel: Channel
+    /// Runs on the event loop with how many replies have reached the socket, or failed to.
+    private let written: @Sendable (Int) -> Void
     /// Replies handed over and not yet given to the channel, oldest first.
-    private let pending = Mutex<[Reply]>([])
+    private let pending = Mutex<[ExportReply]>([])
 
-    init(_ channel: Channel) { self.channel = channel }
+    /// Replies to `channel`; `written` is told, on its event loop, each time some have reached
+    /// the socket (or failed to: the client is gone).
+    init(_ channel: Channel, written: @escaping @Sendable (Int) -> Void) {
+        self.channel = channel
+        self.written = written
+    }
 
-    /// Sends `reply` from any thread; `written` runs on the event loop once it has reached the
-    /// socket, or failed to (the client is gone).
-    func send(_ reply: ExportReply, written: @escaping @Sendable () -> Void) {
+    /// Sends `reply`, from any thread.
+    func send(_ reply: ExportReply) {
         let first = pending.withLock { pending in
-            pending.append((reply, written))
+            pending.append(reply)
             return pending.count == 1
         }
         // Later replies join the batch the first one scheduled.
@@ -28,7 +33,7 @@ final class ReplyWriter: Sendable {
     }
 
     private func writePending() {
-        var taken: [Reply] = []
+        var taken: [ExportReply] = []
         pending.withLock { swap(&$0, &taken) }
         let replies = taken
         guard !replies.isEmpty else { return }
@@ -36,14 +41,13 @@ final class ReplyWriter: Sendable {
         // completes every reply of the batch: one promise a batch, not one a reply (a failed
         // write closes the channel, and every write after it fails too).
         for reply in replies.dropLast() {
-            for part in reply.reply.parts { channel.write(part, promise: nil) }
+            for part in reply.parts { channel.write(part, promise: nil) }
         }
-        let last = replies[replies.count - 1].reply.parts
+        let last = replies[replies.count - 1].parts
         for part in last.dropLast() { channel.write(part, promise: nil) }
         let promise = channel.eventLoop.makePromise(of: Void.self)
-        promise.futureResult.whenComplete { _ in
-            for reply in replies { reply.written() }
-        }
+        let count = replies.count, written = self.written
+        promise.futureResult.whenComplete { _ in written(count) }
         channel.write(last[last.count - 1], promise: promise)
         channel.flush()
     }
