@@ -91,7 +91,7 @@ final class NBDTransmission: ChannelDuplexHandler {
         // Weak: the handler keeps the writer. The connection keeps the handler until `finished`,
         // which waits for every reply's callback.
         let handler = NIOLoopBound(WeakReference(self), eventLoop: eventLoop)
-        let replies = ReplyWriter(context.channel) { count in handler.value.object?.completed(count) }
+        let replies = ReplyWriter(context.channel, logger: logger) { count in handler.value.object?.completed(count) }
         serving = Serving(session: session, files: zeroCopy ? ZeroCopyFiles() : nil, replies: replies,
                           allocator: context.channel.allocator)
         deciding = false

@@ -4,7 +4,9 @@
 // (with its last write), which is when their requests stop counting against the in-flight limit —
 // so a client that stops reading holds at most the limit's replies in the server's memory. Parts
 // of a reply that are file regions go out with sendfile between the writevs of the bytes around
-// them. One callback for the connection, told a count: a reply costs no closure of its own.
+// them. One callback for the connection, told a count: a reply costs no closure of its own. A
+// batch with file regions is watched until written (SendfileWatch: a file cut shorter under it).
+import Logging
 import NIOCore
 import Synchronization
 
@@ -14,12 +16,14 @@ final class ReplyWriter: Sendable {
     private let written: @Sendable (Int) -> Void
     /// Replies handed over and not yet given to the channel, oldest first.
     private let pending = Mutex<[ExportReply]>([])
+    private let watch: NIOLoopBound<SendfileWatch>
 
-    /// Replies to `channel`; `written` is told, on its event loop, each time some have reached
-    /// the socket (or failed to: the client is gone).
-    init(_ channel: Channel, written: @escaping @Sendable (Int) -> Void) {
+    /// Replies to `channel`, made on its event loop; `written` is told, on the loop, each time
+    /// some have reached the socket (or failed to: the client is gone).
+    init(_ channel: Channel, logger: Logger, written: @escaping @Sendable (Int) -> Void) {
         self.channel = channel
         self.written = written
+        watch = NIOLoopBound(SendfileWatch(channel, logger: logger), eventLoop: channel.eventLoop)
     }
 
     /// Sends `reply`, from any thread.
@@ -46,8 +50,18 @@ final class ReplyWriter: Sendable {
         let last = replies[replies.count - 1].parts
         for part in last.dropLast() { channel.write(part, promise: nil) }
         let promise = channel.eventLoop.makePromise(of: Void.self)
-        let count = replies.count, written = self.written
-        promise.futureResult.whenComplete { _ in written(count) }
+        let count = replies.count, written = self.written, watch = self.watch
+        let regions = replies.flatMap { reply in
+            reply.parts.compactMap { part -> FileRegion? in
+                guard case .fileRegion(let region) = part else { return nil }
+                return region
+            }
+        }
+        let batch = regions.isEmpty ? nil : watch.value.watch(regions)
+        promise.futureResult.whenComplete { _ in
+            if let batch { watch.value.written(batch) }
+            written(count)
+        }
         channel.write(last[last.count - 1], promise: promise)
         channel.flush()
     }

@@ -10,9 +10,14 @@ nbd_zero_copy_client.py race URI
     over a third, while a fourth reads the first MiB in 256 KiB and 1 MiB requests: every byte
     read must be one the first MiB was given (a pattern of its writers, or zeroes), never the
     second MiB's. The export is a fresh writable 4 MiB image, served with --discard unmap.
+nbd_zero_copy_client.py truncated URI CONTROL IMAGE
+    Asks for the first 16 MiB of the raw export without reading the reply, waits until the
+    control socket CONTROL counts them as sent from the file (the reply's region is made), cuts
+    the file IMAGE to nothing, then reads on: the reply can never complete, and the connection
+    must end within 30 s (a server whose sendfile spins at the file's new end never ends it).
 
 Prints "ok" at the end; strict mode throughout."""
-import random, sys, threading
+import json, os, random, socket, sys, threading, time
 import nbd
 
 K, M = 1024, 1024 * 1024
@@ -122,8 +127,41 @@ def race(uri):
         sys.exit("\n".join(failures))
 
 
+def sent_from_file(control):
+    control.sendall(b'{"execute": "status"}\n')
+    line = b""
+    while not line.endswith(b"\n"):
+        more = control.recv(4096)
+        assert more, "the control socket closed"
+        line += more
+    return json.loads(line)["return"]["bytes-sent-from-file"]
+
+
+def truncated(uri, control_path, image):
+    h = connect(uri)
+    count = 16 * M
+    assert h.get_size() >= count
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    control.connect(control_path)
+    cookie = h.aio_pread(nbd.Buffer(count), 0)
+    deadline = time.monotonic() + 30
+    while sent_from_file(control) < count:
+        assert time.monotonic() < deadline, "the read was never answered from the file"
+    os.truncate(image, 0)
+    deadline = time.monotonic() + 30
+    try:
+        while not h.aio_command_completed(cookie):
+            assert time.monotonic() < deadline, "the connection did not end: the reply hangs"
+            h.poll(1000)
+    except nbd.Error:
+        return
+    sys.exit("a reply of data the file no longer holds completed")
+
+
 if sys.argv[1] == "compare":
     compare(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+elif sys.argv[1] == "truncated":
+    truncated(sys.argv[2], sys.argv[3], sys.argv[4])
 else:
     race(sys.argv[2])
 print("ok")

@@ -3,7 +3,8 @@
 // through structured, DF and simple replies (Tests/Fixtures/nbd_zero_copy_client.py) and by
 // qemu's own tools; reads racing writes, trims and flushes to the same range over other
 // connections; and the control socket's count of bytes sent that way, so the path is known to
-// have been taken (and not taken under `--cache none`).
+// have been taken (and not taken under `--cache none`); and a file cut shorter under a reply on
+// its way, which must end the connection, not spin (SendfileWatch.swift).
 import Foundation
 import Testing
 
@@ -73,5 +74,18 @@ struct ServeZeroCopyTests {
             let check = try run("/usr/bin/qemu-img", ["check", path])
             #expect(check.status == 0, "\(check)")
         }
+    }
+
+    @Test("a raw file cut shorter under a reply on its way ends that connection; the server goes on and stops cleanly")
+    func fileCutUnderAReply() throws {
+        let path = try scratch.rawImage(bytes: 16 << 20)
+        try qemuIO(["-f", "raw", "-c", "write -P 0x5a 0 16M", path])
+        // Read-only raw: the locks let another process resize the file, as QEMU's do.
+        let served = try ServedExport(scratch, [path], options: ["-f", "raw", "-r", "--shared", "2", "--persistent",
+                                                                 "--control", controlPath])
+        let client = try run("/usr/bin/python3", [fixture, "truncated", served.uri, controlPath, path])
+        #expect(client.status == 0 && client.stdout == "ok\n", "\(client)")
+        #expect(try ControlClient(controlPath).returned("status")["connections"] as? Int == 0)
+        #expect(try served.stop() == 0)
     }
 }
