@@ -44,25 +44,21 @@ final class ReplyWriter: Sendable {
         // Each part in turn, nothing between them. Writes complete in order, so the last one's
         // completes every reply of the batch: one promise a batch, not one a reply (a failed
         // write closes the channel, and every write after it fails too).
-        for reply in replies.dropLast() {
-            for part in reply.parts { channel.write(part, promise: nil) }
-        }
-        let last = replies[replies.count - 1].parts
-        for part in last.dropLast() { channel.write(part, promise: nil) }
         let promise = channel.eventLoop.makePromise(of: Void.self)
-        let count = replies.count, written = self.written, watch = self.watch
-        let regions = replies.flatMap { reply in
-            reply.parts.compactMap { part -> FileRegion? in
-                guard case .fileRegion(let region) = part else { return nil }
-                return region
+        var regions: [FileRegion] = []
+        for (index, reply) in replies.enumerated() {
+            for (partIndex, part) in reply.parts.enumerated() {
+                if case .fileRegion(let region) = part { regions.append(region) }
+                let isLast = index == replies.count - 1 && partIndex == reply.parts.count - 1
+                channel.write(part, promise: isLast ? promise : nil)
             }
         }
+        let count = replies.count, written = self.written, watch = self.watch
         let batch = regions.isEmpty ? nil : watch.value.watch(regions)
         promise.futureResult.whenComplete { _ in
             if let batch { watch.value.written(batch) }
             written(count)
         }
-        channel.write(last[last.count - 1], promise: promise)
         channel.flush()
     }
 }
