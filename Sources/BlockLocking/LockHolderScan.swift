@@ -61,7 +61,21 @@ public struct LockHolderScan: Sendable {
     /// Reads /proc now: what it finds may change the moment after, so it serves messages and
     /// reports, never decisions.
     public func scan() -> Findings {
-        let everything = LockRecord.records(in: readProcFile("/proc/locks") ?? "", on: file)
+        let ownPID = getpid()
+        // The kernel prints /proc/locks a page per read(2), each page from the lock list as it
+        // then is, so on a busy host a change between pages prints lines twice or not at all, and
+        // a line printed twice looks like a holder no process owns. So the list is read until two
+        // reads agree about this file, with this process's descriptors read between them, which
+        // also catches a lock a thread here took meanwhile. Churn that keeps time with the reads
+        // can repeat a copy in both; `heldByAnotherOpen` settles the copies of our own lines.
+        var everything = currentRecords()
+        var own = descriptorRecords(of: ownPID)
+        for _ in 1..<Self.readsToAgree {
+            let again = currentRecords()
+            if again == everything { break }
+            everything = again
+            own = descriptorRecords(of: ownPID)
+        }
         let granted = everything.filter { !$0.isWaiting }
         let waiters = everything.filter(\.isWaiting)
         guard !granted.isEmpty else { return Findings(holders: [], waiters: waiters) }
@@ -69,27 +83,14 @@ public struct LockHolderScan: Sendable {
         var unattributed: [LockRecord.MatchKey: Int] = [:]
         for record in granted { unattributed[record.matchKey, default: 0] += 1 }
         var holders: [LockHolder] = []
-        var unreadable = 0
-        let ownPID = getpid()
-
-        // This process first: when its own locks are all there are (an open that asks who else
-        // holds the image, and nobody does), no other process's descriptors need reading.
-        var mayStopEarly = true
-        for pid in [ownPID] + processIDs().filter({ $0 != ownPID }) {
-            if pid != ownPID, mayStopEarly, !unattributed.values.contains(where: { $0 > 0 }) {
-                // Only if /proc/locks still says what it said: a lock a thread here took since,
-                // like one another process holds, would have been counted against that one.
-                if LockRecord.records(in: readProcFile("/proc/locks") ?? "", on: file) == everything { break }
-                mayStopEarly = false
-            }
-            guard let descriptors = listDirectory("/proc/\(pid)/fdinfo") else {
-                unreadable += 1
-                continue
+        var denied = 0
+        func attribute(_ pid: Int32, _ descriptors: ProcessDescriptors) {
+            guard case .readable(let byDescriptor) = descriptors else {
+                if case .denied = descriptors { denied += 1 }
+                return
             }
             var records: [LockRecord] = []
-            for name in descriptors {
-                guard let text = readProcFile("/proc/\(pid)/fdinfo/\(name)") else { continue }
-                let found = LockRecord.records(in: text, on: file).filter { !$0.isWaiting }
+            for (name, found) in byDescriptor {
                 for record in found { unattributed[record.matchKey]? -= 1 }
                 if pid == ownPID, let excluding, name == String(excluding.rawValue) { continue }
                 records += found
@@ -98,6 +99,12 @@ public struct LockHolderScan: Sendable {
                 holders.append(LockHolder(pid: pid, program: Self.programName(of: pid), locks: records.sorted(by: byPosition)))
             }
         }
+        // This process first: when its own locks are all there are (an open that asks who else
+        // holds the image, and nobody does), no other process's descriptors need reading.
+        attribute(ownPID, own)
+        if unattributed.values.contains(where: { $0 > 0 }) {
+            for pid in processIDs() where pid != ownPID { attribute(pid, descriptorRecords(of: pid)) }
+        }
 
         // Classic POSIX locks carry their real pid even when fdinfo could not be read.
         var unknown: [LockRecord] = []
@@ -105,18 +112,69 @@ public struct LockHolderScan: Sendable {
             unattributed[record.matchKey]! -= 1
             if record.reportedPID > 0 {
                 holders.append(LockHolder(pid: record.reportedPID, program: Self.programName(of: record.reportedPID), locks: [record]))
-            } else {
+            } else if heldByAnotherOpen(record) {
                 unknown.append(record)
             }
         }
         if !unknown.isEmpty {
-            let note = unreadable > 0
-                ? "its /proc entries are not readable by this user; \(unreadable) processes could not be inspected"
+            let note = denied > 0
+                ? "its /proc entries are not readable by this user; \(denied) processes could not be inspected"
                 : "it exited while being looked for"
             holders.append(LockHolder(pid: nil, program: nil, locks: unknown.sorted(by: byPosition), visibilityNote: note))
         }
         holders.sort { ($0.pid ?? .max) < ($1.pid ?? .max) }
         return Findings(holders: holders, waiters: waiters)
+    }
+
+    /// How many times /proc/locks is read at most for two reads that agree: lock changes on this
+    /// very file (a queue moving) can keep them apart, and then the last read is taken.
+    static let readsToAgree = 4
+
+    /// Whether an open other than `excluding` holds a lock where `record` is. Reads that agree can
+    /// still both print one of `excluding`'s lines twice, when churn elsewhere keeps time with
+    /// them; the kernel's own conflict check through `excluding`, which skips only that open's
+    /// locks, tells such a copy from a lock someone else holds. Without `excluding`, or when the
+    /// check fails, the line is taken as it stands.
+    private func heldByAnotherOpen(_ record: LockRecord) -> Bool {
+        guard let excluding else { return true }
+        var lock = flock()
+        lock.l_type = Int16(F_WRLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        lock.l_start = Int(record.firstByte)
+        // The parser keeps lastByte ≥ firstByte ≥ 0; a range to the largest offset is to the end.
+        let span = record.lastByte.map { $0 - record.firstByte }
+        lock.l_len = span.map { $0 == .max ? 0 : Int($0 + 1) } ?? 0
+        guard blk_fcntl_flock(excluding.rawValue, Int32(blk_F_OFD_GETLK), &lock) == 0 else { return true }
+        return lock.l_type != Int16(F_UNLCK)
+    }
+
+    /// The lock lines of this file in /proc/locks, read now.
+    private func currentRecords() -> [LockRecord] {
+        LockRecord.records(in: readProcFile("/proc/locks") ?? "", on: file)
+    }
+
+    /// One process's granted locks on this file, by descriptor; or why they cannot be known.
+    private enum ProcessDescriptors {
+        case readable([(name: String, records: [LockRecord])])
+        /// Not this user's to read: its locks stay unexplained.
+        case denied
+        /// Exited since /proc was listed: its locks went with it.
+        case gone
+    }
+
+    private func descriptorRecords(of pid: Int32) -> ProcessDescriptors {
+        let names: [String]
+        switch directoryEntries("/proc/\(pid)/fdinfo") {
+        case .success(let found): names = found
+        case .failure(let errno): return errno == .permissionDenied || errno == .notPermitted ? .denied : .gone
+        }
+        var byDescriptor: [(name: String, records: [LockRecord])] = []
+        for name in names {
+            guard let text = readProcFile("/proc/\(pid)/fdinfo/\(name)") else { continue }
+            let found = LockRecord.records(in: text, on: file).filter { !$0.isWaiting }
+            if !found.isEmpty { byDescriptor.append((name, found)) }
+        }
+        return .readable(byDescriptor)
     }
 
     /// Only the blocked requests on the file, from /proc/locks alone: cheap enough to poll.
@@ -148,7 +206,12 @@ func readProcFile(_ path: String) -> String? {
 
 /// The names in a directory, without "." and ".."; nil when it cannot be opened.
 func listDirectory(_ path: String) -> [String]? {
-    guard let directory = opendir(path) else { return nil }
+    try? directoryEntries(path).get()
+}
+
+/// The names in a directory, without "." and ".."; or why it could not be opened.
+func directoryEntries(_ path: String) -> Result<[String], Errno> {
+    guard let directory = opendir(path) else { return .failure(Errno(rawValue: errno)) }
     defer { closedir(directory) }
     var names: [String] = []
     while let entry = readdir(directory) {
@@ -157,5 +220,6 @@ func listDirectory(_ path: String) -> [String]? {
         }
         if name != "." && name != ".." { names.append(name) }
     }
-    return names
+    return .success(names)
 }
+
