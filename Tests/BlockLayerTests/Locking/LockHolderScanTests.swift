@@ -30,14 +30,20 @@ struct LockHolderScanTests {
         #expect(pages >= 3, "/proc/locks spans \(pages) pages")
 
         let scan = LockHolderScan(file: try LockHolderScan.identity(of: descriptor).get(), excluding: descriptor)
+        // Under churn each read of /proc/locks waits for the kernel's lock list (an RCU grace
+        // period a page): 250 scans take 12 s alone on 2 cores and minutes beside the other
+        // suites, so the scans stop at 15 s as well. Before the fix, 250 found 2 or 3 holders.
         var invented: [LockHolder] = []
-        for _ in 0..<250 {
+        var scans = 0
+        let stop = ContinuousClock.now + .seconds(15)
+        while scans < 250, ContinuousClock.now < stop {
+            scans += 1
             // A read-only open's locks, as `blk info` holds them while it asks who else does; taken
             // afresh each time, as each open does, so they land among the churn at a new place.
             for byte: Int64 in [100, 201, 203] { #expect(try locker.tryLock(.shared, byte: byte).get() == .acquired) }
             invented += scan.scan().holders
             for byte: Int64 in [100, 201, 203] { try locker.unlock(byte: byte).get() }
         }
-        #expect(invented.isEmpty, "\(invented.count) holders found, the first: \(invented.first.map(\.summary) ?? "")")
+        #expect(invented.isEmpty, "\(invented.count) holders found in \(scans) scans, the first: \(invented.first.map(\.summary) ?? "")")
     }
 }
