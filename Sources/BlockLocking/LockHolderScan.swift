@@ -21,7 +21,9 @@ public struct LockHolderScan: Sendable {
     /// The file as /proc/locks names it: device and inode, never a path, which holders may spell
     /// differently.
     public var file: FileIdentity
-    /// Our own descriptor whose locks are not "held by someone else".
+    /// Our own descriptor whose locks are not "held by someone else". The kernel's conflict check
+    /// through it also settles what /proc/locks, read while it changes, cannot: whether anyone
+    /// else holds a lock at all. A descriptor holding no locks serves for that alone.
     public var excluding: FileDescriptor?
 
     /// A scan of `file`, leaving out the locks of `excluding`: an open that asks who is in its way
@@ -63,11 +65,12 @@ public struct LockHolderScan: Sendable {
     public func scan() -> Findings {
         let ownPID = getpid()
         // The kernel prints /proc/locks a page per read(2), each page from the lock list as it
-        // then is, so on a busy host a change between pages prints lines twice or not at all, and
-        // a line printed twice looks like a holder no process owns. So the list is read until two
-        // reads agree about this file, with this process's descriptors read between them, which
-        // also catches a lock a thread here took meanwhile. Churn that keeps time with the reads
-        // can repeat a copy in both; `heldByAnotherOpen` settles the copies of our own lines.
+        // then is, so on a busy host a change between pages prints lines twice or not at all: a
+        // line printed twice looks like a holder no process owns, a line left out hides one. So
+        // the list is read until two reads agree about this file, with this process's descriptors
+        // read between them, which also catches a lock a thread here took meanwhile. Churn that
+        // keeps time with the reads can repeat a fault in both, so the kernel's conflict check
+        // through `excluding`, which skips only that open's locks, has the last word where it can.
         var everything = currentRecords()
         var own = descriptorRecords(of: ownPID)
         for _ in 1..<Self.readsToAgree {
@@ -78,7 +81,8 @@ public struct LockHolderScan: Sendable {
         }
         let granted = everything.filter { !$0.isWaiting }
         let waiters = everything.filter(\.isWaiting)
-        guard !granted.isEmpty else { return Findings(holders: [], waiters: waiters) }
+        let othersHold = anotherOpenHolds(from: 0, through: nil)
+        guard othersHold != false, !granted.isEmpty || othersHold == true else { return Findings(holders: [], waiters: waiters) }
 
         var unattributed: [LockRecord.MatchKey: Int] = [:]
         for record in granted { unattributed[record.matchKey, default: 0] += 1 }
@@ -102,7 +106,7 @@ public struct LockHolderScan: Sendable {
         // This process first: when its own locks are all there are (an open that asks who else
         // holds the image, and nobody does), no other process's descriptors need reading.
         attribute(ownPID, own)
-        if unattributed.values.contains(where: { $0 > 0 }) {
+        if unattributed.values.contains(where: { $0 > 0 }) || (othersHold == true && holders.isEmpty) {
             for pid in processIDs() where pid != ownPID { attribute(pid, descriptorRecords(of: pid)) }
         }
 
@@ -112,7 +116,7 @@ public struct LockHolderScan: Sendable {
             unattributed[record.matchKey]! -= 1
             if record.reportedPID > 0 {
                 holders.append(LockHolder(pid: record.reportedPID, program: Self.programName(of: record.reportedPID), locks: [record]))
-            } else if heldByAnotherOpen(record) {
+            } else if anotherOpenHolds(from: record.firstByte, through: record.lastByte) != false {
                 unknown.append(record)
             }
         }
@@ -130,21 +134,19 @@ public struct LockHolderScan: Sendable {
     /// very file (a queue moving) can keep them apart, and then the last read is taken.
     static let readsToAgree = 4
 
-    /// Whether an open other than `excluding` holds a lock where `record` is. Reads that agree can
-    /// still both print one of `excluding`'s lines twice, when churn elsewhere keeps time with
-    /// them; the kernel's own conflict check through `excluding`, which skips only that open's
-    /// locks, tells such a copy from a lock someone else holds. Without `excluding`, or when the
-    /// check fails, the line is taken as it stands.
-    private func heldByAnotherOpen(_ record: LockRecord) -> Bool {
-        guard let excluding else { return true }
+    /// Whether an open other than `excluding` holds a lock on any byte from `first` through `last`
+    /// (nil: to the end of the file), as the kernel's conflict check through `excluding` sees it;
+    /// nil without `excluding` or when the check fails.
+    private func anotherOpenHolds(from first: Int64, through last: Int64?) -> Bool? {
+        guard let excluding else { return nil }
         var lock = flock()
         lock.l_type = Int16(F_WRLCK)
         lock.l_whence = Int16(SEEK_SET)
-        lock.l_start = Int(record.firstByte)
-        // The parser keeps lastByte ≥ firstByte ≥ 0; a range to the largest offset is to the end.
-        let span = record.lastByte.map { $0 - record.firstByte }
+        lock.l_start = Int(first)
+        // Lock lines keep last ≥ first ≥ 0; a range to the largest offset is to the end.
+        let span = last.map { $0 - first }
         lock.l_len = span.map { $0 == .max ? 0 : Int($0 + 1) } ?? 0
-        guard blk_fcntl_flock(excluding.rawValue, Int32(blk_F_OFD_GETLK), &lock) == 0 else { return true }
+        guard blk_fcntl_flock(excluding.rawValue, Int32(blk_F_OFD_GETLK), &lock) == 0 else { return nil }
         return lock.l_type != Int16(F_UNLCK)
     }
 

@@ -56,7 +56,9 @@ public struct LockReport: Sendable, Hashable {
 
         switch LockHolderScan.identity(of: descriptor) {
         case .success(let identity):
-            let findings = LockHolderScan(file: identity, excluding: excluding).scan()
+            // Without an open of ours to leave out, the probing descriptor, which holds no locks,
+            // lets the scan ask the kernel whether anyone holds one.
+            let findings = LockHolderScan(file: identity, excluding: excluding ?? descriptor).scan()
             report.holders = findings.holders
             report.waiters = findings.waiters
         case .failure(let failure):
