@@ -125,7 +125,11 @@ struct InfoCommand: ParsableCommand {
         print("disk size: \(actualSize.map(humanSize) ?? "unavailable")")
         if let info {
             if let clusterSize = info.clusterSize { print("cluster_size: \(clusterSize)") }
-            if let backing = info.backingFile { print("backing file: \(escapingControlCharacters(backing))") }
+            if let backing = info.backingFile {
+                // qemu-img's words: the path the name means from here, when it differs.
+                let actualPath = info.fullBackingFile.map { $0 == backing ? "" : " (actual path: \(escapingControlCharacters($0)))" }
+                print("backing file: \(escapingControlCharacters(backing))\(actualPath ?? " (cannot determine actual path)")")
+            }
             if let format = info.backingFormat { print("backing file format: \(escapingControlCharacters(format))") }
             if !snapshots.isEmpty { printSnapshotList(snapshots) }
             if !info.fields.isEmpty {
