@@ -3,9 +3,10 @@
 // is to be, for the range that survives — with leaks at worst:
 //
 //   0. checks, before anything is written: not a version 2 image with snapshots (QEMU's words),
-//      no persistent bitmaps (QEMU shrinks their tables; blk grows them, not yet shrinks), and every
-//      L2 table and entry past the new end readable and sane; what is dirty is written back;
-//   1. the header's size, bytes 24–31, one write inside one sector; fdatasync. From here on no
+//      and every L2 table and entry past the new end readable and sane; what is dirty is
+//      written back;
+//   1. the header's size, bytes 24–31, one write inside one sector; fdatasync. With persistent
+//      bitmaps, their tables shrink with it in Qcow2BitmapResize.swift's order. From here on no
 //      reader sees the range past the end — the old image's clusters there are still counted
 //      and still named, which qemu-img check calls clean;
 //   2. in the L2 table the new end falls inside, the entries past the end become 0 through the
@@ -42,20 +43,25 @@ extension Qcow2Driver {
         guard byteCount % 512 == 0 else { throw BlockError(.invalidRequest, "The new size must be a multiple of 512") }
         try refuseWritesIfCorrupt()
         try prepareForWriting(&state)
-        guard try bitmapState().bitmaps.isEmpty else {
-            throw BlockError(.unsupported, "qcow2: shrinking an image with persistent dirty bitmaps is not supported by this build of blk")
-        }
         let clusterSize = UInt64(self.clusterSize)
         let firstCluster = (UInt64(byteCount) + clusterSize - 1) / clusterSize
         let keptTables = Int(min((firstCluster + (1 << UInt64(l2Bits)) - 1) >> UInt64(l2Bits), UInt64(Int.max)))
         try checkTablesPastEnd(from: firstCluster)
         try writeBackMetadata(&state)
 
-        try file.during(.headerUpdate) { () throws(BlockError) in
-            try writeBigEndian(UInt64(byteCount), at: 24)
-            try file.driver.flush()
+        if try bitmapState().bitmaps.isEmpty {
+            try file.during(.headerUpdate) { () throws(BlockError) in
+                try writeBigEndian(UInt64(byteCount), at: 24)
+                try file.driver.flush()
+            }
+            virtualSize.store(byteCount, ordering: .releasing)
+        } else {
+            var fields = [UInt8](repeating: 0, count: 24) // bytes 24–47, the L1 table's as they are
+            fields.setBigEndian(UInt64(byteCount), at: 0)
+            fields.setBigEndian(UInt32(cache.withLock { $0.l1.count }), at: 12)
+            fields.setBigEndian(state.l1TableOffset, at: 16)
+            try switchSize(fields, to: byteCount, &state)
         }
-        virtualSize.store(byteCount, ordering: .releasing)
 
         if keptTables > 0, firstCluster & ((1 << UInt64(l2Bits)) - 1) != 0 {
             let l1Index = keptTables - 1

@@ -1,12 +1,13 @@
-// Growing a qcow2 image that has persistent dirty bitmaps (Qcow2BitmapResize.swift): the tables
-// that must grow do, QEMU then opens the image with every bitmap consistent and marks the new
-// space, and a crash at any point leaves the old size or the new one with the bitmaps marking
-// what they marked — or, only where the bitmaps extension lies past sector 0 (as qemu-img
-// writes it), the growing bitmaps in use, as QEMU leaves them after a crash.
+// Growing and shrinking a qcow2 image that has persistent dirty bitmaps (Qcow2BitmapResize.swift):
+// the tables that must change do, QEMU then opens the image with every bitmap consistent (and, on
+// a shrink, with the marks qemu-img's own shrink keeps), and a crash at any point leaves the old
+// size or the new one with the bitmaps marking what they marked inside it — or, only where the
+// bitmaps extension lies past sector 0 (as qemu-img writes it), the changing bitmaps in use, as
+// QEMU leaves them after a crash.
 import Foundation
 import Testing
 
-@Suite("qcow2: growing an image with persistent bitmaps")
+@Suite("qcow2: growing and shrinking an image with persistent bitmaps")
 struct BitmapResizeTests {
     let scratch: Scratch
 
@@ -22,15 +23,16 @@ struct BitmapResizeTests {
     /// name table, past sector 0; blk right after the header) with the bitmaps above and data
     /// blk wrote, so marked granules at both ends (a QEMU write would rewrite the header in
     /// QEMU's layout).
-    func image(madeBy creator: String) throws -> String {
+    func image(madeBy creator: String, size: Int = oldSize, writes: [String]? = nil) throws -> String {
         let image = scratch.directory + "/\(creator).qcow2"
         let tool = creator == "blk" ? blkPath : Self.qemuImg
-        #expect(try run(tool, ["create", "-f", "qcow2", image, "\(Self.oldSize)"]).status == 0)
+        #expect(try run(tool, ["create", "-f", "qcow2", image, "\(size)"]).status == 0)
         for (name, granularity) in Self.bitmaps {
             let added = try run(tool, ["bitmap", "--add", "-g", "\(granularity)"] + (name == "off" ? ["--disable"] : []) + [image, name])
             #expect(added.status == 0, "\(added)")
         }
-        let wrote = try blk("io", "-f", "qcow2", "-c", "write -P 1 0 64k", "-c", "write -P 2 \(Self.oldSize - 4096) 4k", image)
+        let commands = writes ?? ["write -P 1 0 64k", "write -P 2 \(size - 4096) 4k"]
+        let wrote = try run(blkPath, ["io", "-f", "qcow2"] + commands.flatMap { ["-c", $0] } + [image])
         #expect(wrote.status == 0, "\(wrote)")
         let layout = try #require(BitmapLayout(try Data(contentsOf: URL(fileURLWithPath: image))))
         #expect((layout.extensionData >= 512) == (creator == "qemu-img"), "\(creator): bitmaps extension data at \(layout.extensionData)")
@@ -103,5 +105,84 @@ struct BitmapResizeTests {
             }
         }
         if creator == "blk" { #expect(inUseStates == 0) }
+    }
+
+    /// Writes into a 300 MiB image: at both ends of what a shrink to 200 MiB keeps, past that end
+    /// in the data cluster b2 and off keep (their first entry covers 256 MiB), and in the one
+    /// their second entry names.
+    static let shrinkWrites = ["write -P 1 0 64k", "write -P 2 \((200 << 20) - 4096) 4k", "write -P 3 \(220 << 20) 4k",
+                               "write -P 4 \(280 << 20) 4k"]
+
+    /// The granules of `name` an image of `size` bytes keeps of `marks`.
+    func kept(_ marks: Set<Int>, of name: String, size: Int) -> Set<Int> {
+        let granularity = Self.bitmaps.first { $0.0 == name }!.1
+        return marks.filter { $0 < (size + granularity - 1) / granularity }
+    }
+
+    @Test("blk resize --shrink shrinks the tables and clears the marks past the end, as qemu-img does; QEMU loads them",
+          arguments: ["qemu-img", "blk"])
+    func shrinkAsQemuDoes(creator: String) throws {
+        let image = try image(madeBy: creator, size: Self.newSize, writes: Self.shrinkWrites)
+        let theirs = scratch.directory + "/theirs.qcow2"
+        try FileManager.default.copyItem(atPath: image, toPath: theirs)
+        let before = BitmapLayout(try Data(contentsOf: URL(fileURLWithPath: image)))!
+        #expect(before.entries.map(\.tableSize) == [1, 2, 2], "\(before.entries)")
+        let shrunk = try blk("resize", "--shrink", image, "\(Self.oldSize)")
+        #expect(shrunk.status == 0 && shrunk.stdout == "Image resized.\n", "\(shrunk)")
+        #expect(try run(Self.qemuImg, ["resize", "--shrink", theirs, "\(Self.oldSize)"]).status == 0)
+        #expect(try run(Self.qemuImg, ["check", image]).status == 0)
+        let info = try qemuInfo(image)
+        #expect(info.size == Self.oldSize)
+        #expect(info.bitmaps.map(\.name) == ["b1", "b2", "off"] && info.bitmaps.allSatisfy { !$0.flags.contains("in-use") }, "\(info)")
+        let mine = BitmapLayout(try Data(contentsOf: URL(fileURLWithPath: image)))!
+        let qemus = BitmapLayout(try Data(contentsOf: URL(fileURLWithPath: theirs)))!
+        #expect(mine.entries.map(\.tableSize) == [1, 1, 1], "\(mine.entries)")
+        for (name, _) in Self.bitmaps {
+            #expect(mine.granules(of: name) == kept(before.granules(of: name), of: name, size: Self.oldSize), "\(name)")
+            #expect(mine.granules(of: name) == qemus.granules(of: name), "\(name) against qemu-img's shrink")
+        }
+        // QEMU loads every bitmap consistent and grows it back, the granules past the old end clean.
+        #expect(try run(Self.qemuImg, ["resize", image, "\(Self.newSize)"]).status == 0)
+        let regrown = BitmapLayout(try Data(contentsOf: URL(fileURLWithPath: image)))!
+        for (name, _) in Self.bitmaps {
+            #expect(regrown.granules(of: name) == kept(before.granules(of: name), of: name, size: Self.oldSize), "\(name) regrown")
+        }
+        #expect(try run(Self.qemuImg, ["check", image]).status == 0)
+    }
+
+    @Test("every crash state of a shrink has the old size or the new one and bitmaps that mark what they marked inside it",
+          arguments: ["qemu-img", "blk"])
+    func crashStatesOfShrinking(creator: String) throws {
+        let image = try image(madeBy: creator, size: Self.newSize, writes: Self.shrinkWrites)
+        let base = try Data(contentsOf: URL(fileURLWithPath: image))
+        let before = BitmapLayout(base)!
+        let journal = scratch.directory + "/journal"
+        try scratch.write(journal, Data())
+        let shrunk = try blk("amend", "--record-writes", journal, "-o", "size=\(Self.oldSize)", image)
+        #expect(shrunk.status == 0, "\(shrunk)")
+        let probe = scratch.directory + "/crashed.qcow2"
+        var inUseStates = 0
+        try CrashStates.check("shrink with bitmaps, \(creator)", before: base, journal: try Data(contentsOf: URL(fileURLWithPath: journal)),
+                              probe: probe, sample: 30) { state in
+            try expectSound(probe, leaksAllowed: true, state.label)
+            let info = try qemuInfo(probe)
+            #expect([Self.oldSize, Self.newSize].contains(info.size), "\(state.label): size \(info.size)")
+            #expect(info.bitmaps.map(\.name) == ["b1", "b2", "off"], "\(state.label): \(info.bitmaps)")
+            let layout = BitmapLayout(try Data(contentsOf: URL(fileURLWithPath: probe)))!
+            for entry in layout.entries {
+                if entry.flags & 1 != 0 {
+                    // Only the window of the two-sector switch.
+                    #expect(creator == "qemu-img" && !state.isLast, "\(state.label): \(entry.name) in use")
+                    inUseStates += 1
+                } else {
+                    let marks = before.granules(of: entry.name)
+                    #expect(layout.granules(of: entry.name) == (info.size == Self.newSize ? marks : kept(marks, of: entry.name, size: info.size)),
+                            "\(state.label): \(entry.name)")
+                    let needed = entry.name == "b1" || info.size == Self.oldSize ? 1 : 2
+                    #expect(entry.tableSize == needed, "\(state.label): \(entry.name) has a table of \(entry.tableSize)")
+                }
+            }
+        }
+        if creator == "blk" { #expect(inUseStates == 0) } else { #expect(inUseStates > 0) }
     }
 }
