@@ -8,7 +8,10 @@
 //   2. the switch: the bitmaps extension's 24 bytes (count, directory size and offset), which
 //      lie inside one sector (refused before step 1 otherwise); fdatasync. An image without the
 //      extension gets it appended after the last extension while autoclear bit 0 is clear (QEMU
-//      and blk then ignore it), and the switch is setting the bit, 8 bytes at byte 88. Removing
+//      and blk then ignore it), and the switch is setting the bit, 8 bytes at byte 88. A backing
+//      file name in the way (QEMU and blk put it right after the extensions) is moved first:
+//      copied clear of the extension's bytes, fdatasync, then its offset switched (bytes 8–15,
+//      sector 0), fdatasync — the same name either way (Qcow2HeaderUpdate.swift). Removing
 //      the last bitmap turns the extension into the end of the list (4 bytes) when it is the
 //      last one, or else clears autoclear bit 0 (QEMU drops the ignored extension when it next
 //      writes the image);
@@ -205,8 +208,22 @@ extension Qcow2Driver {
     func switchBitmaps(to bitmaps: [Qcow2Bitmap], writing tables: [(offset: UInt64, bytes: [UInt8])], releasing: [UInt64],
                                from old: Qcow2Header.BitmapDirectory?, _ state: inout Qcow2WriterState) throws(BlockError) {
         let headerBytes = Int(min(Int64(clusterSize), try fileDriver.length()))
-        let headerArea = try Qcow2HeaderUpdate(cluster: try Self.readBytes(file, at: 0, count: headerBytes))
+        var headerArea = try Qcow2HeaderUpdate(cluster: try Self.readBytes(file, at: 0, count: headerBytes))
         let existing = headerArea.extensions.first { $0.type == Qcow2Header.bitmapsExtension }
+        if existing == nil && !bitmaps.isEmpty {
+            // A backing file name right after the extensions, where QEMU and blk put it, moves
+            // out of the new extension's way first.
+            let moves = try headerArea.movingName(clearOf: headerArea.endMarker..<headerArea.metadataEnd + 32)
+            if !moves.isEmpty {
+                try file.during(.headerUpdate) { () throws(BlockError) in
+                    for step in moves {
+                        try writeBytes(step.bytes, at: UInt64(step.byteOffset))
+                        try file.driver.flush()
+                    }
+                }
+                headerArea = try Qcow2HeaderUpdate(cluster: try Self.readBytes(file, at: 0, count: headerBytes))
+            }
+        }
         // Other autoclear bits (a raw external data file's) stay as they are.
         let autoclearOnDisk = headerArea.cluster.bigEndian(UInt64.self, at: 88)
         let bitOnDisk = autoclearOnDisk & Qcow2Bitmap.autoclearBit != 0

@@ -171,6 +171,18 @@ struct Qcow2HeaderUpdate {
         return writes
     }
 
+    /// The writes that move the live backing file name clear of `reserved` (bytes the extension
+    /// area is about to take), each to be followed by an fdatasync: the name copied where nothing
+    /// points, then its offset (bytes 8–15) switched inside sector 0, so a crash leaves one copy
+    /// or the other named, the same name. Empty when the name lies elsewhere.
+    func movingName(clearOf reserved: Range<Int>) throws(BlockError) -> [Write] {
+        guard let liveName, liveName.overlaps(reserved) else { return [] }
+        let offset = try freeSpace(for: liveName.count, after: reserved.upperBound)
+        var switched = [UInt8](repeating: 0, count: 8)
+        switched.setBigEndian(UInt64(offset), at: 0)
+        return [Write(byteOffset: offset, bytes: Array(cluster[liveName])), Write(byteOffset: 8, bytes: switched)]
+    }
+
     /// Where `count` bytes fit in the cluster clear of the live name and of everything before
     /// `start`: right at `start` (QEMU's place for the name) or after the live name.
     private func freeSpace(for count: Int, after start: Int) throws(BlockError) -> Int {

@@ -135,6 +135,42 @@ struct BitmapTests {
         #expect(try run(Self.qemuImg, ["check", base]).status == 0)
     }
 
+    @Test("a bitmap added to an overlay moves its backing file name out of the way; every crash state keeps the chain",
+          arguments: ["qemu-img", "blk"])
+    func addToOverlay(creator: String) throws {
+        let base = scratch.directory + "/base.qcow2", top = scratch.directory + "/top.qcow2"
+        #expect(try run(Self.qemuImg, ["create", "-f", "qcow2", base, "8M"]).status == 0)
+        #expect(try run("/usr/bin/qemu-io", ["-f", "qcow2", "-c", "write -P 7 0 64k", base]).status == 0)
+        // Both put the name right after the extensions, where the new extension must go.
+        let made = try run(creator == "blk" ? blkPath : Self.qemuImg, ["create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top])
+        #expect(made.status == 0, "\(made)")
+        let original = try Data(contentsOf: URL(fileURLWithPath: top))
+        let journal = scratch.directory + "/journal"
+        try scratch.write(journal, Data())
+        let added = try run(blkPath, ["bitmap", "--record-writes", journal, "--add", top, "b1"])
+        #expect(added.status == 0, "\(added)")
+
+        /// QEMU sees the same base through `image`, and one of `bitmaps`, consistent.
+        func expectChain(_ image: String, bitmaps allowed: [[String]], _ label: String) throws {
+            let info = try run(Self.qemuImg, ["info", "--output=json", image])
+            let object = try JSONSerialization.jsonObject(with: Data(info.stdout.utf8)) as? [String: Any] ?? [:]
+            #expect(object["backing-filename"] as? String == "base.qcow2" && object["backing-filename-format"] as? String == "qcow2",
+                    "\(label): \(info)")
+            let bitmaps = try Self.bitmapList(info.stdout)
+            #expect(allowed.contains(bitmaps.map(\.name)) && bitmaps.allSatisfy { !$0.flags.contains("in-use") }, "\(label): \(bitmaps)")
+            let read = try run("/usr/bin/qemu-io", ["-r", "-f", "qcow2", "-c", "read -P 7 0 64k", image])
+            #expect(read.status == 0 && !read.stdout.contains("fail"), "\(label): \(read)")
+        }
+        try expectChain(top, bitmaps: [["b1"]], "after the add")
+        try expectSound(top, leaksAllowed: false, "after the add")
+        let probe = scratch.directory + "/crashed.qcow2"
+        try CrashStates.check("bitmap add over a backing name, \(creator)", before: original,
+                              journal: try Data(contentsOf: URL(fileURLWithPath: journal)), probe: probe, sample: 30) { state in
+            try expectSound(probe, leaksAllowed: true, state.label)
+            try expectChain(probe, bitmaps: [[], ["b1"]], state.label)
+        }
+    }
+
     static func bitmapList(_ json: String) throws -> [(name: String, granularity: Int, flags: [String])] {
         let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
         let data = (object?["format-specific"] as? [String: Any])?["data"] as? [String: Any]
