@@ -58,12 +58,12 @@ public struct ByteLocker: Sendable {
     }
 
     @inline(__always)
-    private func request(_ type: Int16, byte: Int64) -> flock {
+    private func request(_ type: Int16, byte: Int64, length: Int = 1) -> flock {
         var lock = flock()
         lock.l_type = type
         lock.l_whence = Int16(SEEK_SET)
         lock.l_start = Int(byte)
-        lock.l_len = 1
+        lock.l_len = length
         lock.l_pid = 0 // the kernel rejects OFD requests with any other pid (EINVAL)
         return lock
     }
@@ -94,7 +94,15 @@ public struct ByteLocker: Sendable {
     /// The lock of another owner that would stop this descriptor from taking `kind` on `byte`,
     /// if any. Probing for `.exclusive` finds any lock at all. fcntl(F_OFD_GETLK).
     public func probe(byte: Int64, for kind: LockKind) -> Result<ProbedLock?, SystemCallError> {
-        var lock = request(kind.flockType, byte: byte)
+        probe(from: byte, through: byte, for: kind)
+    }
+
+    /// The same for any byte from `first` through `last` (nil: to the end of the file), for
+    /// asking about locks that are not on the image's single lock bytes: those /proc/locks lists.
+    public func probe(from first: Int64, through last: Int64?, for kind: LockKind) -> Result<ProbedLock?, SystemCallError> {
+        // A range to the largest offset is one to the end of the file (length 0).
+        let length = last.map { $0 - first == .max ? 0 : Int($0 - first) + 1 } ?? 0
+        var lock = request(kind.flockType, byte: first, length: length)
         let command = flavor.probeCommand
         let fd = descriptor.rawValue
         return valueOrErrno("fcntl(F_OFD_GETLK)", { blk_fcntl_flock(fd, command, &lock) }).map { _ in

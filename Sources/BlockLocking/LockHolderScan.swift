@@ -136,18 +136,11 @@ public struct LockHolderScan: Sendable {
 
     /// Whether an open other than `excluding` holds a lock on any byte from `first` through `last`
     /// (nil: to the end of the file), as the kernel's conflict check through `excluding` sees it;
-    /// nil without `excluding` or when the check fails.
+    /// nil without `excluding` or when the check fails. Lock lines keep last ≥ first ≥ 0.
     private func anotherOpenHolds(from first: Int64, through last: Int64?) -> Bool? {
         guard let excluding else { return nil }
-        var lock = flock()
-        lock.l_type = Int16(F_WRLCK)
-        lock.l_whence = Int16(SEEK_SET)
-        lock.l_start = Int(first)
-        // Lock lines keep last ≥ first ≥ 0; a range to the largest offset is to the end.
-        let span = last.map { $0 - first }
-        lock.l_len = span.map { $0 == .max ? 0 : Int($0 + 1) } ?? 0
-        guard blk_fcntl_flock(excluding.rawValue, Int32(blk_F_OFD_GETLK), &lock) == 0 else { return nil }
-        return lock.l_type != Int16(F_UNLCK)
+        let probed = ByteLocker(descriptor: excluding, flavor: .openFileDescription).probe(from: first, through: last, for: .exclusive)
+        return try? probed.get() != nil
     }
 
     /// The lock lines of this file in /proc/locks, read now.
@@ -224,4 +217,3 @@ func directoryEntries(_ path: String) -> Result<[String], Errno> {
     }
     return .success(names)
 }
-
