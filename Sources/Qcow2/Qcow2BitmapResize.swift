@@ -140,12 +140,7 @@ extension Qcow2Driver {
         } else {
             return nil
         }
-        var changed = false
-        for bit in firstGone..<Int(perCluster) where bytes[bit >> 3] & (1 << UInt8(bit & 7)) != 0 {
-            bytes[bit >> 3] &= ~(1 << UInt8(bit & 7))
-            changed = true
-        }
-        guard changed else { return nil }
+        guard Qcow2BitmapTable.clear(firstGone..<Int(perCluster), in: &bytes) else { return nil }
         guard bytes.contains(where: { $0 != 0 }) else { return 0 }
         let copy = try allocateClusters(1, &state)
         try writeBytes(bytes, at: copy)

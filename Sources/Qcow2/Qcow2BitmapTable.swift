@@ -61,6 +61,16 @@ enum Qcow2BitmapTable {
         bits.allSatisfy { bytes[$0 >> 3] & (1 << UInt8($0 & 7)) != 0 }
     }
 
+    /// Clears `bits` in `bytes`; returns whether any was set.
+    static func clear(_ bits: Range<Int>, in bytes: inout [UInt8]) -> Bool {
+        var changed = false
+        for bit in bits where bytes[bit >> 3] & (1 << UInt8(bit & 7)) != 0 {
+            bytes[bit >> 3] &= ~(1 << UInt8(bit & 7))
+            changed = true
+        }
+        return changed
+    }
+
     /// Sets `bits` in `bytes`; returns the range of bytes that changed, nil when none did.
     static func set(_ bits: Range<Int>, in bytes: inout [UInt8]) -> Range<Int>? {
         var changed: Range<Int>?

@@ -215,12 +215,7 @@ extension Qcow2Driver {
             // out of the new extension's way first.
             let moves = try headerArea.movingName(clearOf: headerArea.endMarker..<headerArea.metadataEnd + 32)
             if !moves.isEmpty {
-                try file.during(.headerUpdate) { () throws(BlockError) in
-                    for step in moves {
-                        try writeBytes(step.bytes, at: UInt64(step.byteOffset))
-                        try file.driver.flush()
-                    }
-                }
+                try file.during(.headerUpdate) { () throws(BlockError) in try apply(moves) }
                 headerArea = try Qcow2HeaderUpdate(cluster: try Self.readBytes(file, at: 0, count: headerBytes))
             }
         }

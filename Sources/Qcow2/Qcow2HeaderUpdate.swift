@@ -227,11 +227,16 @@ extension Qcow2Driver {
             try file.during(.headerUpdate) { () throws(BlockError) in
                 let headerBytes = Int(min(Int64(clusterSize), try file.driver.length()))
                 let update = try Qcow2HeaderUpdate(cluster: try Self.readBytes(file, at: 0, count: headerBytes))
-                for step in try update.backingChange(name: nameBytes, format: format.map { Array($0.utf8) }) {
-                    try writeBytes(step.bytes, at: UInt64(step.byteOffset))
-                    try file.driver.flush()
-                }
+                try apply(try update.backingChange(name: nameBytes, format: format.map { Array($0.utf8) }))
             }
+        }
+    }
+
+    /// Makes a header change's writes in order, an fdatasync after each.
+    func apply(_ writes: [Qcow2HeaderUpdate.Write]) throws(BlockError) {
+        for step in writes {
+            try writeBytes(step.bytes, at: UInt64(step.byteOffset))
+            try file.driver.flush()
         }
     }
 }
